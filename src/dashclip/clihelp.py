@@ -1,0 +1,36 @@
+"""Small helpers shared by the stage CLIs: one way to report a user error and to show progress."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+console = Console(stderr=True)
+
+
+class UserError(Exception):
+    """A problem with the user's input (file, row, field): printed without a traceback."""
+
+
+def fail(message: str, code: int = 2) -> "typer.Exit":
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+@contextmanager
+def user_errors():
+    """Turn UserError / FileNotFoundError / ValueError into a clean message and exit code 2."""
+    try:
+        yield
+    except (UserError, FileNotFoundError, ValueError) as e:
+        raise fail(str(e)) from None
+
+
+def progress(disable: bool = False) -> Progress:
+    """A Rich progress bar that goes to stderr, so stdout stays clean for results."""
+    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                    MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console, disable=disable, transient=False)

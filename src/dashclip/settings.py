@@ -1,0 +1,40 @@
+"""Where dashclip finds things. One place, so every stage agrees."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# The repository root when running from a checkout (src/dashclip/settings.py -> repo).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def data_dir() -> Path:
+    """The shared data folder: $DASHCLIP_DATA, else ../shared/data beside the checkout or the cwd."""
+    env = os.environ.get("DASHCLIP_DATA")
+    if env:
+        return Path(env).expanduser().resolve()
+    for base in (Path.cwd(), REPO_ROOT):
+        cand = (base / ".." / "shared" / "data").resolve()
+        if cand.is_dir():
+            return cand
+    return (REPO_ROOT / ".." / "shared" / "data").resolve()
+
+
+def dataset_dir(name: str) -> Path:
+    """A named folder of the shared data, with a clear error when it is not there."""
+    path = data_dir() / name
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"dataset folder not found: {path} (set DASHCLIP_DATA to the folder that holds {name!r})")
+    return path
+
+
+def runs_dir() -> Path:
+    """Default parent of work directories (git-ignored)."""
+    return Path(os.environ.get("DASHCLIP_RUNS", "runs"))
+
+
+# Held-out split used by every benchmark: a query is held out when its qid number is divisible by 3.
+def is_heldout_qid(qid: str) -> bool:
+    digits = "".join(ch for ch in str(qid) if ch.isdigit())
+    return bool(digits) and int(digits) % 3 == 0
