@@ -1,0 +1,122 @@
+"""The canonical catalog: the one form of product data that every stage after import reads.
+
+A catalog directory, written by `dashclip catalog import` (see `importer.py`):
+
+    catalog.parquet   one row per product. Columns:
+                        id        int64 when every input id is an integer, else string
+                        title     non-empty string
+                        text      extra text fields joined with " | " ("" when none)
+                        category  the "aisle" (string, may be null)
+                        image     primary image path relative to the catalog dir, e.g. "images/15970.jpg"
+                                  (null when the product has no readable image)
+                        <attr>... every extra attribute kept for filtering, under its own name
+    images.parquet    every image of every product: product_id, image (relative path),
+                      role ("primary" | "extra"), split (e.g. "train"/"val"/"test", or null)
+    images/           the image files that passed validation, copied in
+    manifest.json     name, source, preset, attributes, text_fields, counts, content_hash
+    report.json/.md   the import report: counts per problem and the first rows of each
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+
+from ..io import read_json
+
+CATALOG_FILE = "catalog.parquet"
+IMAGES_FILE = "images.parquet"
+MANIFEST_FILE = "manifest.json"
+CORE_COLUMNS = ("id", "title", "text", "category", "image")
+
+
+@dataclass
+class Catalog:
+    """An imported catalog. `products` has one row per product, in a stable order (by id)."""
+
+    root: Path
+    products: pd.DataFrame
+    images: pd.DataFrame
+    manifest: dict = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, root: str | Path) -> "Catalog":
+        root = Path(root)
+        path = root / CATALOG_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{root}: not a dashclip catalog (no {CATALOG_FILE}); "
+                                    f"run `dashclip catalog import` first")
+        products = pd.read_parquet(path)
+        images_path = root / IMAGES_FILE
+        images = (pd.read_parquet(images_path) if images_path.exists()
+                  else pd.DataFrame({"product_id": products["id"], "image": products["image"],
+                                     "role": "primary", "split": None}).dropna(subset=["image"]))
+        manifest = read_json(root / MANIFEST_FILE) if (root / MANIFEST_FILE).exists() else {}
+        return cls(root=root, products=products, images=images, manifest=manifest)
+
+    def __len__(self) -> int:
+        return len(self.products)
+
+    @property
+    def attributes(self) -> list[str]:
+        """Extra attribute columns kept for filtering (e.g. gender, baseColour)."""
+        return list(self.manifest.get("attributes") or
+                    [c for c in self.products.columns if c not in CORE_COLUMNS])
+
+    @property
+    def content_hash(self) -> str:
+        return str(self.manifest.get("content_hash", ""))
+
+    @cached_property
+    def row_of(self) -> dict:
+        """Product id -> row position in `products`."""
+        return {pid: i for i, pid in enumerate(self.products["id"].tolist())}
+
+    def image_path(self, rel: str | None) -> Path | None:
+        """Absolute path of an image given its catalog-relative path (never taken from a request)."""
+        return None if rel is None or (isinstance(rel, float)) else self.root / rel
+
+    def product(self, pid) -> dict:
+        """One product as a plain dict (raises KeyError naming the id when unknown)."""
+        pid = self.coerce_id(pid)
+        if pid not in self.row_of:
+            raise KeyError(f"unknown product id {pid!r}")
+        row = self.products.iloc[self.row_of[pid]].to_dict()
+        return {k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in row.items()}
+
+    def coerce_id(self, pid):
+        """Ids arrive as strings from URLs and JSON: convert to the catalog's id type."""
+        if pd.api.types.is_integer_dtype(self.products["id"].dtype):
+            try:
+                return int(pid)
+            except (TypeError, ValueError):
+                raise KeyError(f"unknown product id {pid!r}") from None
+        return str(pid)
+
+    def product_texts(self) -> list[str]:
+        """The text of every product as the text models read it: see `product_text`."""
+        return [product_text(r, self.attributes) for r in self.products.to_dict("records")]
+
+
+def product_text(row: dict, attributes: list[str] | tuple = ()) -> str:
+    """Title plus category and attribute values, e.g.
+    "Turtle Check Men Navy Blue Shirt | Shirts | Men | Navy Blue | Casual".
+
+    One definition, used by BM25, the cross-encoder labeler and the baselines, so they all see the
+    same words for a product."""
+    parts = [str(row["title"]).strip()]
+    seen = {parts[0].lower()}
+    for key in ("category", *attributes):
+        v = row.get(key)
+        if v is None or (isinstance(v, float) and pd.isna(v)):
+            continue
+        s = str(v).strip()
+        if s and s.lower() not in seen:
+            parts.append(s)
+            seen.add(s.lower())
+    extra = str(row.get("text") or "").strip()
+    if extra:
+        parts.append(extra)
+    return " | ".join(parts)
