@@ -1,0 +1,172 @@
+"""Safe image loading: the one way dashclip opens an image file.
+
+Every stage (import, models, serving) goes through `load_image`, so the same checks apply everywhere:
+
+- only raster formats that Pillow decodes itself are accepted (JPEG incl. MPO, PNG, WebP, GIF, BMP, TIFF):
+  no EPS/PDF, which would hand the bytes to an external program;
+- the pixel count is checked from the header *before* decoding, so a decompression bomb (a small file
+  that claims 20,000 x 20,000 pixels) is rejected without allocating it;
+- the whole image is decoded, so a truncated or corrupt file fails here and not halfway through training;
+- the result is RGB (palette, grey, CMYK and alpha are flattened onto white), EXIF rotation applied.
+
+Problems raise `ImageError`, whose `kind` is one of IMAGE_ERROR_KINDS and whose message says what is wrong.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow's own default (about 89.5 megapixels): a 6000 x 4000 photo (24 MP) passes, a bomb does not.
+MAX_PIXELS = 89_478_485
+# Formats decoded by Pillow in-process. Anything else is refused as "not an image".
+SAFE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG covers MPO (phone photos)
+# File extension written for each format when an image is copied into a catalog.
+EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
+              "TIFF": ".tif"}
+IMAGE_ERROR_KINDS = ("missing", "unreadable", "zero_byte", "not_an_image", "truncated", "corrupt",
+                     "decompression_bomb", "fetch_failed")  # fetch_failed: URLs, in the importer
+
+# Pillow *warns* (and only errors at twice its limit) about oversized images; make the warning an
+# exception so it can never be missed. Set once here, because warnings.catch_warnings is not thread-safe.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+class ImageError(ValueError):
+    """An image that cannot be used. `kind` is a short code (see IMAGE_ERROR_KINDS), `path` the file."""
+
+    def __init__(self, kind: str, message: str, path: str | os.PathLike | None = None):
+        self.kind = kind
+        self.path = str(path) if path is not None else None
+        super().__init__(f"{path}: {message}" if path is not None else message)
+        self.reason = message
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What `check_image` found: the decoded format and the size in pixels."""
+
+    format: str
+    width: int
+    height: int
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS.get(self.format, "." + self.format.lower())
+
+
+def _describe_non_image(data: bytes) -> str:
+    """A hint at what a non-image file actually is, for the error message."""
+    head = data[:256].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page"
+    if head.startswith((b"{", b"[")):
+        return "JSON or text"
+    if head.startswith(b"%pdf"):
+        return "a PDF"
+    try:
+        data[:256].decode("utf-8")
+        return "text"
+    except UnicodeDecodeError:
+        return "an unknown binary format"
+
+
+def _open(data: bytes, path, max_pixels: int) -> Image.Image:
+    """Open (header only) and check the format and pixel count; nothing is decoded yet."""
+    if len(data) == 0:
+        raise ImageError("zero_byte", "zero-byte file (empty)", path)
+    try:
+        im = Image.open(io.BytesIO(data), formats=SAFE_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError("decompression_bomb", f"decompression bomb rejected ({e})", path) from None
+    except UnidentifiedImageError:
+        raise ImageError("not_an_image", f"not an image (looks like {_describe_non_image(data)}; "
+                                         f"accepted formats: {', '.join(SAFE_FORMATS)})", path) from None
+    except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as e:
+        raise ImageError("corrupt", f"corrupt image header ({e})", path) from None
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        raise ImageError("corrupt", f"corrupt image: size {width}x{height}", path)
+    if width * height > max_pixels:
+        raise ImageError("decompression_bomb",
+                         f"decompression bomb rejected: {width}x{height} = {width * height:,} pixels "
+                         f"is over the limit of {max_pixels:,}", path)
+    return im
+
+
+def _decode(im: Image.Image, path) -> Image.Image:
+    """Decode every pixel (this is what finds truncated and corrupt files)."""
+    try:
+        im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError("decompression_bomb", f"decompression bomb rejected ({e})", path) from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, zlib.error) as e:
+        text = str(e)
+        if "truncated" in text.lower() or isinstance(e, EOFError):
+            raise ImageError("truncated", f"truncated image ({text or 'unexpected end of file'})", path) from None
+        raise ImageError("corrupt", f"corrupt image data ({text})", path) from None
+    return im
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    im = ImageOps.exif_transpose(im) or im
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return im.convert("RGB")
+
+
+def _read(path: str | os.PathLike) -> bytes:
+    p = Path(path)
+    if not p.exists():
+        raise ImageError("missing", "image file not found", path)
+    if not p.is_file():
+        raise ImageError("unreadable", "not a regular file", path)
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise ImageError("unreadable", f"cannot read file ({e.strerror or e})", path) from None
+
+
+def check_image(data: bytes, path: str | os.PathLike | None = None, max_pixels: int = MAX_PIXELS) -> ImageInfo:
+    """Validate image bytes fully (format, pixel limit, complete decode); raise ImageError if unusable."""
+    im = _open(data, path, max_pixels)
+    with im:
+        _decode(im, path)
+        return ImageInfo(format=im.format or "", width=im.size[0], height=im.size[1])
+
+
+def decode_image(data: bytes, path: str | os.PathLike | None = None, max_side: int | None = None,
+                 max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Bytes -> RGB image, with the same checks as `load_image`; downscaled to `max_side` if given."""
+    im = _open(data, path, max_pixels)
+    if max_side and max(im.size) > max_side and im.format in ("JPEG", "MPO"):
+        im.draft("RGB", (max_side, max_side))  # let libjpeg decode at 1/2, 1/4 or 1/8 scale: much faster
+    _decode(im, path)
+    try:  # a broken EXIF block or an odd pixel mode must also end as an ImageError
+        rgb = _to_rgb(im)
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, zlib.error) as e:
+        raise ImageError("corrupt", f"cannot convert {im.mode} image to RGB ({e})", path) from None
+    if max_side and max(rgb.size) > max_side:
+        rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return rgb
+
+
+def load_image(path: str | os.PathLike, max_side: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Load an image file as RGB, safely. Raises ImageError (missing, zero-byte, not an image, truncated,
+    corrupt, decompression bomb, unreadable). `max_side` downscales large images while decoding."""
+    return decode_image(_read(path), path, max_side=max_side, max_pixels=max_pixels)
+
+
+def read_image_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of an image file, with a typed ImageError when it is missing or unreadable."""
+    return _read(path)
