@@ -1,12 +1,62 @@
 """CLI for Stage 1 (pretrain, embed-catalog) and Stage 2 (align)."""
+from pathlib import Path
+from typing import Optional
+
 import typer
 
 
 def register(app: typer.Typer) -> None:
     @app.command("pretrain")
-    def pretrain():
-        """Stage 1: continual catalog pretraining of the product encoder (ITC + ITM)."""
-        raise typer.Exit(_todo("pretrain", 3))
+    def pretrain(
+        catalog: Path = typer.Option(..., "--catalog", help="Catalog dir (`dashclip catalog import` output)."),
+        config: str = typer.Option("default", "--config", help="Model config name (default, tiny, ...) "
+                                   "or a config JSON file."),
+        out: Path = typer.Option(Path("runs/pretrain"), "--out", help="Run dir: checkpoints, metrics.jsonl, "
+                                 "pretrain_config.json and model/ (load with dashclip.load)."),
+        epochs: int = typer.Option(3),
+        batch_size: int = typer.Option(64, help="Pairs per batch (per rank under torchrun)."),
+        lr: float = typer.Option(1e-4),
+        accum_steps: int = typer.Option(1, help="Gradient accumulation steps per optimizer step."),
+        freeze_image: bool = typer.Option(False, "--freeze-image", help="Freeze the image tower and cache "
+                                          "its features once (LiT; the practical mode on a CPU)."),
+        image_size: Optional[int] = typer.Option(None, help="Image resolution (default: the config's)."),
+        amp: Optional[str] = typer.Option(None, help="bf16 or fp16 mixed precision (GPU; bf16 also on CPU)."),
+        ckpt_every: int = typer.Option(200, help="Optimizer steps between checkpoints (also at each "
+                                       "epoch end and at the end)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.pt."),
+        itc_weight: float = typer.Option(1.0, help="Weight of the image-text contrastive loss."),
+        itm_weight: float = typer.Option(1.0, help="Weight of the image-text matching loss (0: off)."),
+        heldout_frac: float = typer.Option(0.1, help="Share of products held out for evaluation (by id)."),
+        max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
+        seed: int = typer.Option(0),
+        warmup_steps: int = typer.Option(50),
+        cache_dir: Optional[Path] = typer.Option(None, help="Where image-feature caches live "
+                                                 "(default: runs/cache/image-features)."),
+        device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if available)."),
+        tensorboard: bool = typer.Option(False, help="Also log to OUT/tensorboard (needs tensorboard)."),
+        progress: bool = typer.Option(True, help="Show progress bars."),
+    ):
+        """Stage 1: continual catalog pretraining of the product encoder (ITC + ITM).
+        Multi-GPU: torchrun --nproc_per_node N -m dashclip.cli pretrain ..."""
+        from ..clihelp import console, user_errors
+        from .pretrain import PretrainConfig, pretrain as run_pretrain
+
+        with user_errors():
+            cfg = PretrainConfig(
+                config=config, epochs=epochs, batch_size=batch_size, lr=lr, accum_steps=accum_steps,
+                freeze_image=freeze_image, image_size=image_size,
+                amp=None if amp in (None, "none") else amp, ckpt_every=ckpt_every, resume=resume,
+                itc_weight=itc_weight, itm_weight=itm_weight, heldout_frac=heldout_frac,
+                max_steps=max_steps, seed=seed, warmup_steps=warmup_steps,
+                cache_dir=str(cache_dir) if cache_dir else None, device=device,
+                tensorboard=tensorboard, progress=progress)
+            result = run_pretrain(catalog, out, cfg)
+        if result.train.evals:
+            last = result.train.evals[-1]
+            console.print("held-out: " + "  ".join(f"{k} {last[k]:.3f}" for k in
+                                                  ("t2i_r@1", "t2i_r@10", "i2t_r@10", "loss") if k in last))
+        console.print(f"pretrained: {result.train.step} steps, {result.train.examples} pairs in "
+                      f"{result.train.seconds:.0f}s; model in {out / 'model'}")
 
     @app.command("embed-catalog")
     def embed_catalog():
@@ -14,9 +64,67 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(_todo("embed-catalog", 3))
 
     @app.command("align")
-    def align():
-        """Stage 2: train the query encoder with the QCC loss."""
-        raise typer.Exit(_todo("align", 5))
+    def align(
+        model: Path = typer.Option(..., "--model", help="Stage 1 model dir (`dashclip pretrain` output)."),
+        grades: list[Path] = typer.Option(..., "--grades", help="Grade Parquet file or dir of shards; repeat "
+                                          "for seed grades and model grades."),
+        embeddings: Path = typer.Option(..., "--embeddings", help="Product embeddings of this model "
+                                        "(`dashclip embed-catalog` output); the product side is frozen."),
+        out: Path = typer.Option(Path("runs/align"), "--out", help="Work dir: checkpoints, metrics.jsonl, "
+                                 "align.json and model/ (both encoders; load with dashclip.load)."),
+        exclude_queries: Optional[Path] = typer.Option(None, "--exclude-queries", help="JSONL of queries "
+                                                       "never to train on (e.g. held-out evaluation queries)."),
+        variant: str = typer.Option("qcc", help="QCC variant: qcc (default), symmetric or graded."),
+        grade1_weight: Optional[float] = typer.Option(None, help="Weight of grade-1 positives "
+                                                      "(default: 0 = masked; 1/3 for --variant graded)."),
+        temperature: float = typer.Option(0.05, help="Softmax temperature (initial value if learnable)."),
+        learnable_temperature: bool = typer.Option(False, help="Learn the temperature."),
+        min_confidence: float = typer.Option(0.5, help="Drop model grades below this confidence."),
+        positives_per_product: int = typer.Option(2, help="Relevant queries sampled per product."),
+        graded_negatives: int = typer.Option(2, help="Graded-0 queries sampled per product."),
+        hard_negatives: int = typer.Option(2, help="Mined hard-negative queries per product."),
+        pairs_per_query: int = typer.Option(32, help="Positive pairs per query per epoch."),
+        max_length: int = typer.Option(32, help="Query tokens."),
+        epochs: int = typer.Option(3),
+        max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
+        batch_size: int = typer.Option(64, help="Products per batch (per rank under torchrun)."),
+        accum_steps: int = typer.Option(1, help="Gradient accumulation steps."),
+        lr: float = typer.Option(2e-5),
+        warmup_steps: int = typer.Option(20),
+        amp: Optional[str] = typer.Option(None, help="bf16 or fp16 (mixed precision)."),
+        ckpt_every: int = typer.Option(100, help="Optimizer steps between checkpoints."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoints/last.pt."),
+        seed: int = typer.Option(0),
+        device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if available)."),
+        progress: bool = typer.Option(True, help="Show a progress bar."),
+    ):
+        """Stage 2: train the query encoder with the QCC loss (multi-GPU: torchrun ... -m dashclip.cli align)."""
+        from ..clihelp import console, user_errors
+        from ..io import read_jsonl
+        from .align import AlignConfig, align as run_align
+        from .loop import LoopConfig
+
+        with user_errors():
+            excluded = set()
+            if exclude_queries is not None:
+                for i, row in enumerate(read_jsonl(exclude_queries), 1):
+                    if not isinstance(row, dict) or not str(row.get("query") or "").strip():
+                        raise ValueError(f"{exclude_queries}: line {i}: no 'query' field")
+                    excluded.add(row["query"])
+            config = AlignConfig(
+                batch_size=batch_size, positives_per_product=positives_per_product,
+                graded_negatives=graded_negatives, hard_negatives=hard_negatives, variant=variant,
+                grade1_weight=grade1_weight, temperature=temperature,
+                learnable_temperature=learnable_temperature, min_confidence=min_confidence,
+                max_length=max_length, pairs_per_query=pairs_per_query, seed=seed)
+            loop = LoopConfig(epochs=epochs, batch_size=batch_size, accum_steps=accum_steps, lr=lr,
+                              warmup_steps=warmup_steps, amp=None if amp in (None, "none") else amp,
+                              ckpt_every=ckpt_every, max_steps=max_steps, seed=seed, resume=resume,
+                              progress=progress, device=device)
+            summary = run_align(model, list(grades), out, config, loop,
+                                embeddings_dir=embeddings, exclude_queries=excluded)
+        console.print(f"aligned: {summary['steps']} steps, last loss {summary['last'].get('loss', float('nan')):.4f}; "
+                      f"model with query encoder in {out / 'model'}")
 
 
 def _todo(name, issue):
