@@ -3,7 +3,7 @@
 Product images, product titles and shopper queries become vectors in one space:
   data/      catalog import and validation (the canonical catalog every stage reads)
   models/    towers, the product encoder, the query encoder, save/load (`dashclip.load`)
-  losses.py  ITC, ITM and QCC
+  losses/    ITC, ITM and QCC (distributed gathering in one place)
   training/  one training loop (checkpoints, resume, AMP, DDP) used by Stage 1 and Stage 2
   labeling/  relevance labels at scale: query pool, candidates, labelers, grading
   index/     vector indexes (FAISS, Milvus)
@@ -20,4 +20,11 @@ def load(path, device=None):
     return _load(path, device=device)
 
 
-__all__ = ["load", "__version__"]
+def create_model(config="default", pretrained=True, **overrides):
+    """A new model from a config name (`default`, `tiny`, `blip`, `clip`, ...) or JSON file."""
+    from .models.factory import create_model as _create
+
+    return _create(config, pretrained=pretrained, **overrides)
+
+
+__all__ = ["load", "create_model", "__version__"]

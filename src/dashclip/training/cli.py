@@ -59,9 +59,30 @@ def register(app: typer.Typer) -> None:
                       f"{result.train.seconds:.0f}s; model in {out / 'model'}")
 
     @app.command("embed-catalog")
-    def embed_catalog():
-        """Write product embeddings (fused, image, text) for a whole catalog."""
-        raise typer.Exit(_todo("embed-catalog", 3))
+    def embed_catalog(
+        model: Path = typer.Option(..., "--model", help="Model dir (`dashclip pretrain` or `align` output)."),
+        catalog: Path = typer.Option(..., "--catalog", help="Catalog dir (`dashclip catalog import` output)."),
+        out: Path = typer.Option(..., "--out", help="Embeddings dir: ids.parquet, fused/image/text.npy, meta.json."),
+        batch_size: int = typer.Option(64, help="Products per forward pass."),
+        device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if available)."),
+        progress: bool = typer.Option(True, help="Show a progress bar."),
+    ):
+        """Write product embeddings (fused = the product embedding, image-only, text-only) for a whole
+        catalog. Resumable: re-run after a crash and finished chunks are kept."""
+        import torch
+
+        import dashclip
+        from ..clihelp import console, user_errors
+        from ..models.embeddings import embed_catalog as run
+
+        with user_errors():
+            dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            m = dashclip.load(model, device=dev)
+            path = run(m, catalog, out, batch_size=batch_size, progress=progress)
+            from ..models.embeddings import load_embeddings
+            e = load_embeddings(path)
+        console.print(f"embedded {len(e)} products ({e.meta['n_without_image']} without a readable image) "
+                      f"in {e.meta['seconds']:.0f}s -> {path}")
 
     @app.command("align")
     def align(

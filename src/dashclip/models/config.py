@@ -1,0 +1,85 @@
+"""Model configs: one JSON file per architecture, in the spirit of open_clip's model configs.
+
+A config names the towers and every preprocessing setting, so a saved model directory (config.json
++ weights + tokenizer) is enough to rebuild the model with no download. Built-in configs live in
+`model_configs/*.json`; any JSON file with the same fields works too (`--config my.json`).
+
+    kind        "dashclip": image tower + text tower + new fusion layers (the offline default)
+                "blip":     HF BlipForImageTextRetrieval mapped onto the same roles (the paper's setup)
+                "clip":     HF CLIPModel, with a small fusion head (CLIP has no cross-attention)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+
+@dataclass
+class ModelConfig:
+    name: str = "default"
+    kind: str = "dashclip"
+    embed_dim: int = 256                  # the shared embedding space (projections' output)
+    # Image tower. type: "efficientnet-lite" (variant efficientnet-lite0/lite2) | "tiny-cnn"
+    image_tower: dict = field(default_factory=lambda: {"type": "efficientnet-lite", "variant": "efficientnet-lite0"})
+    # Text tower. type: "minilm" (all-MiniLM-L6-v2 from PyPI, or any BERT dir via "path") | "bert" (random, from hf_config)
+    text_tower: dict = field(default_factory=lambda: {"type": "minilm"})
+    fusion_layers: int = 2                # image-grounded text encoder depth (dashclip, clip)
+    text_pooling: str = "mean"            # pooling of text and fused tokens: "mean" (sentence-transformers) or "cls" (BLIP)
+    image_size: int = 224
+    mean: tuple = (0.5, 0.5, 0.5)
+    std: tuple = (0.5, 0.5, 0.5)
+    pad_color: tuple = (255, 255, 255)    # product photos sit on white: letterbox to square with white
+    max_length: int = 64                  # title tokens
+    hf_id: str | None = None              # blip/clip: hub id or local dir of the pretrained HF model
+    hf_config: dict | None = None         # filled in at creation, so loading never needs the hub
+    init_temperature: float = 0.07
+
+    def __post_init__(self):
+        self.mean, self.std, self.pad_color = tuple(self.mean), tuple(self.std), tuple(self.pad_color)
+        if self.kind not in ("dashclip", "blip", "clip"):
+            raise ValueError(f"model config {self.name!r}: unknown kind {self.kind!r} (dashclip, blip, clip)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"model config {d.get('name', '?')!r}: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def builtin_configs() -> list[str]:
+    files = resources.files("dashclip.models") / "model_configs"
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".json"))
+
+
+def get_config(name_or_path: "str | Path | dict | ModelConfig", **overrides) -> ModelConfig:
+    """A built-in config by name, a JSON file, a dict, or a ModelConfig; `overrides` replace fields."""
+    if isinstance(name_or_path, ModelConfig):
+        cfg = name_or_path
+    elif isinstance(name_or_path, dict):
+        cfg = ModelConfig.from_dict(name_or_path)
+    else:
+        path = Path(name_or_path)
+        if path.suffix == ".json" or path.exists():
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: model config file not found")
+            try:
+                d = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON ({e})") from None
+            cfg = ModelConfig.from_dict(d)
+        else:
+            builtin = resources.files("dashclip.models") / "model_configs" / f"{name_or_path}.json"
+            if not builtin.is_file():
+                raise ValueError(f"unknown model config {str(name_or_path)!r}; built-in: {', '.join(builtin_configs())}, "
+                                 "or pass a JSON file")
+            cfg = ModelConfig.from_dict(json.loads(builtin.read_text()))
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg

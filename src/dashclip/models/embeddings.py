@@ -1,0 +1,153 @@
+"""Product embeddings of a whole catalog (`dashclip embed-catalog`), and reading them back.
+
+An embeddings dir holds, row i for product ids[i]:
+    ids.parquet     columns `id`, `has_image` (False: no readable image; a blank white image stood in)
+    fused.npy       the product embedding (title grounded in the image)   float32 [N, D], L2-normalised
+    image.npy       image tower + projection
+    text.npy        text tower + projection
+    meta.json       model_id, catalog_hash, dim, n, kinds, built_at, seconds
+
+Embedding runs in chunks; each finished chunk is kept in `<out>.partial/`, so a killed run resumes
+where it stopped. The final dir is written atomically, then the partial chunks are removed.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..io import atomic_dir, atomic_path, read_json, write_json
+
+KINDS = ("fused", "image", "text")
+
+
+@dataclass
+class ProductEmbeddings:
+    ids: np.ndarray
+    vectors: dict
+    meta: dict
+    has_image: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def load_embeddings(path: str | Path, mmap: bool = True) -> ProductEmbeddings:
+    path = Path(path)
+    if not (path / "meta.json").is_file():
+        raise FileNotFoundError(f"{path}: not an embeddings dir (no meta.json); run `dashclip embed-catalog`")
+    meta = read_json(path / "meta.json")
+    table = pd.read_parquet(path / "ids.parquet")
+    vectors = {}
+    for kind in meta.get("kinds", KINDS):
+        f = path / f"{kind}.npy"
+        if f.exists():
+            vectors[kind] = np.load(f, mmap_mode="r" if mmap else None)
+            if len(vectors[kind]) != len(table):
+                raise ValueError(f"{f}: {len(vectors[kind])} rows but ids.parquet has {len(table)}")
+    has_image = table["has_image"].to_numpy() if "has_image" in table else None
+    return ProductEmbeddings(ids=table["id"].to_numpy(), vectors=vectors, meta=meta, has_image=has_image)
+
+
+def _product_images(catalog, rows):
+    """PIL images of the products at `rows`; a missing/unreadable image becomes a white square
+    (the product still gets a text-driven embedding) and is flagged in `has_image`."""
+    from PIL import Image
+
+    from ..data.images import ImageError, load_image
+
+    images, ok = [], []
+    for rel in catalog.products["image"].iloc[rows]:
+        path = catalog.image_path(rel) if isinstance(rel, str) and rel else None
+        try:
+            images.append(load_image(path) if path else None)
+        except (ImageError, OSError):
+            images.append(None)
+        ok.append(images[-1] is not None)
+        if images[-1] is None:
+            images[-1] = Image.new("RGB", (32, 32), (255, 255, 255))
+    return images, ok
+
+
+@torch.inference_mode()
+def embed_rows(model, catalog, texts: list[str], rows: np.ndarray, kinds=KINDS) -> tuple[dict, list[bool]]:
+    """Embeddings of the catalog products at `rows`: one pass of each tower serves every kind."""
+    images, ok = _product_images(catalog, rows)
+    pixels = model.preprocess(images).to(model.device)
+    patches, pooled = model.image_features(pixels)
+    tok = model.tokenize([texts[r] for r in rows])
+    ids, mask = tok["input_ids"].to(model.device), tok["attention_mask"].to(model.device)
+    tokens, text_pooled = model.text_features(ids, mask)
+    out = {}
+    if "fused" in kinds:
+        out["fused"] = model.project_fused(model.fuse(tokens, mask, patches))
+    if "image" in kinds:
+        out["image"] = model.project_image(pooled)
+    if "text" in kinds:
+        out["text"] = model.project_text(text_pooled)
+    return {k: v.float().cpu().numpy() for k, v in out.items()}, ok
+
+
+def embed_catalog(model, catalog, out_dir: str | Path, batch_size: int = 64, kinds=KINDS,
+                  progress: bool = True, chunk_size: int = 4096) -> Path:
+    """Embed every product of `catalog` (a Catalog or its dir) with `model`; see the module doc."""
+    from ..clihelp import progress as progress_bar
+    from ..data.catalog import Catalog
+
+    catalog = catalog if isinstance(catalog, Catalog) else Catalog.open(catalog)
+    out_dir = Path(out_dir)
+    kinds = tuple(kinds)
+    meta = {"model_id": model.model_id, "catalog_hash": catalog.content_hash, "catalog_dir": str(catalog.root),
+            "dim": model.embed_dim, "n": len(catalog), "kinds": list(kinds), "chunk_size": chunk_size}
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    if partial.exists():
+        old = read_json(partial / "meta.json") if (partial / "meta.json").exists() else {}
+        if any(old.get(k) != meta[k] for k in ("model_id", "catalog_hash", "kinds", "chunk_size", "n")):
+            shutil.rmtree(partial)          # another model or catalog: nothing to resume
+    partial.mkdir(parents=True, exist_ok=True)
+    write_json(partial / "meta.json", meta)
+
+    texts = catalog.product_texts()
+    n = len(catalog)
+    was_training = model.training
+    model.eval()
+    t0 = time.time()
+    with progress_bar(disable=not progress) as bar:
+        task = bar.add_task("embedding products", total=n)
+        for start in range(0, n, chunk_size):
+            chunk_file = partial / f"chunk-{start // chunk_size:05d}.npz"
+            stop = min(start + chunk_size, n)
+            if chunk_file.exists():
+                bar.advance(task, stop - start)
+                continue
+            parts = {k: [] for k in kinds}
+            ok_all: list[bool] = []
+            for b in range(start, stop, batch_size):
+                rows = np.arange(b, min(b + batch_size, stop))
+                vecs, ok = embed_rows(model, catalog, texts, rows, kinds)
+                for k in kinds:
+                    parts[k].append(vecs[k])
+                ok_all += ok
+                bar.advance(task, len(rows))
+            with atomic_path(chunk_file) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, has_image=np.array(ok_all), **{k: np.concatenate(v) for k, v in parts.items()})
+    model.train(was_training)
+
+    chunks = [np.load(partial / f"chunk-{i:05d}.npz") for i in range((n + chunk_size - 1) // chunk_size)]
+    has_image = np.concatenate([c["has_image"] for c in chunks]) if chunks else np.zeros(0, bool)
+    with atomic_dir(out_dir) as tmp:
+        pd.DataFrame({"id": catalog.products["id"].to_numpy(), "has_image": has_image}).to_parquet(tmp / "ids.parquet")
+        for k in kinds:
+            arr = np.concatenate([c[k] for c in chunks]) if chunks else np.zeros((0, model.embed_dim), np.float32)
+            np.save(tmp / f"{k}.npy", arr.astype(np.float32))
+        write_json(tmp / "meta.json", {**meta, "n_without_image": int((~has_image).sum()),
+                                       "seconds": round(time.time() - t0, 1),
+                                       "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    shutil.rmtree(partial, ignore_errors=True)
+    return out_dir

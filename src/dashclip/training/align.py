@@ -1,0 +1,519 @@
+"""Stage 2: align a query encoder to the catalog with the QCC loss (`dashclip align`).
+
+The query encoder starts as a copy of the Stage 1 text tower and its projection
+(`model.add_query_encoder()`), and is trained so that a shopper query lands next to the products it
+wants in the Stage 1 product embedding space. The product side is frozen by default: the fused
+product embeddings are computed once (an embeddings dir from `dashclip embed-catalog`, or
+`model.encode_product`) and looked up by row.
+
+Training data are grades (`dashclip.labeling`): seed grades plus model-graded pairs kept above a
+confidence threshold. A batch is built product-first (see `GradeTable.sample_batch`):
+
+    1. B (query, product) positives, the queries drawn uniformly (so a query with 7,000 relevant
+       products does not drown one with 5), a relevant product for each, all products distinct;
+    2. for every product, up to `positives_per_product - 1` more of its relevant queries,
+       `graded_negatives` of its graded-0 queries and `hard_negatives` mined ones (the training
+       queries most similar to it that are graded 0 or unlabeled for it);
+    3. the bank is the union of those queries; the [B, Q] grade matrix says, per product, which bank
+       queries are relevant (any known grade >= 1, sampled for it or not: never a negative),
+       graded 0, or unlabeled (an in-batch negative).
+
+The examples of an epoch are positive (query, product) pairs, up to `pairs_per_query` per query;
+a batch's extra sampling is seeded by its example indices, and hard negatives are mined once with
+the starting encoder, so a resumed run rebuilds exactly the batches the original run saw.
+
+The generic machinery (checkpoints, --resume, AMP, DDP via torchrun, progress, metrics.jsonl) is
+the shared loop in `training/loop.py`; this module is the Stage 2 task it runs (`AlignTask`). Under
+DDP each rank scores its own products against its own query bank (no cross-rank gather: the grade
+matrix of a gathered bank would need every rank's grades) and DDP averages the gradients.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..losses.qcc import UNLABELED, VARIANTS, QCCLoss
+from ..models.model import PRODUCT_TRAINABLE
+
+GRADE_COLUMNS = ("qid", "query", "product_id", "grade", "confidence")
+
+
+@dataclass
+class AlignConfig:
+    """Everything about Stage 2 that is not the generic loop (steps, lr, AMP, ... live in the loop)."""
+
+    batch_size: int = 64                # products per batch
+    positives_per_product: int = 2      # sampled relevant queries per product (the first is its anchor pair)
+    graded_negatives: int = 2           # graded-0 queries per product
+    hard_negatives: int = 2             # mined queries per product (graded 0 or unlabeled, most similar)
+    variant: str = "qcc"                # "qcc" | "symmetric" | "graded": see losses/qcc.py
+    grade1_weight: float | None = None  # None: 0 for qcc/symmetric (grade 1 masked), 1/3 for graded
+    temperature: float = 0.05
+    learnable_temperature: bool = False
+    min_confidence: float = 0.5         # model-graded pairs below this are dropped
+    max_length: int = 32                # query tokens
+    pairs_per_query: int = 32           # positive pairs per query per epoch (broad queries are subsampled)
+    unfreeze_product: bool = False      # also train the fusion layers and projections
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown QCC variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        for name in ("batch_size", "positives_per_product", "max_length", "pairs_per_query"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("graded_negatives", "hard_negatives"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def normalize_query(text: str) -> str:
+    """Queries are the same query when they differ only in case and spacing."""
+    return " ".join(str(text).lower().split())
+
+
+def select_grades(grades: pd.DataFrame, min_confidence: float = 0.5,
+                  exclude_queries: set[str] | frozenset = frozenset(), source: str = "grades") -> tuple[pd.DataFrame, dict]:
+    """The grade rows Stage 2 trains on, and counts of what was left out and why.
+
+    Drops rows below `min_confidence`, and every row whose query text is one of `exclude_queries`
+    (the held-out evaluation queries: they must never reach a training step). When one (query,
+    product) pair is graded more than once, the most confident grade wins (seed grades carry 1.0).
+    A malformed row is an error naming the row and field, never skipped silently.
+    """
+    missing = [c for c in GRADE_COLUMNS if c not in grades.columns]
+    if missing:
+        raise ValueError(f"{source}: missing column(s) {', '.join(missing)} "
+                         f"(expected {', '.join(GRADE_COLUMNS)})")
+    df = grades[list(GRADE_COLUMNS) + [c for c in ("labeler",) if c in grades.columns]].copy()
+    bad_grade = ~df["grade"].isin([0, 1, 2])
+    if bad_grade.any():
+        i = int(np.flatnonzero(bad_grade.to_numpy())[0])
+        raise ValueError(f"{source}: row {i}: field 'grade' is {df['grade'].iloc[i]!r}, expected 0, 1 or 2")
+    conf = pd.to_numeric(df["confidence"], errors="coerce")
+    bad_conf = conf.isna() | (conf < 0) | (conf > 1)
+    if bad_conf.any():
+        i = int(np.flatnonzero(bad_conf.to_numpy())[0])
+        raise ValueError(f"{source}: row {i}: field 'confidence' is {df['confidence'].iloc[i]!r}, "
+                         f"expected a number in [0, 1]")
+    bad_query = df["query"].isna() | (df["query"].astype(str).str.strip() == "")
+    if bad_query.any():
+        i = int(np.flatnonzero(bad_query.to_numpy())[0])
+        raise ValueError(f"{source}: row {i}: field 'query' is empty")
+    df["confidence"] = conf
+    df["grade"] = df["grade"].astype(np.int8)
+    df["key"] = df["query"].map(normalize_query)
+    stats = {"rows_in": int(len(df))}
+    low = df["confidence"] < min_confidence
+    stats["dropped_low_confidence"] = int(low.sum())
+    df = df[~low]
+    excluded = df["key"].isin({normalize_query(q) for q in exclude_queries})
+    stats["dropped_heldout_query"] = int(excluded.sum())
+    df = df[~excluded]
+    n = len(df)
+    df = (df.sort_values("confidence", ascending=False, kind="stable")
+            .drop_duplicates(["key", "product_id"], keep="first"))
+    stats["dropped_duplicate_pair"] = int(n - len(df))
+    stats["rows_kept"] = int(len(df))
+    return df.reset_index(drop=True), stats
+
+
+@dataclass
+class Batch:
+    """One Stage 2 batch: B product rows (into the product embedding table), the bank of Q query
+    indices (into `GradeTable.queries`) and the [B, Q] grade matrix for the QCC loss."""
+
+    product_rows: np.ndarray   # [B] int64
+    query_index: np.ndarray    # [Q] int64
+    grades: np.ndarray         # [B, Q] int8: 2/1/0, -1 unlabeled, -2 ignore
+
+
+@dataclass
+class GradeTable:
+    """Grades indexed for fast batch building.
+
+    `queries[j]` is the text of query j; product rows index the product embedding table whose ids
+    are `product_ids`. Per product row, `relevant[row]` / `zeros[row]` hold (query, grade) pairs.
+    """
+
+    queries: list[str]
+    product_ids: np.ndarray
+    relevant: dict[int, dict[int, int]]          # product row -> {query: grade >= 1}
+    zeros: dict[int, np.ndarray]                 # product row -> queries graded 0
+    positives_of_query: list[np.ndarray]         # query -> product rows where it is a positive
+    stats: dict = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, grades: pd.DataFrame, product_ids, positive_grades: tuple[int, ...] = (2,),
+              source: str = "grades") -> "GradeTable":
+        """Index selected grade rows (see `select_grades`) against the product table `product_ids`.
+
+        `positive_grades` are the grades a product can be sampled for (2, plus 1 when grade 1 has a
+        weight). Rows for products missing from the product table are counted, not silently lost."""
+        product_ids = np.asarray(product_ids)
+        row_of = pd.Series(np.arange(len(product_ids)), index=pd.Index(product_ids))
+        if not row_of.index.is_unique:
+            raise ValueError(f"{source}: the product table has duplicate ids")
+        pid = grades["product_id"]
+        if pd.api.types.is_integer_dtype(row_of.index.dtype) and not pd.api.types.is_integer_dtype(pid.dtype):
+            pid = pd.to_numeric(pid, errors="coerce")
+        elif not pd.api.types.is_integer_dtype(row_of.index.dtype):
+            pid = pid.astype(str)
+        rows = row_of.reindex(pid.to_numpy()).to_numpy()
+        known = ~pd.isna(rows)
+        stats = {"rows": int(len(grades)), "unknown_product_rows": int((~known).sum())}
+        if stats["unknown_product_rows"]:
+            example = grades["product_id"].to_numpy()[~known][0]
+            stats["unknown_product_example"] = str(example)
+        df = pd.DataFrame({"row": rows[known].astype(np.int64), "key": grades["key"].to_numpy()[known],
+                           "query": grades["query"].to_numpy()[known], "grade": grades["grade"].to_numpy()[known]})
+        keys, first = np.unique(df["key"].to_numpy(), return_index=True)
+        texts = df["query"].to_numpy()[first].tolist()
+        qindex = pd.Series(np.arange(len(keys)), index=keys)
+        df["q"] = qindex.reindex(df["key"].to_numpy()).to_numpy()
+
+        relevant: dict[int, dict[int, int]] = {}
+        rel = df[df["grade"] >= 1]
+        for r, q, g in zip(rel["row"].to_numpy(), rel["q"].to_numpy(), rel["grade"].to_numpy()):
+            relevant.setdefault(int(r), {})[int(q)] = int(g)
+        zero = df[df["grade"] == 0]
+        zeros = {int(r): g["q"].to_numpy() for r, g in zero.groupby("row")}
+        pos = df[df["grade"].isin(positive_grades)]
+        by_q = {int(q): g["row"].to_numpy() for q, g in pos.groupby("q")}
+        positives_of_query = [np.unique(by_q.get(j, np.zeros(0, np.int64))) for j in range(len(texts))]
+        stats.update(queries=len(texts), trainable_queries=sum(len(p) > 0 for p in positives_of_query),
+                     products=len({int(r) for r in df["row"].to_numpy()}),
+                     positive_pairs=int(len(pos)), grade0_pairs=int(len(zero)))
+        if stats["trainable_queries"] == 0:
+            raise ValueError(f"{source}: no query has a relevant product (grade {'/'.join(map(str, positive_grades))}) "
+                             f"in the product table after filtering: nothing to train on")
+        return cls(texts, product_ids, relevant, zeros, positives_of_query, stats)
+
+    def examples(self, pairs_per_query: int, seed: int = 0) -> np.ndarray:
+        """The training examples: [N, 2] (query, product row) positive pairs, up to `pairs_per_query`
+        per query (a fixed random subset), so that broad queries do not drown narrow ones."""
+        rng = np.random.default_rng([seed, 1])
+        out = []
+        for q, rows in enumerate(self.positives_of_query):
+            if len(rows) == 0:
+                continue
+            take = rows if len(rows) <= pairs_per_query else rng.choice(rows, pairs_per_query, replace=False)
+            out.append(np.stack([np.full(len(take), q), take], axis=1))
+        return np.concatenate(out).astype(np.int64)
+
+    def make_batch(self, pairs: np.ndarray, config: AlignConfig, rng: np.random.Generator,
+                   miner: "HardNegativeMiner | None" = None,
+                   positive_grades: tuple[int, ...] = (2,)) -> Batch:
+        """Build the batch around anchor pairs [n, 2] (query, product row); see the module docstring.
+
+        A product drawn twice appears once, with both anchor queries in the bank."""
+        products: list[int] = []
+        anchors: dict[int, list[int]] = {}
+        for q, r in pairs.tolist():
+            if r not in anchors:
+                anchors[r] = []
+                products.append(r)
+            anchors[r].append(q)
+        bank: dict[int, int] = {}
+
+        def add(q) -> None:
+            q = int(q)
+            if q not in bank:
+                bank[q] = len(bank)
+
+        for r in products:
+            for q in anchors[r]:
+                add(q)
+        for r in products:
+            extra = config.positives_per_product - len(anchors[r])
+            rel = [j for j, g in self.relevant.get(r, {}).items() if g in positive_grades and j not in anchors[r]]
+            if rel and extra > 0:
+                for j in rng.choice(rel, size=min(len(rel), extra), replace=False):
+                    add(j)
+            z = self.zeros.get(r)
+            if z is not None and len(z) and config.graded_negatives:
+                for j in rng.choice(z, size=min(len(z), config.graded_negatives), replace=False):
+                    add(j)
+        if miner is not None and config.hard_negatives:
+            for j in miner.negatives(np.asarray(products), self, config.hard_negatives):
+                add(j)
+        query_index = np.fromiter(bank.keys(), dtype=np.int64, count=len(bank))
+        grades = np.full((len(products), len(bank)), UNLABELED, dtype=np.int8)
+        for i, r in enumerate(products):
+            for j, g in self.relevant.get(r, {}).items():
+                col = bank.get(j)
+                if col is not None:
+                    grades[i, col] = g
+            z = self.zeros.get(r)
+            if z is not None:
+                for j in z.tolist():
+                    col = bank.get(j)
+                    if col is not None:
+                        grades[i, col] = 0
+        return Batch(np.asarray(products, dtype=np.int64), query_index, grades)
+
+
+class HardNegativeMiner:
+    """Mines, per product, the training queries most similar to it that are graded 0 or unlabeled.
+
+    Similarity is measured once, with the query encoder as training starts (the Stage 1 text tower):
+    static hard negatives, as DPR's BM25 negatives are, so that a resumed run mines exactly what the
+    original run mined (the encoder at the start is the same; a later one would not be)."""
+
+    def __init__(self, product_vectors: np.ndarray, query_vectors: np.ndarray):
+        self.product_vectors = np.ascontiguousarray(product_vectors, dtype=np.float32)
+        self.query_vectors = np.ascontiguousarray(query_vectors, dtype=np.float32)
+
+    def negatives(self, product_rows: np.ndarray, table: GradeTable, k: int) -> list[int]:
+        if k == 0 or len(product_rows) == 0:
+            return []
+        sims = self.product_vectors[product_rows] @ self.query_vectors.T       # [B, n_queries]
+        out = []
+        extra = k + 16
+        top = np.argpartition(-sims, min(extra, sims.shape[1] - 1), axis=1)[:, :extra]
+        for i, r in enumerate(product_rows):
+            order = top[i][np.argsort(-sims[i, top[i]])]
+            rel = table.relevant.get(int(r), {})
+            out.extend([int(j) for j in order if int(j) not in rel][:k])
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Model side
+
+
+class QueryAligner(nn.Module):
+    """What the training loop trains: the DashCLIP model, of which only the query encoder (and, with
+    `unfreeze_product`, the fusion layers and projections) is trainable, and the QCC loss, whose
+    temperature may be learnable. The frozen product table is a non-persistent buffer, so it moves
+    to the device with the module but stays out of checkpoints."""
+
+    def __init__(self, model: nn.Module, loss_fn: QCCLoss, product_vectors: torch.Tensor,
+                 product_inputs: dict | None = None):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        self.register_buffer("product_vectors", product_vectors.float(), persistent=False)
+        self.product_inputs = product_inputs   # cached tower outputs, only for unfreeze_product
+
+    def encode_queries(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.project_query(self.model.query_features(input_ids, attention_mask))
+
+    def product_embeddings(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.product_inputs is None:
+            return self.product_vectors[rows]
+        return unfrozen_product_embeddings(self.model, self.product_inputs, rows)
+
+
+def cache_product_inputs(model: nn.Module, product_ids, embeddings_dir) -> dict:
+    """What `unfreeze_product` needs to recompute product embeddings with trainable fusion and
+    projections: the catalog the embeddings were made from (recorded in their meta.json) and, per
+    product-table row, its catalog row. The frozen towers run per batch; their outputs are not cached
+    (for a 44k catalog they would take gigabytes)."""
+    from ..data.catalog import Catalog
+    from ..models.embeddings import load_embeddings
+
+    if embeddings_dir is None:
+        raise ValueError("--unfreeze-product needs --embeddings (their meta.json names the catalog)")
+    meta = load_embeddings(embeddings_dir).meta
+    if not meta.get("catalog_dir"):
+        raise ValueError(f"{embeddings_dir}: meta.json does not name its catalog_dir; re-run `dashclip embed-catalog`")
+    catalog = Catalog.open(meta["catalog_dir"])
+    row_of = catalog.row_of
+    return {"catalog": catalog, "texts": catalog.product_texts(),
+            "catalog_rows": np.array([row_of[pid] for pid in product_ids], dtype=np.int64)}
+
+
+def unfrozen_product_embeddings(model: nn.Module, inputs: dict, rows: torch.Tensor) -> torch.Tensor:
+    """Product embeddings of table `rows`: frozen towers without gradients, then the trainable
+    fusion and projections with them."""
+    from ..models.embeddings import _product_images
+
+    cat_rows = inputs["catalog_rows"][rows.cpu().numpy()]
+    images, _ = _product_images(inputs["catalog"], cat_rows)
+    device = next(model.parameters()).device
+    tok = model.tokenize([inputs["texts"][r] for r in cat_rows])
+    ids, mask = tok["input_ids"].to(device), tok["attention_mask"].to(device)
+    with torch.no_grad():
+        patches, _ = model.image_features(model.preprocess(images).to(device))
+        tokens, _ = model.text_features(ids, mask)
+    return model.project_fused(model.fuse(tokens, mask, patches))
+
+
+def trainable_modules(model: nn.Module, unfreeze_product: bool) -> list[nn.Module]:
+    """The parts of the model Stage 2 trains: the query encoder, plus fusion and projections if asked."""
+    mods = [model.query_tower, model.query_proj]
+    if unfreeze_product:
+        mods += [getattr(model, name) for name in PRODUCT_TRAINABLE if getattr(model, name, None) is not None]
+    return mods
+
+
+class AlignTask:
+    """Stage 2 as a task of the shared training loop (`training/loop.py`)."""
+
+    def __init__(self, table: GradeTable, config: AlignConfig, token_ids: torch.Tensor,
+                 token_mask: torch.Tensor, miner: HardNegativeMiner | None = None, evaluator=None):
+        self.table, self.config = table, config
+        self.examples = table.examples(config.pairs_per_query, config.seed)
+        self.token_ids, self.token_mask = token_ids, token_mask
+        self.miner = miner
+        self.evaluator = evaluator
+        g1 = QCCLoss(variant=config.variant, grade1_weight=config.grade1_weight).grade1_weight
+        self.positive_grades = (2, 1) if g1 > 0 else (2,)
+
+    def train_size(self) -> int:
+        return len(self.examples)
+
+    def make_batch(self, indices: list[int]) -> dict:
+        # Seeded by the examples themselves: the loop's order is a function of (seed, epoch), so a
+        # resumed run rebuilds the very same batches.
+        rng = np.random.default_rng([self.config.seed, 2, *sorted(int(i) for i in indices)])
+        b = self.table.make_batch(self.examples[np.asarray(indices, dtype=np.int64)], self.config, rng,
+                                  self.miner, self.positive_grades)
+        qi = torch.from_numpy(b.query_index)
+        mask = self.token_mask[qi]
+        width = max(1, int(mask.sum(1).max()))
+        return {"product_rows": torch.from_numpy(b.product_rows), "input_ids": self.token_ids[qi][:, :width],
+                "attention_mask": mask[:, :width], "grades": torch.from_numpy(b.grades)}
+
+    def loss(self, aligner: QueryAligner, batch: dict) -> tuple[torch.Tensor, dict]:
+        q = aligner.encode_queries(batch["input_ids"], batch["attention_mask"])
+        p = aligner.product_embeddings(batch["product_rows"])
+        loss = aligner.loss_fn(p, q, batch["grades"])
+        return loss, {"products": float(len(p)), "queries": float(len(q)),
+                      "temperature": float(aligner.loss_fn.temperature)}
+
+    def evaluate(self, aligner: QueryAligner) -> dict:
+        return self.evaluator(aligner.model) if self.evaluator is not None else {}
+
+    def train_mode(self, aligner: QueryAligner) -> None:
+        # Frozen parts stay in eval mode (no dropout noise, no BatchNorm drift); trained parts train.
+        aligner.eval()
+        for m in trainable_modules(aligner.model, self.config.unfreeze_product):
+            m.train()
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole stage
+
+
+def tokenize_queries(model: nn.Module, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask [N, L] of every query, computed once (queries are short)."""
+    tok = model.tokenize(list(texts), max_length=max_length)
+    return tok["input_ids"], tok["attention_mask"]
+
+
+@torch.no_grad()
+def encode_query_tokens(aligner: QueryAligner, ids: torch.Tensor, mask: torch.Tensor,
+                        batch_size: int = 512) -> np.ndarray:
+    out = []
+    device = aligner.product_vectors.device
+    for i in range(0, len(ids), batch_size):
+        m = mask[i:i + batch_size]
+        width = max(1, int(m.sum(1).max()))
+        out.append(aligner.encode_queries(ids[i:i + batch_size, :width].to(device), m[:, :width].to(device))
+                   .float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, aligner.product_vectors.shape[1]), np.float32)
+
+
+def load_product_vectors(model: nn.Module, embeddings_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, fused vectors) from an embeddings dir, refusing one made by another model."""
+    from ..models.embeddings import load_embeddings
+
+    emb = load_embeddings(embeddings_dir)
+    made_by = (emb.meta or {}).get("model_id")
+    if made_by and getattr(model, "model_id", None) and made_by != model.model_id:
+        raise ValueError(f"{embeddings_dir}: embeddings were made by model {made_by}, not by the model being "
+                         f"aligned ({model.model_id}); run `dashclip embed-catalog` with this model")
+    if "fused" not in emb.vectors:
+        raise ValueError(f"{embeddings_dir}: no fused.npy (the product embeddings Stage 2 aligns to)")
+    return np.asarray(emb.ids), np.asarray(emb.vectors["fused"], dtype=np.float32)
+
+
+def read_grades(grades) -> pd.DataFrame:
+    """Grades from a DataFrame, a Parquet file or dir of shards, or a list of those (via `dashclip.labeling`)."""
+    if isinstance(grades, pd.DataFrame):
+        return grades
+    if isinstance(grades, (list, tuple)):
+        return pd.concat([read_grades(g) for g in grades], ignore_index=True)
+    from ..labeling import load_grades
+
+    return load_grades(grades)
+
+
+def align(model_dir: str | Path, grades, out_dir: str | Path, config: AlignConfig | None = None,
+          loop: "LoopConfig | None" = None, embeddings_dir: str | Path | None = None,
+          exclude_queries=(), evaluator=None, model: nn.Module | None = None,
+          product_table: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Train the query encoder of the model in `model_dir` on `grades`; write `out_dir/model`.
+
+    Product embeddings come from `embeddings_dir` (`dashclip embed-catalog`) or, when given,
+    `product_table` = (ids, fused vectors). `exclude_queries` are query texts that must never be
+    trained on (the held-out evaluation queries). `evaluator(model) -> dict` runs at each epoch end.
+    Returns the summary also written to `out_dir/align.json`.
+    """
+    from ..io import atomic_dir, write_json
+    from ..losses.gather import rank
+    from .loop import LoopConfig, train
+
+    config = config or AlignConfig()
+    loop = loop or LoopConfig()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not loop.find_unused_parameters:
+        # The copied text tower may hold parameters the query path never uses (e.g. a BERT pooler).
+        loop = dataclasses.replace(loop, find_unused_parameters=True)
+    out_dir = Path(out_dir)
+    if model is None:
+        import dashclip
+
+        model = dashclip.load(model_dir)
+    if getattr(model, "query_tower", None) is None:
+        model.add_query_encoder()
+    if product_table is None:
+        if embeddings_dir is None:
+            raise ValueError("product embeddings are needed: pass --embeddings (from `dashclip embed-catalog`)")
+        product_table = load_product_vectors(model, embeddings_dir)
+    product_ids, product_vectors = product_table
+
+    selected, select_stats = select_grades(read_grades(grades), config.min_confidence, set(exclude_queries))
+    loss_fn = QCCLoss(config.temperature, config.learnable_temperature, config.variant, config.grade1_weight)
+    positive_grades = (2, 1) if loss_fn.grade1_weight > 0 else (2,)
+    table = GradeTable.build(selected, product_ids, positive_grades)
+
+    model.requires_grad_(False)
+    for m in trainable_modules(model, config.unfreeze_product):
+        m.requires_grad_(True)
+    product_inputs = None
+    if config.unfreeze_product:
+        product_inputs = cache_product_inputs(model, product_ids, embeddings_dir)
+    aligner = QueryAligner(model, loss_fn, torch.from_numpy(product_vectors), product_inputs)
+
+    ids, mask = tokenize_queries(model, table.queries, config.max_length)
+    miner = None
+    if config.hard_negatives:
+        aligner.eval()
+        miner = HardNegativeMiner(product_vectors, encode_query_tokens(aligner, ids, mask))
+    task = AlignTask(table, config, ids, mask, miner, evaluator)
+    result = train(aligner, task, loop, out_dir)
+
+    summary = {"model_dir": str(model_dir), "grades": select_stats, "table": table.stats,
+               "align": config.to_dict(), "loop": {k: v for k, v in vars(loop).items()},
+               "train_examples": task.train_size(), "steps": result.step, "epochs": result.epoch,
+               "seconds": round(result.seconds, 1), "last": result.last, "evals": result.evals,
+               "temperature": float(loss_fn.temperature)}
+    if rank() == 0:
+        with atomic_dir(out_dir / "model") as tmp:
+            model.save(tmp)
+        write_json(out_dir / "align.json", summary)
+    return summary

@@ -1,0 +1,175 @@
+"""Image-tower features computed once and kept on disk (LiT-style "locked image" training).
+
+With the image tower frozen, its output for an image never changes, so Stage 1 on a laptop CPU can
+run the tower once per image and then train the text tower, fusion and projections on the cached
+patch and pooled features. The cache is keyed by everything that changes those features: a
+fingerprint of the image tower's weights, every preprocessing setting of the model config
+(resolution, mean/std, ...), and the list of image files. A changed setting gives a new key, so a
+stale cache is never read.
+
+Layout of `<cache_root>/<key>/`: `patches.npy` [N, P, Ci] float16, `pooled.npy` [N, Ci] float16
+(memory-mapped when read), `valid.npy` [N] bool (False: the image failed to load), `meta.json`
+(the key's inputs, counts, the first load errors and the build time). The directory is written
+atomically: a killed build leaves nothing under the key and is simply run again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io import atomic_dir, read_json, write_json
+
+FORMAT_VERSION = 1
+# Config fields that change what the image tower sees or outputs.
+_PREPROCESS_WORDS = ("image", "mean", "std", "resize", "interp", "crop", "pad", "patch", "pixel", "resolution")
+
+
+def config_dict(config) -> dict:
+    if dataclasses.is_dataclass(config):
+        return dataclasses.asdict(config)
+    if isinstance(config, dict):
+        return dict(config)
+    return dict(vars(config))
+
+
+def preprocessing_settings(config) -> dict:
+    """Every config field that bears on image preprocessing or the image tower, e.g. image_size,
+    mean, std, image_tower. Nested dicts (an `image` section) are kept whole."""
+    return {k: v for k, v in sorted(config_dict(config).items())
+            if any(w in k.lower() for w in _PREPROCESS_WORDS)}
+
+
+def module_fingerprint(module: torch.nn.Module) -> str:
+    """sha256 over the module's class, parameter/buffer names, shapes, dtypes and bytes."""
+    h = hashlib.sha256(type(module).__qualname__.encode())
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def cache_key(model, image_paths: list[Path]) -> tuple[str, dict]:
+    """(key, inputs): the key is a hash of the inputs, which are stored in meta.json to read."""
+    inputs = {"format": FORMAT_VERSION,
+              "image_tower": module_fingerprint(model.image_tower),
+              "preprocessing": preprocessing_settings(model.config),
+              "images": hashlib.sha256("\n".join(map(str, image_paths)).encode()).hexdigest(),
+              "n_images": len(image_paths)}
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return key, inputs
+
+
+class ImageFeatureCache:
+    """Read side: `features(indices) -> (patches [B, P, Ci], pooled [B, Ci])` as float32 tensors."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.meta = read_json(self.path / "meta.json")
+        self.patches = np.load(self.path / "patches.npy", mmap_mode="r")
+        self.pooled = np.load(self.path / "pooled.npy", mmap_mode="r")
+        self.valid = np.load(self.path / "valid.npy")
+
+    def __len__(self) -> int:
+        return len(self.valid)
+
+    def features(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.asarray(indices)
+        order = np.argsort(idx)          # memmap reads are fastest in file order
+        patches = np.empty((len(idx), *self.patches.shape[1:]), dtype=np.float32)
+        pooled = np.empty((len(idx), self.pooled.shape[1]), dtype=np.float32)
+        patches[order] = self.patches[idx[order]]
+        pooled[order] = self.pooled[idx[order]]
+        return torch.from_numpy(patches), torch.from_numpy(pooled)
+
+
+def load_images(paths: list[Path]):
+    """Load images through the catalog's one safe loader; returns (images, errors) where a failed
+    image is None and its error message is in `errors`."""
+    from ..data.images import ImageError, load_image
+
+    images, errors = [], {}
+    for i, p in enumerate(paths):
+        try:
+            images.append(load_image(p))
+        except (ImageError, OSError) as e:   # marked invalid and reported, never dropped silently
+            images.append(None)
+            errors[i] = f"{p}: {e}"
+    return images, errors
+
+
+@torch.inference_mode()
+def compute_image_features(model, paths: list[Path], batch_size: int = 64, device="cpu",
+                           on_batch=None):
+    """Run image loading, `model.preprocess` and `model.image_features` over `paths`. Yields
+    (start, patches, pooled, valid, errors) per batch; invalid images get zero features."""
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        images, errors = load_images(chunk)
+        ok = [i for i, im in enumerate(images) if im is not None]
+        valid = np.zeros(len(chunk), dtype=bool)
+        valid[ok] = True
+        patches = pooled = None
+        if ok:
+            pixels = model.preprocess([images[i] for i in ok]).to(device)
+            p, q = model.image_features(pixels)
+            patches = torch.zeros((len(chunk), *p.shape[1:]), dtype=torch.float32)
+            pooled = torch.zeros((len(chunk), q.shape[1]), dtype=torch.float32)
+            patches[ok], pooled[ok] = p.float().cpu(), q.float().cpu()
+        yield start, patches, pooled, valid, {start + i: e for i, e in errors.items()}
+        if on_batch is not None:
+            on_batch(len(chunk))
+
+
+def build_or_open(model, image_paths: list[Path], cache_root: str | Path, batch_size: int = 64,
+                  device="cpu", show_progress: bool = True) -> ImageFeatureCache:
+    """Open the cache for (model's image tower, preprocessing, these images), building it first if
+    it does not exist. Returns the open cache; `cache.meta["build_seconds"]` says what it cost."""
+    key, inputs = cache_key(model, image_paths)
+    path = Path(cache_root) / key
+    if (path / "meta.json").exists():
+        return ImageFeatureCache(path)
+    from ..clihelp import progress
+
+    was_training = model.image_tower.training
+    model.image_tower.eval()
+    t0 = time.time()
+    n = len(image_paths)
+    errors: dict[int, str] = {}
+    with atomic_dir(path) as tmp, progress(disable=not show_progress) as bar:
+        task = bar.add_task("caching image features", total=n)
+        patches_mm = pooled_mm = None
+        valid_all = np.zeros(n, dtype=bool)
+        for start, patches, pooled, valid, errs in compute_image_features(
+                model, image_paths, batch_size, device, on_batch=lambda k: bar.advance(task, k)):
+            errors.update(errs)
+            valid_all[start:start + len(valid)] = valid
+            if patches is None:
+                continue
+            if patches_mm is None:       # shapes are known after the first good batch
+                patches_mm = np.lib.format.open_memmap(tmp / "patches.npy", mode="w+", dtype=np.float16,
+                                                       shape=(n, *patches.shape[1:]))
+                pooled_mm = np.lib.format.open_memmap(tmp / "pooled.npy", mode="w+", dtype=np.float16,
+                                                      shape=(n, pooled.shape[1]))
+            patches_mm[start:start + len(valid)] = patches.numpy().astype(np.float16)
+            pooled_mm[start:start + len(valid)] = pooled.numpy().astype(np.float16)
+        if patches_mm is None:
+            raise ValueError(f"none of the {n} images could be loaded; first errors: "
+                             f"{list(errors.values())[:3]}")
+        patches_mm.flush()
+        pooled_mm.flush()
+        del patches_mm, pooled_mm
+        np.save(tmp / "valid.npy", valid_all)
+        write_json(tmp / "meta.json", {
+            **inputs, "key": key, "n_valid": int(valid_all.sum()), "n_failed": int((~valid_all).sum()),
+            "first_errors": [errors[i] for i in sorted(errors)[:20]],
+            "build_seconds": round(time.time() - t0, 2), "batch_size": batch_size,
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    model.image_tower.train(was_training)
+    return ImageFeatureCache(path)

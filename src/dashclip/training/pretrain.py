@@ -1,0 +1,301 @@
+"""Stage 1: continual pretraining of the product encoder on a catalog with ITC + ITM (BLIP-style).
+
+    from dashclip.training.pretrain import PretrainConfig, pretrain
+    result = pretrain("runs/catalogs/fashion", "runs/stage1", PretrainConfig(epochs=3, freeze_image=True))
+    model = dashclip.load("runs/stage1/model")
+
+Each (image, product text) pair of the training products is a positive. ITC aligns the projected
+image and text embeddings (pairs of one product are not negatives); ITM teaches the fusion
+module + binary head to tell matching pairs from hard negatives mined from ITC similarities.
+Products are held out by id (`heldout_frac`); after every epoch the held-out text->image and
+image->text Recall@1/5/10 and the held-out loss are logged to `<out>/metrics.jsonl`.
+
+With `freeze_image`, the image tower is frozen and its features are computed once into a cache
+(`feature_cache.py`), which is what makes a laptop CPU run practical (LiT). The training loop
+itself (checkpoints, resume, AMP, DDP) is `loop.py`, shared with Stage 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.catalog import Catalog
+from ..io import read_json, write_json
+from ..losses import itc_loss, itm_loss
+from ..losses.gather import local_slice
+from ..settings import runs_dir
+from .data import CatalogPairs
+from .feature_cache import ImageFeatureCache, build_or_open, load_images
+from .loop import LoopConfig, TrainResult, init_distributed, pick_device, train
+
+CONFIG_FILE = "pretrain_config.json"
+MODEL_DIR = "model"
+# Settings that define the run; resuming with a different value would not continue the same run.
+_RUN_DEFINING = ("config", "image_size", "freeze_image", "heldout_frac", "seed", "batch_size",
+                 "accum_steps", "itc_weight", "itm_weight", "pretrained")
+
+
+@dataclass
+class PretrainConfig:
+    config: str = "default"         # model config name (dashclip/model_configs) or JSON path
+    pretrained: bool = True         # start the towers from their pretrained weights
+    epochs: int = 3
+    batch_size: int = 64
+    accum_steps: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    freeze_image: bool = False      # freeze the image tower and cache its features (CPU-friendly)
+    image_size: int | None = None   # override the config's image resolution
+    amp: str | None = None          # "bf16" | "fp16"
+    ckpt_every: int = 0
+    resume: bool = False
+    itc_weight: float = 1.0
+    itm_weight: float = 1.0
+    heldout_frac: float = 0.1
+    max_steps: int | None = None
+    seed: int = 0
+    cache_dir: str | None = None    # default: <runs>/cache/image-features
+    eval_loss_pairs: int = 2048     # held-out pairs the epoch-end loss is measured on
+    eval_batch_size: int = 256
+    progress: bool = True
+    tensorboard: bool = False
+    device: str | None = None
+
+    def loop_config(self) -> LoopConfig:
+        return LoopConfig(epochs=self.epochs, batch_size=self.batch_size, accum_steps=self.accum_steps,
+                          lr=self.lr, weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
+                          amp=self.amp, ckpt_every=self.ckpt_every, max_steps=self.max_steps,
+                          seed=self.seed, resume=self.resume, progress=self.progress,
+                          tensorboard=self.tensorboard, device=self.device,
+                          # the fused projection is not used by ITC/ITM; ITM off leaves the fusion unused
+                          find_unused_parameters=True)
+
+
+@dataclass
+class PretrainResult:
+    model: torch.nn.Module
+    out: Path
+    train: TrainResult
+    split: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def build_model(cfg: PretrainConfig):
+    """The model to train: the named config, with `image_size` overridden when given. Seeded, so
+    every DDP rank and every resume starts from the same weights."""
+    from ..models.factory import create_model
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.config, pretrained=cfg.pretrained)
+    if cfg.image_size and cfg.image_size != model.config.image_size:
+        torch.manual_seed(cfg.seed)
+        model = create_model(dataclasses.replace(model.config, image_size=cfg.image_size),
+                             pretrained=cfg.pretrained)
+    return model
+
+
+def freeze(module: torch.nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    module.eval()
+
+
+class ImageSource:
+    """Image-tower inputs for a list of image indices: cached features, or pixels to run the tower on."""
+
+    def __init__(self, model, pairs: CatalogPairs, cache: ImageFeatureCache | None):
+        self.model, self.pairs, self.cache = model, pairs, cache
+
+    def batch(self, image_indices) -> dict:
+        if self.cache is not None:
+            patches, pooled = self.cache.features(image_indices)
+            return {"patches": patches, "pooled": pooled}
+        paths = [self.pairs.image_paths[i] for i in image_indices]
+        images, errors = load_images(paths)
+        if errors:
+            raise ValueError("could not load image " + next(iter(errors.values())))
+        return {"pixels": self.model.preprocess(images)}
+
+
+def image_features(model, batch: dict, frozen: bool):
+    """(patches, pooled) from a batch made by `ImageSource`."""
+    if "patches" in batch:
+        return batch["patches"], batch["pooled"]
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+        return model.image_features(batch["pixels"])
+
+
+class PretrainTask:
+    """The Stage 1 task for the shared loop (see `loop.Task`)."""
+
+    def __init__(self, model, pairs: CatalogPairs, cfg: PretrainConfig, cache: ImageFeatureCache | None):
+        self.model, self.pairs, self.cfg = model, pairs, cfg
+        self.images = ImageSource(model, pairs, cache)
+        self.train_idx = pairs.train_pairs()
+        self.eval_rows = pairs.products_with_image(heldout=True)
+        held = pairs.heldout_pairs()
+        self.eval_loss_idx = held[np.random.default_rng(cfg.seed).permutation(len(held))[:cfg.eval_loss_pairs]]
+
+    # -- the Task contract
+    def train_size(self) -> int:
+        return len(self.train_idx)
+
+    def make_batch(self, indices) -> dict:
+        return self.pair_batch(self.train_idx[np.asarray(indices)])
+
+    def loss(self, model, batch, gather: bool = True):
+        cfg = self.cfg
+        patches, pooled = image_features(model, batch, cfg.freeze_image)
+        tokens, text_pooled = model.text_features(batch["input_ids"], batch["attention_mask"])
+        img = model.project_image(pooled)
+        txt = model.project_text(text_pooled)
+        itc, logits = itc_loss(img, txt, batch["ids"], model.logit_scale, gather=gather)
+        stats = {"itc": itc.item(), "temperature": 1.0 / model.logit_scale.exp().item()}
+        loss = cfg.itc_weight * itc
+        if cfg.itm_weight:
+            own = local_slice(len(img)) if gather else slice(None)
+            itm, itm_stats = itm_loss(model, tokens, batch["attention_mask"], patches,
+                                      logits[own, own].detach(), batch["ids"])
+            loss = loss + cfg.itm_weight * itm
+            stats.update(itm=itm.item(), **itm_stats)
+        return loss, stats
+
+    def train_mode(self, model) -> None:
+        model.train()
+        if self.cfg.freeze_image:
+            model.image_tower.eval()     # frozen BatchNorm statistics stay as cached
+
+    def evaluate(self, model) -> dict:
+        emb = encode_products(model, self.pairs, self.eval_rows, self.images, self.cfg.eval_batch_size,
+                              kinds=("image", "text"))
+        out = retrieval_metrics(emb["text"], emb["image"])
+        losses = []
+        for i in range(0, len(self.eval_loss_idx) - self.cfg.batch_size + 1, self.cfg.batch_size):
+            batch = self.pair_batch(self.eval_loss_idx[i:i + self.cfg.batch_size], device=_device_of(model))
+            losses.append(self.loss(model, batch, gather=False)[0].item())
+        if losses:
+            out["loss"] = float(np.mean(losses))
+        return out
+
+    # -- helpers
+    def pair_batch(self, pair_indices: np.ndarray, device=None) -> dict:
+        rows = self.pairs.pair_product[pair_indices]
+        tok = self.model.tokenize([self.pairs.texts[r] for r in rows])
+        batch = {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"],
+                 "ids": torch.from_numpy(rows.astype(np.int64)),
+                 **self.images.batch(self.pairs.pair_image[pair_indices])}
+        return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def encode_products(model, pairs: CatalogPairs, rows: np.ndarray, images: ImageSource,
+                    batch_size: int = 256, kinds=("image", "text", "fused")) -> dict[str, np.ndarray]:
+    """Normalised embeddings of products `rows` (each with its primary image): a dict with the
+    requested kinds, "image" / "text" (the towers + projections) and "fused" (the product
+    embedding: image-grounded text encoder + projection). float32 [len(rows), D]."""
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    out = {k: [] for k in kinds}
+    for i in range(0, len(rows), batch_size):
+        r = rows[i:i + batch_size]
+        tok = model.tokenize([pairs.texts[j] for j in r])
+        ids, mask = tok["input_ids"].to(device), tok["attention_mask"].to(device)
+        batch = {k: v.to(device) for k, v in images.batch(pairs.primary_image[r]).items()}
+        patches, pooled = image_features(model, batch, frozen=True)
+        if "image" in out:
+            out["image"].append(model.project_image(pooled))
+        if "text" in out or "fused" in out:
+            tokens, text_pooled = model.text_features(ids, mask)
+            if "text" in out:
+                out["text"].append(model.project_text(text_pooled))
+            if "fused" in out:
+                out["fused"].append(model.project_fused(model.fuse(tokens, mask, patches)))
+    model.train(was_training)
+    return {k: F.normalize(torch.cat(v).float(), dim=-1).cpu().numpy() for k, v in out.items()}
+
+
+def retrieval_metrics(text_emb: np.ndarray, image_emb: np.ndarray, ks=(1, 5, 10)) -> dict:
+    """Recall@k both ways when row i of `text_emb` and of `image_emb` are the same product:
+    t2i_r@k = share of texts whose product's image is among the k nearest images (and i2t)."""
+    sim = torch.from_numpy(text_emb) @ torch.from_numpy(image_emb).t()
+    out = {}
+    for name, s in (("t2i", sim), ("i2t", sim.t())):
+        # rank of the correct item = number of items scored strictly higher
+        correct = s.diagonal().unsqueeze(1)
+        rank = (s > correct).sum(1)
+        for k in ks:
+            out[f"{name}_r@{k}"] = float((rank < k).float().mean())
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_resume(out: Path, cfg: PretrainConfig) -> None:
+    path = out / CONFIG_FILE
+    if not path.exists():
+        return
+    saved = read_json(path)
+    diff = {k: (saved.get(k), getattr(cfg, k)) for k in _RUN_DEFINING if saved.get(k) != getattr(cfg, k)}
+    if diff:
+        raise ValueError(f"{path}: --resume with settings that differ from the run being resumed: "
+                         + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items()))
+
+
+def pretrain(catalog: str | Path | Catalog, out: str | Path, cfg: PretrainConfig | None = None) -> PretrainResult:
+    """Run Stage 1 on `catalog`; checkpoints, metrics.jsonl and the final model (`<out>/model`,
+    open with `dashclip.load`) go to `out`. Under torchrun, every rank calls this."""
+    import torch.distributed as dist
+
+    cfg = cfg or PretrainConfig()
+    out = Path(out)
+    catalog = catalog if isinstance(catalog, Catalog) else Catalog.open(catalog)
+    rank, world, local_rank = init_distributed()
+    if cfg.resume:
+        _check_resume(out, cfg)
+    device = pick_device(cfg.device, local_rank)
+
+    model = build_model(cfg).to(device)
+    pairs = CatalogPairs.from_catalog(catalog, cfg.heldout_frac, cfg.seed)
+    cache = None
+    if cfg.freeze_image:
+        freeze(model.image_tower)
+        cache_root = Path(cfg.cache_dir) if cfg.cache_dir else runs_dir() / "cache" / "image-features"
+        if rank == 0:        # one rank builds, the others open what it wrote
+            cache = build_or_open(model, pairs.image_paths, cache_root, device=device,
+                                  show_progress=cfg.progress)
+        if world > 1:
+            dist.barrier()
+        if rank != 0:
+            cache = build_or_open(model, pairs.image_paths, cache_root, device=device, show_progress=False)
+        pairs = pairs.without_images(~cache.valid)
+
+    split = {"products": int(len(pairs.heldout)), "heldout_products": int(pairs.heldout.sum()),
+             "train_pairs": int(len(pairs.train_pairs())), "heldout_pairs": int(len(pairs.heldout_pairs())),
+             "skipped_image_rows": pairs.skipped}
+    if cache is not None:
+        split["image_cache"] = {"path": str(cache.path), "build_seconds": cache.meta.get("build_seconds"),
+                                "failed_images": cache.meta.get("n_failed", 0)}
+    if rank == 0:
+        write_json(out / CONFIG_FILE, {**asdict(cfg), "split": split, "model_config": cfg.config,
+                                       "world_size": world})
+    task = PretrainTask(model, pairs, cfg, cache)
+    result = train(model, task, cfg.loop_config(), out)
+    if rank == 0:
+        model.save(out / MODEL_DIR)
+    if world > 1:
+        dist.barrier()
+    return PretrainResult(model=model, out=out, train=result, split=split)

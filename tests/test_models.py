@@ -1,0 +1,215 @@
+"""The product encoder: tiny configs of every kind (dashclip, blip, clip) forward and backward,
+save/load round trips, the fusion's zero-init cross-attention, the offline default, embed-catalog."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dashclip
+from dashclip.models.config import builtin_configs, get_config
+from dashclip.models.factory import create_model
+from toy_catalog import make_catalog
+
+IMAGES = [Image.new("RGB", (60, 80), c) for c in ((200, 20, 20), (20, 20, 200), (20, 160, 20))]
+TEXTS = ["Red cotton shirt", "Blue denim jeans", "Green canvas bag"]
+
+
+def forward_backward(model):
+    """One ITC-style step through every part used in training: all trainable parts get gradients."""
+    model.train()
+    tok = model.tokenize(TEXTS)
+    patches, pooled = model.image_features(model.preprocess(IMAGES))
+    tokens, text_pooled = model.text_features(tok["input_ids"], tok["attention_mask"])
+    fused = model.fuse(tokens, tok["attention_mask"], patches)
+    img, txt, prod = model.project_image(pooled), model.project_text(text_pooled), model.project_fused(fused)
+    assert img.shape == txt.shape == prod.shape == (3, model.embed_dim)
+    assert torch.allclose(prod.norm(dim=-1), torch.ones(3), atol=1e-5)
+    loss = -(img * txt).sum() - (prod * txt).sum() + model.itm_logits(fused).logsumexp(-1).sum()
+    loss.backward()
+    for part in ("image_proj", "text_proj", "fused_proj", "itm_head"):
+        assert all(p.grad is not None for p in getattr(model, part).parameters()), part
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.image_tower.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.text_tower.parameters())
+
+
+def assert_round_trip(model, path):
+    model.add_query_encoder()
+    model.save(path)
+    loaded = dashclip.load(path)
+    assert loaded.model_id == model.model_id and loaded.has_query_encoder
+    assert json.loads((path / "config.json").read_text())["model_id"] == model.model_id
+    for name in ("encode_text", "encode_query"):
+        assert torch.allclose(getattr(loaded, name)(TEXTS), getattr(model, name)(TEXTS), atol=1e-5), name
+    assert torch.allclose(loaded.encode_image(IMAGES), model.encode_image(IMAGES), atol=1e-5)
+    assert torch.allclose(loaded.encode_product(TEXTS, IMAGES), model.encode_product(TEXTS, IMAGES), atol=1e-5)
+    return loaded
+
+
+def test_tiny_forward_backward_and_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("tiny", pretrained=False)
+    forward_backward(model)
+    assert_round_trip(model, tmp_path / "m")
+    # the query encoder is a copy, not a view, of the text tower
+    with torch.no_grad():
+        next(model.query_tower.parameters()).add_(1.0)
+    assert not torch.allclose(model.encode_query(TEXTS), model.encode_text(TEXTS))
+
+
+def test_model_id_changes_with_any_weight():
+    model = create_model("tiny", pretrained=False)
+    before = model.model_id
+    with torch.no_grad():
+        model.fused_proj.bias.add_(1e-3)
+    assert model.model_id != before
+
+
+def test_new_fusion_layer_computes_the_text_layer_it_was_copied_from():
+    """Zero-init cross-attention: before training, a fusion layer copied from the last BERT layer
+    gives that layer's output whatever the image."""
+    model = create_model("tiny", pretrained=False).eval()
+    bert = model.text_tower.bert
+    tok = model.tokenize(TEXTS)
+    ids, mask = tok["input_ids"], tok["attention_mask"]
+    with torch.no_grad():
+        out = bert(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        hidden, expected = out.hidden_states[-2], out.last_hidden_state
+        fusion_layer = model.fusion.layers[0]
+        patches = torch.randn(3, 16, model.image_tower.width)
+        got = fusion_layer(hidden, mask == 0, model.fusion.image_norm(patches))
+    keep = mask.bool()
+    assert torch.allclose(got[keep], expected[keep], atol=1e-5)
+
+
+def test_default_config_loads_offline_weights():
+    model = create_model("default")
+    assert model.embed_dim == 256 and model.config.text_tower["type"] == "minilm"
+    # the text tower is all-MiniLM-L6-v2 with mean pooling: the same vectors as the off-the-shelf encoder
+    from dashclip.models.sentence import SentenceEncoder, minilm_path
+    ref = torch.as_tensor(np.asarray(SentenceEncoder(minilm_path()).encode(TEXTS)))
+    tok = model.tokenize(TEXTS)
+    with torch.no_grad():
+        pooled = torch.nn.functional.normalize(model.text_features(tok["input_ids"], tok["attention_mask"])[1], dim=-1)
+    assert torch.allclose(pooled, ref.float(), atol=1e-4)
+    patches, pooled = model.image_features(model.preprocess(IMAGES[:1]))
+    assert patches.shape == (1, 49, 1280) and pooled.shape == (1, 1280)
+    small = create_model("default", image_size=128)
+    assert small.image_features(small.preprocess(IMAGES[:1]))[0].shape == (1, 16, 1280)
+
+
+def _tiny_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    from dashclip.models.sentence import minilm_path
+    AutoTokenizer.from_pretrained(str(minilm_path())).save_pretrained(str(path))
+
+
+def test_blip_tiny_from_a_local_dir(tmp_path):
+    from transformers import BlipConfig, BlipForImageTextRetrieval
+    hf_dir = tmp_path / "blip-hf"
+    cfg = BlipConfig(text_config=dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=64, max_position_embeddings=64, encoder_hidden_size=24),
+                     vision_config=dict(hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=48, image_size=32, patch_size=8),
+                     image_text_hidden_size=16)
+    BlipForImageTextRetrieval(cfg).save_pretrained(hf_dir)
+    _tiny_tokenizer(hf_dir)
+    model = create_model("blip", hf_id=str(hf_dir), image_size=32, max_length=16)
+    assert model.embed_dim == 16
+    # the HF parts keep their roles: BLIP's own projections and ITM head
+    hf = BlipForImageTextRetrieval.from_pretrained(hf_dir)
+    assert torch.equal(model.image_proj.weight, hf.vision_proj.weight)
+    assert torch.equal(model.itm_head.weight, hf.itm_head.weight)
+    forward_backward(model)
+    loaded = assert_round_trip(model, tmp_path / "m")
+    assert loaded.config.hf_config is not None       # loading needs neither the hub nor hf_dir
+    assert loaded.config.kind == "blip"
+
+
+def test_clip_tiny_from_a_local_dir(tmp_path):
+    from transformers import CLIPConfig, CLIPModel
+    hf_dir = tmp_path / "clip-hf"
+    cfg = CLIPConfig(text_config=dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=64, max_position_embeddings=64, eos_token_id=102),
+                     vision_config=dict(hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=48, image_size=32, patch_size=8),
+                     projection_dim=16)
+    CLIPModel(cfg).save_pretrained(hf_dir)
+    _tiny_tokenizer(hf_dir)
+    model = create_model("clip", hf_id=str(hf_dir), image_size=32, max_length=16, fusion_layers=1)
+    assert model.embed_dim == 16
+    forward_backward(model)
+    assert_round_trip(model, tmp_path / "m")
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    assert {"default", "tiny", "blip", "clip"} <= set(builtin_configs())
+    with pytest.raises(ValueError, match="unknown model config 'nope'"):
+        get_config("nope")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "x", "colour": 1}')
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['colour'\]"):
+        get_config(bad)
+    with pytest.raises(FileNotFoundError, match="not a dashclip model directory"):
+        dashclip.load(tmp_path)
+    model_dir = create_model("tiny", pretrained=False).save(tmp_path / "m")
+    (model_dir / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        dashclip.load(model_dir)
+
+
+def test_embed_catalog_writes_every_product_and_resumes(tmp_path, monkeypatch):
+    from dashclip.models import embeddings as emb_mod
+    from dashclip.models.embeddings import embed_catalog, load_embeddings
+
+    catalog = make_catalog(tmp_path / "cat", extra_photos=0)
+    (catalog / "images" / "101.png").write_bytes(b"not an image")     # one unreadable image
+    model = create_model("tiny", pretrained=False)
+    out = tmp_path / "emb"
+
+    calls = {"n": 0}
+    real = emb_mod.embed_rows
+
+    def dies_on_third_batch(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+    monkeypatch.setattr(emb_mod, "embed_rows", dies_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        embed_catalog(model, catalog, out, batch_size=8, chunk_size=16, progress=False)
+    assert not out.exists() and len(list((tmp_path / "emb.partial").glob("chunk-*.npz"))) == 1
+    calls["n"] = -100
+    embed_catalog(model, catalog, out, batch_size=8, chunk_size=16, progress=False)
+    assert calls["n"] == -100 + 4        # 48 products, 16 done before: 4 batches of 8 re-run, not 6
+    assert not (tmp_path / "emb.partial").exists()
+
+    e = load_embeddings(out)
+    assert len(e) == 48 and e.meta["model_id"] == model.model_id and e.meta["n_without_image"] == 1
+    assert list(e.ids[:2]) == [100, 101] and not e.has_image[1]
+    for kind in ("fused", "image", "text"):
+        assert e.vectors[kind].shape == (48, model.embed_dim)
+        assert np.allclose(np.linalg.norm(e.vectors[kind], axis=1), 1, atol=1e-5)
+    from dashclip.data.catalog import Catalog
+    cat = Catalog.open(catalog)
+    want = model.encode_product(cat.product_texts()[:1], [Image.open(catalog / "images" / "100.png")])
+    assert np.allclose(e.vectors["fused"][0], want[0].numpy(), atol=1e-5)
+
+
+def test_embed_catalog_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from dashclip.cli import app
+    catalog = make_catalog(tmp_path / "cat", extra_photos=0)
+    model_dir = create_model("tiny", pretrained=False).save(tmp_path / "m")
+    res = CliRunner().invoke(app, ["embed-catalog", "--model", str(model_dir), "--catalog", str(catalog),
+                                   "--out", str(tmp_path / "e"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "e" / "fused.npy").exists() and "48 products" in res.output
+    res = CliRunner().invoke(app, ["embed-catalog", "--model", str(tmp_path / "nope"), "--catalog", str(catalog),
+                                   "--out", str(tmp_path / "e2")])
+    assert res.exit_code != 0 and "not a dashclip model directory" in " ".join(res.output.split())

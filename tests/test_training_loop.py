@@ -1,0 +1,175 @@
+"""The shared training loop on a toy two-tower model: training, logs, accumulation, and resume
+after a real kill -9 mid-epoch. Run as a script, this file is the toy training job the tests kill."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dashclip.losses import itc_loss
+from dashclip.training.loop import LoopConfig, checkpoint_path, train
+
+
+class ToyTwoTower(nn.Module):
+    def __init__(self, dim_in: int = 6, dim: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.image = nn.Linear(dim_in, dim)
+        self.text = nn.Sequential(nn.Linear(dim_in, 8), nn.Dropout(dropout), nn.Linear(8, dim))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+
+
+class ToyTask:
+    """Pairs (x, x @ R) with ids shared by two consecutive pairs; optional RNG-driven noise."""
+
+    def __init__(self, n: int = 64, noise: float = 0.0, sleep: float = 0.0, mse: bool = False):
+        g = torch.Generator().manual_seed(123)
+        self.x = torch.randn(n, 6, generator=g)
+        self.y = self.x @ torch.randn(6, 6, generator=g)
+        self.ids = torch.arange(n) // 2
+        self.noise, self.sleep, self.mse = noise, sleep, mse
+
+    def train_size(self):
+        return len(self.x)
+
+    def make_batch(self, indices):
+        return {"x": self.x[indices], "y": self.y[indices], "ids": self.ids[indices]}
+
+    def loss(self, model, batch):
+        if self.sleep:
+            time.sleep(self.sleep)
+        y = batch["y"] + self.noise * torch.randn_like(batch["y"])
+        img, txt = model.image(batch["x"]), model.text(y)
+        if self.mse:   # a per-example mean: accumulation must reproduce the big batch exactly
+            return F.mse_loss(img, txt), {}
+        loss, _ = itc_loss(F.normalize(img, dim=-1), F.normalize(txt, dim=-1), batch["ids"], model.logit_scale)
+        return loss, {"scale": model.logit_scale.exp().item()}
+
+    def evaluate(self, model):
+        img = F.normalize(model.image(self.x), dim=-1)
+        txt = F.normalize(model.text(self.y), dim=-1)
+        sim = txt @ img.t()
+        hits = (self.ids[sim.argmax(1)] == self.ids).float().mean().item()
+        return {"t2i_r1": hits, "noise_probe": torch.rand(()).item()}
+
+
+def run_toy(out: Path, **overrides) -> tuple[ToyTwoTower, object]:
+    task_args = {k: overrides.pop(k) for k in ("noise", "sleep", "mse", "n") if k in overrides}
+    dropout = overrides.pop("dropout", 0.0)
+    torch.manual_seed(0)
+    model = ToyTwoTower(dropout=dropout)
+    cfg = LoopConfig(**{"epochs": 2, "batch_size": 8, "lr": 1e-2, "progress": False, "log_every": 1,
+                        **overrides})
+    return model, train(model, ToyTask(**task_args), cfg, out)
+
+
+def state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(a, b, atol=1e-6):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=atol), (k, (a[k] - b[k]).abs().max())
+
+
+def test_loop_trains_logs_and_checkpoints(tmp_path):
+    model, result = run_toy(tmp_path, epochs=6, lr=3e-2, noise=0.05, dropout=0.1)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert result.step == 6 * (64 // 8) == len(train_rows)
+    assert [r["epoch"] for r in evals] == [1, 2, 3, 4, 5, 6]  # one evaluation per epoch end
+    assert train_rows[-1]["loss_avg"] < train_rows[0]["loss"]   # it learns
+    assert evals[-1]["t2i_r1"] > 0.4 > evals[0]["t2i_r1"]        # chance is 2/64
+    assert all(r["pairs_per_s"] > 0 and r["lr"] > 0 for r in train_rows)
+    ckpt = torch.load(checkpoint_path(tmp_path), weights_only=False)
+    assert ckpt["step"] == result.step and ckpt["epoch"] == 6
+    assert_same_weights(ckpt["model"], model.state_dict())
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))    # atomic writes leave no debris
+
+
+def test_gradient_accumulation_matches_big_batch(tmp_path):
+    big, _ = run_toy(tmp_path / "big", batch_size=16, mse=True, grad_clip=None)
+    acc, _ = run_toy(tmp_path / "acc", batch_size=4, accum_steps=4, mse=True, grad_clip=None)
+    assert_same_weights(state(big), state(acc), atol=1e-5)
+
+
+def test_max_steps_stops_early_and_evaluates(tmp_path):
+    _, result = run_toy(tmp_path, epochs=5, max_steps=3)
+    assert result.step == 3 and result.epoch == 0
+    assert [e["step"] for e in result.evals] == [3]
+
+
+def test_bf16_autocast_runs_on_cpu(tmp_path):
+    _, result = run_toy(tmp_path, epochs=1, amp="bf16")
+    assert math.isfinite(result.last["loss"])
+
+
+def test_fp16_uses_a_grad_scaler_and_checkpoints_it(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")    # the scaler skipping its first steps makes torch warn
+        _, result = run_toy(tmp_path, epochs=2, amp="fp16")
+    scaler = torch.load(checkpoint_path(tmp_path), weights_only=False)["scaler"]
+    assert scaler and 0 < scaler["scale"] <= 65536.0
+    assert math.isfinite(result.last["loss"])
+
+
+def _job(out: Path, resume: bool) -> list[str]:
+    return [sys.executable, __file__, str(out), "resume" if resume else "fresh"]
+
+
+def test_kill_9_mid_epoch_then_resume_ends_like_uninterrupted_run(tmp_path):
+    # Uninterrupted reference, in a subprocess like the others (same code path, same threads).
+    ref = tmp_path / "ref"
+    subprocess.run(_job(ref, False), check=True, timeout=120)
+    # The same run, killed with SIGKILL after its second checkpoint (mid-epoch), then resumed.
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_job(run, False))
+    ckpt = checkpoint_path(run)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if ckpt.exists():
+            try:
+                saved = torch.load(ckpt, weights_only=False)
+            except Exception:       # replaced between exists() and load(): try again
+                continue
+            if saved["step"] >= 10:
+                break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    saved = torch.load(ckpt, weights_only=False)
+    assert 0 < saved["step_in_epoch"] < 32 and saved["step"] < 64, "the kill must land mid-run"
+    subprocess.run(_job(run, True), check=True, timeout=120)
+    a, b = torch.load(checkpoint_path(ref), weights_only=False), torch.load(ckpt, weights_only=False)
+    assert a["step"] == b["step"] == 64
+    assert_same_weights(a["model"], b["model"])
+    assert_same_weights(a["optimizer"]["state"][0], b["optimizer"]["state"][0])
+    # The metric log of the resumed run has each step once and matches the reference.
+    log = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    ra, rb = log(ref), log(run)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb]
+    for x, y in zip(ra, rb):
+        if x["kind"] == "train":
+            assert abs(x["loss"] - y["loss"]) < 1e-5
+        else:
+            assert x["noise_probe"] == y["noise_probe"]
+
+
+if __name__ == "__main__":   # the toy job the kill -9 test runs: 2 epochs x 32 steps, noise + dropout
+    out, mode = Path(sys.argv[1]), sys.argv[2]
+    torch.set_num_threads(1)
+    run_toy(out, n=256, epochs=2, batch_size=8, noise=0.05, dropout=0.1, ckpt_every=5,
+            sleep=0.02, resume=mode == "resume")
