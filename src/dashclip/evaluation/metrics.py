@@ -1,0 +1,133 @@
+"""Ranking metrics and the one ranking function, after ../shared/data/fashion-queries/README.md.
+
+Definitions (exact, so that numbers compare with the README's reference table):
+
+- a ranking is cut at the top 100 after removing duplicate product ids (first occurrence kept);
+- NDCG@10: gain 2^label - 1, discount 1/log2(rank + 1); the ideal DCG comes from *all* of the
+  query's labels over the whole catalog, not only from the retrieved products;
+- Recall@K: label-2 products in the top K divided by min(number of label-2 products, K)
+  (the README defines K = 100; the curve uses the same form at every K);
+- MRR: 1/rank of the first label-2 product within the top 100 (0 if none);
+- P@10: products with label >= 1 among the top 10, divided by 10;
+- every metric is averaged over queries, and per query style.
+
+Ties: `top_k` orders equal scores by a fixed random permutation of the candidates (seeded, the
+same rule as `dashclip.text.BM25`), so ties never favour catalog order and the same scores always
+give the same ranking. Every system (BM25, MiniLM, the model) is ranked by `top_k`.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+HIGHLY_RELEVANT = 2
+TOP = 100  # rankings are cut here (README)
+
+
+def tiebreak_order(n: int, seed: int = 0) -> np.ndarray:
+    """The fixed permutation that orders equal scores (same as dashclip.text.BM25's)."""
+    return np.random.default_rng(seed).permutation(n)
+
+
+def top_k(scores: np.ndarray, k: int, tiebreak: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the k best columns of `scores` ([N] or [Q, N]), best first.
+
+    Equal scores are ordered by `tiebreak` (lower first; default: `tiebreak_order(N)`).
+    Runs in O(N) per row plus a sort of the few candidates at or above the k-th score."""
+    scores = np.asarray(scores)
+    single = scores.ndim == 1
+    scores = np.atleast_2d(scores)
+    n = scores.shape[1]
+    k = min(k, n)
+    if tiebreak is None:
+        tiebreak = tiebreak_order(n)
+    out = np.empty((scores.shape[0], k), dtype=np.int64)
+    for i, row in enumerate(scores):
+        if k < n:
+            kth = np.partition(row, n - k)[n - k]  # the k-th largest score
+            cand = np.flatnonzero(row >= kth)    # every row tied with it too
+        else:
+            cand = np.arange(n)
+        order = np.lexsort((tiebreak[cand], -row[cand]))[:k]
+        out[i] = cand[order]
+    return out[0] if single else out
+
+
+def dedupe(ids: Iterable) -> list:
+    """Ids in order with repeats removed (first occurrence kept)."""
+    seen, out = set(), []
+    for pid in ids:
+        if pid not in seen:
+            seen.add(pid)
+            out.append(pid)
+    return out
+
+
+def dcg(gains: Sequence[float]) -> float:
+    """Sum of gain / log2(rank + 1), rank starting at 1."""
+    g = np.asarray(gains, dtype=np.float64)
+    return float((g / np.log2(np.arange(2, len(g) + 2))).sum())
+
+
+def ndcg_at_k(ranked_labels: Sequence[int], all_labels: Iterable[int], k: int = 10) -> float:
+    """NDCG@k with gain 2^label - 1; the ideal ranking is built from `all_labels`
+    (every label > 0 of the query over the whole catalog). 0 when the query has no relevant product."""
+    ideal = sorted((int(x) for x in all_labels if x > 0), reverse=True)[:k]
+    idcg = dcg([2 ** x - 1 for x in ideal])
+    if idcg == 0:
+        return 0.0
+    return dcg([2 ** int(x) - 1 for x in list(ranked_labels)[:k]]) / idcg
+
+
+def recall_at_k(ranked_labels: Sequence[int], n_highly: int, k: int = TOP) -> float:
+    """Label-2 products in the top k / min(n_highly, k); 0 when the query has no label-2 product."""
+    denom = min(n_highly, k)
+    if denom == 0:
+        return 0.0
+    return sum(1 for x in list(ranked_labels)[:k] if x >= HIGHLY_RELEVANT) / denom
+
+
+def reciprocal_rank(ranked_labels: Sequence[int], k: int = TOP) -> float:
+    for rank, x in enumerate(list(ranked_labels)[:k], 1):
+        if x >= HIGHLY_RELEVANT:
+            return 1.0 / rank
+    return 0.0
+
+
+def precision_at_k(ranked_labels: Sequence[int], k: int = 10) -> float:
+    return sum(1 for x in list(ranked_labels)[:k] if x >= 1) / k
+
+
+def query_metrics(ranked_ids: Sequence, labels: Mapping, recall_ks: Sequence[int] = ()) -> dict[str, float]:
+    """All metrics of one query. `labels` maps product id -> label for every product with label > 0
+    (absent ids are label 0); `ranked_ids` is the system's ranking, best first."""
+    ranked = [labels.get(pid, 0) for pid in dedupe(ranked_ids)[:TOP]]
+    n_highly = sum(1 for x in labels.values() if x >= HIGHLY_RELEVANT)
+    out = {"ndcg@10": ndcg_at_k(ranked, labels.values(), 10),
+           "recall@100": recall_at_k(ranked, n_highly, TOP),
+           "mrr": reciprocal_rank(ranked, TOP),
+           "p@10": precision_at_k(ranked, 10)}
+    for k in recall_ks:
+        out[f"recall@{k}"] = recall_at_k(ranked, n_highly, k)
+    return out
+
+
+def mean_metrics(per_query: list[dict[str, float]]) -> dict[str, float]:
+    """Average of each metric over queries."""
+    if not per_query:
+        return {}
+    return {key: float(np.mean([m[key] for m in per_query])) for key in per_query[0]}
+
+
+def aggregate(per_query: Mapping[str, dict[str, float]], groups: Mapping[str, str] | None = None) -> dict:
+    """{"all": means, "n_queries": n, "by_group": {group: {"n_queries", **means}}}.
+    `groups` maps qid -> group (the query style)."""
+    out = {"n_queries": len(per_query), "all": mean_metrics(list(per_query.values()))}
+    if groups:
+        buckets: dict[str, list] = defaultdict(list)
+        for qid, m in per_query.items():
+            buckets[groups.get(qid, "?")].append(m)
+        out["by_group"] = {g: {"n_queries": len(ms), **mean_metrics(ms)} for g, ms in sorted(buckets.items())}
+    return out
