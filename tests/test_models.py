@@ -66,6 +66,12 @@ def test_model_id_changes_with_any_weight():
     with torch.no_grad():
         model.fused_proj.bias.add_(1e-3)
     assert model.model_id != before
+    # the query encoder is not part of the product embedding space the id names
+    changed = model.model_id
+    model.add_query_encoder()
+    with torch.no_grad():
+        next(model.query_tower.parameters()).add_(1.0)
+    assert model.model_id == changed
 
 
 def test_new_fusion_layer_computes_the_text_layer_it_was_copied_from():

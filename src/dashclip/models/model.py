@@ -29,6 +29,7 @@ from .towers import clone
 
 # Parts of the product side that Stage 2 may unfreeze (`dashclip align --unfreeze-product`).
 PRODUCT_TRAINABLE = ("fusion", "image_proj", "text_proj", "fused_proj")
+QUERY_ENCODER_PREFIXES = ("query_tower.", "query_proj.")
 
 
 class DashCLIP(nn.Module):
@@ -155,12 +156,16 @@ class DashCLIP(nn.Module):
     # ---- identity and persistence
     @property
     def model_id(self) -> str:
-        """A hash of the config and every weight: embeddings and indexes record it, so vectors made by
-        one model are never searched with another."""
+        """A hash of the config and the weights of the product side (everything but the Stage 2 query
+        encoder): it names the product embedding space. Embeddings and indexes record it, so vectors
+        made by one model are never searched with another; Stage 2 with a frozen product side keeps
+        the id, so its query encoder searches the Stage 1 index as it should."""
         h = hashlib.blake2b(digest_size=8)
         # JSON, not repr: the hash must survive a save/load round trip of the config
         h.update(json.dumps(self.config.to_dict(), sort_keys=True, default=str).encode())
         for name, t in sorted(self.state_dict().items()):
+            if name.startswith(QUERY_ENCODER_PREFIXES):
+                continue
             t = t.detach().cpu().contiguous()
             h.update(name.encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
