@@ -12,8 +12,8 @@ from PIL import Image
 from dashclip.data.catalog import Catalog
 from dashclip.evaluation.baselines import BM25Scorer, EmbeddingScorer, cached_encode
 from dashclip.evaluation.evaluators import (CategoryEvaluator, GroceryEvaluator, RelevanceEvaluator,
-                                            RetrievalEvaluator, is_test_product, knn_predict, load_labels_module,
-                                            load_queries, predicate_qrels, read_qrels_tsv, topk_hits)
+                                            RetrievalEvaluator, is_test_product, knn_predict, topk_hits)
+from dashclip.evaluation.qrels import load_labels_module, load_queries, predicate_qrels, read_qrels_tsv
 from dashclip.evaluation.metrics import query_metrics
 from dashclip.settings import data_dir
 
@@ -122,9 +122,9 @@ def label_scores(qrels, sign=1.0):
 
 def test_perfect_ranking_scores_one():
     m = RetrievalEvaluator(QUERIES, LABELS)(ArrayScorer("perfect", IDS, label_scores(LABELS)))
-    assert m["all"]["ndcg@10"] == pytest.approx(1.0)
-    assert m["all"]["recall@100"] == 1.0 and m["all"]["mrr"] == 1.0
-    assert m["by_style"]["keyword"]["n_queries"] == 1 and m["system"] == "perfect"
+    assert m["overall"]["ndcg@10"] == pytest.approx(1.0)
+    assert m["overall"]["recall@100"] == 1.0 and m["overall"]["mrr"] == 1.0
+    assert m["per_style"]["keyword"]["n_queries"] == 1 and m["system"] == "perfect"
 
 
 def test_reversed_ranking_matches_hand_computation():
@@ -133,10 +133,10 @@ def test_reversed_ranking_matches_hand_computation():
     # Relevant products come last: the 12-product ranking ends with label 1s then label 2s.
     r1 = ev.rankings["q1"]
     assert [LABELS["q1"].get(p, 0) for p in r1][-4:] == [1, 1, 2, 2]
-    assert m["all"]["ndcg@10"] < 0.5
+    assert m["overall"]["ndcg@10"] < 0.5
     expected = np.mean([query_metrics(ev.rankings[q], LABELS[q])["ndcg@10"] for q in ("q1", "q2")])
-    assert m["all"]["ndcg@10"] == pytest.approx(expected)
-    assert m["all"]["mrr"] == pytest.approx(np.mean([1 / 11, 1 / 12]))
+    assert m["overall"]["ndcg@10"] == pytest.approx(expected)
+    assert m["overall"]["mrr"] == pytest.approx(np.mean([1 / 11, 1 / 12]))
 
 
 def test_all_tied_scores_give_a_fixed_ranking_not_catalog_order():
@@ -158,7 +158,7 @@ def test_embedding_and_bm25_scorers_rank_the_matching_product_first(tmp_path):
     for scorer in (emb, bm25):
         ev = RetrievalEvaluator([{"qid": "a", "query": "green sports shoes"}], {"a": {6: 2}})
         m = ev(scorer)
-        assert ev.rankings["a"][0] == 6 and m["all"]["mrr"] == 1.0
+        assert ev.rankings["a"][0] == 6 and m["overall"]["mrr"] == 1.0
 
 
 # --- labels ----------------------------------------------------------------------------------------
@@ -201,6 +201,8 @@ def test_predicate_labels_come_from_the_shared_labels_py(tmp_path):
     assert got == {1: 2, 4: 2, 2: 1, 3: 1, 10: 1, 9: 1}
     with pytest.raises(ValueError, match="not found in catalog column"):
         predicate_qrels([{**q, "colour": ["Navy"]}], cat.products, module)
+    # A real catalog value this small sample lacks is no typo: the query just has nothing relevant here.
+    assert predicate_qrels([{**q, "types": ["Sarees"], "related_types": []}], cat.products, module)["x1"] == {}
 
 
 # --- relevance -----------------------------------------------------------------------------------
@@ -296,3 +298,28 @@ def test_cached_encode_reuses_disk_cache_keyed_by_encoder_and_texts(tmp_path):
     cached_encode(encode, ["x", "z"], "enc-a", tmp_path)
     cached_encode(encode, ["x", "y"], "enc-b", tmp_path)
     assert calls == [2, 2, 2] and len(list(tmp_path.glob("*.npy"))) == 3
+
+
+@pytest.mark.skipif(not LABELS_PY.is_file(), reason="shared fashion-queries data not present")
+def test_fashion_qrels_from_the_dataset_catalog():
+    from dashclip.evaluation.qrels import fashion_qrels
+
+    q = {"qid": "x1", "query": "red formal shirt men", "style": "keyword", "types": ["Shirts"],
+         "gender": ["Men"], "colour": ["Red"]}
+    got = fashion_qrels([q])["x1"]
+    assert got and set(got.values()) <= {1, 2} and all(isinstance(pid, int) for pid in got)
+
+
+def test_grocery_split_catalog_keeps_iconic_images_and_one_split(tmp_path):
+    from dashclip.evaluation.grocery import split_catalog
+
+    cat = write_catalog(tmp_path / "groc", [p for p in PRODUCTS if p[0] in (1, 2)], photos_per_product=2)
+    images = cat.images.copy()
+    images.loc[images["image"].str.endswith(".x0.png"), "split"] = "train"
+    cat.images = images
+    train = split_catalog(cat, "train")
+    assert sorted(train.images["role"].tolist()) == ["extra", "extra", "primary", "primary"]
+    assert set(train.images.loc[train.images["role"] == "extra", "split"]) == {"train"}
+    assert len(cat.images) == 6  # the original is left as it was
+    with pytest.raises(ValueError, match="no in-store photos"):
+        split_catalog(cat, "val")

@@ -101,6 +101,20 @@ def test_top_k_matches_bm25_tie_rule():
 def test_aggregate_by_style():
     per = {"q1": {"ndcg@10": 1.0}, "q2": {"ndcg@10": 0.0}, "q3": {"ndcg@10": 0.5}}
     out = aggregate(per, {"q1": "keyword", "q2": "intent", "q3": "keyword"})
-    assert out["all"]["ndcg@10"] == pytest.approx(0.5)
-    assert out["by_group"]["keyword"] == {"n_queries": 2, "ndcg@10": 0.75}
-    assert out["by_group"]["intent"]["ndcg@10"] == 0.0
+    assert out["overall"]["ndcg@10"] == pytest.approx(0.5)
+    assert out["per_style"]["keyword"] == {"n_queries": 2, "ndcg@10": 0.75}
+    assert out["per_style"]["intent"]["ndcg@10"] == 0.0
+
+
+def test_evaluate_rankings_scores_a_run_per_style_and_keeps_asked_metrics():
+    from dashclip.evaluation.metrics import evaluate_rankings
+
+    qrels = {"q1": {10: 2, 11: 1}, "q2": {20: 2}}
+    run = {"q1": [10, 11, 5], "q2": [7, 20]}
+    out = evaluate_rankings(run, qrels, {"q1": "keyword", "q2": "intent"}, metrics=("ndcg@10", "mrr"))
+    assert out["n_queries"] == 2 and set(out["overall"]) == {"ndcg@10", "mrr"}
+    assert out["per_style"]["keyword"] == {"n_queries": 1, "ndcg@10": pytest.approx(1.0), "mrr": 1.0}
+    # q2: the one label-2 product at rank 2 -> DCG 3/log2(3), ideal 3.
+    assert out["per_style"]["intent"]["ndcg@10"] == pytest.approx(1 / math.log2(3))
+    assert out["overall"]["mrr"] == pytest.approx(0.75)
+    assert evaluate_rankings({"q3": [1, 2]}, qrels)["overall"]["ndcg@10"] == 0.0  # unlabelled query: all 0

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from dashclip.data.images import load_image
 from dashclip.evaluation import report
 from dashclip.evaluation.baselines import model_scorers
-from dashclip.evaluation.evaluators import load_queries, read_qrels_tsv
+from dashclip.evaluation.qrels import load_queries, read_qrels_tsv
 from test_evaluators import PRODUCTS, FakeModel, words_vector, write_catalog
 
 QUERY_LINES = [
@@ -37,6 +37,12 @@ def fake_embeddings(cat, model):
                                     "image": model.encode_image(images).numpy(),
                                     "text": model.encode_text(texts).numpy()})
 
+
+
+@pytest.fixture(autouse=True)
+def _runs_in_tmp(tmp_path, monkeypatch):
+    """Default caches (runs/cache/...) go to a temporary dir, never into the checkout."""
+    monkeypatch.setenv("DASHCLIP_RUNS", str(tmp_path / "runs"))
 
 @pytest.fixture
 def setup(tmp_path):
@@ -69,7 +75,7 @@ def test_report_numbers_are_the_evaluators_numbers_and_files_are_written(setup):
     assert direct["retrieval"] == metrics["retrieval"]
     assert direct["relevance"] == metrics["relevance"]
     # BM25 ranks the exact-title product first for "black jeans".
-    assert metrics["retrieval"]["BM25 (title + attributes)"]["by_style"]["keyword"]["mrr"] == 1.0
+    assert metrics["retrieval"]["BM25 (title + attributes)"]["per_style"]["keyword"]["mrr"] == 1.0
     assert set(metrics["category"]["fused"]) == {"category", "subCategory"}
     assert metrics["grocery"]["zero-shot"]["image"]["fine_top1"] == 1.0
     for name in ("recall_at_k.png", "confusion_aisles.png", "pca_fused.png"):

@@ -65,9 +65,10 @@ class BM25:
             return np.zeros(self.n, dtype=np.float32)
         return np.asarray(self._bm25.get_scores(toks), dtype=np.float32)
 
-    def search(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, query: str, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k rows; `allowed` (a boolean mask over the rows) restricts them, e.g. to attribute filters."""
         s = self.scores(query)
-        k = min(k, self.n)
+        rows = np.arange(self.n) if allowed is None else np.flatnonzero(allowed)
         # Sort by score desc, then by the fixed permutation for ties.
-        order = np.lexsort((self._tiebreak, -s))[:k]
+        order = rows[np.lexsort((self._tiebreak[rows], -s[rows]))[:k]]
         return order, s[order]

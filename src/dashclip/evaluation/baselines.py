@@ -1,8 +1,10 @@
 """Systems that score queries against products, for the evaluators: BM25, an off-the-shelf sentence
 encoder (MiniLM), and a dashclip model (its query encoder, or its text tower, against product embeddings).
 
-A *scorer* has `name`, `product_ids` (the columns) and `scores(queries) -> float32 [Q, N]`. The
-evaluators rank every scorer with `metrics.top_k`, so BM25, MiniLM and the model share one ranking.
+A *scorer* has `name`, `product_ids` (the columns) and `scores(queries) -> float32 [Q, N]`. Every
+scorer is ranked by `rank` (`metrics.top_k`: one tie rule), so BM25, MiniLM and the model share one
+ranking. `baseline_scorers` are the report's reference systems; `bm25_rankings` / `minilm_rankings`
+give their rankings directly (the benchmark scripts use them), through the same scorers.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..io import atomic_path
+from .metrics import TOP, tiebreak_order, top_k
 
 
 class EmbeddingScorer:
@@ -111,9 +114,93 @@ def model_query_encoder(model, method: str = "encode_query", batch_size: int = 2
 
 def model_scorers(model, product_vectors: np.ndarray, product_ids: Sequence,
                   name: str = "dashclip") -> list[EmbeddingScorer]:
-    """The model as two systems over its fused product embeddings: its query encoder (after Stage 2)
-    and its text tower as the query encoder (the model before Stage 2)."""
-    return [EmbeddingScorer(f"{name} text tower (before Stage 2)", model_query_encoder(model, "encode_text"),
-                            product_vectors, product_ids),
-            EmbeddingScorer(f"{name} query encoder", model_query_encoder(model, "encode_query"),
-                            product_vectors, product_ids)]
+    """The model as systems over its fused product embeddings: its text tower as the query encoder
+    (the model before Stage 2) and, when it has one, its Stage 2 query encoder."""
+    scorers = [EmbeddingScorer(f"{name} text tower (before Stage 2)", model_query_encoder(model, "encode_text"),
+                               product_vectors, product_ids)]
+    if getattr(model, "has_query_encoder", True):
+        scorers.append(EmbeddingScorer(f"{name} query encoder", model_query_encoder(model, "encode_query"),
+                                       product_vectors, product_ids))
+    return scorers
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ranking and the reference systems
+
+
+def rank(scorer, texts: Sequence[str], k: int = TOP, batch: int = 64) -> list[list]:
+    """The top-k product ids of each query text, best first (ties: `metrics.top_k`'s fixed rule)."""
+    ids = np.asarray(scorer.product_ids, dtype=object)
+    tiebreak = tiebreak_order(len(ids))
+    out = []
+    for i in range(0, len(texts), batch):
+        scores = scorer.scores(list(texts[i:i + batch]))
+        out += [ids[rows].tolist() for rows in top_k(scores, k, tiebreak)]
+    return out
+
+
+def retrieval_products(catalog, embedding_ids: Sequence | None = None):
+    """The products every system ranks: those with an image (the fashion-queries labels grade only
+    those), and, when a model is evaluated, those with a product embedding. Catalog order."""
+    products = catalog.products[catalog.products["image"].notna()]
+    if embedding_ids is not None:
+        products = products[products["id"].isin(set(np.asarray(embedding_ids).tolist()))]
+    return products.reset_index(drop=True)
+
+
+def bm25_scorer(catalog, products=None) -> BM25Scorer:
+    """BM25 over `product_text` (title + category + attributes), the project's one product text."""
+    from ..data.catalog import product_text
+
+    products = retrieval_products(catalog) if products is None else products
+    texts = [product_text(r, catalog.attributes) for r in products.to_dict("records")]
+    return BM25Scorer("BM25 (title + attributes)", texts, products["id"].tolist())
+
+
+def minilm_scorer(catalog, products=None, field: str = "title", cache_dir: str | Path | None = None,
+                  encoder=None, progress=None) -> EmbeddingScorer:
+    """The off-the-shelf MiniLM, query vs one product field (`title`, or `text`: `product_text`)."""
+    from ..data.catalog import product_text
+
+    products = retrieval_products(catalog) if products is None else products
+    if field == "title":
+        texts = products["title"].astype(str).tolist()
+    elif field == "text":
+        texts = [product_text(r, catalog.attributes) for r in products.to_dict("records")]
+    else:
+        raise ValueError(f"MiniLM baseline: field must be 'title' or 'text', not {field!r}")
+    name = "MiniLM (query vs title)" if field == "title" else "MiniLM (query vs title + attributes)"
+    return sentence_scorer(name, texts, products["id"].tolist(), encoder=encoder, cache_dir=cache_dir,
+                           progress=progress)
+
+
+def baseline_scorers(catalog, products=None, cache_dir: str | Path | None = None, encoder=None,
+                     progress=None) -> list:
+    """The report's reference systems: BM25 over `product_text` and MiniLM, query vs title."""
+    return [bm25_scorer(catalog, products),
+            minilm_scorer(catalog, products, "title", cache_dir, encoder, progress)]
+
+
+def bm25_rankings(catalog, texts: Sequence[str], k: int = TOP) -> list[list]:
+    """BM25's top-k product ids per query text, as ranked in `dashclip eval`."""
+    return rank(bm25_scorer(catalog), texts, k)
+
+
+def minilm_rankings(catalog, texts: Sequence[str], k: int = TOP, field: str = "title",
+                    cache_dir: str | Path | None = None, encoder=None) -> list[list]:
+    """MiniLM's top-k product ids per query text, as ranked in `dashclip eval`."""
+    return rank(minilm_scorer(catalog, None, field, cache_dir, encoder), texts, k)
+
+
+def model_rankings(model, product_vectors: np.ndarray, product_ids: Sequence, texts: Sequence[str],
+                   k: int = TOP, method: str = "encode_query", catalog=None) -> list[list]:
+    """A model's top-k product ids per query text (`method`: its `encode_query`, or `encode_text` for
+    the model before Stage 2) against product vectors, ranked exactly as `dashclip eval` ranks it.
+    With `catalog`, only `retrieval_products` (those with an image, as the labels) are ranked."""
+    ids = list(product_ids)
+    vectors = np.asarray(product_vectors, dtype=np.float32)
+    if catalog is not None:
+        keep = set(retrieval_products(catalog, ids)["id"].tolist())
+        rows = [i for i, pid in enumerate(ids) if pid in keep]
+        ids, vectors = [ids[i] for i in rows], vectors[rows]
+    return rank(EmbeddingScorer(method, model_query_encoder(model, method), vectors, ids), texts, k)

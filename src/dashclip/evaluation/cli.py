@@ -11,7 +11,8 @@ def register(app: typer.Typer) -> None:
     @app.command("eval")
     def evaluate(
         model: Path = typer.Option(..., "--model", help="Model dir (`dashclip.load`)."),
-        catalog: Path = typer.Option(..., "--catalog", help="Catalog dir the model is evaluated on."),
+        catalog: Optional[Path] = typer.Option(None, "--catalog", help="Catalog dir the model is evaluated on "
+                                               "(retrieval, aisle prediction); leave out for grocery transfer only."),
         queries: Optional[Path] = typer.Option(None, "--queries", help="Query .jsonl (fashion-queries format): "
                                                "retrieval and relevance metrics."),
         qrels: Optional[Path] = typer.Option(None, "--qrels", help="Labels as a TSV qid/product_id/label "
@@ -24,6 +25,10 @@ def register(app: typer.Typer) -> None:
                                                        "(preset grocery-store-dataset): in-store photo transfer."),
         grocery_model: Optional[Path] = typer.Option(None, "--grocery-model", help="A second model dir, after "
                                                      "Stage 1 on the grocery train photos, for the same table."),
+        grocery_stage1_epochs: int = typer.Option(0, "--grocery-stage1-epochs", min=0, help="Run Stage 1 "
+                                                  "(frozen image tower) on the grocery train photos for this many "
+                                                  "epochs into OUT/grocery-stage1 (reused when there) and add its "
+                                                  "row to the grocery table; 0: zero-shot only."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report dir (default: MODEL/eval)."),
         heldout_only: bool = typer.Option(False, "--heldout-only", help="Only held-out queries "
                                           "(qid number divisible by 3)."),
@@ -39,15 +44,30 @@ def register(app: typer.Typer) -> None:
 
         out_dir = out or model / "eval"
         with user_errors():
+            if catalog is None and grocery_catalog is None:
+                raise ValueError("give --catalog, --grocery-catalog, or both")
+            if catalog is None and queries is not None:
+                raise ValueError("--queries needs --catalog (the products the queries are ranked over)")
             if queries is None and (qrels is not None or labels_py is not None):
                 raise ValueError("--qrels and --labels-py need --queries")
-            if grocery_model is not None and grocery_catalog is None:
-                raise ValueError("--grocery-model needs --grocery-catalog")
+            if (grocery_model is not None or grocery_stage1_epochs) and grocery_catalog is None:
+                raise ValueError("--grocery-model and --grocery-stage1-epochs need --grocery-catalog")
+            if grocery_model is not None and grocery_stage1_epochs:
+                raise ValueError("give --grocery-model or --grocery-stage1-epochs, not both")
             paths = run_eval(model, catalog, out_dir, queries_path=queries, qrels_path=qrels, labels_py=labels_py,
                              embeddings_dir=embeddings, grocery_catalog_dir=grocery_catalog,
-                             grocery_model_dir=grocery_model, heldout_only=heldout_only,
+                             grocery_model_dir=grocery_model, grocery_stage1_epochs=grocery_stage1_epochs,
+                             heldout_only=heldout_only,
                              cache_dir=cache_dir or runs_dir() / "cache" / "eval", baselines=not no_baselines,
                              log=lambda msg: console.print(f"[dim]{msg}[/]"))
+        headline = paths["headline"]
+        if headline:
+            from rich.table import Table
+
+            table = Table("system", "NDCG@10", "Recall@100", "MRR", title="query → product retrieval")
+            for name, m in headline.items():
+                table.add_row(name, *(f"{m[k]:.3f}" for k in ("ndcg@10", "recall@100", "mrr")))
+            console.print(table)
         typer.echo(f"report:  {paths['markdown']}")
         typer.echo(f"html:    {paths['html']}")
         typer.echo(f"metrics: {paths['metrics']}")

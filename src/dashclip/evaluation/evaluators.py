@@ -10,121 +10,18 @@ A *scorer* is anything with `name`, `product_ids` and `scores(queries) -> [Q, N]
 *embeddings* is anything with `ids` and `vectors` ({"fused", "image", "text"} -> [N, D] float32),
 such as `dashclip.models.embeddings.load_embeddings(dir)`.
 
-Queries are dicts with at least "qid" and "query" ("style" groups them). Labels (qrels) are
-{qid: {product_id: label}} with label > 0 only; every other product is label 0. They come from a
-query's predicate through the labels.py of ../shared/data/fashion-queries (imported by path, not
-copied: `predicate_qrels`) or from a qrels TSV (`read_qrels_tsv`).
+Queries and labels (qrels: {qid: {product_id: label > 0}}) are read by `qrels.py`.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
-from ..io import read_jsonl
-from ..settings import is_heldout_qid
-from .metrics import TOP, aggregate, query_metrics, tiebreak_order, top_k
+from .metrics import TOP, evaluate_rankings, tiebreak_order, top_k
 
 RECALL_KS = (1, 5, 10, 20, 50, 100)
-
-# ---------------------------------------------------------------------------------------------------
-# Queries and labels
-
-
-def load_queries(path: str | Path, heldout_only: bool = False) -> list[dict]:
-    """Read a query .jsonl file: every line needs a non-empty "qid" and "query"; qids are unique.
-    `heldout_only` keeps the held-out queries (settings.is_heldout_qid: qid number divisible by 3)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"query file not found: {path}")
-    queries, seen = [], set()
-    for i, q in enumerate(read_jsonl(path), 1):
-        where = f"{path}: query {i}"
-        if not isinstance(q, dict):
-            raise ValueError(f"{where}: a query must be a JSON object")
-        for key in ("qid", "query"):
-            if not isinstance(q.get(key), str) or not q[key].strip():
-                raise ValueError(f"{where}: field {key!r} must be a non-empty string")
-        if q["qid"] in seen:
-            raise ValueError(f"{where}: duplicate qid {q['qid']!r}")
-        seen.add(q["qid"])
-        queries.append(q)
-    if not queries:
-        raise ValueError(f"{path}: no queries")
-    if heldout_only:
-        queries = [q for q in queries if is_heldout_qid(q["qid"])]
-    return queries
-
-
-def load_labels_module(path: str | Path):
-    """Import a labels.py (e.g. ../shared/data/fashion-queries/labels.py) by path."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"labels module not found: {path}")
-    spec = importlib.util.spec_from_file_location(f"_dashclip_labels_{abs(hash(str(path)))}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def labels_frame(products: pd.DataFrame) -> pd.DataFrame:
-    """Catalog products in the column names of the fashion-queries labels.py (articleType is the
-    catalog's category unless the catalog keeps an articleType attribute)."""
-    frame = products.copy()
-    if "articleType" not in frame.columns:
-        frame["articleType"] = frame["category"]
-    frame["productDisplayName"] = frame["title"]
-    frame["has_image"] = frame["image"].notna().astype(int)
-    for col in ("gender", "baseColour", "usage", "season"):
-        if col not in frame.columns:
-            frame[col] = None
-    return frame.reset_index(drop=True)
-
-
-def predicate_qrels(queries: list[dict], products: pd.DataFrame, labels_module) -> dict[str, dict]:
-    """Labels of every query from its predicate, by the labels module's own `label_series`.
-    Queries are validated against the catalog first (unknown keys or attribute values are errors)."""
-    frame = labels_frame(products)
-    ids = frame["id"].to_numpy()
-    out = {}
-    for q in queries:
-        labels_module.validate_query(q, f"query {q.get('qid')!r}", frame)
-        lab = labels_module.label_series(q, frame).to_numpy()
-        keep = lab > 0
-        out[q["qid"]] = dict(zip(ids[keep].tolist(), lab[keep].astype(int).tolist()))
-    return out
-
-
-def read_qrels_tsv(path: str | Path, id_type=int) -> dict[str, dict]:
-    """qid<TAB>product_id<TAB>label with a header line (the labels.py output). Errors name the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"qrels file not found: {path}")
-    out: dict[str, dict] = {}
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        if header[:3] != ["qid", "product_id", "label"]:
-            raise ValueError(f"{path}:1: header must be 'qid<TAB>product_id<TAB>label', got {header}")
-        for lineno, line in enumerate(f, 2):
-            if not line.strip():
-                continue
-            cells = line.rstrip("\n").split("\t")
-            if len(cells) < 3:
-                raise ValueError(f"{path}:{lineno}: expected 3 tab-separated fields, got {len(cells)}")
-            try:
-                pid, label = id_type(cells[1]), int(cells[2])
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: bad product_id {cells[1]!r} or label {cells[2]!r}") from None
-            if label not in (0, 1, 2):
-                raise ValueError(f"{path}:{lineno}: label must be 0, 1 or 2, got {label}")
-            if label > 0:
-                out.setdefault(cells[0], {})[pid] = label
-    return out
-
 
 # ---------------------------------------------------------------------------------------------------
 # Query -> product retrieval
@@ -137,10 +34,11 @@ def _score_batches(scorer, queries: list[dict], batch: int = 64):
 
 
 class RetrievalEvaluator:
-    """Rank the whole catalog per query (top 100, `metrics.top_k`), score it with the README metrics.
+    """Rank the whole catalog per query (top 100, `baselines.rank`), score it with the README
+    metrics (`metrics.evaluate_rankings`).
 
-    Returns {"system", "n_queries", "all": {ndcg@10, recall@100, mrr, p@10, recall@K...},
-    "by_style": {...}}; `rankings` keeps the last run's top 100 ids per qid."""
+    Returns {"system", "n_queries", "overall": {ndcg@10, recall@100, mrr, p@10, recall@K...},
+    "per_style": {style: {...}}}; `rankings` keeps the last run's top 100 ids per qid."""
 
     def __init__(self, queries: list[dict], qrels: Mapping[str, Mapping], recall_ks: Sequence[int] = RECALL_KS,
                  name: str = "retrieval"):
@@ -148,19 +46,13 @@ class RetrievalEvaluator:
         self.rankings: dict[str, list] = {}
 
     def __call__(self, scorer) -> dict:
-        ids = np.asarray(scorer.product_ids, dtype=object)
-        tiebreak = tiebreak_order(len(ids))
-        per_query, self.rankings = {}, {}
-        for start, scores in _score_batches(scorer, self.queries):
-            for j, rows in enumerate(top_k(scores, TOP, tiebreak)):
-                q = self.queries[start + j]
-                ranked = ids[rows].tolist()
-                self.rankings[q["qid"]] = ranked
-                per_query[q["qid"]] = query_metrics(ranked, self.qrels.get(q["qid"], {}), self.recall_ks)
+        from .baselines import rank
+
+        ranked = rank(scorer, [q["query"] for q in self.queries], TOP)
+        self.rankings = {q["qid"]: r for q, r in zip(self.queries, ranked)}
         styles = {q["qid"]: q.get("style", "all") for q in self.queries}
-        out = aggregate(per_query, styles)
-        return {"system": getattr(scorer, "name", "?"), "n_queries": out["n_queries"], "all": out["all"],
-                "by_style": out.get("by_group", {})}
+        return {"system": getattr(scorer, "name", "?"),
+                **evaluate_rankings(self.rankings, self.qrels, styles, recall_ks=self.recall_ks)}
 
 
 class RelevanceEvaluator:
@@ -236,7 +128,8 @@ class CategoryEvaluator:
     Split by product (`is_test_product`); test products whose class has no training product are left
     out and counted. The probe trains on at most `max_train` products (a fixed subsample) to stay fast
     on 2 cores; kNN uses every training product. `predictions[(kind, column, method)]` keeps
-    (y_true, y_pred, class names) of the last run, for the confusion-matrix plot."""
+    (y_true, y_pred, class names) of the last run, for the confusion-matrix plot. `from_catalog` takes the
+    products with an image."""
 
     def __init__(self, product_ids: Sequence, labels: Mapping[str, Sequence], test_fraction: float = 0.2,
                  knn_k: int = 10, max_train: int = 10_000, kinds: Sequence[str] = ("fused", "image", "text"),
@@ -249,7 +142,7 @@ class CategoryEvaluator:
 
     @classmethod
     def from_catalog(cls, catalog, columns: Sequence[str] = ("category", "subCategory"), **kw) -> "CategoryEvaluator":
-        products = catalog.products
+        products = catalog.products[catalog.products["image"].notna()]  # an embedding of a blank image says little
         present = [c for c in columns if c in products.columns]
         if not present:
             raise ValueError(f"{catalog.root}: none of the label columns {list(columns)} is in the catalog")
@@ -333,11 +226,17 @@ class GroceryEvaluator:
     product, by cosine of `model.encode_image(photo)` with three product embeddings: fused
     (`encode_product(text, iconic image)`), text-only (`encode_text`) and iconic image-only
     (`encode_image`). Top-1/top-5 accuracy for the fine class (the product) and the coarse class (the
-    product's category; a ranking of products becomes a ranking of its distinct categories)."""
+    product's category; a ranking of products becomes a ranking of its distinct categories).
+
+    With `feature_cache_dir`, the photos' image-tower features go through the Stage 1 feature cache
+    (`training.feature_cache`, float16): models that share an image tower (a model before and after
+    Stage 1 with a frozen tower) and later runs encode the photos once. Photos that cannot be read
+    are left out and counted (`n_photos_unreadable`)."""
 
     def __init__(self, catalog, split: str = "test", batch_size: int = 64, max_photos: int | None = None,
-                 name: str = "grocery"):
+                 feature_cache_dir=None, name: str = "grocery"):
         self.catalog, self.split, self.batch_size, self.name = catalog, split, batch_size, name
+        self.feature_cache_dir = feature_cache_dir
         images = catalog.images
         photos = images[(images["role"] == "extra") & (images["split"] == split)]
         photos = photos[photos["product_id"].isin(set(catalog.products["id"]))]
@@ -355,15 +254,29 @@ class GroceryEvaluator:
 
         return [load_image(self.catalog.image_path(r)) for r in rels]
 
-    def _encode_images(self, model, rels: list, progress=None) -> np.ndarray:
+    def _encode_photos(self, model, progress=None) -> tuple[np.ndarray, np.ndarray]:
+        """(photo embeddings of the readable photos, mask of readable photos)."""
+        import torch
+
         from .baselines import to_numpy
 
+        rels = self.photos["image"].tolist()
+        if self.feature_cache_dir is not None and hasattr(model, "image_tower") and hasattr(model, "project_image"):
+            from ..training.feature_cache import build_or_open
+
+            cache = build_or_open(model, [self.catalog.image_path(r) for r in rels], self.feature_cache_dir,
+                                  batch_size=self.batch_size, device=next(model.parameters()).device,
+                                  show_progress=progress is not None)
+            valid = np.asarray(cache.valid, dtype=bool)
+            _, pooled = cache.features(np.flatnonzero(valid))
+            with torch.inference_mode():
+                return to_numpy(model.project_image(pooled.to(next(model.parameters()).device))), valid
         parts = []
         for i in range(0, len(rels), self.batch_size):
             parts.append(to_numpy(model.encode_image(self._images(rels[i:i + self.batch_size]))))
             if progress is not None:
                 progress(len(rels[i:i + self.batch_size]))
-        return np.concatenate(parts)
+        return np.concatenate(parts), np.ones(len(rels), dtype=bool)
 
     def __call__(self, model, progress=None) -> dict:
         import torch
@@ -377,14 +290,14 @@ class GroceryEvaluator:
             targets = {"fused": to_numpy(model.encode_product(texts, iconic)),
                        "text": to_numpy(model.encode_text(texts)),
                        "image": to_numpy(model.encode_image(iconic))}
-            photos = self._encode_images(model, self.photos["image"].tolist(), progress)
+        photos, valid = self._encode_photos(model, progress)
         pid = products["id"].to_numpy()
         coarse = products["category"].astype(str).to_numpy()
         coarse_of = dict(zip(pid.tolist(), coarse.tolist()))
-        truth_fine = self.photos["product_id"].to_numpy()
+        truth_fine = self.photos["product_id"].to_numpy()[valid]
         truth_coarse = np.array([coarse_of[p] for p in truth_fine.tolist()])
-        out = {"split": self.split, "n_photos": len(self.photos), "n_products": len(products),
-               "n_coarse_classes": int(len(set(coarse.tolist())))}
+        out = {"split": self.split, "n_photos": int(valid.sum()), "n_photos_unreadable": int((~valid).sum()),
+               "n_products": len(products), "n_coarse_classes": int(len(set(coarse.tolist())))}
         for kind, vectors in targets.items():
             ranked = top_k(photos @ vectors.T, len(products))
             fine = topk_hits(pid[ranked], truth_fine)

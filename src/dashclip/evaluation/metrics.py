@@ -122,12 +122,26 @@ def mean_metrics(per_query: list[dict[str, float]]) -> dict[str, float]:
 
 
 def aggregate(per_query: Mapping[str, dict[str, float]], groups: Mapping[str, str] | None = None) -> dict:
-    """{"all": means, "n_queries": n, "by_group": {group: {"n_queries", **means}}}.
+    """{"n_queries": n, "overall": means, "per_style": {group: {"n_queries", **means}}}.
     `groups` maps qid -> group (the query style)."""
-    out = {"n_queries": len(per_query), "all": mean_metrics(list(per_query.values()))}
+    out = {"n_queries": len(per_query), "overall": mean_metrics(list(per_query.values()))}
     if groups:
         buckets: dict[str, list] = defaultdict(list)
         for qid, m in per_query.items():
             buckets[groups.get(qid, "?")].append(m)
-        out["by_group"] = {g: {"n_queries": len(ms), **mean_metrics(ms)} for g, ms in sorted(buckets.items())}
+        out["per_style"] = {g: {"n_queries": len(ms), **mean_metrics(ms)} for g, ms in sorted(buckets.items())}
     return out
+
+
+def evaluate_rankings(rankings: Mapping[str, Sequence], qrels: Mapping[str, Mapping],
+                      styles: Mapping[str, str] | None = None, metrics: Sequence[str] | None = None,
+                      recall_ks: Sequence[int] = ()) -> dict:
+    """Score a run: `rankings` maps qid -> product ids, best first (the batch contract's
+    `product_ids`); `qrels` maps qid -> {product id: label > 0}. Returns `aggregate`'s dict
+    ({"n_queries", "overall", "per_style"}), keeping only `metrics` when given.
+    The one scoring path of `dashclip eval`, the evaluators and the benchmarks."""
+    per_query = {}
+    for qid, ranked in rankings.items():
+        m = query_metrics(ranked, qrels.get(qid, {}), recall_ks)
+        per_query[qid] = {k: v for k, v in m.items() if metrics is None or k in metrics}
+    return aggregate(per_query, styles)

@@ -33,8 +33,8 @@ def recall_curves(retrieval: Mapping[str, dict], path: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for system, m in retrieval.items():
-        ks = sorted(int(key.split("@")[1]) for key in m["all"] if key.startswith("recall@"))
-        ax.plot(ks, [m["all"][f"recall@{k}"] for k in ks], marker="o", label=system)
+        ks = sorted(int(key.split("@")[1]) for key in m["overall"] if key.startswith("recall@"))
+        ax.plot(ks, [m["overall"][f"recall@{k}"] for k in ks], marker="o", label=system)
     ax.set_xscale("log")
     ax.set_xlabel("K (products retrieved)")
     ax.set_ylabel("Recall@K (label-2, denominator min(#label-2, K))")

@@ -5,8 +5,9 @@
     report.html    self-contained (plots inlined as base64 PNG)
     plots/*.png    Recall@K curves, aisle confusion matrix, PCA of product embeddings
 
-The benchmark scripts call `baseline_scorers` and `evaluate_queries` from here, so a report and a
-benchmark give the same numbers for the same model and data.
+The benchmark scripts call `baseline_scorers` and `evaluate_queries` from here (or `baselines.*_rankings`
++ `metrics.evaluate_rankings`, the same ranking and scoring), so a report and a benchmark give the same
+numbers for the same model and data.
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from typing import Sequence
 import numpy as np
 
 from ..io import write_json, write_text
-from .baselines import BM25Scorer, model_scorers, sentence_scorer
-from .evaluators import (CategoryEvaluator, GroceryEvaluator, RelevanceEvaluator, RetrievalEvaluator,
-                         load_labels_module, load_queries, predicate_qrels, read_qrels_tsv)
+from .baselines import baseline_scorers, model_scorers, retrieval_products
+from .evaluators import CategoryEvaluator, GroceryEvaluator, RelevanceEvaluator, RetrievalEvaluator
+from .qrels import load_labels_module, load_queries, predicate_qrels, read_qrels_tsv
 
 # ---------------------------------------------------------------------------------------------------
 # Systems and evaluation (shared with benchmarks/)
@@ -43,29 +44,6 @@ def machine_info() -> dict:
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "nproc": os.cpu_count(),
             "cpu": cpu, "python": platform.python_version(),
             "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
-
-
-def retrieval_products(catalog, embedding_ids: Sequence | None = None):
-    """The products every system ranks: those with an image (the fashion-queries labels grade only
-    those), and, when a model is evaluated, those with a product embedding. Catalog order."""
-    products = catalog.products[catalog.products["image"].notna()]
-    if embedding_ids is not None:
-        products = products[products["id"].isin(set(embedding_ids))]
-    return products.reset_index(drop=True)
-
-
-def baseline_scorers(catalog, products=None, cache_dir: str | Path | None = None, encoder=None,
-                     progress=None) -> list:
-    """The reference systems: BM25 over `product_text` (title + category + attributes) and the
-    off-the-shelf MiniLM, query vs title (its product vectors cached in cache_dir)."""
-    from ..data.catalog import product_text
-
-    products = retrieval_products(catalog) if products is None else products
-    ids = products["id"].tolist()
-    texts = [product_text(r, catalog.attributes) for r in products.to_dict("records")]
-    return [BM25Scorer("BM25 (title + attributes)", texts, ids),
-            sentence_scorer("MiniLM (query vs title)", products["title"].astype(str).tolist(), ids,
-                            encoder=encoder, cache_dir=cache_dir, progress=progress)]
 
 
 def evaluate_queries(queries: list[dict], qrels: dict, scorers: list) -> dict:
@@ -115,7 +93,8 @@ def evaluate(model, catalog, embeddings, queries: list[dict] | None = None, qrel
              grocery: Sequence[tuple[str, object, object]] = (), cache_dir: str | Path | None = None,
              baselines: bool = True, category_columns: Sequence[str] = ("category", "subCategory"),
              encoder=None, log=print) -> Evaluation:
-    """Every evaluation of one model. `grocery` is a list of (label, model, grocery catalog)."""
+    """Every evaluation of one model. `grocery` is a list of (label, model, grocery catalog).
+    Without `catalog` (and embeddings) only the grocery transfer runs."""
     metrics: dict = {"meta": machine_info(), "timings_s": {}}
     result = Evaluation(metrics, embeddings=embeddings, catalog=catalog)
     t0 = time.perf_counter()
@@ -131,7 +110,7 @@ def evaluate(model, catalog, embeddings, queries: list[dict] | None = None, qrel
         metrics["retrieval_products"] = len(ids)
         metrics["timings_s"]["retrieval"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
-    columns = [c for c in category_columns if c in catalog.products.columns]
+    columns = [c for c in category_columns if c in catalog.products.columns] if catalog is not None else []
     if columns:
         log(f"aisle prediction: {', '.join(columns)}")
         result.category = CategoryEvaluator.from_catalog(catalog, columns)
@@ -140,7 +119,9 @@ def evaluate(model, catalog, embeddings, queries: list[dict] | None = None, qrel
     for label, grocery_model, grocery_catalog in grocery:
         t0 = time.perf_counter()
         log(f"grocery transfer: {label}")
-        metrics.setdefault("grocery", {})[label] = GroceryEvaluator(grocery_catalog)(grocery_model)
+        features = Path(cache_dir) / "image-features" if cache_dir is not None else None
+        metrics.setdefault("grocery", {})[label] = GroceryEvaluator(grocery_catalog, feature_cache_dir=features)(
+            grocery_model)
         metrics["timings_s"][f"grocery: {label}"] = round(time.perf_counter() - t0, 2)
     return result
 
@@ -159,23 +140,24 @@ def _blocks(metrics: dict, plots: dict[str, Path]) -> list[tuple]:
     meta = metrics.get("meta", {})
     b: list[tuple] = [("h1", "dashclip evaluation report")]
     b.append(("p", f"Model `{meta.get('model_dir', '?')}` (model_id {meta.get('model_id', '?')}), catalog "
-                   f"`{meta.get('catalog_dir', '?')}`. Measured {meta.get('date')} on {meta.get('nproc')} CPUs "
-                   f"({meta.get('cpu')}), load average {meta.get('load_avg_1m')} at the start."))
+                   f"`{meta.get('catalog_dir') or '-'}`. Measured {meta.get('date')} on {meta.get('nproc')} CPUs "
+                   f"({meta.get('cpu')}), load average {meta.get('load_avg_1m')} at the start, "
+                   f"{meta.get('load_avg_1m_end', '?')} at the end."))
     if "retrieval" in metrics:
         b.append(("h2", "Query → product retrieval"))
         b.append(("p", f"{meta.get('queries', '')}: {next(iter(metrics['retrieval'].values()))['n_queries']} "
                        f"queries{' (held-out only)' if meta.get('heldout_only') else ''}, ranked over "
                        f"{metrics.get('retrieval_products', 0):,} products, top 100. Metrics as defined in "
                        "fashion-queries/README.md (ideal DCG from all labels; Recall@100 over min(#label-2, 100))."))
-        rows = [[name, *(_fmt(m["all"][k]) for k in ("ndcg@10", "recall@100", "mrr", "p@10"))]
+        rows = [[name, *(_fmt(m["overall"][k]) for k in ("ndcg@10", "recall@100", "mrr", "p@10"))]
                 for name, m in metrics["retrieval"].items()]
         b.append(("table", ["system", "NDCG@10", "Recall@100", "MRR", "P@10"], rows))
-        styles = sorted({s for m in metrics["retrieval"].values() for s in m["by_style"]})
+        styles = sorted({s for m in metrics["retrieval"].values() for s in m["per_style"]})
         if styles:
             b.append(("p", "NDCG@10 per query style (number of queries in brackets):"))
-            head = ["system"] + [f"{s} ({next(iter(metrics['retrieval'].values()))['by_style'].get(s, {}).get('n_queries', 0)})"
+            head = ["system"] + [f"{s} ({next(iter(metrics['retrieval'].values()))['per_style'].get(s, {}).get('n_queries', 0)})"
                                  for s in styles]
-            rows = [[name] + [_fmt(m["by_style"].get(s, {}).get("ndcg@10", float("nan"))) for s in styles]
+            rows = [[name] + [_fmt(m["per_style"].get(s, {}).get("ndcg@10", float("nan"))) for s in styles]
                     for name, m in metrics["retrieval"].items()]
             b.append(("table", head, rows))
         if "recall_curves" in plots:
@@ -212,7 +194,11 @@ def _blocks(metrics: dict, plots: dict[str, Path]) -> list[tuple]:
                 rows.append([label, kind, f"{g['n_photos']:,}", _fmt(r["fine_top1"]), _fmt(r["fine_top5"]),
                              _fmt(r["coarse_top1"]), _fmt(r["coarse_top5"])])
         b.append(("p", "Each photo of the split is matched against every product's embedding (fused: "
-                       "text + iconic image; text only; iconic image only). Coarse: the product's category."))
+                       "text + iconic image; text only; iconic image only). Coarse: the product's category. "
+                       "Zero-shot: the evaluated model. After Stage 1: "
+                       f"`{meta.get('grocery_model_dir') or '-'}`"
+                       + (f" (Stage 1 settings: {', '.join(f'{k} {v}' for k, v in meta['grocery_stage1'].items())};"
+                          " photos of the train split only)" if meta.get("grocery_stage1") else "") + "."))
         b.append(("table", ["model", "product embedding", "photos", "fine top-1", "fine top-5",
                             "coarse top-1", "coarse top-5"], rows))
     if metrics.get("timings_s"):
@@ -322,38 +308,94 @@ def load_product_embeddings(path: str | Path, model=None, catalog=None):
     if model_id and meta.get("model_id") and meta["model_id"] != model_id:
         raise ValueError(f"{path}: embeddings are from model {meta['model_id']}, not {model_id}; "
                          f"re-run `dashclip embed-catalog`")
-    if catalog is not None and catalog.content_hash and meta.get("content_hash") and \
-            meta["content_hash"] != catalog.content_hash:
+    if catalog is not None and catalog.content_hash and meta.get("catalog_hash") and \
+            meta["catalog_hash"] != catalog.content_hash:
         raise ValueError(f"{path}: embeddings are from another version of the catalog "
-                         f"({meta['content_hash']} != {catalog.content_hash}); re-run `dashclip embed-catalog`")
+                         f"({meta['catalog_hash']} != {catalog.content_hash}); re-run `dashclip embed-catalog`")
     return emb
 
 
-def run_eval(model_dir: str | Path, catalog_dir: str | Path, out: str | Path, queries_path=None,
+def stage1_settings(model_dir) -> dict | None:
+    """What the Stage 1 run that wrote `model_dir` did (its pretrain_config.json), when known."""
+    config = Path(model_dir).parent / "pretrain_config.json" if model_dir else None
+    if config is None or not config.is_file():
+        return None
+    from ..io import read_json
+
+    c = read_json(config)
+    split = c.get("split", {})
+    return {"config": c.get("config"), "image_size": c.get("image_size"), "epochs": c.get("epochs"),
+            "max_steps": c.get("max_steps"), "batch_size": c.get("batch_size"), "lr": c.get("lr"),
+            "train_pairs": split.get("train_pairs"), "heldout_products": split.get("heldout_products")}
+
+
+HEADLINE_METRICS = ("ndcg@10", "recall@100", "mrr")
+
+
+def headline(metrics: dict) -> dict[str, dict[str, float]]:
+    """system -> {NDCG@10, Recall@100, MRR} on the evaluated queries: the table the demo prints."""
+    return {name: {k: round(m["overall"][k], 4) for k in HEADLINE_METRICS}
+            for name, m in metrics.get("retrieval", {}).items()}
+
+
+def run_eval(model_dir: str | Path, catalog_dir: str | Path | None, out: str | Path, queries_path=None,
              qrels_path=None, labels_py=None, embeddings_dir=None, grocery_catalog_dir=None,
-             grocery_model_dir=None, heldout_only: bool = False, cache_dir=None, baselines: bool = True,
-             log=print) -> dict[str, Path]:
+             grocery_model_dir=None, grocery_stage1_epochs: int = 0, grocery_stage1_options: dict | None = None,
+             heldout_only: bool = False, cache_dir=None, baselines: bool = True, log=print) -> dict:
+    """`dashclip eval` from paths: every evaluation of the model in `model_dir` on the catalog,
+    written to the report dir `out` (`catalog_dir` None: the grocery transfer only). Returns the written paths ("metrics", "markdown", "html", plots)
+    and "headline" (see `headline`; also in metrics.json).
+
+    Grocery transfer (with `grocery_catalog_dir`): the model zero-shot, and a model after Stage 1 on
+    the grocery train photos, either given (`grocery_model_dir`) or trained here for
+    `grocery_stage1_epochs` epochs into `out/grocery-stage1` (reused when there; the evaluated model's
+    config and image size, its pretrained towers; `grocery_stage1_options`: more PretrainConfig fields)."""
     from ..data.catalog import Catalog
 
-    catalog = Catalog.open(catalog_dir)
+    if catalog_dir is None and grocery_catalog_dir is None:
+        raise ValueError("nothing to evaluate: give a catalog, a grocery catalog, or both")
+    if catalog_dir is None and queries_path is not None:
+        raise ValueError("queries need the catalog they are ranked over")
     model = load_model(model_dir)
-    embeddings = load_product_embeddings(embeddings_dir or Path(model_dir) / "embeddings", model, catalog)
+    catalog = embeddings = None
+    if catalog_dir is not None:
+        catalog = Catalog.open(catalog_dir)
+        embeddings = load_product_embeddings(embeddings_dir or Path(model_dir) / "embeddings", model, catalog)
     queries = qrels = None
     if queries_path is not None:
         queries = load_queries(queries_path, heldout_only=heldout_only)
         qrels = query_labels(queries, catalog, qrels_path, labels_py, queries_path)
-    grocery = []
+    grocery, timings = [], {}
     if grocery_catalog_dir is not None:
         grocery_catalog = Catalog.open(grocery_catalog_dir)
         grocery.append(("zero-shot", model, grocery_catalog))
+        if grocery_model_dir is None and grocery_stage1_epochs > 0:
+            from .grocery import pretrain_on_split
+
+            log(f"grocery: Stage 1 on the train photos, {grocery_stage1_epochs} epoch(s)")
+            t0 = time.perf_counter()
+            options = {"cache_dir": str(Path(cache_dir) / "image-features")} if cache_dir else {}
+            grocery_model_dir = pretrain_on_split(grocery_catalog, Path(out) / "grocery-stage1",
+                                                  config=model.config.name, image_size=model.config.image_size,
+                                                  epochs=grocery_stage1_epochs,
+                                                  **{**options, **(grocery_stage1_options or {})})
+            timings["grocery: Stage 1 on train (or reused)"] = round(time.perf_counter() - t0, 2)
         if grocery_model_dir is not None:
             grocery.append(("after Stage 1 on grocery train", load_model(grocery_model_dir), grocery_catalog))
     result = evaluate(model, catalog, embeddings, queries, qrels, grocery, cache_dir=cache_dir,
                       baselines=baselines, log=log)
+    result.metrics["timings_s"].update(timings)
     result.metrics["meta"].update({
-        "model_dir": str(model_dir), "model_id": getattr(model, "model_id", None), "catalog_dir": str(catalog_dir),
-        "catalog_hash": catalog.content_hash, "queries": str(queries_path) if queries_path else None,
+        "model_dir": str(model_dir), "model_id": getattr(model, "model_id", None),
+        "catalog_dir": str(catalog_dir) if catalog_dir else None,
+        "catalog_hash": catalog.content_hash if catalog is not None else None,
+        "embeddings_dir": str(embeddings_dir or Path(model_dir) / "embeddings") if catalog is not None else None,
+        "queries": str(queries_path) if queries_path else None,
         "qrels": str(qrels_path) if qrels_path else None, "heldout_only": heldout_only,
         "grocery_catalog": str(grocery_catalog_dir) if grocery_catalog_dir else None,
-        "grocery_model_dir": str(grocery_model_dir) if grocery_model_dir else None})
-    return write_report(result, out)
+        "grocery_model_dir": str(grocery_model_dir) if grocery_model_dir else None,
+        "grocery_stage1": stage1_settings(grocery_model_dir)})
+    result.metrics["meta"]["load_avg_1m_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    result.metrics["headline"] = headline(result.metrics)
+    paths = write_report(result, out)
+    return {**paths, "headline": result.metrics["headline"]}

@@ -1,0 +1,10 @@
+"""Vector indexes of product embeddings: FAISS (embedded, the default) and Milvus (distributed).
+
+    from dashclip.index import build_index, open_index
+    index = build_index(vectors, ids, "runs/index", meta={"model_id": model.model_id}, attributes=attrs)
+    ids, scores = open_index("runs/index", model_id=model.model_id).search(queries, k=10,
+                                                                           filters={"gender": ["Women"]})
+"""
+from .base import VectorIndex, build_index, open_index, read_meta
+
+__all__ = ["VectorIndex", "build_index", "open_index", "read_meta"]

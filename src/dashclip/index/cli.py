@@ -1,14 +1,209 @@
-"""CLI for vector indexes (`dashclip index ...`)."""
+"""CLI for vector indexes: `dashclip index build | add | remove | info`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+from ..clihelp import UserError, console, user_errors
 
 index_app = typer.Typer(help="Build and update vector indexes of product embeddings.", no_args_is_help=True)
 
+EMBEDDING_KIND = "fused"  # the product embedding (title grounded in the image)
+
+MODEL = typer.Option(..., "--model", help="Model dir (`dashclip pretrain` / `dashclip align` output).")
+CATALOG = typer.Option(..., "--catalog", help="Catalog dir (`dashclip catalog import` output).")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
+def _load_model(path: Path):
+    from .. import load
+
+    console.print(f"loading model {path}")
+    return load(path)
+
+
+def _open_catalog(path: Path):
+    from ..data.catalog import Catalog
+
+    return Catalog.open(path)
+
+
+def catalog_attributes(catalog):
+    """The filterable attributes of every product: category + the catalog's attribute columns."""
+    columns = ["id"] + [c for c in ("category", *catalog.attributes) if c in catalog.products.columns]
+    return catalog.products[list(dict.fromkeys(columns))]
+
+
+def _split_ids(values: list[str]) -> list[str]:
+    """--ids 1 --ids 2 and --ids 1,2 both give ["1", "2"]."""
+    return [part.strip() for v in values for part in v.split(",") if part.strip()]
+
+
+def _catalog_embeddings(model, catalog, out: Path, embeddings: Optional[Path], quiet: bool):
+    """Product embeddings of `catalog` by `model`: given, reused from a previous build, or computed."""
+    from ..io import read_json
+    from ..models.embeddings import embed_catalog, load_embeddings
+
+    if embeddings is None:
+        embeddings = out.parent / f"{out.name}-embeddings"
+        meta_file = embeddings / "meta.json"
+        fresh = meta_file.exists() and {k: read_json(meta_file).get(k) for k in ("model_id", "catalog_hash")} \
+            == {"model_id": model.model_id, "catalog_hash": catalog.content_hash}
+        if fresh:
+            console.print(f"reusing product embeddings in {embeddings}")
+        else:
+            console.print(f"embedding {len(catalog)} products into {embeddings} (resumable)")
+            embed_catalog(model, catalog, embeddings, progress=not quiet)
+    emb = load_embeddings(embeddings)
+    if emb.meta.get("model_id") != model.model_id:
+        raise UserError(f"{embeddings}: embeddings were made with model {emb.meta.get('model_id')}, not "
+                        f"{model.model_id}; leave out --embeddings to embed the catalog with this model")
+    if catalog.content_hash and emb.meta.get("catalog_hash") not in (None, "", catalog.content_hash):
+        raise UserError(f"{embeddings}: embeddings are of another catalog (hash {emb.meta.get('catalog_hash')}, "
+                        f"{catalog.root} has {catalog.content_hash}); leave out --embeddings to re-embed")
+    if EMBEDDING_KIND not in emb.vectors:
+        raise UserError(f"{embeddings}: no {EMBEDDING_KIND}.npy (the product embedding)")
+    return embeddings, emb
+
 
 @index_app.command("build")
-def build():
-    """Embed the catalog with a model and build a vector index."""
-    typer.echo("not built yet (issue #6)", err=True)
-    raise typer.Exit(3)
+def build(
+    model: Path = MODEL,
+    catalog: Path = CATALOG,
+    out: Path = typer.Option(..., "--out", "-o", help="Index dir to write (replaced atomically)."),
+    embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Product embeddings of --model "
+                                              "(`dashclip embed-catalog`); default: embed into OUT-embeddings."),
+    backend: str = typer.Option("faiss", "--backend", help="faiss (embedded) or milvus."),
+    factory: Optional[str] = typer.Option(None, "--factory", help="FAISS factory string (e.g. Flat, "
+                                          "HNSW32,Flat, IVF1024,PQ32) or Milvus index type (FLAT, HNSW); "
+                                          "default: exact below 200,000 products, HNSW above."),
+    uri: Optional[str] = typer.Option(None, "--uri", help="Milvus: a cluster URI (http://host:19530, token "
+                                      "from $MILVUS_TOKEN) or a Milvus Lite .db file (default OUT/milvus.db)."),
+    quiet: bool = QUIET,
+):
+    """Embed the catalog with a model and build a vector index of its products."""
+    import time
+
+    from . import build_index
+
+    with user_errors():
+        if backend not in ("faiss", "milvus"):
+            raise UserError(f"--backend {backend!r}: choose faiss or milvus")
+        cat = _open_catalog(catalog)
+        net = _load_model(model)
+        emb_dir, emb = _catalog_embeddings(net, cat, out, embeddings, quiet)
+        meta = {"model_id": net.model_id, "model_dir": str(model), "catalog_hash": cat.content_hash,
+                "catalog_dir": str(catalog), "embeddings_dir": str(emb_dir), "embedding": EMBEDDING_KIND}
+        t0 = time.time()
+        index = build_index(emb.vectors[EMBEDDING_KIND], emb.ids, out, meta=meta, backend=backend,
+                            factory=factory, attributes=catalog_attributes(cat), uri=uri, progress=not quiet)
+    console.print(f"[green]built[/] {backend} index of {len(index)} products "
+                  f"({index.meta.get('factory')}, dim {index.dim}) at {out} in {time.time() - t0:.1f} s")
+
+
+@index_app.command("add")
+def add(
+    index_dir: Path = typer.Option(..., "--index", help="Index dir (`dashclip index build`)."),
+    model: Path = MODEL,
+    catalog: Path = CATALOG,
+    ids: list[str] = typer.Option([], "--ids", help="Product ids to add (repeatable or comma-separated); "
+                                  "default: every catalog product not yet in the index."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Products per encoder batch."),
+    quiet: bool = QUIET,
+):
+    """Embed catalog products and add them to an index (saved atomically)."""
+    import numpy as np
+
+    from ..clihelp import progress
+    from ..models.embeddings import embed_rows
+    from . import open_index, read_meta
+
+    with user_errors():
+        read_meta(index_dir)  # a missing index fails before the model loads
+        cat = _open_catalog(catalog)
+        net = _load_model(model)
+        index = open_index(index_dir, model_id=net.model_id)
+        if ids:
+            wanted = []
+            for raw in _split_ids(ids):
+                try:
+                    wanted.append(cat.coerce_id(raw))
+                except KeyError:
+                    raise UserError(f"--ids: product id {raw!r} is not in the catalog {catalog}") from None
+                if wanted[-1] not in cat.row_of:
+                    raise UserError(f"--ids: product id {raw!r} is not in the catalog {catalog}")
+                if index.has(wanted[-1]):
+                    raise UserError(f"--ids: product id {raw!r} is already in the index {index_dir}")
+        else:
+            wanted = [pid for pid in cat.products["id"].tolist() if not index.has(pid)]
+        if not wanted:
+            console.print(f"nothing to add: every product of {catalog} is already in {index_dir}")
+            return
+        rows = np.array([cat.row_of[pid] for pid in wanted])
+        texts = cat.product_texts()
+        parts = []
+        with progress(disable=quiet) as bar:
+            task = bar.add_task("embedding products", total=len(rows))
+            for start in range(0, len(rows), batch_size):
+                vecs, _ = embed_rows(net, cat, texts, rows[start:start + batch_size], kinds=(EMBEDDING_KIND,))
+                parts.append(vecs[EMBEDDING_KIND])
+                bar.advance(task, len(rows[start:start + batch_size]))
+        attrs = catalog_attributes(cat).iloc[rows]
+        index.add(wanted, np.concatenate(parts), attrs)
+        index.meta["updated_at"] = _now()
+        index.save()
+    console.print(f"[green]added[/] {len(wanted)} products; the index at {index_dir} has {len(index)}")
+
+
+@index_app.command("remove")
+def remove(
+    index_dir: Path = typer.Option(..., "--index", help="Index dir (`dashclip index build`)."),
+    ids: list[str] = typer.Option(..., "--ids", help="Product ids to remove (repeatable or comma-separated)."),
+):
+    """Remove products from an index (saved atomically)."""
+    from . import open_index
+
+    with user_errors():
+        index = open_index(index_dir)
+        wanted = _split_ids(ids)
+        if not wanted:
+            raise UserError("--ids: give at least one product id")
+        index.remove(wanted)
+        index.meta["updated_at"] = _now()
+        index.save()
+    console.print(f"[green]removed[/] {len(wanted)} products; the index at {index_dir} has {len(index)}")
+
+
+@index_app.command("info")
+def info(index_dir: Path = typer.Argument(..., help="Index dir.")):
+    """Show an index's metadata, size and attribute fields."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import open_index
+
+    with user_errors():
+        index = open_index(index_dir)
+    table = Table(title=str(index_dir), show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    table.add_row("products", str(len(index)))
+    for key, value in index.meta.items():
+        if key not in ("attributes", "n"):
+            table.add_row(key, str(value))
+    for field in index.fields:
+        values = index.attribute_values(field)
+        shown = ", ".join(values[:8]) + (f", ... ({len(values)} values)" if len(values) > 8 else "")
+        table.add_row(f"filter: {field}", shown)
+    Console().print(table)  # stdout: the logs and progress bars go to stderr
+
+
+def _now() -> str:
+    from .base import now_iso
+
+    return now_iso()
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,9 @@ pooled output is the fused product representation.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 
 import torch
 import torch.nn as nn
@@ -36,7 +38,8 @@ class EfficientNetLiteTower(nn.Module):
         from efficientnet_lite_pytorch import EfficientNet
 
         if pretrained:
-            self.net = EfficientNet.from_pretrained(variant, weights_path=_efficientnet_weights(variant))
+            with contextlib.redirect_stdout(io.StringIO()):      # the library prints on every load
+                self.net = EfficientNet.from_pretrained(variant, weights_path=_efficientnet_weights(variant))
         else:
             self.net = EfficientNet.from_name(variant)
         # The classifier is not used; dropping it keeps it out of checkpoints and DDP's unused-param checks.

@@ -1,16 +1,162 @@
-"""CLI for search and the HTTP service."""
+"""CLI for search and the HTTP service: `dashclip search` and `dashclip serve`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+from ..clihelp import UserError, console, user_errors
+
+MODEL = typer.Option(..., "--model", help="Model dir (`dashclip pretrain` / `dashclip align` output).")
+INDEX = typer.Option(..., "--index", help="Index dir built with that model (`dashclip index build`).")
+CATALOG = typer.Option(None, "--catalog", help="Catalog dir for titles and images; default: the one the "
+                                               "index was built from (catalog_dir in its meta.json).")
+
+
+def read_queries(path: Path) -> list[dict]:
+    """The batch contract's input: one {"qid": ..., "query": ...} object per line.
+
+    A bad line is an error naming the file and the line; so is a repeated qid (its results would clash)."""
+    from .search import normalise_query
+
+    rows, seen = [], {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{where}: expected an object like {{\"qid\": \"q1\", \"query\": \"red dress\"}}")
+            missing = [key for key in ("qid", "query") if key not in row]
+            if missing:
+                raise UserError(f"{where}: missing field {missing[0]!r}")
+            if not isinstance(row["qid"], (str, int)) or isinstance(row["qid"], bool):
+                raise UserError(f"{where}: field 'qid' must be a string or a number, got {row['qid']!r}")
+            try:
+                query = normalise_query(row["query"])
+            except ValueError as e:
+                raise UserError(f"{where}: field 'query': {e}") from None
+            if row["qid"] in seen:
+                raise UserError(f"{where}: qid {row['qid']!r} repeats line {seen[row['qid']]}")
+            seen[row["qid"]] = lineno
+            rows.append({"qid": row["qid"], "query": query})
+    if not rows:
+        raise UserError(f"{path}: no queries (expected lines like {{\"qid\": \"q1\", \"query\": \"red dress\"}})")
+    return rows
+
+
+def _open_searcher(model: Path, index: Path, catalog: Optional[Path]):
+    import warnings
+
+    from .search import Searcher
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        searcher = Searcher.open(model, index, catalog)
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {w.message}")
+    return searcher
 
 
 def register(app: typer.Typer) -> None:
     @app.command("search")
-    def search():
-        """Search an index with a query, or a file of queries."""
-        typer.echo("not built yet (issue #6)", err=True)
-        raise typer.Exit(3)
+    def search(
+        query: Optional[str] = typer.Argument(None, help="What to search for (or use --queries)."),
+        model: Path = MODEL,
+        index: Path = INDEX,
+        catalog: Optional[Path] = CATALOG,
+        k: int = typer.Option(10, "--k", "-k", min=1, help="How many products per query."),
+        filters: list[str] = typer.Option([], "--filter", help="field=value, repeatable (e.g. --filter gender=Women "
+                                          "--filter articleType=Heels); values of one field are ORed."),
+        hybrid: bool = typer.Option(False, "--hybrid", help="Fuse BM25 keyword ranking with the vector ranking "
+                                    "(reciprocal-rank fusion, k=60); scores are then RRF scores."),
+        queries: Optional[Path] = typer.Option(None, "--queries", help="JSONL of {\"qid\", \"query\"} lines "
+                                               "(batch mode; needs --output)."),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", help="Batch mode: JSONL of "
+                                              "{\"qid\", \"product_ids\"} lines, best first (written atomically)."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    ):
+        """Search an index with a query (prints a table), or a file of queries (writes runs JSONL)."""
+        from .search import parse_filter_args
+
+        with user_errors():
+            if (query is None) == (queries is None):
+                raise UserError("give either a QUERY or --queries FILE (not both)")
+            if queries is not None and output is None:
+                raise UserError("--queries needs --output FILE for the results")
+            if queries is None and output is not None:
+                raise UserError("--output goes with --queries (batch mode)")
+            filter_dict = parse_filter_args(filters, separators="=")
+            batch = read_queries(queries) if queries is not None else None
+            searcher = _open_searcher(model, index, catalog)
+            filter_dict = searcher.check_filters(filter_dict)
+            if batch is None:
+                hits = searcher.search(query, k=k, filters=filter_dict, hybrid=hybrid)
+                _print_table(query, hits, hybrid)
+                return
+            _run_batch(searcher, batch, output, k, filter_dict, hybrid, quiet)
 
     @app.command("serve")
-    def serve():
-        """Serve search over HTTP, with a web page."""
-        typer.echo("not built yet (issue #6)", err=True)
-        raise typer.Exit(3)
+    def serve(
+        model: Path = MODEL,
+        index: Path = INDEX,
+        catalog: Optional[Path] = CATALOG,
+        host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+        port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on."),
+        watch_seconds: float = typer.Option(2.0, "--watch-seconds", help="How often to check the index dir for "
+                                            "a rebuild to swap in (0: never)."),
+        log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
+    ):
+        """Serve search over HTTP, with a web page at / and the API schema at /docs."""
+        serve_app(model, index, catalog, host=host, port=port, watch_seconds=watch_seconds, log_level=log_level)
+
+
+def serve_app(model: Path, index: Path, catalog: Optional[Path] = None, host: str = "127.0.0.1", port: int = 8000,
+              watch_seconds: float = 2.0, log_level: str = "warning") -> None:
+    """Load the model and index, then serve until Ctrl+C (`dashclip serve` and `dashclip demo` both end here)."""
+    import uvicorn
+
+    from .service import create_app
+
+    with user_errors():
+        console.print(f"loading model {model} and index {index}")
+        searcher = _open_searcher(model, index, catalog)
+        app_ = create_app(searcher, catalog_dir=catalog, watch_seconds=watch_seconds)
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
+    console.print(f"[green]serving[/] {len(searcher.index)} products at [bold]http://{shown}:{port}/[/] "
+                  f"(API docs: http://{shown}:{port}/docs); Ctrl+C stops")
+    uvicorn.run(app_, host=host, port=port, log_level=log_level)
+
+
+def _print_table(query: str, hits, hybrid: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(hits)} results for {query!r}" + (" (hybrid: RRF scores)" if hybrid else ""))
+    table.add_column("rank", justify="right")
+    table.add_column("id")
+    table.add_column("title")
+    table.add_column("category")
+    table.add_column("score", justify="right")
+    for h in hits:
+        table.add_row(str(h.rank), str(h.id), h.title, h.category or "", f"{h.score:.4f}")
+    Console().print(table)  # stdout; logs and warnings go to stderr
+
+
+def _run_batch(searcher, batch: list[dict], output: Path, k: int, filters: dict, hybrid: bool, quiet: bool) -> None:
+    from ..clihelp import progress
+    from ..io import write_jsonl
+
+    with progress(disable=quiet) as bar:
+        task = bar.add_task("searching", total=len(batch))
+        results = searcher.search_batch([row["query"] for row in batch], k=k, filters=filters, hybrid=hybrid,
+                                        progress=lambda n: bar.advance(task, n))
+    write_jsonl(output, ({"qid": row["qid"], "product_ids": [h.id for h in hits]}
+                         for row, hits in zip(batch, results)))
+    console.print(f"[green]wrote[/] {len(batch)} result lists (k={k}) to {output}")

@@ -497,7 +497,7 @@ def align(model_dir: str | Path, grades, out_dir: str | Path, config: AlignConfi
     product_inputs = None
     if config.unfreeze_product:
         product_inputs = cache_product_inputs(model, product_ids, embeddings_dir)
-    aligner = QueryAligner(model, loss_fn, torch.from_numpy(product_vectors), product_inputs)
+    aligner = QueryAligner(model, loss_fn, torch.from_numpy(np.array(product_vectors, dtype=np.float32)), product_inputs)
 
     ids, mask = tokenize_queries(model, table.queries, config.max_length)
     miner = None

@@ -94,12 +94,7 @@ def build_model(cfg: PretrainConfig):
     from ..models.factory import create_model
 
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.config, pretrained=cfg.pretrained)
-    if cfg.image_size and cfg.image_size != model.config.image_size:
-        torch.manual_seed(cfg.seed)
-        model = create_model(dataclasses.replace(model.config, image_size=cfg.image_size),
-                             pretrained=cfg.pretrained)
-    return model
+    return create_model(cfg.config, pretrained=cfg.pretrained, image_size=cfg.image_size)
 
 
 def freeze(module: torch.nn.Module) -> None:

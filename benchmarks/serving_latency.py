@@ -1,0 +1,285 @@
+"""Benchmark: search latency through HTTP (`dashclip serve`, uvicorn) against the floor of bare query encoding
+plus bare index search, on the fashion catalog, on this machine.
+
+    python benchmarks/serving_latency.py --model runs/serving-bench/model --index runs/serving-bench/index \
+        [--catalog runs/catalogs/fashion] [--requests-c1 3000] [--requests-c8 8000] [--max-seconds 300]
+
+1. Shopper-like requests: the 120 queries of ../shared/data/fashion-queries plus variations (gender words,
+   colours, casing, word order), k=24 (a page of the web page), 15% with a gender filter chip.
+2. The floor, in-process with the same Searcher the service uses: p50 of `Searcher.encode([q])` (tokenize +
+   query encoder) and p50 of `index.search(vector, k, filters)`; floor = their sum.
+3. `dashclip serve` in one process; `benchmarks/serving_load.py` (asyncio + httpx) in a second process on
+   loopback: concurrency 1 (p50/p99 latency), then concurrency 8 (throughput), each bounded in time.
+Targets (issue 6): HTTP p50 at concurrency 1 <= 2x the floor; zero errors over >= 10,000 requests.
+
+Writes benchmarks/results/serving_latency.json and .md, stamped with the date, the machine and its load.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+K = 24
+GENDER_WORDS = {"Men": ["men", "for men", "mens", "for him"], "Women": ["women", "for women", "womens", "for her"]}
+COLOURS = ["black", "white", "blue", "red", "navy blue", "grey", "green", "pink", "brown", "beige"]
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def load_avg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def shopper_requests(n: int, seed: int = 0) -> list[dict]:
+    """n /search parameter sets: dev queries and variations of them, some with a gender filter chip."""
+    from dashclip.settings import dataset_dir
+
+    base = [json.loads(line) for line in (dataset_dir("fashion-queries") / "dev_queries.jsonl").read_text().splitlines()
+            if line.strip()]
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        q = base[i % len(base)]
+        text, variant = q["query"], (i // len(base)) % 6
+        genders = [g for g in q.get("gender", []) if g in GENDER_WORDS]
+        if variant == 1 and genders:
+            text = f"{text} {rng.choice(GENDER_WORDS[genders[0]])}"
+        elif variant == 2 and not q.get("colour"):
+            text = f"{rng.choice(COLOURS)} {text}"
+        elif variant == 3:
+            text = text.title() if rng.random() < 0.5 else text.upper()
+        elif variant == 4:
+            words = text.split()
+            rng.shuffle(words)
+            text = " ".join(words)
+        elif variant == 5:
+            text = f"  {text}  please"
+        params = {"q": text, "k": K}
+        if genders and rng.random() < 0.2:  # a shopper who also ticked the gender chip
+            params["filter"] = f"gender:{genders[0]}"
+        out.append(params)
+    rng.shuffle(out)
+    return out
+
+
+def percentiles(ms: list[float]) -> dict:
+    a = np.asarray(ms, dtype=np.float64)
+    return {"n": int(a.size), "p50_ms": round(float(np.percentile(a, 50)), 3),
+            "p90_ms": round(float(np.percentile(a, 90)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3),
+            "mean_ms": round(float(a.mean()), 3), "max_ms": round(float(a.max()), 3)}
+
+
+def measure_floor(searcher, requests: list[dict], n: int) -> dict:
+    """Bare query encoding and bare index search, one query at a time, in this process."""
+    from dashclip.serving.search import normalise_query, parse_filter_args
+
+    sample = requests[:n]
+    for params in sample[:10]:  # warm up
+        searcher.search(params["q"], k=K)
+    encode_ms, search_ms, searcher_ms = [], [], []
+    for params in sample:
+        text = normalise_query(params["q"])
+        filters = searcher.check_filters(parse_filter_args([params["filter"]], ":")) if "filter" in params else None
+        t0 = time.perf_counter()
+        vec = searcher.encode([text])
+        t1 = time.perf_counter()
+        searcher.index.search(vec, K, filters or None)
+        t2 = time.perf_counter()
+        searcher.search(text, k=K, filters=filters)
+        t3 = time.perf_counter()
+        encode_ms.append((t1 - t0) * 1000)
+        search_ms.append((t2 - t1) * 1000)
+        searcher_ms.append((t3 - t2) * 1000)
+    enc, idx = percentiles(encode_ms), percentiles(search_ms)
+    return {"encode": enc, "index_search": idx, "searcher_search": percentiles(searcher_ms),
+            "floor_p50_ms": round(enc["p50_ms"] + idx["p50_ms"], 3), "loadavg": load_avg()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args, port: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "dashclip.cli", "serve", "--model", str(args.model), "--index", str(args.index),
+           "--port", str(port), "--watch-seconds", "0", "--log-level", "warning"]
+    if args.catalog:
+        cmd += ["--catalog", str(args.catalog)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    import httpx
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"dashclip serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.terminate()
+    raise SystemExit("dashclip serve did not answer /healthz within 300 s")
+
+
+def run_load(url: str, requests_file: Path, concurrency: int, total: int, max_seconds: float) -> dict:
+    cmd = [sys.executable, str(HERE / "serving_load.py"), "--url", url, "--requests-file", str(requests_file),
+           "--concurrency", str(concurrency), "--requests", str(total), "--max-seconds", str(max_seconds)]
+    before = load_avg()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=max_seconds + 120)
+    if out.returncode != 0:
+        raise SystemExit(f"load generator failed: {out.stderr[-2000:]}")
+    raw = json.loads(out.stdout)
+    lat = raw.pop("latencies_ms")
+    raw.update(latency=percentiles(lat) if lat else {}, loadavg_before=before, loadavg_after=load_avg(),
+               throughput_rps=round(raw["completed"] / raw["wall_seconds"], 1) if raw["wall_seconds"] else 0.0)
+    raw["wall_seconds"] = round(raw["wall_seconds"], 2)
+    return raw
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--index", type=Path, required=True)
+    ap.add_argument("--catalog", type=Path, default=None)
+    ap.add_argument("--requests-c1", type=int, default=3000)
+    ap.add_argument("--requests-c8", type=int, default=8000)
+    ap.add_argument("--max-seconds", type=float, default=300, help="time bound of each load phase")
+    ap.add_argument("--floor-queries", type=int, default=300)
+    ap.add_argument("--model-note", default="", help="what the model is (e.g. untrained default config)")
+    args = ap.parse_args()
+
+    from dashclip.serving.search import Searcher
+
+    started_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    requests = shopper_requests(max(args.requests_c1, args.requests_c8, 2000))
+    print(f"loading {args.model} and {args.index}", flush=True)
+    searcher = Searcher.open(args.model, args.index, args.catalog)
+    index_info = {"path": str(args.index), "size": len(searcher.index), "factory": searcher.index.meta.get("factory"),
+                  "dim": searcher.index.dim, "backend": searcher.index.meta.get("backend"),
+                  "built_at": searcher.index.meta.get("built_at")}
+    model_info = {"path": str(args.model), "model_id": searcher.model_id, "note": args.model_note,
+                  "config": searcher.model.config.name, "image_size": searcher.model.config.image_size,
+                  "has_query_encoder": bool(getattr(searcher.model, "has_query_encoder", False))}
+    import torch
+    print(f"floor: {args.floor_queries} queries in-process (torch threads {torch.get_num_threads()})", flush=True)
+    floor = measure_floor(searcher, requests, args.floor_queries)
+    print(f"  encode p50 {floor['encode']['p50_ms']} ms, index search p50 {floor['index_search']['p50_ms']} ms, "
+          f"floor {floor['floor_p50_ms']} ms; Searcher.search p50 {floor['searcher_search']['p50_ms']} ms", flush=True)
+    del searcher  # the server process loads its own copy
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    print(f"starting dashclip serve on {url}", flush=True)
+    server = start_server(args, port)
+    phases = {}
+    try:
+        with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+            for params in requests:
+                f.write(json.dumps(params) + "\n")
+            requests_file = Path(f.name)
+        for name, concurrency, total in (("c1", 1, args.requests_c1), ("c8", 8, args.requests_c8)):
+            print(f"load: concurrency {concurrency}, {total} requests (<= {args.max_seconds:.0f} s)", flush=True)
+            phases[name] = run_load(url, requests_file, concurrency, total, args.max_seconds)
+            p = phases[name]
+            print(f"  {p['completed']} done in {p['wall_seconds']} s: p50 {p['latency'].get('p50_ms')} ms, "
+                  f"p99 {p['latency'].get('p99_ms')} ms, {p['throughput_rps']} req/s, errors {p['errors']}", flush=True)
+        print("floor again, after the load (same process as before, for drift)", flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        requests_file.unlink(missing_ok=True)
+    searcher = Searcher.open(args.model, args.index, args.catalog)
+    floor_after = measure_floor(searcher, requests[1000:], args.floor_queries)
+
+    total_requests = sum(p["requests"] for p in phases.values())
+    total_errors = sum(p["errors"] for p in phases.values())
+    http_p50 = phases["c1"]["latency"]["p50_ms"]
+    result = {
+        "benchmark": "serving_latency", "date": started_at,
+        "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
+                    "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
+        "loadavg_start": floor["loadavg"], "loadavg_end": load_avg(),
+        "model": model_info, "index": index_info, "k": K,
+        "requests": {"distinct": len({json.dumps(r, sort_keys=True) for r in requests}),
+                     "with_filter": sum("filter" in r for r in requests)},
+        "floor": floor, "floor_after_load": floor_after, "http": phases,
+        "summary": {
+            "floor_p50_ms": floor["floor_p50_ms"], "floor_after_load_p50_ms": floor_after["floor_p50_ms"],
+            "http_c1_p50_ms": http_p50, "http_c1_p99_ms": phases["c1"]["latency"]["p99_ms"],
+            "http_c8_throughput_rps": phases["c8"]["throughput_rps"],
+            "http_c8_p50_ms": phases["c8"]["latency"]["p50_ms"], "http_c8_p99_ms": phases["c8"]["latency"]["p99_ms"],
+            "ratio_http_p50_to_floor": round(http_p50 / floor["floor_p50_ms"], 2),
+            "total_requests": total_requests, "total_errors": total_errors,
+            "target_p50_within_2x_floor": http_p50 <= 2 * floor["floor_p50_ms"],
+            "target_zero_errors_over_10000": total_errors == 0 and total_requests >= 10_000,
+        },
+    }
+    RESULTS.mkdir(exist_ok=True)
+    from dashclip.io import write_json, write_text
+    write_json(RESULTS / "serving_latency.json", result)
+    write_text(RESULTS / "serving_latency.md", to_markdown(result))
+    print(json.dumps(result["summary"], indent=2))
+
+
+def to_markdown(r: dict) -> str:
+    s, f, fa, h = r["summary"], r["floor"], r["floor_after_load"], r["http"]
+    ok = lambda b: "met" if b else "**missed**"  # noqa: E731
+    lines = [
+        "# Serving latency: HTTP search vs the floor (fashion catalog)",
+        "",
+        f"- Date: {r['date']}; machine: {r['machine']['nproc']} CPUs ({r['machine']['cpu']}), torch threads "
+        f"{r['machine']['torch_threads']}; load average at start {r['loadavg_start']}, at end {r['loadavg_end']} "
+        "(the machine is shared with other work; see the per-phase load below).",
+        f"- Model: `{r['model']['path']}` (model_id {r['model']['model_id']}, config {r['model']['config']}, "
+        f"image_size {r['model']['image_size']}, query encoder: {'Stage 2' if r['model']['has_query_encoder'] else 'text tower'}). "
+        f"{r['model']['note']}",
+        f"- Index: `{r['index']['path']}`: {r['index']['size']:,} products, {r['index']['backend']} "
+        f"{r['index']['factory']}, dim {r['index']['dim']}. k = {r['k']} (a page of the web page).",
+        f"- Requests: {r['requests']['distinct']:,} distinct shopper-like /search requests (120 dev queries of "
+        f"fashion-queries + variations), {r['requests']['with_filter']:,} with a gender filter; server `dashclip serve` "
+        "(uvicorn, one worker) in one process, load from `benchmarks/serving_load.py` (asyncio + httpx) in another, "
+        "on loopback.",
+        "",
+        "| measure | p50 ms | p99 ms | other |",
+        "|---|---|---|---|",
+        f"| floor: query encoding (in-process) | {f['encode']['p50_ms']} | {f['encode']['p99_ms']} | |",
+        f"| floor: index search (in-process) | {f['index_search']['p50_ms']} | {f['index_search']['p99_ms']} | |",
+        f"| **floor = encoding + index search** | **{f['floor_p50_ms']}** | | after the load: {fa['floor_p50_ms']} |",
+        f"| Searcher.search in-process (adds hit building) | {f['searcher_search']['p50_ms']} | {f['searcher_search']['p99_ms']} | |",
+        f"| **HTTP, concurrency 1** | **{h['c1']['latency']['p50_ms']}** | {h['c1']['latency']['p99_ms']} | "
+        f"{h['c1']['completed']:,} requests, {h['c1']['throughput_rps']} req/s, load {h['c1']['loadavg_before']} -> {h['c1']['loadavg_after']} |",
+        f"| **HTTP, concurrency 8** | {h['c8']['latency']['p50_ms']} | {h['c8']['latency']['p99_ms']} | "
+        f"**{h['c8']['throughput_rps']} req/s**, {h['c8']['completed']:,} requests, load {h['c8']['loadavg_before']} -> {h['c8']['loadavg_after']} |",
+        "",
+        f"- HTTP p50 / floor p50 = {s['ratio_http_p50_to_floor']} (target <= 2): {ok(s['target_p50_within_2x_floor'])}.",
+        f"- Errors: {s['total_errors']} over {s['total_requests']:,} requests (target 0 over >= 10,000): "
+        f"{ok(s['target_zero_errors_over_10000'])}. Status counts: c1 {h['c1']['statuses']}, c8 {h['c8']['statuses']}.",
+        "",
+        "Reproduce: `python benchmarks/serving_latency.py --model DIR --index DIR` (see the script's docstring).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""Stage 2 benchmark: query encoders on the full fashion catalog, on the held-out dev queries.
+
+Ranks all 44,072 products for each of the 40 dev queries held out from every training step (qid
+number divisible by 3) and scores NDCG@10, Recall@100 and MRR, overall and per query style, with
+the project's evaluators (`dashclip.evaluation`), for:
+
+    bm25                BM25 over title + attributes (dashclip.text.BM25 via the evaluation baseline)
+    minilm              off-the-shelf all-MiniLM-L6-v2, query vs title, cosine
+    stage1_text         the Stage 1 text tower as query encoder against the fused product embeddings (no QCC)
+    stage2_seed         Stage 2 trained on seed grades only
+    stage2_full         Stage 2 trained on seed + model-graded pairs (the paper's recipe)
+    stage2_full_<v>     the same with QCC variant <v> (symmetric, graded): the default-variant ablation
+
+Inputs (each built through the other stages' Python APIs when not given; what was used is recorded):
+    --model       Stage 1 model dir (else create_model("default"))
+    --embeddings  its product embeddings dir (else computed with the model and cached in --work)
+    --catalog     the imported fashion catalog dir (else imported into --work)
+    --seed-grades, --model-grades  grade Parquet files/dirs (else seed grades are built; model grades
+                  are then skipped and stage2_full is not run)
+
+Usage:
+    python benchmarks/stage2_align.py --model runs/pretrain/model --embeddings runs/pretrain/embeddings \
+        --catalog runs/catalogs/fashion --seed-grades runs/labels/seed --model-grades runs/labels/graded
+Writes benchmarks/results/stage2_align.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+METRICS = ("ndcg@10", "recall@100", "mrr")
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    import torch
+
+    return {"nproc": os.cpu_count(), "cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def log(msg: str) -> None:
+    print(f"[{datetime.now(timezone.utc).strftime('%H:%M:%S')} load {loadavg()[0]}] {msg}", flush=True)
+
+
+def exact_top_k(query_vectors: np.ndarray, product_vectors: np.ndarray, product_ids, k: int = 100) -> list[list]:
+    """Exact cosine search (vectors are L2-normalised): the top-k product ids per query, best first."""
+    scores = query_vectors.astype(np.float32) @ product_vectors.astype(np.float32).T
+    top = np.argpartition(-scores, k, axis=1)[:, :k]
+    out = []
+    for i in range(len(scores)):
+        order = top[i][np.argsort(-scores[i, top[i]], kind="stable")]
+        out.append([product_ids[j] for j in order])
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path)
+    ap.add_argument("--embeddings", type=Path)
+    ap.add_argument("--catalog", type=Path)
+    ap.add_argument("--seed-grades", type=Path, nargs="*")
+    ap.add_argument("--model-grades", type=Path, nargs="*")
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench_stage2")
+    ap.add_argument("--systems", default="bm25,minilm,stage1_text,stage2_seed,stage2_full,"
+                                        "stage2_full_symmetric,stage2_full_graded")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--max-steps", type=int, default=150)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--out", type=Path, default=RESULTS / "stage2_align.json")
+    args = ap.parse_args(argv)
+
+    import dashclip  # noqa: F401  (fails early if the package is not installed)
+    from dashclip.settings import dataset_dir, is_heldout_qid
+
+    t0 = time.time()
+    args.work.mkdir(parents=True, exist_ok=True)
+    record = {"benchmark": "stage2_align", "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine(), "loadavg_start": loadavg(), "inputs": {}, "systems": {}, "notes": []}
+    wanted = [s for s in args.systems.split(",") if s]
+
+    catalog = open_catalog(args, record)
+    queries_path = dataset_dir("fashion-queries") / "dev_queries.jsonl"
+    all_queries = [json.loads(line) for line in open(queries_path) if line.strip()]
+    heldout = [q for q in all_queries if is_heldout_qid(q["qid"])]
+    record["inputs"]["heldout_queries"] = {"file": str(queries_path), "count": len(heldout),
+                                           "styles": _count(q["style"] for q in heldout)}
+    evaluate = make_evaluator(heldout, catalog, record)
+
+    def run(name, fn):
+        if name not in wanted:
+            return
+        log(f"{name} ...")
+        t = time.time()
+        try:
+            rankings, info = fn()
+        except Exception as e:  # record and go on: one missing input must not lose the other figures
+            import traceback
+
+            traceback.print_exc()
+            record["systems"][name] = {"error": f"{type(e).__name__}: {e}"}
+            log(f"{name} failed: {e}")
+            return
+        scores = evaluate(rankings)
+        record["systems"][name] = {**scores, **info, "seconds": round(time.time() - t, 1),
+                                   "loadavg": loadavg()}
+        log(f"{name}: ndcg@10 {scores['overall']['ndcg@10']:.3f}  ({time.time() - t:.0f}s)")
+        save(record, args.out)
+
+    texts = [q["query"] for q in heldout]
+    run("bm25", lambda: baseline_bm25(catalog, texts))
+    run("minilm", lambda: baseline_minilm(catalog, texts, args.work))
+
+    needs_model = [s for s in wanted if s.startswith("stage")]
+    if needs_model:
+        model, product_ids, product_vectors = stage1_inputs(args, catalog, record)
+
+        def rank_with(m):
+            m.eval()
+            import torch
+
+            with torch.no_grad():
+                qv = m.encode_query(texts).float().cpu().numpy()
+            return exact_top_k(qv, product_vectors, product_ids)
+
+        run("stage1_text", lambda: (rank_with(model), {"query_encoder": "Stage 1 text tower + projection"}))
+
+        seed, full = grade_inputs(args, catalog, record, heldout)
+        for name, grades, variant in [("stage2_seed", seed, "qcc"), ("stage2_full", full, "qcc"),
+                                      ("stage2_full_symmetric", full, "symmetric"),
+                                      ("stage2_full_graded", full, "graded")]:
+            if name not in wanted:
+                continue
+            if grades is None:
+                record["systems"][name] = {"skipped": "no model-graded pairs were given"}
+                continue
+            run(name, lambda g=grades, v=variant, n=name: train_and_rank(
+                args, n, g, v, product_ids, product_vectors, heldout, rank_with))
+
+    record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record["loadavg_end"] = loadavg()
+    record["seconds"] = round(time.time() - t0, 1)
+    record["targets"] = targets(record)
+    save(record, args.out)
+    log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+def _count(items) -> dict:
+    out: dict = {}
+    for x in items:
+        out[x] = out.get(x, 0) + 1
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs, each through the owning stage's API
+
+
+def open_catalog(args, record):
+    from dashclip.data.catalog import Catalog
+
+    path = args.catalog or (args.work / "catalog")
+    if not (path / "catalog.parquet").exists():
+        log(f"importing the fashion catalog into {path}")
+        from dashclip.data.importer import import_catalog
+
+        import_catalog("fashion-product-images-small", path)
+    cat = Catalog.open(path)
+    record["inputs"]["catalog"] = {"dir": str(path), "products": len(cat), "content_hash": cat.content_hash}
+    return cat
+
+
+def make_evaluator(heldout, catalog, record):
+    """Metrics from dashclip.evaluation (the same code path as `dashclip eval`)."""
+    from dashclip.evaluation.metrics import evaluate_rankings
+    from dashclip.evaluation.qrels import fashion_qrels
+
+    qrels = fashion_qrels(heldout)
+    styles = {q["qid"]: q["style"] for q in heldout}
+    qids = [q["qid"] for q in heldout]
+
+    def evaluate(rankings):
+        runs = {qid: list(r) for qid, r in zip(qids, rankings)}
+        return evaluate_rankings(runs, qrels, styles=styles, metrics=METRICS)
+
+    return evaluate
+
+
+def baseline_bm25(catalog, texts):
+    from dashclip.evaluation.baselines import bm25_rankings
+
+    return bm25_rankings(catalog, texts, k=100), {"docs": "title + attributes (product_text)"}
+
+
+def baseline_minilm(catalog, texts, work):
+    from dashclip.evaluation.baselines import minilm_rankings
+
+    return minilm_rankings(catalog, texts, k=100, field="title", cache_dir=work), {"docs": "title"}
+
+
+def stage1_inputs(args, catalog, record):
+    """(model with its Stage 1 text tower as query encoder, product ids, fused product vectors)."""
+    import dashclip
+
+    if args.model:
+        model = dashclip.load(args.model)
+        record["inputs"]["model"] = {"dir": str(args.model), "model_id": model.model_id}
+    else:
+        model = dashclip.create_model("default")
+        record["inputs"]["model"] = {"dir": None, "note": "no Stage 1 model given: create_model('default'), "
+                                     "not catalog-pretrained", "model_id": model.model_id}
+    emb_dir = args.embeddings
+    if emb_dir is None:
+        emb_dir = args.work / f"embeddings-{model.model_id[:12]}"
+        if not (emb_dir / "meta.json").exists():
+            log(f"embedding {len(catalog)} products into {emb_dir} (slow on CPU)")
+            from dashclip.models.embeddings import embed_catalog
+
+            embed_catalog(model, catalog, emb_dir)
+    from dashclip.training.align import load_product_vectors
+
+    ids, vectors = load_product_vectors(model, emb_dir)
+    record["inputs"]["embeddings"] = {"dir": str(emb_dir), "products": int(len(ids)), "dim": int(vectors.shape[1])}
+    if len(ids) != len(catalog):
+        record["notes"].append(f"embeddings cover {len(ids)} products, the catalog {len(catalog)}")
+    return model, list(ids), vectors
+
+
+def grade_inputs(args, catalog, record, heldout):
+    """(seed grades, seed + model grades or None) as DataFrames; held-out query texts are dropped later too."""
+    import pandas as pd
+
+    from dashclip.training.align import read_grades
+
+    if args.seed_grades:
+        seed = pd.concat([read_grades(p) for p in args.seed_grades], ignore_index=True)
+        record["inputs"]["seed_grades"] = {"paths": [str(p) for p in args.seed_grades], "rows": len(seed)}
+    else:
+        from dashclip.labeling.seed import seed_grades
+
+        seed = seed_grades(catalog)
+        record["inputs"]["seed_grades"] = {"built": "dashclip.labeling.seed.seed_grades", "rows": len(seed)}
+    full = None
+    if args.model_grades:
+        graded = pd.concat([read_grades(p) for p in args.model_grades], ignore_index=True)
+        record["inputs"]["model_grades"] = {"paths": [str(p) for p in args.model_grades], "rows": len(graded),
+                                            "labelers": sorted(map(str, graded.get("labeler", pd.Series()).unique()))}
+        full = pd.concat([seed, graded], ignore_index=True)
+    return seed, full
+
+
+def train_and_rank(args, name, grades, variant, product_ids, product_vectors, heldout, rank_with):
+    import dashclip
+    from dashclip.training.align import AlignConfig, align
+    from dashclip.training.loop import LoopConfig
+
+    out = args.work / name
+    config = AlignConfig(batch_size=args.batch_size, variant=variant)
+    loop = LoopConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+                      warmup_steps=10, ckpt_every=50, log_every=10, eval_every_epoch=False, progress=False,
+                      resume=(out / "checkpoints" / "last.pt").exists())
+    model = dashclip.load(args.model) if args.model else None
+    if model is None:
+        import torch
+
+        torch.manual_seed(0)
+        model = dashclip.create_model("default")
+    summary = align(args.model, grades, out, config, loop, model=model,
+                    product_table=(np.asarray(product_ids), product_vectors),
+                    exclude_queries={q["query"] for q in heldout})
+    info = {"variant": variant, "steps": summary["steps"], "train_seconds": summary["seconds"],
+            "grades": summary["grades"], "table": summary["table"], "final_loss": summary["last"].get("loss_avg"),
+            "align": summary["align"], "lr": args.lr}
+    return rank_with(model), info
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+
+
+def targets(record) -> dict:
+    s = record["systems"]
+
+    def ndcg(name):
+        return (s.get(name) or {}).get("overall", {}).get("ndcg@10")
+
+    full, seed, bm25, minilm = ndcg("stage2_full"), ndcg("stage2_seed"), ndcg("bm25"), ndcg("minilm")
+    out = {}
+    if full is not None and bm25:
+        out["full_vs_bm25_rel"] = round(full / bm25 - 1, 3)
+        out["beats_bm25_by_25pct"] = full >= 1.25 * bm25
+    if full is not None and minilm:
+        out["full_vs_minilm_rel"] = round(full / minilm - 1, 3)
+        out["beats_minilm_by_25pct"] = full >= 1.25 * minilm
+    if full is not None and seed is not None:
+        out["beats_seed_only"] = full > seed
+    return out
+
+
+def save(record, out: Path) -> None:
+    from dashclip.io import write_json, write_text
+
+    write_json(out, record)
+    write_text(out.with_suffix(".md"), markdown(record))
+
+
+def markdown(record) -> str:
+    m = record["machine"]
+    lines = [f"# Stage 2 (align) benchmark", "",
+             f"Run {record['started']} on {m['nproc']} x {m['cpu']} (torch {m['torch']}, "
+             f"{'GPU ' + m['cuda'] if m.get('cuda') else 'CPU only'}); load average at start "
+             f"{record['loadavg_start']}, at end {record.get('loadavg_end')}.",
+             f"Held-out dev queries: {record['inputs'].get('heldout_queries', {}).get('count')} "
+             f"(qid divisible by 3, never trained on), ranking the full catalog "
+             f"({record['inputs'].get('catalog', {}).get('products')} products).", "",
+             "| system | NDCG@10 | Recall@100 | MRR | notes |", "|---|---:|---:|---:|---|"]
+    for name, r in record["systems"].items():
+        if "overall" not in r:
+            lines.append(f"| {name} | | | | {r.get('error') or r.get('skipped')} |")
+            continue
+        o = r["overall"]
+        note = ", ".join(f"{k} {r[k]}" for k in ("variant", "steps") if k in r)
+        lines.append(f"| {name} | {o['ndcg@10']:.3f} | {o['recall@100']:.3f} | {o['mrr']:.3f} | {note} |")
+    styles = sorted({st for r in record["systems"].values() for st in r.get("per_style", {})})
+    if styles:
+        lines += ["", "NDCG@10 per query style:", "",
+                  "| system | " + " | ".join(styles) + " |", "|---|" + "---:|" * len(styles)]
+        for name, r in record["systems"].items():
+            if "per_style" in r:
+                lines.append(f"| {name} | " + " | ".join(
+                    f"{r['per_style'].get(st, {}).get('ndcg@10', float('nan')):.3f}" for st in styles) + " |")
+    if record.get("targets"):
+        lines += ["", "Targets: " + json.dumps(record["targets"])]
+    if record.get("notes"):
+        lines += ["", "Notes:"] + [f"- {n}" for n in record["notes"]]
+    lines += ["", "Inputs: `" + json.dumps(record["inputs"], default=str) + "`", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""The embedded backend: a FAISS index in one directory (`index.faiss` + ids + attributes + meta).
+
+Vectors live in an `IndexIDMap2` over the factory's index, keyed by an int64 *label* per product (never
+reused). ids.parquet maps labels to the catalog's product ids. Filters become an `IDSelectorBitmap`
+passed through SearchParameters (exact for Flat); index types that reject a selector fall back to
+over-fetching and post-filtering. Index types that cannot delete (HNSW) keep removed vectors as
+tombstones that every search excludes, until the next `dashclip index build`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from ..io import atomic_dir, write_json
+from .base import META_FILE, REBUILD_HINT, VectorIndex, read_table, write_table
+
+INDEX_FILE = "index.faiss"
+EXACT_MAX = 200_000           # below this many vectors the default is exact search
+DEFAULT_HNSW = "HNSW32,Flat"
+HNSW_EF_CONSTRUCTION = 80     # build cost vs graph quality: benchmarks/results/index_scale.md
+EF_SEARCH_CANDIDATES = (16, 32, 64, 96, 128, 192, 256, 384, 512)
+TUNE_RECALL_TARGET = 0.95
+ADD_CHUNK = 50_000
+
+
+def default_factory(n: int) -> str:
+    return "Flat" if n < EXACT_MAX else DEFAULT_HNSW
+
+
+def _inner(index: faiss.Index) -> faiss.Index:
+    return faiss.downcast_index(index.index if isinstance(index, faiss.IndexIDMap2) else index)
+
+
+def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = 200_000) -> np.ndarray:
+    """Row indices of the exact top-k by inner product (numpy; used to tune and to measure recall)."""
+    best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(queries), 0), dtype=np.int64)
+    for start in range(0, len(vectors), chunk):
+        s = queries @ vectors[start:start + chunk].T
+        kk = min(k, s.shape[1])
+        top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+        best_s = np.concatenate([best_s, np.take_along_axis(s, top, 1)], axis=1)
+        best_i = np.concatenate([best_i, top + start], axis=1)
+        keep = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
+    return best_i
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    k = truth.shape[1]
+    return float(np.mean([len(set(f[:k].tolist()) & set(t.tolist())) / k for f, t in zip(found, truth)]))
+
+
+def tune_ef_search(index: faiss.Index, vectors: np.ndarray, k: int = 10, n_queries: int = 200,
+                   target: float = TUNE_RECALL_TARGET, seed: int = 0) -> tuple[int, float]:
+    """Smallest efSearch whose recall@k, on noisy copies of stored vectors, reaches `target`.
+
+    Returns (efSearch, measured recall); the largest candidate if none reaches the target.
+    """
+    hnsw = _inner(index).hnsw
+    rng = np.random.default_rng(seed)
+    q = vectors[rng.choice(len(vectors), size=min(n_queries, len(vectors)), replace=False)]
+    q = q + rng.normal(scale=0.5 / np.sqrt(vectors.shape[1]), size=q.shape).astype(np.float32)
+    q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    truth = exact_top_k(vectors, q, k)
+    recall = 0.0
+    for ef in EF_SEARCH_CANDIDATES:
+        hnsw.efSearch = max(ef, k)
+        _, found = index.search(q, k)  # labels == row positions at build time
+        recall = recall_at_k(found, truth)
+        if recall >= target:
+            return ef, recall
+    return EF_SEARCH_CANDIDATES[-1], recall
+
+
+class FaissIndex(VectorIndex):
+    backend = "faiss"
+
+    def __init__(self, path, meta: dict, table: pd.DataFrame, index: faiss.Index, labels: np.ndarray):
+        super().__init__(path, meta, table)
+        self._index = index
+        self._labels = np.asarray(labels, dtype=np.int64)      # label of each table row
+        self._id_of_label = dict(zip(self._labels.tolist(), table["id"].tolist()))
+        self._selector_ok: bool | None = None                  # does this index type take a selector?
+        self._apply_search_settings()
+
+    # -- build / open / save
+    @classmethod
+    def build(cls, vectors: np.ndarray, table: pd.DataFrame, out_dir, meta: dict,
+              factory: str | None = None, progress: bool = False,
+              ef_construction: int | None = None, ef_search: int | None = None) -> "FaissIndex":
+        n, d = vectors.shape
+        factory = factory or default_factory(n)
+        if "IDMap" in factory:
+            raise ValueError(f"factory {factory!r}: leave out IDMap, the index maps product ids itself")
+        try:
+            made = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as e:
+            raise ValueError(f"factory {factory!r} is not a valid FAISS index factory string "
+                             f"({str(e).strip().splitlines()[-1]})") from None
+        inner = faiss.downcast_index(made)  # a typed view of `made`, which must stay referenced
+        if hasattr(inner, "hnsw"):
+            inner.hnsw.efConstruction = ef_construction or HNSW_EF_CONSTRUCTION
+        if not inner.is_trained:
+            sample = vectors if n <= 200_000 else vectors[np.random.default_rng(0).choice(n, 200_000, False)]
+            inner.train(sample)
+        index = faiss.IndexIDMap2(made)
+        labels = np.arange(n, dtype=np.int64)
+        _add_in_chunks(index, vectors, labels, progress, "indexing")
+        meta = dict(meta, factory=factory, next_label=n)
+        if hasattr(inner, "hnsw"):
+            meta["ef_construction"] = int(inner.hnsw.efConstruction)
+            if ef_search is None:
+                ef_search, recall = tune_ef_search(index, vectors)
+                meta["ef_search_tuned_recall_at_10"] = round(recall, 4)
+            meta["ef_search"] = int(ef_search)
+        self = cls(out_dir, meta, table, index, labels)
+        self.save()
+        return self
+
+    @classmethod
+    def open(cls, path: Path, meta: dict) -> "FaissIndex":
+        index_path = path / INDEX_FILE
+        if not index_path.exists():
+            raise FileNotFoundError(f"{index_path}: missing; the index at {path} is incomplete, {REBUILD_HINT}")
+        try:
+            index = faiss.read_index(str(index_path))
+        except RuntimeError as e:
+            raise ValueError(f"{index_path}: corrupt ({str(e).strip().splitlines()[-1]}); {REBUILD_HINT}") from None
+        if not isinstance(index, faiss.IndexIDMap2) or index.d != int(meta["dim"]):
+            raise ValueError(f"{index_path}: not a {meta['dim']}-d dashclip FAISS index; {REBUILD_HINT}")
+        table, extra = read_table(path, meta.get("id_type", "str"))
+        if "label" not in extra.columns:
+            raise ValueError(f"{path / 'ids.parquet'}: no `label` column; {REBUILD_HINT}")
+        if index.ntotal < len(table):
+            raise ValueError(f"{index_path}: holds {index.ntotal} vectors but ids.parquet lists "
+                             f"{len(table)} products; {REBUILD_HINT}")
+        return cls(path, meta, table, index, extra["label"].to_numpy())
+
+    def save(self) -> None:
+        """Write the whole dir atomically: readers see the old index or the new one, never a mix."""
+        self.meta["n"] = len(self)
+        with atomic_dir(self.path) as tmp:
+            faiss.write_index(self._index, str(tmp / INDEX_FILE))
+            write_table(tmp, self._table, {"label": self._labels})
+            write_json(tmp / META_FILE, self.meta)
+
+    @property
+    def index_bytes(self) -> int:
+        """Size of the serialised FAISS index."""
+        return int(faiss.serialize_index(self._index).nbytes)
+
+    def set_ef_search(self, ef: int) -> None:
+        self.meta["ef_search"] = int(ef)
+        self._apply_search_settings()
+
+    def _apply_search_settings(self) -> None:
+        inner = _inner(self._index)
+        if hasattr(inner, "hnsw") and self.meta.get("ef_search"):
+            inner.hnsw.efSearch = int(self.meta["ef_search"])
+
+    # -- search
+    def _search(self, q, k, filters, mask):
+        n_tombstones = self._index.ntotal - len(self)
+        if mask is None and n_tombstones == 0:
+            scores, labels = self._index.search(q, k)
+        else:
+            allowed = self._labels if mask is None else self._labels[mask]
+            bitmap = np.zeros(int(self.meta["next_label"]), dtype=bool)
+            bitmap[allowed] = True
+            scores, labels = None, None
+            if self._selector_ok is not False:
+                try:
+                    scores, labels = self._search_selected(q, k, bitmap)
+                    self._selector_ok = True
+                except RuntimeError:  # this index type takes no selector
+                    self._selector_ok = False
+            if scores is None:
+                scores, labels = self._search_post_filtered(q, k, bitmap)
+        return self._results(scores, labels)
+
+    def _search_selected(self, q, k, bitmap):
+        packed = np.packbits(bitmap, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(packed))
+        inner = _inner(self._index)
+        if hasattr(inner, "hnsw"):
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = int(inner.hnsw.efSearch)
+        elif hasattr(inner, "nprobe"):
+            params = faiss.SearchParametersIVF()
+            params.nprobe = int(inner.nprobe)
+        else:
+            params = faiss.SearchParameters()
+        params.sel = selector
+        scores, labels = self._index.search(q, k, params=params)
+        del packed, selector  # kept alive until here: FAISS holds raw pointers
+        return scores, labels
+
+    def _search_post_filtered(self, q, k, bitmap):
+        """Over-fetch until each query has k allowed hits (or everything was fetched), then keep those."""
+        ntotal = self._index.ntotal
+        fetch = min(ntotal, max(4 * k, 64))
+        while True:
+            scores, labels = self._index.search(q, fetch)
+            ok = (labels >= 0) & bitmap[np.clip(labels, 0, len(bitmap) - 1)]
+            if ok.sum(axis=1).min() >= k or fetch >= ntotal:
+                break
+            fetch = min(ntotal, fetch * 4)
+        out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
+        out_l = np.full((len(q), k), -1, dtype=np.int64)
+        for r in range(len(q)):
+            hits = np.flatnonzero(ok[r])[:k]
+            out_s[r, :len(hits)], out_l[r, :len(hits)] = scores[r, hits], labels[r, hits]
+        return out_s, out_l
+
+    def _results(self, scores, labels):
+        ids = [[self._id_of_label[l] for l in row if l >= 0] for row in labels.tolist()]
+        scores = np.where(labels >= 0, scores, -np.inf).astype(np.float32)
+        return ids, scores
+
+    # -- changes
+    def _add(self, ids, vectors, attributes):
+        start = int(self.meta["next_label"])
+        labels = np.arange(start, start + len(ids), dtype=np.int64)
+        _add_in_chunks(self._index, vectors, labels, False, "adding")
+        self._labels = np.concatenate([self._labels, labels])
+        self._id_of_label.update(zip(labels.tolist(), ids))
+        self.meta["next_label"] = start + len(ids)
+
+    def _remove(self, ids, rows):
+        labels = self._labels[rows]
+        try:
+            self._index.remove_ids(faiss.IDSelectorBatch(len(labels), faiss.swig_ptr(labels)))
+        except RuntimeError:
+            pass  # e.g. HNSW cannot delete: the label stays as a tombstone that searches exclude
+        for label in labels.tolist():
+            self._id_of_label.pop(label, None)
+
+    def _after_remove(self, keep):
+        self._labels = self._labels[keep]
+
+
+def _add_in_chunks(index: faiss.Index, vectors: np.ndarray, labels: np.ndarray, progress: bool,
+                   what: str) -> None:
+    from ..clihelp import progress as progress_bar
+
+    with progress_bar(disable=not progress) as bar:
+        task = bar.add_task(what, total=len(vectors))
+        for start in range(0, len(vectors), ADD_CHUNK):
+            stop = start + ADD_CHUNK
+            index.add_with_ids(vectors[start:stop], labels[start:stop])
+            bar.advance(task, len(vectors[start:stop]))

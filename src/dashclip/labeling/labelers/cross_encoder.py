@@ -1,0 +1,162 @@
+"""The default labeler: a cross-encoder fine-tuned from all-MiniLM-L6-v2 on seed grades.
+
+It reads "[CLS] query [SEP] product_text [SEP]" and classifies 0 / 1 / 2. A cross-encoder sees the
+query and product words together (unlike the bi-encoders of Stage 2), which is what makes it a good
+grader from a few thousand examples. The saved labeler is a plain Hugging Face
+AutoModelForSequenceClassification directory plus `labeler.json` (max_length, version, training
+summary), loadable by anyone with transformers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import Grade, Pair
+
+LABELER_FILE = "labeler.json"
+
+
+@dataclass
+class CrossEncoderConfig:
+    max_length: int = 64
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    class_weighting: bool = True   # grades are skewed (many 0s): weight classes by inverse frequency
+    seed: int = 0
+
+
+class CrossEncoderLabeler:
+    name = "cross-encoder"
+
+    def __init__(self, path, device: str = "cpu", batch_size: int = 64, num_threads: int | None = None):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path = Path(path)
+        if not (path / LABELER_FILE).exists():
+            raise FileNotFoundError(f"{path}: not a cross-encoder labeler dir (no {LABELER_FILE}); "
+                                    f"train one with `dashclip labels train`")
+        self.meta = json.loads((path / LABELER_FILE).read_text())
+        self.version = str(self.meta["version"])
+        self.max_length = int(self.meta.get("max_length", 64))
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+        self.device, self.batch_size = device, batch_size
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self._torch = torch
+
+    def probabilities(self, queries: list[str], texts: list[str]) -> np.ndarray:
+        """[N, 3] class probabilities."""
+        torch = self._torch
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(queries), self.batch_size):
+                enc = _encode(self.tokenizer, queries[i:i + self.batch_size], texts[i:i + self.batch_size],
+                              self.max_length).to(self.device)
+                out.append(torch.softmax(self.model(**enc).logits.float(), -1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 3), dtype=np.float32)
+
+    def grade(self, pairs: list[Pair]) -> list[Grade]:
+        p = self.probabilities([x.query for x in pairs], [x.product_text for x in pairs])
+        return [Grade(int(r.argmax()), float(r.max())) for r in p]
+
+
+def _encode(tokenizer, queries, texts, max_length):
+    # Truncate the product side only: the query is short and every word of it matters.
+    return tokenizer(list(queries), list(texts), padding=True, truncation="only_second",
+                     max_length=max_length, return_tensors="pt")
+
+
+def _version(config: CrossEncoderConfig, base: str, train_hash: str) -> str:
+    h = hashlib.sha256(json.dumps([asdict(config), base, train_hash], sort_keys=True).encode())
+    return h.hexdigest()[:12]
+
+
+def train_cross_encoder(queries: list[str], texts: list[str], grades, out_dir, base: str | None = None,
+                        config: CrossEncoderConfig | None = None,
+                        progress: Callable[[int, int, float], None] | None = None) -> dict:
+    """Fine-tune a 3-way cross-encoder on (query, product_text, grade) and save it to `out_dir`.
+
+    `base`: a local dir or hub id of a BERT-like encoder (default: the installed all-MiniLM-L6-v2).
+    `progress(step, total_steps, loss)` is called after every optimizer step. Returns the summary
+    written into labeler.json."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ...io import atomic_dir, write_json
+    from ...models.sentence import minilm_path
+
+    config = config or CrossEncoderConfig()
+    grades = np.asarray(grades, dtype=np.int64)
+    if not (len(queries) == len(texts) == len(grades)) or len(grades) == 0:
+        raise ValueError(f"training needs equal, non-empty lists (queries {len(queries)}, texts {len(texts)}, "
+                         f"grades {len(grades)})")
+    if not np.isin(grades, [0, 1, 2]).all():
+        raise ValueError("grades must be 0, 1 or 2")
+    base = str(base or minilm_path())
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=3, id2label={0: "0", 1: "1", 2: "2"}, label2id={"0": 0, "1": 1, "2": 2})
+    model.train()
+    counts = np.bincount(grades, minlength=3).astype(np.float64)
+    weights = (counts.sum() / (3 * counts.clip(1))) if config.class_weighting else np.ones(3)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
+    steps_per_epoch = -(-len(grades) // config.batch_size)
+    total = steps_per_epoch * config.epochs
+    optim = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(1, int(config.warmup_ratio * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
+    t0, step, losses = time.time(), 0, []
+    for _ in range(config.epochs):
+        order = rng.permutation(len(grades))
+        for i in range(0, len(order), config.batch_size):
+            idx = order[i:i + config.batch_size]
+            enc = _encode(tokenizer, [queries[j] for j in idx], [texts[j] for j in idx], config.max_length)
+            loss = loss_fn(model(**enc).logits, torch.from_numpy(grades[idx]))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optim.step()
+            sched.step()
+            optim.zero_grad(set_to_none=True)
+            step += 1
+            losses.append(loss.item())
+            if progress is not None:
+                progress(step, total, losses[-1])
+    train_hash = hashlib.sha256(json.dumps([list(queries), list(texts), grades.tolist()]).encode()).hexdigest()
+    summary = {"labeler": CrossEncoderLabeler.name, "version": _version(config, base, train_hash),
+               "base": base, "max_length": config.max_length, "config": asdict(config),
+               "train_pairs": int(len(grades)), "train_grade_counts": counts.astype(int).tolist(),
+               "steps": step, "first_loss": losses[0], "last_loss": float(np.mean(losses[-10:])),
+               "train_seconds": round(time.time() - t0, 1), "train_data_sha256": train_hash}
+    model.eval()
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(Path(tmp) / LABELER_FILE, summary)
+    return summary
+
+
+def train_from_seed(seed, catalog, out_dir, **kw) -> dict:
+    """Train on the training split of seed grades (held-out queries never reach training)."""
+    from ..grades import split_by_query
+    from . import pairs_from
+
+    train, _ = split_by_query(seed)
+    if train.empty:
+        raise ValueError("no training seed grades (every query is held out)")
+    pairs = pairs_from(catalog, train["query"].tolist(), train["product_id"].tolist())
+    return train_cross_encoder([p.query for p in pairs], [p.product_text for p in pairs],
+                               train["grade"].to_numpy(), out_dir, **kw)

@@ -1,0 +1,378 @@
+"""The one search path: query text -> nearest products, used by `dashclip search`, the HTTP service,
+the benchmarks and `dashclip eval`.
+
+    searcher = Searcher.open("runs/model", "runs/index")          # catalog: the one recorded in the index
+    hits = searcher.search("red summer dress", k=10, filters={"gender": ["Women"]})
+    runs = searcher.search_batch(["red dress", "black heels"], k=100)
+
+Scores. A vector search hit's `score` is the cosine similarity of the query embedding and the product
+embedding (both L2-normalised; higher is better, at most 1). A hybrid hit's `score` is its reciprocal-rank
+fusion score, sum over the two ranked lists (vector, BM25) of 1 / (RRF_K + rank), rank starting at 1: at most
+2 / 61 ~ 0.0328 (first in both lists), 0 for a product in neither. The two kinds of score are not comparable.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import unicodedata
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+MAX_QUERY_CHARS = 256      # longer queries are refused, not cut: a truncated query is a different query
+MAX_K = 1000               # the service bounds k further (MAX_K_HTTP in service.py)
+RRF_K = 60                 # reciprocal-rank fusion constant (Cormack et al. 2009)
+HYBRID_DEPTH = 100         # each list contributes its top max(k, HYBRID_DEPTH) to the fusion
+ENCODE_BATCH = 64          # queries per encoder call in search_batch
+
+_SPACES = re.compile(r"\s+")
+
+
+@dataclass
+class Hit:
+    """One search result. `image` is the catalog-relative image path (None when the product has none)."""
+
+    id: Any
+    title: str
+    category: str | None
+    score: float
+    rank: int
+    image: str | None = None
+    attributes: dict[str, str | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def normalise_query(query: Any) -> str:
+    """Trim, fold Unicode compatibility forms, drop control characters and collapse whitespace.
+
+    Raises ValueError for a non-string, an empty query, or one longer than MAX_QUERY_CHARS."""
+    if not isinstance(query, str):
+        raise ValueError(f"query must be a string, got {type(query).__name__}")
+    text = unicodedata.normalize("NFKC", query)
+    text = "".join(" " if unicodedata.category(ch).startswith(("C", "Z")) else ch for ch in text)
+    text = _SPACES.sub(" ", text).strip()
+    if not text:
+        raise ValueError("query is empty: type a few words, e.g. 'red summer dress'")
+    if len(text) > MAX_QUERY_CHARS:
+        raise ValueError(f"query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}")
+    return text
+
+
+def parse_filter_args(args: Iterable[str], separators: str = "=:") -> dict[str, list[str]]:
+    """["gender=Women", "gender=Men", "season:Summer"] -> {"gender": ["Women", "Men"], "season": ["Summer"]}.
+
+    The first of `separators` found in each argument splits field from value. A value may contain the
+    separator ("usage=Smart Casual: Office" keeps "Smart Casual: Office")."""
+    out: dict[str, list[str]] = {}
+    for arg in args:
+        cut = min((i for i in (str(arg).find(s) for s in separators) if i >= 0), default=-1)
+        field_name, value = (str(arg)[:cut].strip(), str(arg)[cut + 1:].strip()) if cut >= 0 else ("", "")
+        if cut < 0 or not field_name or not value:
+            want = " or ".join(f"field{s}value" for s in separators)
+            raise ValueError(f"filter {arg!r} is not {want} (e.g. gender{separators[0]}Women)")
+        values = out.setdefault(field_name, [])
+        if value not in values:
+            values.append(value)
+    return out
+
+
+def _attribute_strings(values: pd.Series) -> pd.Series:
+    """Attribute values as the index stores them: strings, None where missing."""
+    return pd.Series([None if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA else str(v)
+                      for v in values], index=values.index, dtype=object)
+
+
+class Searcher:
+    """Query text -> ranked products, with attribute filters and optional hybrid (BM25 + vector) ranking.
+
+    `model` encodes queries (`encode_query`), `index` is a `dashclip.index.VectorIndex` of the product
+    embeddings of that model, `catalog` a `dashclip.data.catalog.Catalog` that gives titles, categories
+    and images. Safe to call from several threads at once (the service does)."""
+
+    def __init__(self, model, index, catalog, model_id: str | None = None, encoder: "QueryBatcher | None" = None):
+        self.model, self.index, self.catalog = model, index, catalog
+        self.encoder = encoder  # optional: encodes queries of concurrent callers together (the service)
+        self.model_id = model_id or model.model_id  # a hash of every weight: computed once
+        self.fields = list(index.fields)
+        # The catalog's own name for its category column (e.g. articleType) works as a filter field too.
+        source = (catalog.manifest.get("mapping") or {}).get("category")
+        self.aliases = {source: "category"} if source and "category" in self.fields and source not in self.fields \
+            else {}
+        self._value_lookup: dict[str, dict[str, str]] = {}
+        self._bm25 = None
+        self._bm25_rows: np.ndarray | None = None      # catalog row of each BM25 document
+        self._bm25_attrs: pd.DataFrame | None = None   # attribute strings of each BM25 document
+        self._lock = threading.Lock()
+        # One plain dict per catalog row: turning hits into results must not cost a DataFrame lookup each.
+        self._records = catalog.products.to_dict("records")
+
+    @classmethod
+    def open(cls, model_dir: str | Path, index_dir: str | Path, catalog_dir: str | Path | None = None,
+             model=None) -> "Searcher":
+        """Load a model dir, open the index built with it (another model's index is a ValueError) and its
+        catalog (`catalog_dir`, else the `catalog_dir` recorded in the index's meta.json). An already
+        loaded `model` skips loading `model_dir`."""
+        from ..data.catalog import Catalog
+        from ..index import open_index, read_meta
+
+        read_meta(index_dir)  # a missing or broken index fails before the model loads
+        if model is None:
+            from .. import load
+            model = load(model_dir)
+        model_id = model.model_id
+        index = open_index(index_dir, model_id=model_id)
+        catalog = Catalog.open(resolve_catalog_dir(index.meta, catalog_dir, index_dir))
+        return cls(model, index, catalog, model_id)
+
+    def with_index(self, index, catalog=None) -> "Searcher":
+        """A new Searcher over another index (e.g. a rebuilt one), sharing this one's model."""
+        return Searcher(self.model, index, catalog if catalog is not None else self.catalog, self.model_id,
+                        self.encoder)
+
+    # ------------------------------------------------------------------ filters
+    def filter_values(self, field_name: str) -> list[str]:
+        """The values a filter on `field_name` can take (from the live products of the index)."""
+        return list(self._lookup(field_name).values())
+
+    def _lookup(self, field_name: str) -> dict[str, str]:
+        field_name = self.aliases.get(field_name, field_name)
+        if field_name not in self.fields:
+            known = ", ".join(self.fields) or "none"
+            raise ValueError(f"unknown filter field {field_name!r}; this index has: {known}")
+        lookup = self._value_lookup.get(field_name)
+        if lookup is None:
+            lookup = {v.casefold(): v for v in self.index.attribute_values(field_name)}
+            self._value_lookup[field_name] = lookup
+        return lookup
+
+    def check_filters(self, filters: dict[str, Sequence[str]] | None) -> dict[str, list[str]]:
+        """Validate filters against the index: an unknown field or value is a ValueError that lists the
+        valid ones. Values match case-insensitively and come back spelled as in the catalog."""
+        if not filters:
+            return {}
+        out: dict[str, list[str]] = {}
+        for field_name, values in filters.items():
+            lookup = self._lookup(field_name)
+            field_name = self.aliases.get(field_name, field_name)
+            if isinstance(values, (str, int, float)):
+                values = [values]
+            if not values:
+                raise ValueError(f"filter {field_name!r} has no values")
+            for value in values:
+                canonical = lookup.get(str(value).strip().casefold())
+                if canonical is None:
+                    shown = ", ".join(list(lookup.values())[:12]) + (" ..." if len(lookup) > 12 else "")
+                    raise ValueError(f"unknown value {str(value)!r} for filter {field_name!r}; "
+                                     f"values: {shown or 'none'}")
+                if canonical not in out.setdefault(field_name, []):
+                    out[field_name].append(canonical)
+        return out
+
+    # ------------------------------------------------------------------ search
+    def encode(self, queries: Sequence[str]) -> np.ndarray:
+        """Normalised queries -> float32 [Q, D] query embeddings, encoded ENCODE_BATCH at a time."""
+        encode = self.encoder.encode if self.encoder is not None else self.encode_now
+        parts = [encode(list(queries[i:i + ENCODE_BATCH])) for i in range(0, len(queries), ENCODE_BATCH)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.index.dim), dtype=np.float32)
+
+    def encode_now(self, texts: list[str]) -> np.ndarray:
+        """One model call on this thread (what `encode` does without a QueryBatcher)."""
+        from ..models.model import to_numpy
+
+        return to_numpy(self.model.encode_query(texts))
+
+    def search(self, query: str, k: int = 10, filters: dict[str, Sequence[str]] | None = None,
+               hybrid: bool = False) -> list[Hit]:
+        """The top-k products for one query, best first."""
+        return self.search_batch([query], k=k, filters=filters, hybrid=hybrid)[0]
+
+    def search_batch(self, queries: Sequence[str], k: int = 10, filters: dict[str, Sequence[str]] | None = None,
+                     hybrid: bool = False, progress=None) -> list[list[Hit]]:
+        """The top-k products for each query, best first. `progress(n_done)` is called after each batch."""
+        k = _check_k(k)
+        texts = []
+        for i, q in enumerate(queries):
+            try:
+                texts.append(normalise_query(q))
+            except ValueError as e:
+                raise ValueError(f"query {i + 1}: {e}" if len(queries) > 1 else str(e)) from None
+        filters = self.check_filters(filters)
+        depth = max(k, HYBRID_DEPTH) if hybrid else k
+        results: list[list[Hit]] = []
+        for start in range(0, len(texts), ENCODE_BATCH):
+            chunk = texts[start:start + ENCODE_BATCH]
+            ids, scores = self.index.search(self.encode(chunk), depth, filters or None)
+            for j, text in enumerate(chunk):
+                row_ids = list(ids[j])
+                row_scores = [float(s) for s in scores[j][:len(row_ids)]]
+                if hybrid:
+                    row_ids, row_scores = self._fuse(text, row_ids, depth, filters)
+                results.append([self._hit(pid, score, rank)
+                                for rank, (pid, score) in enumerate(zip(row_ids[:k], row_scores[:k]), 1)])
+            if progress is not None:
+                progress(len(chunk))
+        return results
+
+    # ------------------------------------------------------------------ hybrid
+    def _fuse(self, query: str, vector_ids: list, depth: int, filters: dict) -> tuple[list, list[float]]:
+        """Reciprocal-rank fusion of the vector list and the BM25 list (module docstring: scores)."""
+        keyword_ids = self.bm25_search(query, depth, filters)
+        fused: dict[Any, list] = {}  # id -> [score, best rank, vector rank]
+        for source, ranked in (("vector", vector_ids), ("bm25", keyword_ids)):
+            for rank, pid in enumerate(ranked, 1):
+                entry = fused.setdefault(pid, [0.0, rank, len(vector_ids) + 1])
+                entry[0] += 1.0 / (RRF_K + rank)
+                entry[1] = min(entry[1], rank)
+                if source == "vector":
+                    entry[2] = rank
+        # Ties (same fused score) go to the better single-list rank, then to the vector list.
+        order = sorted(fused, key=lambda pid: (-fused[pid][0], fused[pid][1], fused[pid][2]))
+        return order, [fused[pid][0] for pid in order]
+
+    def bm25_search(self, query: str, k: int, filters: dict[str, list[str]] | None = None) -> list:
+        """Product ids of the BM25 top-k over the catalog texts of the indexed products, filters applied."""
+        bm25 = self.keyword_index()
+        allowed = np.ones(bm25.n, dtype=bool)
+        for field_name, values in (filters or {}).items():
+            allowed &= self._bm25_attrs[field_name].isin(values).to_numpy()
+        rows, scores = bm25.search(query, k, allowed)
+        rows = rows[scores > 0]  # a product that shares no word with the query is not a keyword match
+        pid_column = self.catalog.products["id"]
+        return [_plain(pid_column.iat[self._bm25_rows[r]]) for r in rows]
+
+    @property
+    def has_keyword_index(self) -> bool:
+        return self._bm25 is not None
+
+    def keyword_index(self):
+        """BM25 over `catalog.product_texts()` of the products in the index, built on first use."""
+        with self._lock:
+            if self._bm25 is None:
+                from ..text import BM25
+
+                live = {self.index.key(pid) for pid in self.index.ids}
+                pids = [self.index.key(_plain(p)) for p in self.catalog.products["id"].tolist()]
+                rows = np.array([i for i, pid in enumerate(pids) if pid in live], dtype=np.int64)
+                texts = self.catalog.product_texts()
+                attrs = pd.DataFrame(index=range(len(rows)))
+                for field_name in self.fields:
+                    if field_name not in self.catalog.products.columns:
+                        raise ValueError(f"hybrid search: the catalog {self.catalog.root} has no column "
+                                         f"{field_name!r} that the index filters on; rebuild the index")
+                    column = self.catalog.products[field_name].iloc[rows].reset_index(drop=True)
+                    attrs[field_name] = _attribute_strings(column)
+                self._bm25_attrs, self._bm25_rows = attrs, rows
+                self._bm25 = BM25([texts[i] for i in rows])
+            return self._bm25
+
+    # ------------------------------------------------------------------ results
+    def _hit(self, pid, score: float, rank: int) -> Hit:
+        pid = _plain(pid)
+        row = self.catalog.row_of.get(pid)  # index ids are the catalog's ids, same type
+        if row is None:  # indexed but no longer in the catalog: still a result, with what the index knows
+            attrs = self.index.attributes_of(pid)
+            return Hit(pid, str(pid), attrs.get("category"), score, rank, None,
+                       {k: v for k, v in attrs.items() if k != "category"})
+        product = self._records[row]
+        return Hit(id=pid, title=str(product["title"]), category=_text_or_none(product.get("category")),
+                   score=float(score), rank=rank, image=_text_or_none(product.get("image")),
+                   attributes={a: _text_or_none(product.get(a)) for a in self.catalog.attributes
+                               if a in product})
+
+
+class QueryBatcher:
+    """Encodes the queries of concurrent callers in one model call (the service's request threads).
+
+    One worker thread owns the model. A caller queues its texts and waits; the worker takes everything
+    queued so far (up to `max_batch` texts) and encodes it at once. Nothing waits on purpose: while one
+    batch is being encoded the next one gathers, so a lone request is encoded alone and a busy server
+    encodes in batches, which costs far less per query on a CPU."""
+
+    def __init__(self, encode_fn: Callable[[list[str]], np.ndarray], max_batch: int = ENCODE_BATCH):
+        import queue
+
+        self.encode_fn, self.max_batch = encode_fn, max_batch
+        self.batches = 0          # model calls so far (for tests and stats)
+        self._queue: "queue.Queue" = queue.Queue()
+        self._worker = threading.Thread(target=self._run, name="dashclip-query-encoder", daemon=True)
+        self._worker.start()
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        self._queue.put((list(texts), future))
+        return future.result()
+
+    def _run(self) -> None:
+        import queue
+
+        while True:
+            first = self._queue.get()
+            jobs, n = [first], len(first[0])
+            while n < self.max_batch:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                jobs.append(job)
+                n += len(job[0])
+            try:
+                vectors = self.encode_fn([t for texts, _ in jobs for t in texts])
+                self.batches += 1
+            except BaseException as e:  # every waiting caller gets the error, and the worker goes on
+                for _, future in jobs:
+                    future.set_exception(e)
+                continue
+            start = 0
+            for texts, future in jobs:
+                future.set_result(vectors[start:start + len(texts)])
+                start += len(texts)
+
+
+def resolve_catalog_dir(meta: dict, catalog_dir: str | Path | None, index_dir: str | Path) -> Path:
+    """The catalog to show results from: the one given, else the one the index was built from."""
+    if catalog_dir is not None:
+        path = Path(catalog_dir)
+    elif meta.get("catalog_dir"):
+        path = Path(meta["catalog_dir"])
+    else:
+        raise ValueError(f"{index_dir}: the index does not record its catalog (no catalog_dir in meta.json); "
+                         f"give the catalog dir with --catalog")
+    catalog_hash = meta.get("catalog_hash")
+    manifest = path / "manifest.json"
+    if catalog_hash and manifest.exists():
+        from ..io import read_json
+        found = read_json(manifest).get("content_hash")
+        if found and found != catalog_hash:
+            warnings.warn(f"{path}: catalog content hash {found} differs from the one the index at {index_dir} "
+                          f"was built from ({catalog_hash}); titles and images may not match the vectors",
+                          stacklevel=2)
+    return path
+
+
+def _check_k(k: Any) -> int:
+    try:
+        k_int = int(k)
+    except (TypeError, ValueError):
+        raise ValueError(f"k must be a whole number, got {k!r}") from None
+    if k_int != k or not 1 <= k_int <= MAX_K:
+        raise ValueError(f"k must be between 1 and {MAX_K}, got {k!r}")
+    return k_int
+
+
+def _plain(value):
+    """numpy scalars -> Python scalars (JSON and dict keys)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _text_or_none(value) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return None
+    return str(value)

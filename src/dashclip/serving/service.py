@@ -1,0 +1,302 @@
+"""The HTTP service: search, products, images and a web page, over one `Searcher`.
+
+    app = create_app(model_dir="runs/model", index_dir="runs/index")   # or create_app(searcher)
+    uvicorn.run(app, host="127.0.0.1", port=8000)                       # `dashclip serve` does this
+
+Endpoints (OpenAPI schema at /openapi.json, docs at /docs):
+    GET /                        the web page (serving/static, no CDN)
+    GET /search?q=&k=&filter=field:value&hybrid=   ranked products
+    GET /products/{id}           one product
+    GET /products/{id}/image     its image, from the catalog's own record (never a path from the request)
+    GET /filters                 every filter field and its values (the page's chips)
+    GET /healthz                 model id, index size, when the index was built
+
+Input limits: q is 1..256 characters, 1 <= k <= 100; an empty query, a bad filter or an unknown id is a
+4xx whose `detail` says what is wrong. Hot swap: a background thread watches the index dir's meta.json; when
+the index is rebuilt it loads the new one next to the old and swaps the reference in one assignment, so
+requests keep being answered by the old index until the new one is ready.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional, Union
+from urllib.parse import quote
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from .search import MAX_QUERY_CHARS, QueryBatcher, Searcher, normalise_query, parse_filter_args
+
+log = logging.getLogger("dashclip.serving")
+
+MAX_K_HTTP = 100
+MAX_FILTERS = 32            # filter parameters per request
+STATIC_DIR = Path(__file__).parent / "static"
+IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+               ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff"}
+WATCH_SECONDS = 2.0
+
+
+# ---------------------------------------------------------------------------------------------- schema
+class Problem(BaseModel):
+    detail: str = Field(description="What is wrong with the request, in words.")
+
+
+class Result(BaseModel):
+    id: Union[int, str]
+    title: str
+    category: Optional[str] = None
+    score: float = Field(description="Cosine similarity (vector search) or reciprocal-rank-fusion score "
+                                     "(hybrid); see dashclip.serving.search.")
+    rank: int
+    image_url: Optional[str] = Field(None, description="Relative URL of the product image; null when none.")
+    attributes: dict[str, Optional[str]] = {}
+
+
+class SearchResponse(BaseModel):
+    query: str = Field(description="The query as searched (trimmed, whitespace collapsed).")
+    k: int
+    hybrid: bool
+    filters: dict[str, list[str]]
+    results: list[Result]
+    took_ms: float
+
+
+class Product(BaseModel):
+    id: Union[int, str]
+    title: str
+    category: Optional[str] = None
+    text: Optional[str] = None
+    image_url: Optional[str] = None
+    attributes: dict[str, Optional[str]] = {}
+    in_index: bool = Field(description="Whether the product can be found by search right now.")
+
+
+class Health(BaseModel):
+    status: str
+    model_id: str
+    index_size: int
+    index_built_at: Optional[str] = None
+    index_updated_at: Optional[str] = None
+    index_backend: Optional[str] = None
+    index_generation: int = Field(description="How many times the index was swapped since start (0 = none).")
+    catalog: str
+
+
+ERRORS = {400: {"model": Problem, "description": "Bad input (empty query, bad filter, ...)"},
+          404: {"model": Problem, "description": "No such product or image"}}
+
+
+# ---------------------------------------------------------------------------------------------- hot swap
+class SearcherHolder:
+    """Holds the current Searcher and replaces it when the index dir is rebuilt.
+
+    `current` is read once per request; a swap is one reference assignment, so a request sees the old
+    searcher or the new one, never a half-loaded one. Loading happens in a background thread."""
+
+    def __init__(self, searcher: Searcher, index_dir: Path | None, catalog_dir: Path | None = None,
+                 watch_seconds: float = WATCH_SECONDS):
+        self.current = searcher
+        self.index_dir = Path(index_dir) if index_dir is not None else None
+        self.catalog_dir = catalog_dir  # as given by the user; else the one each index records
+        self.watch_seconds = watch_seconds
+        self.generation = 0
+        self.last_error: str | None = None
+        self._seen = self._stamp()
+        self._loading = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _stamp(self) -> bytes | None:
+        """meta.json's bytes: every build and every add/remove rewrites it (built_at / updated_at, n)."""
+        if self.index_dir is None:
+            return None
+        try:
+            return (self.index_dir / "meta.json").read_bytes()
+        except OSError:  # mid-swap of the dir, or being rebuilt: look again next time
+            return None
+
+    def poll(self) -> threading.Thread | None:
+        """If meta.json changed, start loading the new index in a background thread (returned)."""
+        stamp = self._stamp()
+        if stamp is None or stamp == self._seen or self._loading.locked():
+            return None
+        thread = threading.Thread(target=self._reload, args=(stamp,), name="dashclip-index-reload", daemon=True)
+        thread.start()
+        return thread
+
+    def _reload(self, stamp: bytes) -> None:
+        from ..data.catalog import Catalog
+        from ..index import open_index
+        from .search import resolve_catalog_dir
+
+        with self._loading:
+            old = self.current
+            try:
+                index = open_index(self.index_dir, model_id=old.model_id)
+                catalog = old.catalog
+                if index.meta.get("catalog_hash") != old.index.meta.get("catalog_hash") or \
+                        (self.catalog_dir is None and index.meta.get("catalog_dir") != old.index.meta.get("catalog_dir")):
+                    catalog = Catalog.open(resolve_catalog_dir(index.meta, self.catalog_dir, self.index_dir))
+                new = old.with_index(index, catalog)
+                if old.has_keyword_index:  # hybrid is in use: build BM25 now, not in the next request
+                    new.keyword_index()
+            except Exception as e:  # a broken or other-model index must not take the service down
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.error("index at %s changed but could not be loaded, still serving the previous one: %s",
+                          self.index_dir, self.last_error)
+                self._seen = stamp  # don't retry the same broken build in a loop
+                return
+            self.current = new   # the swap
+            self.generation += 1
+            self.last_error = None
+            self._seen = stamp
+            log.info("swapped to the index at %s (%d products, built %s)", self.index_dir, len(index),
+                     index.meta.get("built_at"))
+
+    def start(self) -> None:
+        if self.index_dir is None or self.watch_seconds <= 0 or self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="dashclip-index-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.watch_seconds):
+            thread = self.poll()
+            if thread is not None:
+                thread.join()
+
+
+# ---------------------------------------------------------------------------------------------- the app
+def create_app(searcher: Searcher | Callable[[], Searcher] | None = None, *,
+               model_dir: str | Path | None = None, index_dir: str | Path | None = None,
+               catalog_dir: str | Path | None = None, watch_seconds: float = WATCH_SECONDS) -> FastAPI:
+    """The FastAPI app over a Searcher, a function that makes one, or the model/index/catalog dirs.
+
+    The index dir is watched for rebuilds every `watch_seconds` while the app runs (0 turns it off)."""
+    if searcher is None:
+        if model_dir is None or index_dir is None:
+            raise ValueError("create_app: give a Searcher, or model_dir and index_dir")
+        searcher = Searcher.open(model_dir, index_dir, catalog_dir)
+    elif callable(searcher) and not isinstance(searcher, Searcher):
+        searcher = searcher()
+    if searcher.encoder is None:  # concurrent requests share model calls (see QueryBatcher)
+        searcher.encoder = QueryBatcher(searcher.encode_now)
+    holder = SearcherHolder(searcher, index_dir or searcher.index.path, catalog_dir, watch_seconds)
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        holder.start()
+        try:
+            yield
+        finally:
+            holder.stop()
+
+    app = FastAPI(title="dashclip search", version=_version(), lifespan=lifespan,
+                  description="Multimodal product search (DashCLIP): query text -> nearest products.")
+    app.state.holder = holder
+
+    def image_url(pid, rel) -> str | None:
+        return f"/products/{quote(str(pid), safe='')}/image" if rel else None  # string ids may hold "/" or "?"
+
+    @app.get("/search", response_model=SearchResponse, responses=ERRORS, tags=["search"])
+    def search(q: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS, description="What the shopper typed."),
+               k: int = Query(10, ge=1, le=MAX_K_HTTP, description="How many products to return."),
+               filter: list[str] = Query([], description="field:value, repeatable; values of one field are "
+                                                          "ORed, fields are ANDed (see /filters)."),
+               hybrid: bool = Query(False, description="Fuse BM25 keyword ranking with vector ranking (RRF).")):
+        started = time.perf_counter()
+        current = holder.current
+        try:
+            if len(filter) > MAX_FILTERS:
+                raise ValueError(f"{len(filter)} filters; the limit is {MAX_FILTERS}")
+            filters = current.check_filters(parse_filter_args(filter, separators=":"))
+            query = normalise_query(q)
+            hits = current.search(query, k=k, filters=filters, hybrid=hybrid)
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from None
+        results = [Result(id=h.id, title=h.title, category=h.category, score=h.score, rank=h.rank,
+                          image_url=image_url(h.id, h.image), attributes=h.attributes) for h in hits]
+        return SearchResponse(query=query, k=k, hybrid=hybrid, filters=filters, results=results,
+                              took_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    def lookup(current: Searcher, product_id: str) -> dict:
+        try:
+            return current.catalog.product(product_id)
+        except KeyError:
+            raise HTTPException(404, f"unknown product id {product_id!r}") from None
+
+    @app.get("/products/{product_id}", response_model=Product, responses=ERRORS, tags=["products"])
+    def product(product_id: str):
+        current = holder.current
+        p = lookup(current, product_id)
+        attributes = {a: (None if p.get(a) is None else str(p[a])) for a in current.catalog.attributes if a in p}
+        return Product(id=p["id"], title=str(p["title"]), category=p.get("category"), text=p.get("text") or None,
+                       image_url=image_url(p["id"], p.get("image")), attributes=attributes,
+                       in_index=current.index.has(p["id"]))
+
+    @app.get("/products/{product_id}/image", response_class=FileResponse, tags=["products"],
+             responses={**ERRORS, 200: {"content": {t: {} for t in sorted(set(IMAGE_TYPES.values()))},
+                                        "description": "The product's primary image"}})
+    def product_image(product_id: str):
+        current = holder.current
+        p = lookup(current, product_id)
+        # The path comes from the catalog's record of this product, never from the request; it must
+        # also stay inside the catalog dir (a hand-edited catalog could hold "../" or a symlink).
+        path = current.catalog.image_path(p.get("image"))
+        root = current.catalog.root.resolve()
+        if path is None:
+            raise HTTPException(404, f"product {product_id!r} has no image")
+        path = path.resolve()
+        if not path.is_relative_to(root) or not path.is_file() or path.suffix.lower() not in IMAGE_TYPES:
+            raise HTTPException(404, f"the image of product {product_id!r} is missing from the catalog")
+        return FileResponse(path, media_type=IMAGE_TYPES[path.suffix.lower()],
+                            headers={"Cache-Control": "public, max-age=3600"})
+
+    @app.get("/filters", response_model=dict[str, list[str]], tags=["search"])
+    def filters():
+        """Every filter field of the index with its values, for the page's filter chips."""
+        current = holder.current
+        return {f: current.filter_values(f) for f in current.fields}
+
+    @app.get("/healthz", response_model=Health, tags=["service"])
+    def healthz():
+        current = holder.current
+        meta = current.index.meta
+        return Health(status="ok", model_id=current.model_id, index_size=len(current.index), index_built_at=meta.get("built_at"),
+                      index_updated_at=meta.get("updated_at"), index_backend=meta.get("backend"),
+                      index_generation=holder.generation, catalog=str(current.catalog.root))
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page():
+        return HTMLResponse((STATIC_DIR / "index.html").read_text(encoding="utf-8"),
+                            headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):  # pragma: no cover - the last line of defence
+        from fastapi.responses import JSONResponse
+        log.exception("error serving %s", request.url.path)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+    return app
+
+
+def _version() -> str:
+    from .. import __version__
+    return __version__

@@ -1,0 +1,135 @@
+"""`dashclip index build | add | remove | info` on a tiny catalog with the tiny random model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from dashclip.cli import app
+from dashclip.index import open_index
+
+runner = CliRunner()
+COLOURS = {"Red": (220, 30, 30), "Blue": (30, 60, 220), "Black": (15, 15, 15), "White": (245, 245, 245)}
+KINDS = ["Shirts", "Heels", "Watches"]
+
+
+def make_catalog(root: Path) -> Path:
+    """24 products (colour x kind x gender) with 16x20 images."""
+    (root / "images").mkdir(parents=True)
+    rows, pid = [], 100
+    for colour, rgb in COLOURS.items():
+        for kind in KINDS:
+            for gender in ("Men", "Women"):
+                rel = f"images/{pid}.png"
+                Image.fromarray(np.full((20, 16, 3), rgb, dtype=np.uint8)).save(root / rel)
+                rows.append({"id": pid, "title": f"{gender} {colour} {kind}", "text": "", "category": kind,
+                             "image": rel, "gender": gender, "baseColour": colour})
+                pid += 1
+    pd.DataFrame(rows).to_parquet(root / "catalog.parquet")
+    (root / "manifest.json").write_text(json.dumps({"name": "toy", "attributes": ["gender", "baseColour"],
+                                                    "content_hash": "toy-1"}))
+    return root
+
+
+def save_tiny_model(path: Path, seed: int) -> Path:
+    import torch
+
+    from dashclip.models.factory import create_model
+
+    torch.manual_seed(seed)
+    create_model("tiny", pretrained=False).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("index_cli")
+    return make_catalog(root / "catalog"), save_tiny_model(root / "model", 0), save_tiny_model(root / "other", 1)
+
+
+def invoke(*args):
+    result = runner.invoke(app, ["index", *map(str, args)])
+    output = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    return result.exit_code, " ".join(output.split())  # Rich wraps long messages
+
+
+def test_build_add_remove_info(setup, tmp_path):
+    catalog, model, _ = setup
+    out = tmp_path / "idx"
+    code, output = invoke("build", "--model", model, "--catalog", catalog, "--out", out, "-q")
+    assert code == 0, output
+    index = open_index(out)
+    assert len(index) == 24 and index.meta["factory"] == "Flat" and index.meta["catalog_hash"] == "toy-1"
+    assert index.fields == ["category", "gender", "baseColour"]
+    assert index.attribute_values("category") == sorted(KINDS)
+    # each product's own embedding finds it first
+    from dashclip.models.embeddings import load_embeddings
+    emb = load_embeddings(tmp_path / "idx-embeddings")
+    got, scores = index.search(np.asarray(emb.vectors["fused"]), 1)
+    assert [r[0] for r in got] == emb.ids.tolist() and np.allclose(scores[:, 0], 1, atol=1e-4)
+
+    code, output = invoke("remove", "--index", out, "--ids", "100,101", "--ids", "102")
+    assert code == 0, output
+    assert len(open_index(out)) == 21 and not open_index(out).has(101)
+
+    code, output = invoke("add", "--index", out, "--model", model, "--catalog", catalog, "--ids", "101", "-q")
+    assert code == 0, output
+    reopened = open_index(out)
+    assert len(reopened) == 22 and reopened.has(101)
+    assert reopened.attributes_of(101) == {"category": "Shirts", "gender": "Women", "baseColour": "Red"}
+    got, _ = reopened.search(np.asarray(emb.vectors["fused"][1:2]), 1)
+    assert got == [[101]]
+
+    code, output = invoke("add", "--index", out, "--model", model, "--catalog", catalog, "-q")  # the rest
+    assert code == 0 and len(open_index(out)) == 24, output
+    code, output = invoke("add", "--index", out, "--model", model, "--catalog", catalog, "-q")
+    assert code == 0 and "nothing to add" in output
+
+    code, output = invoke("info", out)
+    assert code == 0 and "24" in output and "filter: gender" in output and "Men, Women" in output
+
+
+def test_clear_errors(setup, tmp_path):
+    catalog, model, other = setup
+    out = tmp_path / "idx"
+    assert invoke("build", "--model", model, "--catalog", catalog, "--out", out, "-q")[0] == 0
+
+    code, output = invoke("add", "--index", out, "--model", other, "--catalog", catalog, "-q")
+    assert code == 2 and "index was built with model" in output and "dashclip index build" in output
+    code, output = invoke("add", "--index", out, "--model", model, "--catalog", catalog, "--ids", "100")
+    assert code == 2 and "'100' is already in the index" in output
+    code, output = invoke("add", "--index", out, "--model", model, "--catalog", catalog, "--ids", "nope")
+    assert code == 2 and "'nope' is not in the catalog" in output
+    code, output = invoke("remove", "--index", out, "--ids", "99999")
+    assert code == 2 and "99999 is not in the index" in output
+    code, output = invoke("info", tmp_path / "missing")
+    assert code == 2 and "missing" in output and "Traceback" not in output
+    code, output = invoke("build", "--model", other, "--catalog", catalog, "--out", tmp_path / "x",
+                          "--embeddings", tmp_path / "idx-embeddings", "-q")
+    assert code == 2 and "embeddings were made with model" in output
+    code, output = invoke("build", "--model", model, "--catalog", catalog, "--out", tmp_path / "x",
+                          "--factory", "Bogus7", "-q")
+    assert code == 2 and "not a valid FAISS index factory string" in output
+    assert len(open_index(out)) == 24  # nothing above touched the index
+
+
+def test_build_milvus_backend(setup, tmp_path):
+    pytest.importorskip("milvus_lite")
+    catalog, model, _ = setup
+    out = tmp_path / "idx"
+    code, output = invoke("build", "--model", model, "--catalog", catalog, "--out", out, "--backend", "milvus", "-q")
+    assert code == 0, output
+    assert (out / "milvus.db").exists()
+    code, output = invoke("remove", "--index", out, "--ids", "100")
+    assert code == 0, output
+    index = open_index(out)
+    assert index.meta["backend"] == "milvus" and len(index) == 23 and not index.has(100)
+    ids, _ = index.search(np.ones((1, index.dim), np.float32), 30, filters={"gender": ["Women"]})
+    assert len(ids[0]) == 12 and all(index.attributes_of(i)["gender"] == "Women" for i in ids[0])
+    code, output = invoke("info", out)
+    assert code == 0 and "milvus" in output

@@ -1,0 +1,85 @@
+"""FAISS-only behaviour: default factory choice, HNSW tuning and tombstones, the post-filter fallback."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dashclip.index import build_index, open_index
+from dashclip.index import faiss_index
+
+
+def unit(rng, n, d=16):
+    v = rng.normal(size=(n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(3)
+    n = 600
+    attrs = pd.DataFrame({"gender": rng.choice(["Men", "Women"], n), "season": rng.choice(["Summer", "Fall"], n)})
+    return unit(rng, n), [f"p{i}" for i in range(n)], attrs, unit(rng, 6)
+
+
+def exact(vectors, ids, queries, k, mask):
+    scores = queries @ vectors.T
+    scores[:, ~mask] = -np.inf
+    order = np.argsort(-scores, axis=1)[:, :k]
+    return [[ids[j] for j in row] for row in order]
+
+
+def test_default_is_flat_below_threshold_and_hnsw_above(data, tmp_path, monkeypatch):
+    vectors, ids, attrs, queries = data
+    assert build_index(vectors, ids, tmp_path / "flat").meta["factory"] == "Flat"
+    monkeypatch.setattr(faiss_index, "EXACT_MAX", 100)
+    index = build_index(vectors, ids, tmp_path / "hnsw", attributes=attrs)
+    meta = index.meta
+    assert meta["factory"] == "HNSW32,Flat" and meta["ef_search"] in faiss_index.EF_SEARCH_CANDIDATES
+    assert meta["ef_search_tuned_recall_at_10"] >= 0.95 and meta["ef_construction"] > 0
+    assert open_index(tmp_path / "hnsw").meta["ef_search"] == meta["ef_search"]
+    # on 600 vectors HNSW with a tuned efSearch finds the exact neighbours
+    mask = (attrs["gender"] == "Women").to_numpy()
+    got, _ = index.search(queries, 5, filters={"gender": ["Women"]})
+    assert got == exact(vectors, ids, queries, 5, mask)
+
+
+def test_hnsw_remove_leaves_tombstones_that_search_skips(data, tmp_path):
+    vectors, ids, attrs, queries = data
+    index = build_index(vectors, ids, tmp_path / "i", factory="HNSW16,Flat", attributes=attrs)
+    top, _ = index.search(queries, 3)
+    gone = sorted({row[0] for row in top})
+    index.remove(gone)
+    index.save()
+    reopened = open_index(tmp_path / "i")
+    assert reopened._index.ntotal == len(ids) and len(reopened) == len(ids) - len(gone)
+    got, _ = reopened.search(queries, 3)
+    assert not set(gone) & {i for row in got for i in row}
+    assert got == exact(vectors, ids, queries, 3, np.array([i not in gone for i in ids]))
+
+
+def test_post_filter_fallback_is_exact_for_flat(data, tmp_path):
+    vectors, ids, attrs, queries = data
+    index = build_index(vectors, ids, tmp_path / "i", attributes=attrs)
+    filters = {"gender": ["Men"], "season": ["Fall"]}
+    with_selector = index.search(queries, 7, filters=filters)
+    assert index._selector_ok is True
+    index._selector_ok = False  # as for an index type that rejects an IDSelector
+    fallback = index.search(queries, 7, filters=filters)
+    assert fallback[0] == with_selector[0]
+    np.testing.assert_allclose(fallback[1], with_selector[1], atol=1e-6)
+    mask = (attrs["gender"].eq("Men") & attrs["season"].eq("Fall")).to_numpy()
+    assert fallback[0] == exact(vectors, ids, queries, 7, mask)
+
+
+def test_factory_strings(data, tmp_path):
+    vectors, ids, attrs, queries = data
+    index = build_index(vectors, ids, tmp_path / "ivf", factory="IVF4,Flat", attributes=attrs)
+    faiss_index._inner(index._index).nprobe = 4  # all lists: exact
+    got, _ = index.search(queries, 5, filters={"season": ["Summer"]})
+    assert got == exact(vectors, ids, queries, 5, (attrs["season"] == "Summer").to_numpy())
+    with pytest.raises(ValueError, match="not a valid FAISS index factory string"):
+        build_index(vectors, ids, tmp_path / "bad", factory="NoSuchIndex42")
+    with pytest.raises(ValueError, match="leave out IDMap"):
+        build_index(vectors, ids, tmp_path / "bad", factory="IDMap,Flat")
+    assert not (tmp_path / "bad").exists()
