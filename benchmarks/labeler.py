@@ -75,6 +75,8 @@ def main() -> None:
     ap.add_argument("--pool-k-bm25", type=int, default=60)
     ap.add_argument("--pool-n-random", type=int, default=10)
     ap.add_argument("--grade-seconds", type=float, default=900, help="time budget of this grading run")
+    ap.add_argument("--target-ratio", type=float, default=100.0,
+                    help="stop grading once this many times the seed grades are graded (0: grade the whole pool)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: 1 when the load average is above 2 - the cores are shared - else 2)")
     args = ap.parse_args()
@@ -182,6 +184,8 @@ def main() -> None:
             result.setdefault("grading_runs", []).append({**run, "load_avg": list(os.getloadavg())})
         if summary["complete"] or time.time() > t_end:
             break
+        if args.target_ratio and summary["shards_done"] * shard >= args.target_ratio * len(seed):
+            break       # enough for the benchmark; re-run with --target-ratio 0 to grade the whole pool
     graded = load_grades(work / "grades")  # checks every shard against the grade schema (architecture §4)
     assert tuple(graded.columns) == GRADE_COLUMNS, graded.columns
     runs = result.get("grading_runs", [])

@@ -101,6 +101,37 @@ def measure(model, pairs, images, train_rows, test_rows, labels, seed, batch_siz
     return out
 
 
+def finished_run(run: Path, cfg):
+    """(model, TrainResult-like record) of a finished pretrain run, checked against this benchmark's split
+    and image settings so that "after" is measured on products that run never trained on."""
+    import types
+
+    import dashclip
+    from dashclip.io import read_json, read_jsonl
+
+    settings = read_json(run / "pretrain_config.json")
+    for key in ("heldout_frac", "seed", "image_size", "freeze_image"):
+        if settings.get(key) != getattr(cfg, key):
+            raise SystemExit(f"{run}: its {key} is {settings.get(key)!r}, this benchmark's {getattr(cfg, key)!r}")
+    rows = list(read_jsonl(run / "metrics.jsonl"))
+    train = [r for r in rows if r.get("kind") == "train"]
+    speed = [r["pairs_per_s"] for r in train if "pairs_per_s" in r]
+    steps = max((r["step"] for r in train), default=0)
+    pairs_per_s = float(np.mean(speed)) if speed else None
+    examples = steps * settings["batch_size"] * settings.get("accum_steps", 1)
+    for k in ("epochs", "max_steps", "batch_size", "lr", "warmup_steps", "itc_weight", "itm_weight"):
+        cfg_value = settings.get(k)
+        if cfg_value is not None:
+            print(f"  trained run {k}: {cfg_value}", flush=True)
+    tr = types.SimpleNamespace(step=steps, epoch=max((r.get("epoch", 0) for r in train), default=0),
+                               examples=examples, seconds=examples / pairs_per_s if pairs_per_s else 0.0,
+                               evals=[r for r in rows if r.get("kind") == "eval"], last=train[-1] if train else {},
+                               run_dir=str(run), run_settings={k: settings.get(k) for k in
+                                                               ("epochs", "max_steps", "batch_size", "lr",
+                                                                "warmup_steps", "itc_weight", "itm_weight")})
+    return dashclip.load(run / "model"), tr
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--catalog", default="runs/catalogs/fashion", help="imported fashion catalog dir")
@@ -118,6 +149,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--resume", action="store_true", help="resume the Stage 1 run in --out")
+    ap.add_argument("--trained-run", default=None,
+                    help="measure this finished `pretrain` run dir (e.g. runs/demo/stage1) instead of training "
+                         "one: its model/, pretrain_config.json (settings and split) and metrics.jsonl (speed)")
     args = ap.parse_args()
 
     import torch
@@ -165,13 +199,16 @@ def main() -> None:
 
         # 3. Stage 1.
         t0 = time.time()
-        result = pretrain(catalog, args.out, cfg)
+        if args.trained_run:
+            trained, tr = finished_run(Path(args.trained_run), cfg)
+        else:
+            result = pretrain(catalog, args.out, cfg)
+            trained, tr = result.model, result.train
         train_wall = time.time() - t0
-        tr = result.train
 
         # 4. After Stage 1.
         print("after Stage 1:", flush=True)
-        after = measure(result.model, pairs, ImageSource(result.model, pairs, cache), train_rows, test_rows,
+        after = measure(trained, pairs, ImageSource(trained, pairs, cache), train_rows, test_rows,
                         labels, args.seed, 256)
         print(json.dumps(after["retrieval"]), flush=True)
 
@@ -199,7 +236,8 @@ def main() -> None:
         "stage1": {"steps": tr.step, "epochs_completed": tr.epoch, "pairs_trained": tr.examples,
                    "train_seconds": round(tr.seconds, 1), "pretrain_call_seconds": round(train_wall, 1),
                    "pairs_per_second": round(tr.examples / tr.seconds, 2) if tr.seconds else None,
-                   "epoch_evals": tr.evals, "last_train_metrics": tr.last},
+                   "epoch_evals": tr.evals, "last_train_metrics": tr.last,
+                   "trained_run": getattr(tr, "run_dir", None), "run_settings": getattr(tr, "run_settings", None)},
         "before": before, "after": after,
         "targets": {
             "t2i_r@10_lift": {"before": b10, "after": a10, "lift": (a10 / b10) if b10 else None,
@@ -244,7 +282,9 @@ def markdown(r: dict) -> str:
         + (" (This run reused an existing cache; the build time is from when it was built.)"
            if c["reused_existing_cache"] else ""),
         f"- Stage 1 training: {s['pairs_trained']} pairs in {s['train_seconds']} s = "
-        f"**{s['pairs_per_second']} pairs/s** (including the per-epoch held-out evaluation).",
+        f"**{s['pairs_per_second']} pairs/s** (including the per-epoch held-out evaluation)."
+        + (f" Measured on the finished run `{s['trained_run']}` (settings {s['run_settings']}): speed is the "
+           "mean of its logged pairs_per_s." if s.get("trained_run") else ""),
         "", "## Targets", "",
         f"- Held-out text->image R@10 lift >= 3x: before {lift['before']:.4f}, after {lift['after']:.4f}, "
         f"lift {lift['lift']:.1f}x -> **{'met' if lift['met'] else 'MISSED'}**." if lift["lift"] is not None else

@@ -88,6 +88,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--out", type=Path, default=RESULTS / "stage2_align.json")
+    ap.add_argument("--merge", action="store_true", help="keep the systems already in --out that this run "
+                    "does not measure (e.g. add the QCC-variant ablation to an earlier run's table)")
     args = ap.parse_args(argv)
 
     import dashclip  # noqa: F401  (fails early if the package is not installed)
@@ -98,6 +100,12 @@ def main(argv=None) -> int:
     record = {"benchmark": "stage2_align", "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "loadavg_start": loadavg(), "inputs": {}, "systems": {}, "notes": []}
     wanted = [s for s in args.systems.split(",") if s]
+    if args.merge and args.out.exists():
+        earlier = json.loads(args.out.read_text())
+        record["systems"] = {k: v for k, v in earlier.get("systems", {}).items() if k not in wanted}
+        record["notes"] = earlier.get("notes", []) + [f"{', '.join(record['systems'])} measured in the run of "
+                                                      f"{earlier.get('started')}; {', '.join(wanted)} in this one"]
+        record["inputs"] = earlier.get("inputs", {})
 
     catalog = open_catalog(args, record)
     queries_path = dataset_dir("fashion-queries") / "dev_queries.jsonl"

@@ -219,3 +219,31 @@ def test_embed_catalog_cli(tmp_path):
     res = CliRunner().invoke(app, ["embed-catalog", "--model", str(tmp_path / "nope"), "--catalog", str(catalog),
                                    "--out", str(tmp_path / "e2")])
     assert res.exit_code != 0 and "not a dashclip model directory" in " ".join(res.output.split())
+
+
+def test_embed_catalog_reads_stage1_image_features_from_the_cache(tmp_path):
+    """With a feature cache for this image tower, embedding skips the tower and gives the same vectors
+    (up to the cache's float16); a changed tower has another key, so the cache is not used."""
+    from dashclip.models.embeddings import embed_catalog, load_embeddings
+    from dashclip.data.catalog import Catalog
+    from dashclip.training.data import CatalogPairs
+    from dashclip.training.feature_cache import build_or_open
+
+    catalog_dir = make_catalog(tmp_path / "cat", extra_photos=1)
+    (catalog_dir / "images" / "101.png").write_bytes(b"not an image")
+    catalog = Catalog.open(catalog_dir)
+    model = create_model("tiny", pretrained=False).eval()
+    build_or_open(model, CatalogPairs.from_catalog(catalog).image_paths, tmp_path / "cache", show_progress=False)
+
+    plain = load_embeddings(embed_catalog(model, catalog, tmp_path / "plain", batch_size=8, progress=False))
+    fast = load_embeddings(embed_catalog(model, catalog, tmp_path / "fast", batch_size=8, progress=False,
+                                         image_cache_root=tmp_path / "cache"))
+    assert fast.meta["image_features"].startswith("cache ") and plain.meta["image_features"] == "image tower"
+    assert list(fast.has_image) == list(plain.has_image) and not fast.has_image[1]
+    for kind in ("fused", "image"):
+        assert np.allclose(fast.vectors[kind], plain.vectors[kind], atol=3e-3)
+    with torch.no_grad():
+        next(model.image_tower.parameters()).add_(1.0)        # another tower: the cache must not be read
+    other = load_embeddings(embed_catalog(model, catalog, tmp_path / "other", batch_size=8, progress=False,
+                                          image_cache_root=tmp_path / "cache"))
+    assert other.meta["image_features"] == "image tower"

@@ -143,7 +143,7 @@ def test_pretrain_frozen_image_cached_end_to_end(catalog_dir, tmp_path):
     for key in ("t2i_r@1", "t2i_r@5", "t2i_r@10", "i2t_r@1", "i2t_r@5", "i2t_r@10", "loss"):
         assert all(0 <= e[key] for e in evals) and key in evals[0]
     train_rows = [r for r in rows if r["kind"] == "train"]
-    assert {"itc", "itm", "itm_acc", "temperature", "pairs_per_s"} <= set(train_rows[-1])
+    assert {"itc", "itm", "itm_acc", "temperature", "pairs_per_s", "product_itc"} <= set(train_rows[-1])
     assert result.split["heldout_products"] > 0 and result.split["image_cache"]["failed_images"] == 0
     # The frozen tower did not move (weights or BatchNorm statistics).
     start = torch.manual_seed(0) and None
@@ -151,9 +151,10 @@ def test_pretrain_frozen_image_cached_end_to_end(catalog_dir, tmp_path):
     fresh = build_model(tiny_config())
     for (k, a), b in zip(result.model.image_tower.state_dict().items(), fresh.image_tower.state_dict().values()):
         assert torch.equal(a.cpu(), b), k
-    # The text side did.
+    # The text side did, and so did the product embedding's projection (the product-embedding term).
     assert not all(torch.equal(a.cpu(), b) for a, b in zip(result.model.text_tower.state_dict().values(),
                                                            fresh.text_tower.state_dict().values()))
+    assert not torch.equal(result.model.fused_proj.weight.cpu(), fresh.fused_proj.weight)
     # The saved model opens with dashclip.load and embeds like the trained one.
     loaded = dashclip.load(out / "model")
     texts = ["Red shirt", "Blue bag"]
@@ -200,3 +201,13 @@ def test_cli_pretrain(catalog_dir, tmp_path):
     res = runner.invoke(app, ["pretrain", "--catalog", str(catalog_dir), "--config", "tiny", "--out", str(out),
                               "--amp", "fp8"])
     assert res.exit_code == 2 and "amp" in res.output
+
+
+def test_product_weight_zero_leaves_the_product_projection_untrained(catalog_dir, tmp_path):
+    """Why product_weight exists: ITC and ITM alone never move the product embedding's projection."""
+    from dashclip.training.pretrain import build_model, pretrain
+
+    result = pretrain(catalog_dir, tmp_path / "run", tiny_config(max_steps=2, freeze_image=True, product_weight=0.0,
+                                                                 cache_dir=str(tmp_path / "cache")))
+    fresh = build_model(tiny_config())
+    assert torch.equal(result.model.fused_proj.weight.cpu(), fresh.fused_proj.weight)

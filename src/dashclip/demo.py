@@ -46,9 +46,9 @@ class Sizes:
 
 
 SIZES = {
-    "full": Sizes(products=None, image_size=96, stage1_epochs=1, stage1_max_steps=400, seed_k_bm25=14,
-                  seed_n_random=6, labeler_epochs=2, labeler_max_pairs=None, pool_queries=1200, pool_k_bm25=30,
-                  pool_n_random=5, align_epochs=2, align_max_steps=None),
+    "full": Sizes(products=None, image_size=96, stage1_epochs=1, stage1_max_steps=200, seed_k_bm25=14,
+                  seed_n_random=6, labeler_epochs=2, labeler_max_pairs=None, pool_queries=800, pool_k_bm25=30,
+                  pool_n_random=5, align_epochs=1, align_max_steps=250),
     "quick": Sizes(products=1500, image_size=64, stage1_epochs=1, stage1_max_steps=12, seed_k_bm25=6,
                    seed_n_random=2, labeler_epochs=1, labeler_max_pairs=240, pool_queries=150, pool_k_bm25=8,
                    pool_n_random=2, align_epochs=1, align_max_steps=8),
@@ -190,13 +190,14 @@ def step_labels(d: Demo) -> dict:
 
 
 def step_embed(d: Demo) -> dict:
-    """Product embeddings (fused, image, text) of the whole catalog with the Stage 1 model."""
+    """Product embeddings (fused, image, text) of the whole catalog with the Stage 1 model
+    (image features from Stage 1's cache: the image tower was frozen)."""
     import dashclip
 
     from .models.embeddings import embed_catalog, load_embeddings
 
     model = dashclip.load(d.path("stage1", "model"))
-    embed_catalog(model, d.path("catalog"), d.path("embeddings"), batch_size=128)
+    embed_catalog(model, d.path("catalog"), d.path("embeddings"), batch_size=128, image_cache_root=d.path("cache"))
     return {"products": len(load_embeddings(d.path("embeddings")))}
 
 

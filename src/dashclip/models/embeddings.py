@@ -74,12 +74,59 @@ def _product_images(catalog, rows):
     return images, ok
 
 
+class CachedImageFeatures:
+    """Image-tower outputs of a catalog's primary images from a Stage 1 feature cache
+    (training/feature_cache.py), when one exists for this model's image tower and preprocessing.
+    With the image tower frozen in Stage 1 (the CPU mode) the tower's output is the same as at
+    training time, so embedding the catalog need not run the tower again: on the fashion catalog
+    that is most of the embedding time."""
+
+    def __init__(self, cache, primary_image: np.ndarray):
+        self.cache, self.primary = cache, primary_image
+
+    @classmethod
+    def find(cls, model, catalog, cache_root) -> "CachedImageFeatures | None":
+        from ..training.data import CatalogPairs
+        from ..training.feature_cache import ImageFeatureCache, cache_key
+
+        pairs = CatalogPairs.from_catalog(catalog)
+        key, _ = cache_key(model, pairs.image_paths)   # the key covers the tower's weights: never stale
+        path = Path(cache_root) / key
+        if not (path / "meta.json").is_file():
+            return None
+        cache = ImageFeatureCache(path)
+        return cls(cache, pairs.without_images(~cache.valid).primary_image)
+
+    def features(self, rows: np.ndarray):
+        """(patches, pooled, cached mask) for product `rows`; rows without a cached image get zeros."""
+        idx = self.primary[rows]
+        hit = idx >= 0
+        patches = torch.zeros((len(rows), *self.cache.patches.shape[1:]))
+        pooled = torch.zeros((len(rows), self.cache.pooled.shape[1]))
+        if hit.any():
+            patches[torch.from_numpy(hit)], pooled[torch.from_numpy(hit)] = self.cache.features(idx[hit])
+        return patches, pooled, hit
+
+
 @torch.inference_mode()
-def embed_rows(model, catalog, texts: list[str], rows: np.ndarray, kinds=KINDS) -> tuple[dict, list[bool]]:
-    """Embeddings of the catalog products at `rows`: one pass of each tower serves every kind."""
-    images, ok = _product_images(catalog, rows)
-    pixels = model.preprocess(images).to(model.device)
-    patches, pooled = model.image_features(pixels)
+def embed_rows(model, catalog, texts: list[str], rows: np.ndarray, kinds=KINDS,
+               cached: CachedImageFeatures | None = None) -> tuple[dict, list[bool]]:
+    """Embeddings of the catalog products at `rows`: one pass of each tower serves every kind.
+    With `cached`, image features come from the Stage 1 cache; the tower runs only on the rest."""
+    if cached is None:
+        images, ok = _product_images(catalog, rows)
+        patches, pooled = model.image_features(model.preprocess(images).to(model.device))
+    else:
+        patches, pooled, hit = cached.features(rows)
+        patches, pooled = patches.to(model.device), pooled.to(model.device)
+        ok = hit.tolist()
+        if not hit.all():                      # no cached image: the loader's white stand-in, as above
+            miss = np.flatnonzero(~hit)
+            images, ok_miss = _product_images(catalog, rows[miss])
+            p, q = model.image_features(model.preprocess(images).to(model.device))
+            patches[torch.from_numpy(miss)], pooled[torch.from_numpy(miss)] = p.to(patches.dtype), q.to(pooled.dtype)
+            for j, good in zip(miss, ok_miss):
+                ok[j] = good
     tok = model.tokenize([texts[r] for r in rows])
     ids, mask = tok["input_ids"].to(model.device), tok["attention_mask"].to(model.device)
     tokens, text_pooled = model.text_features(ids, mask)
@@ -94,8 +141,10 @@ def embed_rows(model, catalog, texts: list[str], rows: np.ndarray, kinds=KINDS) 
 
 
 def embed_catalog(model, catalog, out_dir: str | Path, batch_size: int = 64, kinds=KINDS,
-                  progress: bool = True, chunk_size: int = 4096) -> Path:
-    """Embed every product of `catalog` (a Catalog or its dir) with `model`; see the module doc."""
+                  progress: bool = True, chunk_size: int = 4096, image_cache_root: str | Path | None = None) -> Path:
+    """Embed every product of `catalog` (a Catalog or its dir) with `model`; see the module doc.
+    `image_cache_root`: where Stage 1 keeps image-feature caches; one made for this model's image
+    tower and preprocessing is used instead of running the tower (see CachedImageFeatures)."""
     from ..clihelp import progress as progress_bar
     from ..data.catalog import Catalog
 
@@ -114,6 +163,8 @@ def embed_catalog(model, catalog, out_dir: str | Path, batch_size: int = 64, kin
 
     texts = catalog.product_texts()
     n = len(catalog)
+    cached = CachedImageFeatures.find(model, catalog, image_cache_root) if image_cache_root else None
+    meta["image_features"] = f"cache {cached.cache.path.name}" if cached else "image tower"
     was_training = model.training
     model.eval()
     t0 = time.time()
@@ -129,7 +180,7 @@ def embed_catalog(model, catalog, out_dir: str | Path, batch_size: int = 64, kin
             ok_all: list[bool] = []
             for b in range(start, stop, batch_size):
                 rows = np.arange(b, min(b + batch_size, stop))
-                vecs, ok = embed_rows(model, catalog, texts, rows, kinds)
+                vecs, ok = embed_rows(model, catalog, texts, rows, kinds, cached)
                 for k in kinds:
                     parts[k].append(vecs[k])
                 ok_all += ok

@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.pt."),
         itc_weight: float = typer.Option(1.0, help="Weight of the image-text contrastive loss."),
         itm_weight: float = typer.Option(1.0, help="Weight of the image-text matching loss (0: off)."),
+        product_weight: float = typer.Option(1.0, help="Weight of the product-embedding contrastive loss "
+                                             "(fused embedding vs the image and text embeddings; 0: off)."),
         heldout_frac: float = typer.Option(0.1, help="Share of products held out for evaluation (by id)."),
         max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
         seed: int = typer.Option(0),
@@ -46,7 +48,8 @@ def register(app: typer.Typer) -> None:
                 config=config, epochs=epochs, batch_size=batch_size, lr=lr, accum_steps=accum_steps,
                 freeze_image=freeze_image, image_size=image_size,
                 amp=None if amp in (None, "none") else amp, ckpt_every=ckpt_every, resume=resume,
-                itc_weight=itc_weight, itm_weight=itm_weight, heldout_frac=heldout_frac,
+                itc_weight=itc_weight, itm_weight=itm_weight, product_weight=product_weight,
+                heldout_frac=heldout_frac,
                 max_steps=max_steps, seed=seed, warmup_steps=warmup_steps,
                 cache_dir=str(cache_dir) if cache_dir else None, device=device,
                 tensorboard=tensorboard, progress=progress)
@@ -66,6 +69,10 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(64, help="Products per forward pass."),
         device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if available)."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
+        image_cache: Optional[Path] = typer.Option(None, help="Where `pretrain --freeze-image` kept its "
+                                                   "image-feature caches (default: runs/cache/image-features); "
+                                                   "one made for this model's image tower is read instead "
+                                                   "of running the tower."),
     ):
         """Write product embeddings (fused = the product embedding, image-only, text-only) for a whole
         catalog. Resumable: re-run after a crash and finished chunks are kept."""
@@ -78,7 +85,9 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
             m = dashclip.load(model, device=dev)
-            path = run(m, catalog, out, batch_size=batch_size, progress=progress)
+            from ..settings import runs_dir
+            path = run(m, catalog, out, batch_size=batch_size, progress=progress,
+                       image_cache_root=image_cache or runs_dir() / "cache" / "image-features")
             from ..models.embeddings import load_embeddings
             e = load_embeddings(path)
         console.print(f"embedded {len(e)} products ({e.meta['n_without_image']} without a readable image) "

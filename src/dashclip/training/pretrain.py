@@ -37,7 +37,7 @@ CONFIG_FILE = "pretrain_config.json"
 MODEL_DIR = "model"
 # Settings that define the run; resuming with a different value would not continue the same run.
 _RUN_DEFINING = ("config", "image_size", "freeze_image", "heldout_frac", "seed", "batch_size",
-                 "accum_steps", "itc_weight", "itm_weight", "pretrained")
+                 "accum_steps", "itc_weight", "itm_weight", "product_weight", "pretrained")
 
 
 @dataclass
@@ -57,6 +57,12 @@ class PretrainConfig:
     resume: bool = False
     itc_weight: float = 1.0
     itm_weight: float = 1.0
+    # The product embedding (fused, projected) is what search uses, but ITC and ITM never touch its
+    # projection. This term contrasts it with the batch's image and text embeddings, so it lands in the
+    # same space, discriminative across products. Without it (0) the product embedding of the fashion
+    # catalog was a random projection of the fused output: the Stage 2 query encoder trained on it
+    # reached NDCG@10 0.537 on the held-out queries, below off-the-shelf MiniLM (0.650).
+    product_weight: float = 1.0
     heldout_frac: float = 0.1
     max_steps: int | None = None
     seed: int = 0
@@ -73,7 +79,7 @@ class PretrainConfig:
                           amp=self.amp, ckpt_every=self.ckpt_every, max_steps=self.max_steps,
                           seed=self.seed, resume=self.resume, progress=self.progress,
                           tensorboard=self.tensorboard, device=self.device,
-                          # the fused projection is not used by ITC/ITM; ITM off leaves the fusion unused
+                          # with product_weight 0 the fused projection is unused; ITM off too: the fusion
                           find_unused_parameters=True)
 
 
@@ -155,6 +161,12 @@ class PretrainTask:
         itc, logits = itc_loss(img, txt, batch["ids"], model.logit_scale, gather=gather)
         stats = {"itc": itc.item(), "temperature": 1.0 / model.logit_scale.exp().item()}
         loss = cfg.itc_weight * itc
+        if cfg.product_weight:
+            fused = model.project_fused(model.fuse(tokens, batch["attention_mask"], patches))
+            product = (itc_loss(img, fused, batch["ids"], model.logit_scale, gather=gather)[0]
+                       + itc_loss(fused, txt, batch["ids"], model.logit_scale, gather=gather)[0]) / 2
+            loss = loss + cfg.product_weight * product
+            stats["product_itc"] = product.item()
         if cfg.itm_weight:
             own = local_slice(len(img)) if gather else slice(None)
             itm, itm_stats = itm_loss(model, tokens, batch["attention_mask"], patches,
