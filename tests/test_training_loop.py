@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -173,3 +174,20 @@ if __name__ == "__main__":   # the toy job the kill -9 test runs: 2 epochs x 32 
     torch.set_num_threads(1)
     run_toy(out, n=256, epochs=2, batch_size=8, noise=0.05, dropout=0.1, ckpt_every=5,
             sleep=0.02, resume=mode == "resume")
+
+
+def test_param_groups_scale_the_lr_of_named_parts():
+    from torch import nn
+
+    from dashclip.training.loop import param_groups
+
+    model = nn.ModuleDict({"text_tower": nn.Linear(3, 3), "head": nn.Linear(3, 2)})
+    plain = param_groups(model, 0.05)
+    assert [len(g["params"]) for g in plain] == [2, 2] and "lr" not in plain[0]
+    groups = param_groups(model, 0.05, lr=1e-3, lr_scales={"text_tower.": 0.1})
+    assert len(groups) == 4
+    text = [g for g in groups if g.get("lr") == pytest.approx(1e-4)]
+    assert {id(p) for g in text for p in g["params"]} == {id(p) for p in model["text_tower"].parameters()}
+    assert {g["weight_decay"] for g in text} == {0.05, 0.0}   # weight decay still skips biases
+    optimizer = torch.optim.AdamW(groups, lr=1e-3)
+    assert sorted({g["lr"] for g in optimizer.param_groups}) == [pytest.approx(1e-4), 1e-3]

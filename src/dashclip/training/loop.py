@@ -84,6 +84,7 @@ class LoopConfig:
     tensorboard: bool = False
     device: str | None = None       # default: cuda:<local rank> when available, else cpu
     find_unused_parameters: bool = False   # DDP: set when the loss leaves some trainable parameters unused
+    lr_scales: dict | None = None   # parameter-name prefix -> lr multiplier (see param_groups)
 
     def __post_init__(self):
         if self.amp not in (None, "bf16", "fp16"):
@@ -146,14 +147,23 @@ def rank_batch(order: np.ndarray, micro: int, batch_size: int, rank: int, world:
     return order[start:start + batch_size].tolist()
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay matrices, not biases/norms/scalars (the usual CLIP/GPT recipe)."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                 lr_scales: dict[str, float] | None = None) -> list[dict]:
+    """AdamW groups: decay matrices, not biases/norms/scalars (the usual CLIP/GPT recipe).
+    `lr_scales` maps a parameter-name prefix (e.g. "text_tower.") to a multiplier of `lr`: pretrained
+    towers usually want a smaller step than new layers, so fine-tuning keeps what they know."""
+    groups: dict[float, tuple[list, list]] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
+            scale = next((v for k, v in (lr_scales or {}).items() if name.startswith(k)), 1.0)
+            decay, no_decay = groups.setdefault(scale, ([], []))
             (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    out = []
+    for scale, (decay, no_decay) in groups.items():
+        extra = {"lr": lr * scale} if lr is not None and scale != 1.0 else {}
+        out += [{"params": decay, "weight_decay": weight_decay, **extra},
+                {"params": no_decay, "weight_decay": 0.0, **extra}]
+    return [g for g in out if g["params"]] if len(groups) > 1 else out
 
 
 def cosine_schedule(total_steps: int, warmup_steps: int, min_ratio: float):
@@ -242,7 +252,7 @@ def train(model: nn.Module, task: Task, cfg: LoopConfig, out_dir: str | Path) ->
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.lr, cfg.lr_scales), lr=cfg.lr,
                                   betas=(0.9, 0.98), eps=1e-6)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_schedule(total_steps, cfg.warmup_steps, cfg.min_lr_ratio))
@@ -372,7 +382,7 @@ def train(model: nn.Module, task: Task, cfg: LoopConfig, out_dir: str | Path) ->
                 if step % cfg.log_every == 0 or step == total_steps:
                     elapsed = max(1e-9, time.time() - window["t"])
                     row = {"kind": "train", "step": step, "epoch": epoch, **metrics_sum,
-                           "loss_avg": window["loss"] / window["n"], "lr": scheduler.get_last_lr()[0],
+                           "loss_avg": window["loss"] / window["n"], "lr": max(scheduler.get_last_lr()),
                            "pairs_per_s": window["examples"] / elapsed}
                     log(row)
                     result.last = row

@@ -38,6 +38,7 @@ MODEL_DIR = "model"
 # Settings that define the run; resuming with a different value would not continue the same run.
 _RUN_DEFINING = ("config", "image_size", "freeze_image", "heldout_frac", "seed", "batch_size",
                  "accum_steps", "itc_weight", "itm_weight", "product_weight", "pretrained")
+# text_lr_scale is left out on purpose: it changes the optimizer's step, not what a checkpoint holds.
 
 
 @dataclass
@@ -63,6 +64,11 @@ class PretrainConfig:
     # catalog was a random projection of the fused output: the Stage 2 query encoder trained on it
     # reached NDCG@10 0.537 on the held-out queries, below off-the-shelf MiniLM (0.650).
     product_weight: float = 1.0
+    # The pretrained text tower learns at lr * text_lr_scale (new layers at full lr), the usual way to
+    # fine-tune a pretrained tower: it keeps more of what MiniLM knows about words, which the query
+    # encoder (a copy of this tower) needs for phrasing the catalog never uses ("something to keep my
+    # neck warm"). 1.0: one lr for everything.
+    text_lr_scale: float = 0.2
     heldout_frac: float = 0.1
     max_steps: int | None = None
     seed: int = 0
@@ -80,7 +86,8 @@ class PretrainConfig:
                           seed=self.seed, resume=self.resume, progress=self.progress,
                           tensorboard=self.tensorboard, device=self.device,
                           # with product_weight 0 the fused projection is unused; ITM off too: the fusion
-                          find_unused_parameters=True)
+                          find_unused_parameters=True,
+                          lr_scales={"text_tower.": self.text_lr_scale} if self.text_lr_scale != 1.0 else None)
 
 
 @dataclass

@@ -1,0 +1,75 @@
+"""The full `dashclip demo` on this machine: its timing per step and its report, into benchmarks/results/.
+
+    python benchmarks/demo_run.py                 # runs `dashclip demo --no-serve` (reusing finished steps)
+    python benchmarks/demo_run.py --collect-only  # only collects what runs/demo holds
+
+Writes benchmarks/results/demo.json (the demo's own record, demo.json: sizes, seconds per step, facts)
+and demo.md (the timing table, then the evaluation report the demo wrote, with its plots in demo_plots/).
+Each step's seconds are its own uninterrupted run; a step reused from an earlier run keeps the seconds it
+took then, so the total is what the whole chain costs from scratch on this machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+TARGET_MINUTES = {"full": 20, "quick": 5}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=None, help="demo work dir (default runs/demo, runs/demo-quick)")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--collect-only", action="store_true")
+    ap.add_argument("--note", action="append", default=[], help="a line for the top of demo.md")
+    args = ap.parse_args()
+
+    from dashclip.demo import run_demo
+    from dashclip.io import write_json, write_text
+    from dashclip.settings import runs_dir
+
+    work = args.work or runs_dir() / ("demo-quick" if args.quick else "demo")
+    if not args.collect_only:
+        run_demo(work, quick=args.quick)
+    record = json.loads((work / "demo.json").read_text())
+    mode = record["mode"]
+    steps = record["steps"]
+    total = sum(s["seconds"] for s in steps.values())
+    name = "demo" if mode == "full" else "demo_quick"
+    out = {"benchmark": name, "collected_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "machine": {"nproc": os.cpu_count(), "platform": platform.platform()},
+           "work_dir": str(work), "total_seconds_all_steps": round(total, 1),
+           "target_minutes": TARGET_MINUTES[mode], "target_met": total <= 60 * TARGET_MINUTES[mode],
+           "notes": args.note, "record": record}
+    lines = [f"# `dashclip demo{' --quick' if mode == 'quick' else ''}` on this machine", "",
+             f"Collected {out['collected_utc']} from `{work}` ({os.cpu_count()} CPUs). Sizes: `{json.dumps(record['sizes'])}`.",
+             *[f"\n**Note:** {n}" for n in args.note], "",
+             "| step | seconds | facts |", "|---|---:|---|"]
+    for step, facts in steps.items():
+        shown = {k: v for k, v in facts.items() if k not in ("seconds", "headline", "report")}
+        lines.append(f"| {step} | {facts['seconds']:.0f} | {json.dumps(shown)} |")
+    lines += ["", f"**Total: {total / 60:.1f} min** (target <= {TARGET_MINUTES[mode]} min: "
+                  f"{'met' if out['target_met'] else 'MISSED'}).", ""]
+    report = work / "report" / "report.md"
+    if report.exists():
+        plots = RESULTS / f"{name}_plots"
+        shutil.rmtree(plots, ignore_errors=True)
+        if (work / "report" / "plots").exists():
+            shutil.copytree(work / "report" / "plots", plots)
+        lines += ["", report.read_text().replace("](plots/", f"]({name}_plots/").replace("\n# ", "\n## ", 1)]
+    write_json(RESULTS / f"{name}.json", out)
+    write_text(RESULTS / f"{name}.md", "\n".join(lines) + "\n")
+    print("\n".join(lines[:len(steps) + 12]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
