@@ -113,9 +113,14 @@ def step_stage1(d: Demo) -> dict:
                          epochs=d.sizes.stage1_epochs, max_steps=d.sizes.stage1_max_steps, batch_size=64,
                          lr=1e-4, warmup_steps=20, ckpt_every=100, cache_dir=str(d.path("cache")),
                          resume=(out / "checkpoints" / "last.pt").exists())
+    t0 = time.time()
     result = pretrain(d.path("catalog"), out, cfg)
     last = result.train.evals[-1] if result.train.evals else {}
+    cache = result.split.get("image_cache", {})
+    # A cache built by an earlier run of this work dir is not in this step's seconds: say so.
+    built_here = bool(cache.get("path")) and (Path(cache["path"]) / "meta.json").stat().st_mtime >= t0
     return {"steps": result.train.step, "pairs": result.train.examples,
+            "image_cache_build_seconds": cache.get("build_seconds"), "image_cache_built_in_this_step": built_here,
             **{k: round(v, 4) for k, v in last.items() if isinstance(v, float)}}
 
 
@@ -208,7 +213,7 @@ def step_stage2(d: Demo) -> dict:
     from .training.loop import LoopConfig
 
     out = d.path("stage2")
-    loop = LoopConfig(epochs=d.sizes.align_epochs, max_steps=d.sizes.align_max_steps, batch_size=64, lr=2e-5,
+    loop = LoopConfig(epochs=d.sizes.align_epochs, max_steps=d.sizes.align_max_steps, batch_size=64, lr=5e-5,
                       warmup_steps=20, ckpt_every=100, resume=(out / "checkpoints" / "last.pt").exists())
     summary = align(d.path("stage1", "model"), [d.path("labels", "seed.parquet"), d.path("labels", "grades")], out,
                     AlignConfig(batch_size=64), loop, embeddings_dir=d.path("embeddings"),

@@ -17,11 +17,12 @@ def _plain(v):
     return v.item() if hasattr(v, "item") else v
 
 
-def check_grades(df: pd.DataFrame, source: str = "grades") -> pd.DataFrame:
-    """Raise a ValueError naming the source, row and field of the first bad value; return df typed."""
-    missing = [c for c in GRADE_COLUMNS if c not in df.columns]
+def check_grades(df: pd.DataFrame, source: str = "grades", required: tuple = GRADE_COLUMNS) -> pd.DataFrame:
+    """Raise a ValueError naming the source, row and field of the first bad value; return df typed.
+    `required`: the columns that must be there (Stage 2 needs only qid, query, product_id, grade, confidence)."""
+    missing = [c for c in required if c not in df.columns]
     if missing:
-        raise ValueError(f"{source}: missing column(s) {', '.join(missing)} (expected {', '.join(GRADE_COLUMNS)})")
+        raise ValueError(f"{source}: missing column(s) {', '.join(missing)} (expected {', '.join(required)})")
     grade = pd.to_numeric(df["grade"], errors="coerce")
     bad = grade.isna() | ~grade.isin([0, 1, 2])
     if bad.any():

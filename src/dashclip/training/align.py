@@ -93,27 +93,10 @@ def select_grades(grades: pd.DataFrame, min_confidence: float = 0.5,
     product) pair is graded more than once, the most confident grade wins (seed grades carry 1.0).
     A malformed row is an error naming the row and field, never skipped silently.
     """
-    missing = [c for c in GRADE_COLUMNS if c not in grades.columns]
-    if missing:
-        raise ValueError(f"{source}: missing column(s) {', '.join(missing)} "
-                         f"(expected {', '.join(GRADE_COLUMNS)})")
-    df = grades[list(GRADE_COLUMNS) + [c for c in ("labeler",) if c in grades.columns]].copy()
-    bad_grade = ~df["grade"].isin([0, 1, 2])
-    if bad_grade.any():
-        i = int(np.flatnonzero(bad_grade.to_numpy())[0])
-        raise ValueError(f"{source}: row {i}: field 'grade' is {df['grade'].iloc[i]!r}, expected 0, 1 or 2")
-    conf = pd.to_numeric(df["confidence"], errors="coerce")
-    bad_conf = conf.isna() | (conf < 0) | (conf > 1)
-    if bad_conf.any():
-        i = int(np.flatnonzero(bad_conf.to_numpy())[0])
-        raise ValueError(f"{source}: row {i}: field 'confidence' is {df['confidence'].iloc[i]!r}, "
-                         f"expected a number in [0, 1]")
-    bad_query = df["query"].isna() | (df["query"].astype(str).str.strip() == "")
-    if bad_query.any():
-        i = int(np.flatnonzero(bad_query.to_numpy())[0])
-        raise ValueError(f"{source}: row {i}: field 'query' is empty")
-    df["confidence"] = conf
-    df["grade"] = df["grade"].astype(np.int8)
+    from ..labeling.grades import check_grades
+
+    df = check_grades(grades, source, required=GRADE_COLUMNS)
+    df = df[list(GRADE_COLUMNS) + [c for c in ("labeler",) if c in df.columns]].copy()
     df["key"] = df["query"].map(normalize_query)
     stats = {"rows_in": int(len(df))}
     low = df["confidence"] < min_confidence
