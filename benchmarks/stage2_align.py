@@ -9,6 +9,7 @@ the project's evaluators (`dashclip.evaluation`), for:
     stage1_text         the Stage 1 text tower as query encoder against the fused product embeddings (no QCC)
     stage2_seed         Stage 2 trained on seed grades only
     stage2_full         Stage 2 trained on seed + model-graded pairs (the paper's recipe)
+    stage2_*_wise       the same training run, saved as start + 0.5 * (trained - start) (WiSE-FT, --wise-alpha)
     stage2_full_<v>     the same with QCC variant <v> (symmetric, graded): the default-variant ablation
 
 Inputs (each built through the other stages' Python APIs when not given; what was used is recorded):
@@ -87,6 +88,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--wise-alpha", type=float, default=0.5, help="alpha of the *_wise systems (WiSE-FT)")
     ap.add_argument("--out", type=Path, default=RESULTS / "stage2_align.json")
     ap.add_argument("--merge", action="store_true", help="keep the systems already in --out that this run "
                     "does not measure (e.g. add the QCC-variant ablation to an earlier run's table)")
@@ -155,6 +157,7 @@ def main(argv=None) -> int:
 
         seed, full = grade_inputs(args, catalog, record, heldout)
         for name, grades, variant in [("stage2_seed", seed, "qcc"), ("stage2_full", full, "qcc"),
+                                      ("stage2_seed_wise", seed, "qcc"), ("stage2_full_wise", full, "qcc"),
                                       ("stage2_full_symmetric", full, "symmetric"),
                                       ("stage2_full_graded", full, "graded")]:
             if name not in wanted:
@@ -284,7 +287,13 @@ def train_and_rank(args, name, grades, variant, product_ids, product_vectors, he
     from dashclip.training.loop import LoopConfig
 
     out = args.work / name
-    config = AlignConfig(batch_size=args.batch_size, variant=variant)
+    wise = name.endswith("_wise")
+    base = args.work / name[:-len("_wise")] if wise else None
+    if wise and (base / "checkpoints").exists() and not (out / "checkpoints").exists():
+        import shutil            # the same training run as `base`, only the saved weights differ: reuse it
+
+        shutil.copytree(base / "checkpoints", out / "checkpoints")
+    config = AlignConfig(batch_size=args.batch_size, variant=variant, wise_alpha=args.wise_alpha if wise else 1.0)
     loop = LoopConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                       warmup_steps=10, ckpt_every=50, log_every=10, eval_every_epoch=False, progress=False,
                       resume=(out / "checkpoints" / "last.pt").exists())
@@ -313,8 +322,11 @@ def targets(record) -> dict:
     def ndcg(name):
         return (s.get(name) or {}).get("overall", {}).get("ndcg@10")
 
-    full, seed, bm25, minilm = ndcg("stage2_full"), ndcg("stage2_seed"), ndcg("bm25"), ndcg("minilm")
-    out = {}
+    # The recipe as dashclip ships it: WiSE-FT averaging is the default (AlignConfig.wise_alpha = 0.5).
+    suffix = "_wise" if ndcg("stage2_full_wise") is not None else ""
+    full, seed = ndcg("stage2_full" + suffix), ndcg("stage2_seed" + suffix)
+    bm25, minilm = ndcg("bm25"), ndcg("minilm")
+    out = {"systems_compared": ["stage2_full" + suffix, "stage2_seed" + suffix]}
     if full is not None and bm25:
         out["full_vs_bm25_rel"] = round(full / bm25 - 1, 3)
         out["beats_bm25_by_25pct"] = full >= 1.25 * bm25
@@ -349,6 +361,8 @@ def markdown(record) -> str:
             continue
         o = r["overall"]
         note = ", ".join(f"{k} {r[k]}" for k in ("variant", "steps") if k in r)
+        if r.get("align", {}).get("wise_alpha", 1.0) != 1.0:
+            note += f", WiSE-FT alpha {r['align']['wise_alpha']}"
         lines.append(f"| {name} | {o['ndcg@10']:.3f} | {o['recall@100']:.3f} | {o['mrr']:.3f} | {note} |")
     styles = sorted({st for r in record["systems"].values() for st in r.get("per_style", {})})
     if styles:

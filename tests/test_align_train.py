@@ -99,3 +99,27 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
     assert summary["steps"] > 6
     for k, v in model3.state_dict().items():
         assert torch.allclose(v, reference[k], atol=1e-6), k
+
+
+def test_wise_interpolation_of_the_query_encoder():
+    import torch
+
+    from dashclip.models.factory import create_model
+    from dashclip.training.align import AlignConfig, interpolate_query_encoder, query_encoder_state
+
+    model = create_model("tiny", pretrained=False)
+    model.add_query_encoder()
+    start = query_encoder_state(model)
+    trained = {k: v + 1.0 for k, v in start.items()}
+    for part in ("query_tower", "query_proj"):
+        getattr(model, part).load_state_dict({k[len(part) + 1:]: v for k, v in trained.items()
+                                              if k.startswith(part + ".") and v.is_floating_point()}, strict=False)
+    interpolate_query_encoder(model, start, 0.25)
+    now = query_encoder_state(model)
+    key = next(k for k, v in start.items() if v.is_floating_point() and v.numel() > 1)
+    assert torch.allclose(now[key], start[key] + 0.25)
+    text = dict(model.text_tower.state_dict())                 # the product side is never touched
+    assert all(torch.equal(text[k[len("query_tower."):]], v) for k, v in start.items()
+               if k.startswith("query_tower."))
+    with pytest.raises(ValueError, match="wise_alpha"):
+        AlignConfig(wise_alpha=1.5)

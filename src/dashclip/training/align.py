@@ -61,6 +61,13 @@ class AlignConfig:
     max_length: int = 32                # query tokens
     pairs_per_query: int = 32           # positive pairs per query per epoch (broad queries are subsampled)
     unfreeze_product: bool = False      # also train the fusion layers and projections
+    # WiSE-FT (Wortsman et al. 2022): the saved query encoder is start + wise_alpha * (trained - start).
+    # Training on synthesized attribute queries teaches the catalog's vocabulary but wears away what the
+    # text tower knew about other phrasing; averaging the weights keeps both (1.0: the trained weights).
+    # Measured (benchmarks/results/stage2_align.md, 40 held-out queries, full catalog): seed + model
+    # grades, 400 steps: NDCG@10 0.554 at 1.0, 0.598 at 0.5 (intent queries 0.076 -> 0.221).
+    # 0.5 is the WiSE-FT paper's default; no other value was tried.
+    wise_alpha: float = 0.5
     seed: int = 0
 
     def __post_init__(self):
@@ -72,6 +79,8 @@ class AlignConfig:
         for name in ("graded_negatives", "hard_negatives"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.wise_alpha <= 1.0:
+            raise ValueError(f"wise_alpha must be in [0, 1], got {self.wise_alpha}")
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
 
@@ -425,6 +434,24 @@ def load_product_vectors(model: nn.Module, embeddings_dir: str | Path) -> tuple[
     return np.asarray(emb.ids), np.asarray(emb.vectors["fused"], dtype=np.float32)
 
 
+QUERY_ENCODER = ("query_tower", "query_proj")
+
+
+def query_encoder_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the query encoder's weights (the start point for `interpolate_query_encoder`)."""
+    return {f"{part}.{k}": v.detach().clone() for part in QUERY_ENCODER
+            for k, v in getattr(model, part).state_dict().items()}
+
+
+@torch.no_grad()
+def interpolate_query_encoder(model: nn.Module, start: dict[str, torch.Tensor], alpha: float) -> None:
+    """In place: query encoder weights = start + alpha * (current - start) (WiSE-FT weight averaging)."""
+    for part in QUERY_ENCODER:
+        for k, v in getattr(model, part).state_dict().items():
+            if v.is_floating_point():
+                v.copy_(torch.lerp(start[f"{part}.{k}"].to(v.device, v.dtype), v, alpha))
+
+
 def read_grades(grades) -> pd.DataFrame:
     """Grades from a DataFrame, a Parquet file or dir of shards, or a list of those (via `dashclip.labeling`)."""
     if isinstance(grades, pd.DataFrame):
@@ -463,6 +490,7 @@ def align(model_dir: str | Path, grades, out_dir: str | Path, config: AlignConfi
         model = dashclip.load(model_dir)
     if getattr(model, "query_tower", None) is None:
         model.add_query_encoder()
+    start = query_encoder_state(model) if config.wise_alpha < 1.0 else None
     if product_table is None:
         if embeddings_dir is None:
             raise ValueError("product embeddings are needed: pass --embeddings (from `dashclip embed-catalog`)")
@@ -489,6 +517,8 @@ def align(model_dir: str | Path, grades, out_dir: str | Path, config: AlignConfi
         miner = HardNegativeMiner(product_vectors, encode_query_tokens(aligner, ids, mask))
     task = AlignTask(table, config, ids, mask, miner, evaluator)
     result = train(aligner, task, loop, out_dir)
+    if start is not None:
+        interpolate_query_encoder(model, start, config.wise_alpha)
 
     summary = {"model_dir": str(model_dir), "grades": select_stats, "table": table.stats,
                "align": config.to_dict(), "loop": {k: v for k, v in vars(loop).items()},

@@ -114,6 +114,10 @@ def register(app: typer.Typer) -> None:
         graded_negatives: int = typer.Option(2, help="Graded-0 queries sampled per product."),
         hard_negatives: int = typer.Option(2, help="Mined hard-negative queries per product."),
         pairs_per_query: int = typer.Option(32, help="Positive pairs per query per epoch."),
+        unfreeze_product: bool = typer.Option(False, "--unfreeze-product", help="Also train the fusion layers "
+                                              "and projections (the product embeddings are then recomputed)."),
+        wise_alpha: float = typer.Option(0.5, help="Save start + alpha * (trained - start) as the query encoder "
+                                         "(WiSE-FT weight averaging; 1.0: the trained weights)."),
         max_length: int = typer.Option(32, help="Query tokens."),
         epochs: int = typer.Option(3),
         max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
@@ -146,7 +150,8 @@ def register(app: typer.Typer) -> None:
                 graded_negatives=graded_negatives, hard_negatives=hard_negatives, variant=variant,
                 grade1_weight=grade1_weight, temperature=temperature,
                 learnable_temperature=learnable_temperature, min_confidence=min_confidence,
-                max_length=max_length, pairs_per_query=pairs_per_query, seed=seed)
+                max_length=max_length, pairs_per_query=pairs_per_query, unfreeze_product=unfreeze_product,
+                wise_alpha=wise_alpha, seed=seed)
             loop = LoopConfig(epochs=epochs, batch_size=batch_size, accum_steps=accum_steps, lr=lr,
                               warmup_steps=warmup_steps, amp=None if amp in (None, "none") else amp,
                               ckpt_every=ckpt_every, max_steps=max_steps, seed=seed, resume=resume,
