@@ -159,6 +159,7 @@ def main(argv=None) -> int:
         for name, grades, variant in [("stage2_seed", seed, "qcc"), ("stage2_full", full, "qcc"),
                                       ("stage2_seed_wise", seed, "qcc"), ("stage2_full_wise", full, "qcc"),
                                       ("stage2_full_symmetric", full, "symmetric"),
+                                      ("stage2_full_symmetric_wise", full, "symmetric"),
                                       ("stage2_full_graded", full, "graded")]:
             if name not in wanted:
                 continue
