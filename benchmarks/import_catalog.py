@@ -22,17 +22,11 @@ from dashclip.data.images import load_image
 from dashclip.data.importer import import_catalog
 from dashclip.io import write_json, write_text
 
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine() -> dict:

@@ -61,15 +61,12 @@ from dashclip.index.base import now_iso  # noqa: E402
 from dashclip.index.faiss_index import INDEX_FILE, FaissIndex, recall_at_k  # noqa: E402
 from dashclip.io import read_json, write_json, write_text  # noqa: E402
 
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_RECALL, TARGET_P50_MS = 0.95, 2.0
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def rss_bytes() -> int:

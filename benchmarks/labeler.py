@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import os
 import platform
 import time
@@ -36,31 +35,20 @@ from dashclip.labeling.labelers import pairs_from
 from dashclip.labeling.labelers.cosine import CosineLabeler
 from dashclip.labeling.labelers.cross_encoder import CrossEncoderConfig, CrossEncoderLabeler, train_from_seed
 from dashclip.labeling.queries import normalize, read_queries, synthesize_queries
-from dashclip.labeling.seed import seed_from_qrels
+from dashclip.labeling.seed import seed_from_labels_py
 from dashclip.settings import dataset_dir, is_heldout_qid
 from dashclip.text import BM25
+
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def stamp() -> dict:
     return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "nproc": os.cpu_count(),
             "cpu": cpu_model(), "python": platform.python_version(), "load_avg": list(os.getloadavg())}
-
-
-def fashion_labels_module():
-    path = dataset_dir("fashion-queries") / "labels.py"
-    spec = importlib.util.spec_from_file_location("fashion_labels", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def main() -> None:
@@ -97,15 +85,9 @@ def main() -> None:
 
     # 1. seed grades
     seed_path = work / "seed.parquet"
-    labels = fashion_labels_module()
     qfile = dataset_dir("fashion-queries") / "dev_queries.jsonl"
     if not seed_path.exists():
-        ref = labels.load_catalog()
-        queries = labels.load_queries(qfile, ref)
-        qrels = labels.qrels(queries, ref)
-        qdf = pd.DataFrame([{"qid": q["qid"], "query": q["query"]} for q in queries])
-        seed = seed_from_qrels(cat, qdf, qrels, version="fashion-queries/labels.py", bm25=bm25,
-                               k_bm25=args.k_bm25, n_random=args.n_random, k_dense=0, seed=0)
+        seed = seed_from_labels_py(cat, qfile, bm25=bm25, k_bm25=args.k_bm25, n_random=args.n_random, k_dense=0, seed=0)
         save_with(seed_path, lambda p: seed.to_parquet(p, index=False))
     seed = load_grades(seed_path)
     train, held = split_by_query(seed)

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 K = 24
@@ -38,11 +40,6 @@ GENDER_WORDS = {"Men": ["men", "for men", "mens", "for him"], "Women": ["women",
 COLOURS = ["black", "white", "blue", "red", "navy blue", "grey", "green", "pink", "brown", "beige"]
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def load_avg() -> list[float]:

@@ -30,18 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 class LoadSampler:

@@ -44,12 +44,10 @@ METRICS = ("ndcg@10", "recall@100", "mrr")
 
 
 def machine() -> dict:
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor()
+    from _machine import cpu_model
     import torch
+
+    cpu = cpu_model()
 
     return {"nproc": os.cpu_count(), "cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
@@ -61,17 +59,6 @@ def loadavg() -> list[float]:
 
 def log(msg: str) -> None:
     print(f"[{datetime.now(timezone.utc).strftime('%H:%M:%S')} load {loadavg()[0]}] {msg}", flush=True)
-
-
-def exact_top_k(query_vectors: np.ndarray, product_vectors: np.ndarray, product_ids, k: int = 100) -> list[list]:
-    """Exact cosine search (vectors are L2-normalised): the top-k product ids per query, best first."""
-    scores = query_vectors.astype(np.float32) @ product_vectors.astype(np.float32).T
-    top = np.argpartition(-scores, k, axis=1)[:, :k]
-    out = []
-    for i in range(len(scores)):
-        order = top[i][np.argsort(-scores[i, top[i]], kind="stable")]
-        out.append([product_ids[j] for j in order])
-    return out
 
 
 def main(argv=None) -> int:
@@ -145,13 +132,11 @@ def main(argv=None) -> int:
     if needs_model:
         model, product_ids, product_vectors = stage1_inputs(args, catalog, record)
 
-        def rank_with(m):
-            m.eval()
-            import torch
+        def rank_with(m):     # ranked as `dashclip eval` ranks (products with an image, one tie rule)
+            from dashclip.evaluation.baselines import model_rankings
 
-            with torch.no_grad():
-                qv = m.encode_query(texts).float().cpu().numpy()
-            return exact_top_k(qv, product_vectors, product_ids)
+            m.eval()
+            return model_rankings(m, product_vectors, product_ids, texts, k=100, catalog=catalog)
 
         run("stage1_text", lambda: (rank_with(model), {"query_encoder": "Stage 1 text tower + projection"}))
 

@@ -126,16 +126,14 @@ def step_stage1(d: Demo) -> dict:
 
 def heldout_queries() -> list[dict]:
     """The fashion dev queries held out from all training (qid divisible by 3)."""
-    from .io import read_jsonl
-    from .settings import dataset_dir, is_heldout_qid
+    from .evaluation.qrels import load_queries
+    from .settings import dataset_dir
 
-    return [q for q in read_jsonl(dataset_dir("fashion-queries") / "dev_queries.jsonl") if is_heldout_qid(q["qid"])]
+    return load_queries(dataset_dir("fashion-queries") / "dev_queries.jsonl", heldout_only=True)
 
 
 def step_labels(d: Demo) -> dict:
     """Seed grades -> cross-encoder labeler -> synthesized queries -> their candidates, graded."""
-    import importlib.util
-
     import pandas as pd
 
     from .data.catalog import Catalog
@@ -146,7 +144,7 @@ def step_labels(d: Demo) -> dict:
     from .labeling.grading import grade_pairs
     from .labeling.labelers.cross_encoder import CrossEncoderConfig, CrossEncoderLabeler, train_from_seed
     from .labeling.queries import synthesize_queries
-    from .labeling.seed import seed_from_qrels
+    from .labeling.seed import seed_from_labels_py
     from .settings import dataset_dir
     from .text import BM25
 
@@ -156,15 +154,8 @@ def step_labels(d: Demo) -> dict:
 
     seed_path = out / "seed.parquet"     # the "human" grades: fashion-queries' label rule on each query's candidates
     if not seed_path.exists():
-        spec = importlib.util.spec_from_file_location("fashion_labels", dataset_dir("fashion-queries") / "labels.py")
-        labels = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(labels)
-        reference = labels.load_catalog()
-        queries = labels.load_queries(dataset_dir("fashion-queries") / "dev_queries.jsonl", reference)
-        qrels = labels.qrels(queries, reference)
-        qdf = pd.DataFrame([{"qid": q["qid"], "query": q["query"]} for q in queries])
-        seed = seed_from_qrels(catalog, qdf, qrels, version="fashion-queries/labels.py", bm25=bm25,
-                               k_bm25=s.seed_k_bm25, n_random=s.seed_n_random, k_dense=0, seed=0)
+        seed = seed_from_labels_py(catalog, dataset_dir("fashion-queries") / "dev_queries.jsonl", bm25=bm25,
+                                   k_bm25=s.seed_k_bm25, n_random=s.seed_n_random, k_dense=0, seed=0)
         save_with(seed_path, lambda p: seed.to_parquet(p, index=False))
     seed = pd.read_parquet(seed_path)
 

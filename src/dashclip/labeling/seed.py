@@ -43,3 +43,17 @@ def seed_from_qrels(catalog, queries: pd.DataFrame, qrels: pd.DataFrame, version
                          "grade": cands["label"].fillna(0).astype("int8"), "confidence": 1.0,
                          "labeler": SEED_LABELER, "labeler_version": version})
     return check_grades(seed[list(GRADE_COLUMNS)], source="seed grades")
+
+
+def seed_from_labels_py(catalog, queries_path, labels_py=None, **candidate_options) -> pd.DataFrame:
+    """Seed grades for the queries of a fashion-queries style file, graded by its labels.py (default:
+    the one beside the file) over the dataset's own catalog; candidates as in `seed_from_qrels`."""
+    from ..evaluation.qrels import load_labels_module
+
+    queries_path = Path(queries_path)
+    labels = load_labels_module(labels_py or queries_path.parent / "labels.py")
+    reference = labels.load_catalog()
+    queries = labels.load_queries(queries_path, reference)
+    qdf = pd.DataFrame([{"qid": q["qid"], "query": q["query"]} for q in queries])
+    return seed_from_qrels(catalog, qdf, labels.qrels(queries, reference),
+                           version=f"{queries_path.parent.name}/labels.py", **candidate_options)

@@ -65,7 +65,7 @@ class AlignConfig:
     # Training on synthesized attribute queries teaches the catalog's vocabulary but wears away what the
     # text tower knew about other phrasing; averaging the weights keeps both (1.0: the trained weights).
     # Measured (benchmarks/results/stage2_align.md, 40 held-out queries, full catalog): seed + model
-    # grades, 400 steps: NDCG@10 0.554 at 1.0, 0.598 at 0.5 (intent queries 0.076 -> 0.221).
+    # grades, 400 steps: NDCG@10 0.556 at 1.0, 0.598 at 0.5 (intent queries 0.076 -> 0.221).
     # 0.5 is the WiSE-FT paper's default; no other value was tried.
     wise_alpha: float = 0.5
     seed: int = 0
