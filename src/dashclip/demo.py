@@ -220,18 +220,11 @@ def step_index(d: Demo) -> dict:
     import dashclip
 
     from .data.catalog import Catalog
-    from .index import build_index
-    from .index.cli import catalog_attributes
-    from .models.embeddings import load_embeddings
+    from .index.cli import build_catalog_index
 
-    catalog, emb = Catalog.open(d.path("catalog")), load_embeddings(d.path("embeddings"))
     model = dashclip.load(d.path("model"))
-    if emb.meta["model_id"] != model.model_id:
-        raise ValueError(f"{d.path('embeddings')}: made by another model than {d.path('model')}; run with --fresh")
-    meta = {"model_id": model.model_id, "model_dir": str(d.path("model")), "catalog_hash": catalog.content_hash,
-            "catalog_dir": str(d.path("catalog")), "embeddings_dir": str(d.path("embeddings")), "embedding": "fused"}
-    index = build_index(emb.vectors["fused"], emb.ids, d.path("index"), meta=meta,
-                        attributes=catalog_attributes(catalog))
+    index = build_catalog_index(model, d.path("model"), Catalog.open(d.path("catalog")), d.path("index"),
+                                embeddings=d.path("embeddings"), quiet=True)
     return {"products": len(index), "factory": index.meta.get("factory")}
 
 
@@ -244,21 +237,7 @@ def step_eval(d: Demo) -> dict:
                      queries_path=dataset_dir("fashion-queries") / "dev_queries.jsonl",
                      embeddings_dir=d.path("embeddings"), heldout_only=True,
                      cache_dir=d.path("cache", "eval"), log=d.log)
-    return {"report": str(paths["markdown"]), "headline": headline(paths)}
-
-
-def headline(paths) -> dict:
-    """system -> NDCG@10 / Recall@100 / MRR on the held-out queries, from the report's metrics.json."""
-    metrics = json.loads(Path(paths["metrics"]).read_text())
-    retrieval = metrics.get("retrieval", {})
-    systems = retrieval.get("systems", retrieval)
-    out = {}
-    for name, m in systems.items():
-        overall = m.get("overall", m) if isinstance(m, dict) else {}
-        row = {k: overall[k] for k in ("ndcg@10", "recall@100", "mrr") if k in overall}
-        if row:
-            out[name] = row
-    return out
+    return {"report": str(paths["markdown"]), "headline": paths["headline"]}
 
 
 STEPS = [("import", step_import), ("stage1", step_stage1), ("labels", step_labels), ("embed", step_embed),

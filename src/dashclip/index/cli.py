@@ -68,6 +68,20 @@ def _catalog_embeddings(model, catalog, out: Path, embeddings: Optional[Path], q
     return embeddings, emb
 
 
+def build_catalog_index(model, model_dir: Path, catalog, out: Path, embeddings: Optional[Path] = None,
+                        backend: str = "faiss", factory: Optional[str] = None, uri: Optional[str] = None,
+                        quiet: bool = False):
+    """The index of `catalog`'s product embeddings by `model` (loaded from `model_dir`), with the metadata
+    and catalog attributes search needs: `dashclip index build` and the demo both build through here."""
+    from . import build_index
+
+    emb_dir, emb = _catalog_embeddings(model, catalog, out, embeddings, quiet)
+    meta = {"model_id": model.model_id, "model_dir": str(model_dir), "catalog_hash": catalog.content_hash,
+            "catalog_dir": str(catalog.root), "embeddings_dir": str(emb_dir), "embedding": EMBEDDING_KIND}
+    return build_index(emb.vectors[EMBEDDING_KIND], emb.ids, out, meta=meta, backend=backend,
+                       factory=factory, attributes=catalog_attributes(catalog), uri=uri, progress=not quiet)
+
+
 @index_app.command("build")
 def build(
     model: Path = MODEL,
@@ -86,19 +100,13 @@ def build(
     """Embed the catalog with a model and build a vector index of its products."""
     import time
 
-    from . import build_index
-
     with user_errors():
         if backend not in ("faiss", "milvus"):
             raise UserError(f"--backend {backend!r}: choose faiss or milvus")
         cat = _open_catalog(catalog)
         net = _load_model(model)
-        emb_dir, emb = _catalog_embeddings(net, cat, out, embeddings, quiet)
-        meta = {"model_id": net.model_id, "model_dir": str(model), "catalog_hash": cat.content_hash,
-                "catalog_dir": str(catalog), "embeddings_dir": str(emb_dir), "embedding": EMBEDDING_KIND}
         t0 = time.time()
-        index = build_index(emb.vectors[EMBEDDING_KIND], emb.ids, out, meta=meta, backend=backend,
-                            factory=factory, attributes=catalog_attributes(cat), uri=uri, progress=not quiet)
+        index = build_catalog_index(net, model, cat, out, embeddings, backend, factory, uri, quiet)
     console.print(f"[green]built[/] {backend} index of {len(index)} products "
                   f"({index.meta.get('factory')}, dim {index.dim}) at {out} in {time.time() - t0:.1f} s")
 
