@@ -114,6 +114,59 @@ def test_feature_cache_matches_tower_and_is_keyed_by_weights_and_preprocessing(c
     assert cache_key(model2, paths)[0] == key
 
 
+def test_feature_cache_build_resumes_after_a_kill_and_matches_an_uninterrupted_build(catalog_dir, tmp_path,
+                                                                                      monkeypatch):
+    from dashclip.data.catalog import Catalog
+    from dashclip.training import feature_cache
+    from dashclip.training.data import CatalogPairs
+    from dashclip.training.pretrain import build_model
+
+    model = build_model(tiny_config()).eval()
+    paths = CatalogPairs.from_catalog(Catalog.open(catalog_dir)).image_paths     # 54 images
+    whole = feature_cache.build_or_open(model, paths, tmp_path / "a", batch_size=8, show_progress=False)
+
+    real_load, loaded = feature_cache.load_images, []
+
+    def dies_in_batch_4(chunk):
+        if len(loaded) == 3:
+            raise KeyboardInterrupt("killed")
+        loaded.append(len(chunk))
+        return real_load(chunk)
+    monkeypatch.setattr(feature_cache, "load_images", dies_in_batch_4)
+    with pytest.raises(KeyboardInterrupt):
+        feature_cache.build_or_open(model, paths, tmp_path / "b", batch_size=8, show_progress=False, save_every=16)
+    key = feature_cache.cache_key(model, paths)[0]
+    assert not (tmp_path / "b" / key).exists()                       # no half cache under the key
+    assert json.loads((tmp_path / "b" / f"{key}.partial" / "progress.json").read_text())["done"] == 16
+
+    loaded.clear()
+    monkeypatch.setattr(feature_cache, "load_images", lambda chunk: (loaded.append(len(chunk)), real_load(chunk))[1])
+    resumed = feature_cache.build_or_open(model, paths, tmp_path / "b", batch_size=8, show_progress=False,
+                                          save_every=16)
+    assert sum(loaded) == len(paths) - 16                             # the saved 16 were not redone
+    assert resumed.path.name == key and not (tmp_path / "b" / f"{key}.partial").exists()
+    assert np.array_equal(np.asarray(resumed.patches), np.asarray(whole.patches))
+    assert np.array_equal(np.asarray(resumed.pooled), np.asarray(whole.pooled))
+    assert resumed.valid.all() and feature_cache.find(model, paths, tmp_path / "b").path == resumed.path
+
+
+def test_feature_cache_precision_is_part_of_the_key(catalog_dir, tmp_path):
+    from dashclip.data.catalog import Catalog
+    from dashclip.training.data import CatalogPairs
+    from dashclip.training.feature_cache import build_or_open, cache_key, find
+    from dashclip.training.pretrain import build_model
+
+    model = build_model(tiny_config()).eval()
+    paths = CatalogPairs.from_catalog(Catalog.open(catalog_dir)).image_paths
+    assert cache_key(model, paths, "bf16")[0] != cache_key(model, paths)[0]
+    assert find(model, paths, tmp_path) is None
+    half = build_or_open(model, paths, tmp_path, show_progress=False, amp="bf16")
+    assert half.meta["precision"] == "bf16" and find(model, paths, tmp_path).path == half.path
+    full = build_or_open(model, paths, tmp_path, show_progress=False)
+    assert full.path != half.path and "precision" not in full.meta
+    assert np.allclose(np.asarray(full.pooled, np.float32), np.asarray(half.pooled, np.float32), atol=0.1)
+
+
 def test_feature_cache_marks_unreadable_images(catalog_dir, tmp_path):
     from dashclip.training.feature_cache import build_or_open
     from dashclip.training.pretrain import build_model

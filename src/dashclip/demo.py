@@ -111,7 +111,7 @@ def step_stage1(d: Demo) -> dict:
     out = d.path("stage1")
     cfg = PretrainConfig(config="default", image_size=d.sizes.image_size, freeze_image=True,
                          epochs=d.sizes.stage1_epochs, max_steps=d.sizes.stage1_max_steps, batch_size=64,
-                         lr=1e-4, warmup_steps=20, ckpt_every=100, cache_dir=str(d.path("cache")),
+                         lr=1e-4, warmup_steps=20, ckpt_every=100, cache_dir=str(d.path("cache")), amp="auto",
                          resume=(out / "checkpoints" / "last.pt").exists())
     t0 = time.time()
     result = pretrain(d.path("catalog"), out, cfg)
@@ -166,7 +166,7 @@ def step_labels(d: Demo) -> dict:
             train = train.sample(n=s.labeler_max_pairs, random_state=0)
         d.log(f"training the cross-encoder labeler on {len(train)} seed grades")
         train_from_seed(pd.concat([train, held]), catalog, labeler_dir,
-                        config=CrossEncoderConfig(epochs=s.labeler_epochs, max_length=48))
+                        config=CrossEncoderConfig(epochs=s.labeler_epochs, max_length=48, amp="auto"))
     labeler = CrossEncoderLabeler(labeler_dir, batch_size=128)
     quality = evaluate_labeler(labeler, seed, catalog, batch_size=128)
     write_json(out / "labeler_eval.json", quality)
@@ -205,7 +205,7 @@ def step_stage2(d: Demo) -> dict:
 
     out = d.path("stage2")
     loop = LoopConfig(epochs=d.sizes.align_epochs, max_steps=d.sizes.align_max_steps, batch_size=64, lr=5e-5,
-                      warmup_steps=20, ckpt_every=100, resume=(out / "checkpoints" / "last.pt").exists())
+                      warmup_steps=20, ckpt_every=100, amp="auto", resume=(out / "checkpoints" / "last.pt").exists())
     summary = align(d.path("stage1", "model"), [d.path("labels", "seed.parquet"), d.path("labels", "grades")], out,
                     AlignConfig(batch_size=64), loop, embeddings_dir=d.path("embeddings"),
                     exclude_queries={q["query"] for q in heldout_queries()})

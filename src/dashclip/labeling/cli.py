@@ -162,6 +162,7 @@ def train(
     base: Optional[str] = typer.Option(None, help="Base encoder dir or hub id (default: all-MiniLM-L6-v2)."),
     max_length: int = typer.Option(64), epochs: int = typer.Option(3), batch_size: int = typer.Option(32),
     lr: float = typer.Option(5e-5), seed: int = typer.Option(0, "--random-seed"),
+    amp: str = typer.Option("auto", help="Precision of training and grading: bf16, none, or auto (bf16 where native)."),
 ):
     """Fine-tune the cross-encoder labeler on the training split of seed grades."""
     from ..clihelp import console, progress, user_errors
@@ -171,7 +172,8 @@ def train(
     with user_errors():
         cat = Catalog.open(catalog)
         grades = _read_seed(seed_grades)
-        config = CrossEncoderConfig(max_length=max_length, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+        config = CrossEncoderConfig(max_length=max_length, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                                    amp=None if amp == "none" else amp)
         with progress() as bar:
             task = bar.add_task("train", total=None)
 

@@ -87,14 +87,12 @@ class CachedImageFeatures:
     @classmethod
     def find(cls, model, catalog, cache_root) -> "CachedImageFeatures | None":
         from ..training.data import CatalogPairs
-        from ..training.feature_cache import ImageFeatureCache, cache_key
+        from ..training.feature_cache import find
 
         pairs = CatalogPairs.from_catalog(catalog)
-        key, _ = cache_key(model, pairs.image_paths)   # the key covers the tower's weights: never stale
-        path = Path(cache_root) / key
-        if not (path / "meta.json").is_file():
+        cache = find(model, pairs.image_paths, cache_root)   # keyed by the tower's weights: never stale
+        if cache is None:
             return None
-        cache = ImageFeatureCache(path)
         return cls(cache, pairs.without_images(~cache.valid).primary_image)
 
     def features(self, rows: np.ndarray):

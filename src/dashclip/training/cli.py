@@ -20,7 +20,8 @@ def register(app: typer.Typer) -> None:
         freeze_image: bool = typer.Option(False, "--freeze-image", help="Freeze the image tower and cache "
                                           "its features once (LiT; the practical mode on a CPU)."),
         image_size: Optional[int] = typer.Option(None, help="Image resolution (default: the config's)."),
-        amp: Optional[str] = typer.Option(None, help="bf16 or fp16 mixed precision (GPU; bf16 also on CPU)."),
+        amp: Optional[str] = typer.Option(
+            "auto", help="Mixed precision: bf16, fp16, none, or auto (bf16 where the GPU or CPU computes it natively)."),
         ckpt_every: int = typer.Option(200, help="Optimizer steps between checkpoints (also at each "
                                        "epoch end and at the end)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.pt."),
@@ -125,7 +126,8 @@ def register(app: typer.Typer) -> None:
         accum_steps: int = typer.Option(1, help="Gradient accumulation steps."),
         lr: float = typer.Option(2e-5),
         warmup_steps: int = typer.Option(20),
-        amp: Optional[str] = typer.Option(None, help="bf16 or fp16 (mixed precision)."),
+        amp: Optional[str] = typer.Option(
+            "auto", help="Mixed precision: bf16, fp16, none, or auto (bf16 where the GPU or CPU computes it natively)."),
         ckpt_every: int = typer.Option(100, help="Optimizer steps between checkpoints."),
         resume: bool = typer.Option(False, "--resume", help="Continue from out/checkpoints/last.pt."),
         seed: int = typer.Option(0),

@@ -9,21 +9,23 @@ stale cache is never read.
 
 Layout of `<cache_root>/<key>/`: `patches.npy` [N, P, Ci] float16, `pooled.npy` [N, Ci] float16
 (memory-mapped when read), `valid.npy` [N] bool (False: the image failed to load), `meta.json`
-(the key's inputs, counts, the first load errors and the build time). The directory is written
-atomically: a killed build leaves nothing under the key and is simply run again.
+(the key's inputs, counts, the first load errors and the build time). A build in progress lives in
+`<key>.partial/` and resumes from its last saved position; the key's dir appears only when whole.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..io import atomic_dir, read_json, write_json
+from ..io import read_json, write_json
 
 FORMAT_VERSION = 1
 # Config fields that change what the image tower sees or outputs.
@@ -55,13 +57,16 @@ def module_fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def cache_key(model, image_paths: list[Path]) -> tuple[str, dict]:
-    """(key, inputs): the key is a hash of the inputs, which are stored in meta.json to read."""
+def cache_key(model, image_paths: list[Path], amp: str | None = None) -> tuple[str, dict]:
+    """(key, inputs): the key is a hash of the inputs, which are stored in meta.json to read.
+    `amp`: the resolved precision the tower ran in (None: float32)."""
     inputs = {"format": FORMAT_VERSION,
               "image_tower": module_fingerprint(model.image_tower),
               "preprocessing": preprocessing_settings(model.config),
               "images": hashlib.sha256("\n".join(map(str, image_paths)).encode()).hexdigest(),
               "n_images": len(image_paths)}
+    if amp is not None:              # float32 keys stay as they were before precision was a setting
+        inputs["precision"] = amp
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:24]
     return key, inputs
 
@@ -106,10 +111,13 @@ def load_images(paths: list[Path]):
 
 @torch.inference_mode()
 def compute_image_features(model, paths: list[Path], batch_size: int = 64, device="cpu",
-                           on_batch=None):
-    """Run image loading, `model.preprocess` and `model.image_features` over `paths`. Yields
-    (start, patches, pooled, valid, errors) per batch; invalid images get zero features."""
-    for start in range(0, len(paths), batch_size):
+                           on_batch=None, amp: str | None = None, start: int = 0):
+    """Run image loading, `model.preprocess` and `model.image_features` over `paths[start:]`, under
+    `amp` (see dashclip.precision). Yields (start, patches, pooled, valid, errors) per batch; invalid
+    images get zero features."""
+    from ..precision import autocast
+
+    for start in range(start, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         images, errors = load_images(chunk)
         ok = [i for i, im in enumerate(images) if im is not None]
@@ -118,7 +126,8 @@ def compute_image_features(model, paths: list[Path], batch_size: int = 64, devic
         patches = pooled = None
         if ok:
             pixels = model.preprocess([images[i] for i in ok]).to(device)
-            p, q = model.image_features(pixels)
+            with autocast(device, amp):
+                p, q = model.image_features(pixels)
             patches = torch.zeros((len(chunk), *p.shape[1:]), dtype=torch.float32)
             pooled = torch.zeros((len(chunk), q.shape[1]), dtype=torch.float32)
             patches[ok], pooled[ok] = p.float().cpu(), q.float().cpu()
@@ -127,49 +136,98 @@ def compute_image_features(model, paths: list[Path], batch_size: int = 64, devic
             on_batch(len(chunk))
 
 
+def find(model, image_paths: list[Path], cache_root: str | Path) -> ImageFeatureCache | None:
+    """The finished cache for this image tower, preprocessing and image list, in any precision."""
+    for amp in (None, "bf16", "fp16"):
+        path = Path(cache_root) / cache_key(model, image_paths, amp)[0]
+        if (path / "meta.json").is_file():
+            return ImageFeatureCache(path)
+    return None
+
+
 def build_or_open(model, image_paths: list[Path], cache_root: str | Path, batch_size: int = 64,
-                  device="cpu", show_progress: bool = True) -> ImageFeatureCache:
+                  device="cpu", show_progress: bool = True, amp: str | None = None,
+                  save_every: int = 4096) -> ImageFeatureCache:
     """Open the cache for (model's image tower, preprocessing, these images), building it first if
-    it does not exist. Returns the open cache; `cache.meta["build_seconds"]` says what it cost."""
-    key, inputs = cache_key(model, image_paths)
+    it does not exist. Returns the open cache; `cache.meta["build_seconds"]` says what it cost.
+
+    `amp`: the precision the tower runs in ("auto": bf16 where the device computes it natively, see
+    dashclip.precision); it is part of the key. The build is resumable: the features so far live in
+    `<key>.partial/` with a progress file written every `save_every` images, so a killed build goes
+    on from there; the finished dir appears under the key in one rename."""
+    from ..clihelp import progress
+    from ..precision import resolve_amp
+
+    amp = resolve_amp(amp, device)
+    key, inputs = cache_key(model, image_paths, amp)
     path = Path(cache_root) / key
     if (path / "meta.json").exists():
         return ImageFeatureCache(path)
-    from ..clihelp import progress
 
     was_training = model.image_tower.training
     model.image_tower.eval()
-    t0 = time.time()
     n = len(image_paths)
-    errors: dict[int, str] = {}
-    with atomic_dir(path) as tmp, progress(disable=not show_progress) as bar:
-        task = bar.add_task("caching image features", total=n)
-        patches_mm = pooled_mm = None
-        valid_all = np.zeros(n, dtype=bool)
+    partial = path.with_name(key + ".partial")
+    state = read_json(partial / "progress.json") if (partial / "progress.json").is_file() else None
+    if state is None:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        state = {"done": 0, "seconds": 0.0, "errors": {}, "shapes": None}
+    done, errors = state["done"], {int(k): v for k, v in state["errors"].items()}
+    valid_all = np.load(partial / "valid.npy") if done else np.zeros(n, dtype=bool)
+    patches_mm = pooled_mm = None
+    if state["shapes"]:
+        patches_mm = np.load(partial / "patches.npy", mmap_mode="r+")
+        pooled_mm = np.load(partial / "pooled.npy", mmap_mode="r+")
+
+    def save_progress(upto: int) -> None:
+        """Make everything before `upto` durable, then say so (in that order: a kill between the
+        two only repeats work)."""
+        for mm in (patches_mm, pooled_mm):
+            if mm is not None:
+                mm.flush()
+        np.save(partial / "valid.npy", valid_all)
+        write_json(partial / "progress.json", {
+            "done": upto, "seconds": state["seconds"] + time.time() - t0,
+            "errors": {str(i): e for i, e in errors.items()},
+            "shapes": None if patches_mm is None else [list(patches_mm.shape), list(pooled_mm.shape)]})
+
+    t0 = time.time()
+    with progress(disable=not show_progress) as bar:
+        task = bar.add_task("caching image features", total=n, completed=done)
+        last_saved = done
         for start, patches, pooled, valid, errs in compute_image_features(
-                model, image_paths, batch_size, device, on_batch=lambda k: bar.advance(task, k)):
+                model, image_paths, batch_size, device, on_batch=lambda k: bar.advance(task, k),
+                amp=amp, start=done):
             errors.update(errs)
             valid_all[start:start + len(valid)] = valid
-            if patches is None:
-                continue
-            if patches_mm is None:       # shapes are known after the first good batch
-                patches_mm = np.lib.format.open_memmap(tmp / "patches.npy", mode="w+", dtype=np.float16,
-                                                       shape=(n, *patches.shape[1:]))
-                pooled_mm = np.lib.format.open_memmap(tmp / "pooled.npy", mode="w+", dtype=np.float16,
-                                                      shape=(n, pooled.shape[1]))
-            patches_mm[start:start + len(valid)] = patches.numpy().astype(np.float16)
-            pooled_mm[start:start + len(valid)] = pooled.numpy().astype(np.float16)
-        if patches_mm is None:
-            raise ValueError(f"none of the {n} images could be loaded; first errors: "
-                             f"{list(errors.values())[:3]}")
-        patches_mm.flush()
-        pooled_mm.flush()
-        del patches_mm, pooled_mm
-        np.save(tmp / "valid.npy", valid_all)
-        write_json(tmp / "meta.json", {
-            **inputs, "key": key, "n_valid": int(valid_all.sum()), "n_failed": int((~valid_all).sum()),
-            "first_errors": [errors[i] for i in sorted(errors)[:20]],
-            "build_seconds": round(time.time() - t0, 2), "batch_size": batch_size,
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            if patches is not None:
+                if patches_mm is None:       # shapes are known after the first good batch
+                    patches_mm = np.lib.format.open_memmap(partial / "patches.npy", mode="w+",
+                                                           dtype=np.float16, shape=(n, *patches.shape[1:]))
+                    pooled_mm = np.lib.format.open_memmap(partial / "pooled.npy", mode="w+",
+                                                          dtype=np.float16, shape=(n, pooled.shape[1]))
+                patches_mm[start:start + len(valid)] = patches.numpy().astype(np.float16)
+                pooled_mm[start:start + len(valid)] = pooled.numpy().astype(np.float16)
+            if start + len(valid) - last_saved >= save_every:
+                last_saved = start + len(valid)
+                save_progress(last_saved)
+    if patches_mm is None:
+        raise ValueError(f"none of the {n} images could be loaded; first errors: {list(errors.values())[:3]}")
+    save_progress(n)
+    del patches_mm, pooled_mm
+    seconds = state["seconds"] + time.time() - t0
+    write_json(partial / "meta.json", {
+        **inputs, "key": key, "n_valid": int(valid_all.sum()), "n_failed": int((~valid_all).sum()),
+        "first_errors": [errors[i] for i in sorted(errors)[:20]],
+        "build_seconds": round(seconds, 2), "batch_size": batch_size,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    (partial / "progress.json").unlink()
+    try:
+        os.replace(partial, path)      # one rename: readers see no cache or a whole one
+    except OSError:
+        if not (path / "meta.json").exists():     # another process finished the same cache first
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
     model.image_tower.train(was_training)
     return ImageFeatureCache(path)

@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..io import append_jsonl, atomic_path, read_jsonl, write_jsonl
+from ..precision import AMP_CHOICES, autocast, resolve_amp
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
@@ -73,7 +74,7 @@ class LoopConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1       # cosine decay ends at lr * min_lr_ratio
     grad_clip: float | None = 1.0
-    amp: str | None = None          # None, "bf16" or "fp16"
+    amp: str | None = None          # None, "bf16", "fp16" or "auto" (bf16 where native: see dashclip.precision)
     ckpt_every: int = 0             # optimizer steps between checkpoints (0: epoch ends and the end)
     max_steps: int | None = None    # stop after this many optimizer steps in total
     seed: int = 0
@@ -87,8 +88,8 @@ class LoopConfig:
     lr_scales: dict | None = None   # parameter-name prefix -> lr multiplier (see param_groups)
 
     def __post_init__(self):
-        if self.amp not in (None, "bf16", "fp16"):
-            raise ValueError(f"amp must be bf16, fp16 or none, not {self.amp!r}")
+        if self.amp not in (None, *AMP_CHOICES):
+            raise ValueError(f"amp must be one of {', '.join(AMP_CHOICES)} or none, not {self.amp!r}")
         for name in ("epochs", "batch_size", "accum_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
@@ -256,8 +257,8 @@ def train(model: nn.Module, task: Task, cfg: LoopConfig, out_dir: str | Path) ->
                                   betas=(0.9, 0.98), eps=1e-6)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_schedule(total_steps, cfg.warmup_steps, cfg.min_lr_ratio))
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp or "")
+    amp = resolve_amp(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
     step, epoch, step_in_epoch = 0, 0, 0
     seed_everything(cfg.seed + rank)
@@ -326,7 +327,8 @@ def train(model: nn.Module, task: Task, cfg: LoopConfig, out_dir: str | Path) ->
         if is_main:
             model.eval()
             rng_devices = [device.index or 0] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=rng_devices), torch.no_grad():   # eval must not move training RNG
+            # eval must not move training RNG; it runs in the training precision
+            with torch.random.fork_rng(devices=rng_devices), torch.no_grad(), autocast(device, amp):
                 row = {"kind": "eval", "step": step, "epoch": epoch, **task.evaluate(model)}
             log(row)
         _barrier()
@@ -357,7 +359,7 @@ def train(model: nn.Module, task: Task, cfg: LoopConfig, out_dir: str | Path) ->
                                       device)
                     sync = world == 1 or a == cfg.accum_steps - 1
                     with (nullcontext() if sync else step_module.no_sync()):
-                        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        with autocast(device, amp):
                             loss, metrics = step_module(batch)
                         scaler.scale(loss / cfg.accum_steps).backward()
                     metrics_sum["loss"] = metrics_sum.get("loss", 0.0) + loss.item() / cfg.accum_steps

@@ -290,11 +290,12 @@ def pretrain(catalog: str | Path | Catalog, out: str | Path, cfg: PretrainConfig
         cache_root = Path(cfg.cache_dir) if cfg.cache_dir else runs_dir() / "cache" / "image-features"
         if rank == 0:        # one rank builds, the others open what it wrote
             cache = build_or_open(model, pairs.image_paths, cache_root, device=device,
-                                  show_progress=cfg.progress)
+                                  show_progress=cfg.progress, amp=cfg.amp)
         if world > 1:
             dist.barrier()
         if rank != 0:
-            cache = build_or_open(model, pairs.image_paths, cache_root, device=device, show_progress=False)
+            cache = build_or_open(model, pairs.image_paths, cache_root, device=device, show_progress=False,
+                                  amp=cfg.amp)
         pairs = pairs.without_images(~cache.valid)
 
     split = {"products": int(len(pairs.heldout)), "heldout_products": int(pairs.heldout.sum()),

@@ -32,6 +32,8 @@ class CrossEncoderConfig:
     warmup_ratio: float = 0.1
     class_weighting: bool = True   # grades are skewed (many 0s): weight classes by inverse frequency
     seed: int = 0
+    # Precision of training and of grading (see dashclip.precision); "auto" is bf16 where native.
+    amp: str | None = None
 
 
 class CrossEncoderLabeler:
@@ -51,15 +53,18 @@ class CrossEncoderLabeler:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
         self.device, self.batch_size = device, batch_size
+        self.amp = (self.meta.get("config") or {}).get("amp")    # grade in the precision it trained in
         if num_threads:
             torch.set_num_threads(num_threads)
         self._torch = torch
 
     def probabilities(self, queries: list[str], texts: list[str]) -> np.ndarray:
         """[N, 3] class probabilities."""
+        from ...precision import autocast
+
         torch = self._torch
         out = []
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.amp):
             for i in range(0, len(queries), self.batch_size):
                 enc = _encode(self.tokenizer, queries[i:i + self.batch_size], texts[i:i + self.batch_size],
                               self.max_length).to(self.device)
@@ -95,6 +100,7 @@ def train_cross_encoder(queries: list[str], texts: list[str], grades, out_dir, b
 
     from ...io import atomic_dir, write_json
     from ...models.sentence import minilm_path
+    from ...precision import autocast
 
     config = config or CrossEncoderConfig()
     grades = np.asarray(grades, dtype=np.int64)
@@ -125,7 +131,9 @@ def train_cross_encoder(queries: list[str], texts: list[str], grades, out_dir, b
         for i in range(0, len(order), config.batch_size):
             idx = order[i:i + config.batch_size]
             enc = _encode(tokenizer, [queries[j] for j in idx], [texts[j] for j in idx], config.max_length)
-            loss = loss_fn(model(**enc).logits, torch.from_numpy(grades[idx]))
+            with autocast("cpu", config.amp):
+                logits = model(**enc).logits
+            loss = loss_fn(logits.float(), torch.from_numpy(grades[idx]))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optim.step()
