@@ -10,8 +10,9 @@ What it does (10% of products held out by id, image tower frozen and cached, as 
   4. "after Stage 1": the trained model;
 and for 2 and 4 measures held-out text->image and image->text Recall@1/5/10 (one primary image per
 held-out product among all held-out products) and the aisle (articleType) accuracy of a logistic
-regression probe trained on train-product embeddings and scored on held-out products, for the
-fused, image-only and text-only embeddings.
+regression probe (and a 10-NN classifier) trained on train-product embeddings and scored on held-out
+products, for the fused, image-only and text-only embeddings. The probe is `dashclip eval`'s
+CategoryEvaluator, given Stage 1's held-out products as its test split.
 
 Targets (issue #3): after/before text->image R@10 >= 3x; fused probe accuracy >= max(image, text).
 Writes benchmarks/results/stage1_pretrain.json and .md, stamped with date, machine and load average.
@@ -65,19 +66,11 @@ class LoadSampler:
                 "max": round(float(s.max()), 2), "samples": len(s)}
 
 
-def probe_accuracy(train_x, train_y, test_x, test_y, seed: int) -> float:
-    """Aisle accuracy of a logistic-regression probe (standardised inputs) on held-out products."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=1.0, random_state=seed))
-    probe.fit(train_x, train_y)
-    return float((probe.predict(test_x) == test_y).mean())
-
-
-def measure(model, pairs, images, train_rows, test_rows, labels, seed, batch_size) -> dict:
-    """Retrieval on held-out products and the aisle probe for each embedding kind."""
+def measure(model, pairs, images, train_rows, test_rows, labels, label_name, batch_size) -> dict:
+    """Retrieval on held-out products, and the aisle probe (and kNN) of `dashclip eval`'s
+    CategoryEvaluator for each embedding kind, trained on `train_rows` and scored on the held-out rows."""
+    from dashclip.evaluation.evaluators import CategoryEvaluator
+    from dashclip.models.embeddings import ProductEmbeddings
     from dashclip.training.pretrain import encode_products, retrieval_metrics
 
     t0 = time.time()
@@ -85,12 +78,19 @@ def measure(model, pairs, images, train_rows, test_rows, labels, seed, batch_siz
     train = encode_products(model, pairs, train_rows, images, batch_size)
     encode_s = time.time() - t0
     out = {"retrieval": retrieval_metrics(test["text"], test["image"]), "probe_accuracy": {},
-           "encode_seconds": round(encode_s, 1)}
+           "knn_accuracy": {}, "probe_macro_f1": {}, "encode_seconds": round(encode_s, 1)}
     t0 = time.time()
+    rows = np.concatenate([train_rows, test_rows])
+    emb = ProductEmbeddings(ids=rows, vectors={k: np.concatenate([train[k], test[k]]) for k in train}, meta={})
+    evaluator = CategoryEvaluator(rows, {label_name: labels[rows]}, test_ids=test_rows.tolist(),
+                                  max_train=len(train_rows))
+    scores = evaluator(emb)
     for kind in ("fused", "image", "text"):
-        out["probe_accuracy"][kind] = probe_accuracy(train[kind], labels[train_rows], test[kind],
-                                                     labels[test_rows], seed)
-        print(f"  probe {kind}: {out['probe_accuracy'][kind]:.4f}", flush=True)
+        s = scores[kind][label_name]
+        out["probe_accuracy"][kind] = s["logreg"]["accuracy"]
+        out["probe_macro_f1"][kind] = s["logreg"]["macro_f1"]
+        out["knn_accuracy"][kind] = s["knn"]["accuracy"]
+        print(f"  probe {kind}: {out['probe_accuracy'][kind]:.4f} (kNN {out['knn_accuracy'][kind]:.4f})", flush=True)
     out["probe_seconds"] = round(time.time() - t0, 1)
     return out
 
@@ -171,10 +171,9 @@ def main() -> None:
         before_model = build_model(cfg)
         freeze(before_model.image_tower)
         pairs = CatalogPairs.from_catalog(catalog, cfg.heldout_frac, cfg.seed)
-        from dashclip.settings import runs_dir
+        from dashclip.settings import image_cache_dir
         t0 = time.time()
-        cache = build_or_open(before_model, pairs.image_paths,
-                              cache_root or runs_dir() / "cache" / "image-features")
+        cache = build_or_open(before_model, pairs.image_paths, cache_root or image_cache_dir())
         cache_wall = time.time() - t0
         pairs = pairs.without_images(~cache.valid)
         images = ImageSource(before_model, pairs, cache)
@@ -187,7 +186,7 @@ def main() -> None:
 
         # 2. Before Stage 1.
         print("before Stage 1:", flush=True)
-        before = measure(before_model, pairs, images, train_rows, test_rows, labels, args.seed, 256)
+        before = measure(before_model, pairs, images, train_rows, test_rows, labels, labels_col, 256)
         print(json.dumps(before["retrieval"]), flush=True)
         del before_model, images
 
@@ -203,7 +202,7 @@ def main() -> None:
         # 4. After Stage 1.
         print("after Stage 1:", flush=True)
         after = measure(trained, pairs, ImageSource(trained, pairs, cache), train_rows, test_rows,
-                        labels, args.seed, 256)
+                        labels, labels_col, 256)
         print(json.dumps(after["retrieval"]), flush=True)
 
     b10, a10 = before["retrieval"]["t2i_r@10"], after["retrieval"]["t2i_r@10"]
@@ -267,6 +266,10 @@ def markdown(r: dict) -> str:
     for k in ("fused", "image", "text"):
         lines.append(f"| aisle probe accuracy, {k} embedding | {b['probe_accuracy'][k]:.4f} | "
                      f"{a['probe_accuracy'][k]:.4f} |")
+    for k in ("fused", "image", "text"):
+        if k in a.get("knn_accuracy", {}):
+            lines.append(f"| aisle 10-NN accuracy, {k} embedding | {b['knn_accuracy'][k]:.4f} | "
+                         f"{a['knn_accuracy'][k]:.4f} |")
     lift = t["t2i_r@10_lift"]
     fz = t["fused_probe_vs_best_single"]
     lines += [

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,26 +30,17 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "web-page.png")
     args = ap.parse_args()
 
-    import uvicorn
     from playwright.sync_api import sync_playwright
 
     from dashclip.serving.search import Searcher
-    from dashclip.serving.service import create_app
+    from dashclip.serving.service import create_app, serve_in_background
 
     app = create_app(Searcher.open(args.model, args.index, args.catalog), watch_seconds=0)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.time() + 60
-    while not server.started and time.time() < deadline:
-        time.sleep(0.1)
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    with sync_playwright() as p:
+    with serve_in_background(app) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(f"http://127.0.0.1:{port}/")
+        page.goto(url + "/")
         page.fill("#q", args.query)
         page.press("#q", "Enter")
         page.wait_for_selector("body[data-state=results]")
@@ -66,7 +54,6 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(args.out))
         browser.close()
-    server.should_exit = True
     print(f"wrote {args.out}")
 
 

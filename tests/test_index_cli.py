@@ -133,3 +133,26 @@ def test_build_milvus_backend(setup, tmp_path):
     assert len(ids[0]) == 12 and all(index.attributes_of(i)["gender"] == "Women" for i in ids[0])
     code, output = invoke("info", out)
     assert code == 0 and "milvus" in output
+
+
+def test_build_reads_the_image_features_stage1_cached(setup, tmp_path, monkeypatch):
+    """`index build` embeds the catalog from the image-feature cache `pretrain --freeze-image` left
+    (given by --image-cache, or in its default home) instead of running the image tower again."""
+    import dashclip
+    from dashclip.data.catalog import Catalog
+    from dashclip.training.data import CatalogPairs
+    from dashclip.training.feature_cache import build_or_open
+
+    monkeypatch.setenv("DASHCLIP_RUNS", str(tmp_path / "runs"))      # the default cache home, empty
+    catalog, model, _ = setup
+    net = dashclip.load(model)
+    build_or_open(net, CatalogPairs.from_catalog(Catalog.open(catalog)).image_paths, tmp_path / "cache",
+                  show_progress=False)
+    code, out = invoke("build", "--model", model, "--catalog", catalog, "--out", tmp_path / "idx",
+                       "--image-cache", tmp_path / "cache", "--quiet")
+    assert code == 0, out
+    meta = json.loads((tmp_path / "idx-embeddings" / "meta.json").read_text())
+    assert meta["image_features"].startswith("cache ")
+    code, out = invoke("build", "--model", model, "--catalog", catalog, "--out", tmp_path / "idx2", "--quiet")
+    assert code == 0, out
+    assert json.loads((tmp_path / "idx2-embeddings" / "meta.json").read_text())["image_features"] == "image tower"

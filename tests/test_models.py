@@ -221,7 +221,7 @@ def test_embed_catalog_cli(tmp_path):
     assert res.exit_code != 0 and "not a dashclip model directory" in " ".join(res.output.split())
 
 
-def test_embed_catalog_reads_stage1_image_features_from_the_cache(tmp_path):
+def test_embed_catalog_reads_stage1_image_features_from_the_cache(tmp_path, monkeypatch):
     """With a feature cache for this image tower, embedding skips the tower and gives the same vectors
     (up to the cache's float16); a changed tower has another key, so the cache is not used."""
     from dashclip.models.embeddings import embed_catalog, load_embeddings
@@ -229,6 +229,7 @@ def test_embed_catalog_reads_stage1_image_features_from_the_cache(tmp_path):
     from dashclip.training.data import CatalogPairs
     from dashclip.training.feature_cache import build_or_open
 
+    monkeypatch.setenv("DASHCLIP_RUNS", str(tmp_path / "runs"))      # the default cache home, empty
     catalog_dir = make_catalog(tmp_path / "cat", extra_photos=1)
     (catalog_dir / "images" / "101.png").write_bytes(b"not an image")
     catalog = Catalog.open(catalog_dir)
@@ -247,3 +248,9 @@ def test_embed_catalog_reads_stage1_image_features_from_the_cache(tmp_path):
     other = load_embeddings(embed_catalog(model, catalog, tmp_path / "other", batch_size=8, progress=False,
                                           image_cache_root=tmp_path / "cache"))
     assert other.meta["image_features"] == "image tower"
+    # With no root given, the default home of caches (where `dashclip pretrain` puts them) is read.
+    from dashclip.settings import image_cache_dir
+
+    build_or_open(model, CatalogPairs.from_catalog(catalog).image_paths, image_cache_dir(), show_progress=False)
+    default = load_embeddings(embed_catalog(model, catalog, tmp_path / "default", batch_size=8, progress=False))
+    assert default.meta["image_features"].startswith("cache ")

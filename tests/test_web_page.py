@@ -4,9 +4,6 @@ the empty and error states; a screenshot is saved to test-artifacts/web-page.png
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,12 +18,6 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason="needs Debian's chromium (apt-get install chromium) for the browser test")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
     return shared_shop(tmp_path_factory)
@@ -34,23 +25,11 @@ def shop(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base_url(shop):
-    import uvicorn
-
     from dashclip.serving.search import Searcher
-    from dashclip.serving.service import create_app
+    from dashclip.serving.service import create_app, serve_in_background
 
-    app = create_app(Searcher(shop.model, shop.index, shop.catalog), watch_seconds=0)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_background(create_app(Searcher(shop.model, shop.index, shop.catalog), watch_seconds=0)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,12 @@ def runs_dir() -> Path:
     return Path(os.environ.get("DASHCLIP_RUNS", "runs"))
 
 
+def image_cache_dir() -> Path:
+    """Default home of image-feature caches (`pretrain --freeze-image` writes them; embedding the
+    catalog for an index reads them): one place, so the embedder finds what Stage 1 cached."""
+    return runs_dir() / "cache" / "image-features"
+
+
 # Held-out split used by every benchmark: a query is held out when its qid number is divisible by 3.
 def is_heldout_qid(qid: str) -> bool:
     digits = "".join(ch for ch in str(qid) if ch.isdigit())

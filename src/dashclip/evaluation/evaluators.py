@@ -15,7 +15,7 @@ Queries and labels (qrels: {qid: {product_id: label > 0}}) are read by `qrels.py
 from __future__ import annotations
 
 import hashlib
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -125,16 +125,17 @@ class CategoryEvaluator:
     """Predict each label column (e.g. articleType, subCategory) from product embeddings with a
     logistic-regression probe and a kNN classifier; accuracy and macro-F1 per embedding kind.
 
-    Split by product (`is_test_product`); test products whose class has no training product are left
-    out and counted. The probe trains on at most `max_train` products (a fixed subsample) to stay fast
+    Split by product (`is_test_product`, or the given `test_ids`, e.g. the products Stage 1 held out);
+    test products whose class has no training product are left out and counted. The probe trains on at most `max_train` products (a fixed subsample) to stay fast
     on 2 cores; kNN uses every training product. `predictions[(kind, column, method)]` keeps
     (y_true, y_pred, class names) of the last run, for the confusion-matrix plot. `from_catalog` takes the
     products with an image."""
 
     def __init__(self, product_ids: Sequence, labels: Mapping[str, Sequence], test_fraction: float = 0.2,
                  knn_k: int = 10, max_train: int = 10_000, kinds: Sequence[str] = ("fused", "image", "text"),
-                 name: str = "category"):
+                 name: str = "category", test_ids: Iterable | None = None):
         self.product_ids = list(product_ids)
+        self.test_ids = None if test_ids is None else set(test_ids)
         self.labels = {c: np.asarray(v, dtype=object) for c, v in labels.items()}
         self.test_fraction, self.knn_k, self.max_train, self.kinds = test_fraction, knn_k, max_train, kinds
         self.name = name
@@ -154,7 +155,8 @@ class CategoryEvaluator:
         keep = np.array([pid in row for pid in self.product_ids])
         idx = np.array([row[pid] for pid in self.product_ids if pid in row], dtype=np.int64)
         ids = [pid for pid in self.product_ids if pid in row]
-        is_test = np.array([is_test_product(pid, self.test_fraction) for pid in ids])
+        is_test = np.array([pid in self.test_ids if self.test_ids is not None
+                            else is_test_product(pid, self.test_fraction) for pid in ids], dtype=bool)
         out: dict = {"n_products": len(ids), "n_without_embedding": len(missing)}
         for column, values in self.labels.items():
             y_all = values[keep]

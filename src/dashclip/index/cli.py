@@ -41,7 +41,8 @@ def _split_ids(values: list[str]) -> list[str]:
     return [part.strip() for v in values for part in v.split(",") if part.strip()]
 
 
-def _catalog_embeddings(model, catalog, out: Path, embeddings: Optional[Path], quiet: bool):
+def _catalog_embeddings(model, catalog, out: Path, embeddings: Optional[Path], quiet: bool,
+                        image_cache: Optional[Path] = None):
     """Product embeddings of `catalog` by `model`: given, reused from a previous build, or computed."""
     from ..io import read_json
     from ..models.embeddings import embed_catalog, load_embeddings
@@ -55,7 +56,7 @@ def _catalog_embeddings(model, catalog, out: Path, embeddings: Optional[Path], q
             console.print(f"reusing product embeddings in {embeddings}")
         else:
             console.print(f"embedding {len(catalog)} products into {embeddings} (resumable)")
-            embed_catalog(model, catalog, embeddings, progress=not quiet)
+            embed_catalog(model, catalog, embeddings, progress=not quiet, image_cache_root=image_cache)
     emb = load_embeddings(embeddings)
     if emb.meta.get("model_id") != model.model_id:
         raise UserError(f"{embeddings}: embeddings were made with model {emb.meta.get('model_id')}, not "
@@ -70,12 +71,12 @@ def _catalog_embeddings(model, catalog, out: Path, embeddings: Optional[Path], q
 
 def build_catalog_index(model, model_dir: Path, catalog, out: Path, embeddings: Optional[Path] = None,
                         backend: str = "faiss", factory: Optional[str] = None, uri: Optional[str] = None,
-                        quiet: bool = False):
+                        quiet: bool = False, image_cache: Optional[Path] = None):
     """The index of `catalog`'s product embeddings by `model` (loaded from `model_dir`), with the metadata
     and catalog attributes search needs: `dashclip index build` and the demo both build through here."""
     from . import build_index
 
-    emb_dir, emb = _catalog_embeddings(model, catalog, out, embeddings, quiet)
+    emb_dir, emb = _catalog_embeddings(model, catalog, out, embeddings, quiet, image_cache)
     meta = {"model_id": model.model_id, "model_dir": str(model_dir), "catalog_hash": catalog.content_hash,
             "catalog_dir": str(catalog.root), "embeddings_dir": str(emb_dir), "embedding": EMBEDDING_KIND}
     return build_index(emb.vectors[EMBEDDING_KIND], emb.ids, out, meta=meta, backend=backend,
@@ -95,6 +96,9 @@ def build(
                                           "default: exact below 200,000 products, HNSW above."),
     uri: Optional[str] = typer.Option(None, "--uri", help="Milvus: a cluster URI (http://host:19530, token "
                                       "from $MILVUS_TOKEN) or a Milvus Lite .db file (default OUT/milvus.db)."),
+    image_cache: Optional[Path] = typer.Option(None, "--image-cache", help="Where `pretrain --freeze-image` "
+                                               "kept image features (default runs/cache/image-features): "
+                                               "read instead of running the image tower again."),
     quiet: bool = QUIET,
 ):
     """Embed the catalog with a model and build a vector index of its products."""
@@ -106,7 +110,7 @@ def build(
         cat = _open_catalog(catalog)
         net = _load_model(model)
         t0 = time.time()
-        index = build_catalog_index(net, model, cat, out, embeddings, backend, factory, uri, quiet)
+        index = build_catalog_index(net, model, cat, out, embeddings, backend, factory, uri, quiet, image_cache)
     console.print(f"[green]built[/] {backend} index of {len(index)} products "
                   f"({index.meta.get('factory')}, dim {index.dim}) at {out} in {time.time() - t0:.1f} s")
 

@@ -141,8 +141,9 @@ def embed_rows(model, catalog, texts: list[str], rows: np.ndarray, kinds=KINDS,
 def embed_catalog(model, catalog, out_dir: str | Path, batch_size: int = 64, kinds=KINDS,
                   progress: bool = True, chunk_size: int = 4096, image_cache_root: str | Path | None = None) -> Path:
     """Embed every product of `catalog` (a Catalog or its dir) with `model`; see the module doc.
-    `image_cache_root`: where Stage 1 keeps image-feature caches; one made for this model's image
-    tower and preprocessing is used instead of running the tower (see CachedImageFeatures)."""
+    `image_cache_root`: where Stage 1 keeps image-feature caches (default: settings.image_cache_dir(),
+    where `dashclip pretrain` puts them); one made for this model's image tower, preprocessing and
+    this catalog's images is used instead of running the tower (see CachedImageFeatures)."""
     from ..clihelp import progress as progress_bar
     from ..data.catalog import Catalog
 
@@ -161,7 +162,9 @@ def embed_catalog(model, catalog, out_dir: str | Path, batch_size: int = 64, kin
 
     texts = catalog.product_texts()
     n = len(catalog)
-    cached = CachedImageFeatures.find(model, catalog, image_cache_root) if image_cache_root else None
+    from ..settings import image_cache_dir
+
+    cached = CachedImageFeatures.find(model, catalog, image_cache_root or image_cache_dir())
     meta["image_features"] = f"cache {cached.cache.path.name}" if cached else "image tower"
     was_training = model.training
     model.eval()

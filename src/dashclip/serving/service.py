@@ -18,6 +18,7 @@ requests keep being answered by the old index until the new one is ready.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -300,3 +301,32 @@ def create_app(searcher: Searcher | Callable[[], Searcher] | None = None, *,
 def _version() -> str:
     from .. import __version__
     return __version__
+
+
+@contextlib.contextmanager
+def serve_in_background(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0):
+    """Run `app` with uvicorn in a daemon thread and yield its base URL; stop it on exit. For the
+    browser test and the README screenshot, which drive the page from the same process. Port 0
+    picks a free port."""
+    import socket
+
+    import uvicorn
+
+    if port == 0:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + timeout
+    while not server.started and time.time() < deadline and thread.is_alive():
+        time.sleep(0.05)
+    if not server.started:
+        server.should_exit = True
+        raise RuntimeError(f"uvicorn did not start on {host}:{port} within {timeout:.0f} s")
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

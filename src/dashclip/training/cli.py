@@ -82,14 +82,13 @@ def register(app: typer.Typer) -> None:
         import dashclip
         from ..clihelp import console, user_errors
         from ..models.embeddings import embed_catalog as run
+        from ..models.embeddings import load_embeddings
 
         with user_errors():
             dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
             m = dashclip.load(model, device=dev)
-            from ..settings import runs_dir
             path = run(m, catalog, out, batch_size=batch_size, progress=progress,
-                       image_cache_root=image_cache or runs_dir() / "cache" / "image-features")
-            from ..models.embeddings import load_embeddings
+                       image_cache_root=image_cache)
             e = load_embeddings(path)
         console.print(f"embedded {len(e)} products ({e.meta['n_without_image']} without a readable image) "
                       f"in {e.meta['seconds']:.0f}s -> {path}")

@@ -28,7 +28,7 @@ from ..data.catalog import Catalog
 from ..io import read_json, write_json
 from ..losses import itc_loss, itm_loss
 from ..losses.gather import local_slice
-from ..settings import runs_dir
+from ..settings import image_cache_dir
 from .data import CatalogPairs
 from .feature_cache import ImageFeatureCache, build_or_open, load_images
 from .loop import LoopConfig, TrainResult, init_distributed, pick_device, train
@@ -287,7 +287,7 @@ def pretrain(catalog: str | Path | Catalog, out: str | Path, cfg: PretrainConfig
     cache = None
     if cfg.freeze_image:
         freeze(model.image_tower)
-        cache_root = Path(cfg.cache_dir) if cfg.cache_dir else runs_dir() / "cache" / "image-features"
+        cache_root = Path(cfg.cache_dir) if cfg.cache_dir else image_cache_dir()
         if rank == 0:        # one rank builds, the others open what it wrote
             cache = build_or_open(model, pairs.image_paths, cache_root, device=device,
                                   show_progress=cfg.progress, amp=cfg.amp)
