@@ -104,7 +104,7 @@ def finished_run(run: Path, cfg):
     from dashclip.io import read_json, read_jsonl
 
     settings = read_json(run / "pretrain_config.json")
-    for key in ("heldout_frac", "seed", "image_size", "freeze_image"):
+    for key in ("heldout_frac", "seed", "image_size", "freeze_image", "amp"):
         if settings.get(key) != getattr(cfg, key):
             raise SystemExit(f"{run}: its {key} is {settings.get(key)!r}, this benchmark's {getattr(cfg, key)!r}")
     rows = list(read_jsonl(run / "metrics.jsonl"))
@@ -113,16 +113,16 @@ def finished_run(run: Path, cfg):
     steps = max((r["step"] for r in train), default=0)
     pairs_per_s = float(np.mean(speed)) if speed else None
     examples = steps * settings["batch_size"] * settings.get("accum_steps", 1)
-    for k in ("epochs", "max_steps", "batch_size", "lr", "warmup_steps", "itc_weight", "itm_weight"):
+    shown = ("epochs", "max_steps", "batch_size", "lr", "warmup_steps", "itc_weight", "itm_weight",
+             "product_weight", "text_lr_scale", "amp")
+    for k in shown:
         cfg_value = settings.get(k)
         if cfg_value is not None:
             print(f"  trained run {k}: {cfg_value}", flush=True)
     tr = types.SimpleNamespace(step=steps, epoch=max((r.get("epoch", 0) for r in train), default=0),
                                examples=examples, seconds=examples / pairs_per_s if pairs_per_s else 0.0,
                                evals=[r for r in rows if r.get("kind") == "eval"], last=train[-1] if train else {},
-                               run_dir=str(run), run_settings={k: settings.get(k) for k in
-                                                               ("epochs", "max_steps", "batch_size", "lr",
-                                                                "warmup_steps", "itc_weight", "itm_weight")})
+                               run_dir=str(run), run_settings={k: settings.get(k) for k in shown})
     return dashclip.load(run / "model"), tr
 
 
@@ -142,6 +142,8 @@ def main() -> None:
     ap.add_argument("--label", default="articleType", help="catalog column the probe predicts")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--amp", default="auto", help="precision of Stage 1 and the image-feature cache (auto: bf16 "
+                                                 "where the CPU/GPU computes it natively)")
     ap.add_argument("--resume", action="store_true", help="resume the Stage 1 run in --out")
     ap.add_argument("--trained-run", default=None,
                     help="measure this finished `pretrain` run dir (e.g. runs/demo/stage1) instead of training "
@@ -163,7 +165,8 @@ def main() -> None:
     cfg = PretrainConfig(config=args.config, epochs=args.epochs, max_steps=args.max_steps,
                          batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
                          heldout_frac=args.heldout_frac, freeze_image=True, seed=args.seed,
-                         cache_dir=args.cache_dir, ckpt_every=100, resume=args.resume)
+                         cache_dir=args.cache_dir, ckpt_every=100, resume=args.resume,
+                         amp=None if args.amp == "none" else args.amp)
     cache_root = Path(args.cache_dir) if args.cache_dir else None
 
     with LoadSampler() as load:
@@ -173,7 +176,7 @@ def main() -> None:
         pairs = CatalogPairs.from_catalog(catalog, cfg.heldout_frac, cfg.seed)
         from dashclip.settings import image_cache_dir
         t0 = time.time()
-        cache = build_or_open(before_model, pairs.image_paths, cache_root or image_cache_dir())
+        cache = build_or_open(before_model, pairs.image_paths, cache_root or image_cache_dir(), amp=cfg.amp)
         cache_wall = time.time() - t0
         pairs = pairs.without_images(~cache.valid)
         images = ImageSource(before_model, pairs, cache)
@@ -257,8 +260,8 @@ def markdown(r: dict) -> str:
         f"Catalog: {r['catalog']['products']} products; {r['catalog']['heldout_products_evaluated']} held out "
         f"(by id, {r['config']['heldout_frac']:.0%}); {r['catalog']['train_pairs']} training pairs. "
         f"Image tower frozen and cached at {r['config']['image_size']} px; text tower, fusion and "
-        f"projections trained for {s['epochs_completed']} epoch(s) / {s['steps']} steps of batch "
-        f"{r['config']['batch_size']}.", "",
+        f"projections trained for {s['steps']} steps of batch {r['config']['batch_size']} "
+        f"({s['pairs_trained'] / max(r['catalog']['train_pairs'], 1):.2f} epochs).", "",
         "| | before Stage 1 | after Stage 1 |", "|---|---|---|",
     ]
     for k in ("t2i_r@1", "t2i_r@5", "t2i_r@10", "i2t_r@1", "i2t_r@5", "i2t_r@10"):

@@ -97,6 +97,8 @@ def test_feature_cache_matches_tower_and_is_keyed_by_weights_and_preprocessing(c
     again = build_or_open(model, paths, tmp_path, show_progress=False)
     assert again.path == cache.path and again.meta["built_at"] == cache.meta["built_at"]
     key = cache_key(model, paths)[0]
+    import os
+    assert cache_key(model, [Path(os.path.relpath(p)) for p in paths])[0] == key   # relative or absolute: one list
     # A different resolution, normalisation, image list or image-tower weights: a different key.
     bigger = build_model(tiny_config(image_size=model.config.image_size + 8))
     assert cache_key(bigger, paths)[0] != key

@@ -63,7 +63,8 @@ def cache_key(model, image_paths: list[Path], amp: str | None = None) -> tuple[s
     inputs = {"format": FORMAT_VERSION,
               "image_tower": module_fingerprint(model.image_tower),
               "preprocessing": preprocessing_settings(model.config),
-              "images": hashlib.sha256("\n".join(map(str, image_paths)).encode()).hexdigest(),
+              # absolute: "runs/x/images/1.jpg" from the repo and the same file by its full path are one list
+              "images": hashlib.sha256("\n".join(os.path.abspath(p) for p in image_paths).encode()).hexdigest(),
               "n_images": len(image_paths)}
     if amp is not None:              # float32 keys stay as they were before precision was a setting
         inputs["precision"] = amp
