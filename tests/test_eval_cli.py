@@ -66,9 +66,11 @@ def test_dashclip_eval_end_to_end(setup):
     assert res.exit_code == 0, res.output
     assert "NDCG@10" in res.output  # the headline table
     metrics = json.loads((out / "metrics.json").read_text())
-    # The tiny model has no Stage 2 query encoder yet: BM25, MiniLM and the model before Stage 2.
+    # The tiny model has no Stage 2 query encoder yet: BM25, MiniLM and the model before Stage 2 (alone
+    # and fused with BM25, as search --hybrid ranks).
     assert list(metrics["retrieval"]) == ["BM25 (title + attributes)", "MiniLM (query vs title)",
-                                          "dashclip text tower (before Stage 2)"]
+                                          "dashclip text tower (before Stage 2)",
+                                          "dashclip text tower (before Stage 2) + BM25, RRF (search --hybrid)"]
     assert set(metrics["headline"]) == set(metrics["retrieval"])
     bm25 = metrics["retrieval"]["BM25 (title + attributes)"]
     assert bm25["n_queries"] == 3 and set(bm25["per_style"]) == {"keyword", "intent"}

@@ -66,11 +66,13 @@ def test_report_numbers_are_the_evaluators_numbers_and_files_are_written(setup):
     metrics = json.loads(paths["metrics"].read_text())
     systems = list(metrics["retrieval"])
     assert systems == ["BM25 (title + attributes)", "MiniLM (query vs title)",
-                       "dashclip text tower (before Stage 2)", "dashclip query encoder"]
+                       "dashclip text tower (before Stage 2)", "dashclip query encoder",
+                       "dashclip query encoder + BM25, RRF (search --hybrid)"]
+    assert "dashclip query encoder + BM25, RRF (search --hybrid)" not in metrics["relevance"]  # a ranking only
     # The benchmark path (baseline_scorers + evaluate_queries) gives the same numbers as the report.
     products = report.retrieval_products(s.cat)
     scorers = report.baseline_scorers(s.cat, products, s.tmp / "cache", FakeSentenceEncoder())
-    scorers += model_scorers(s.model, s.emb.vectors["fused"], products["id"].tolist())
+    scorers += model_scorers(s.model, s.emb.vectors["fused"], products["id"].tolist(), bm25=scorers[0])
     direct = report.evaluate_queries(queries, qrels, scorers)
     assert direct["retrieval"] == metrics["retrieval"]
     assert direct["relevance"] == metrics["relevance"]

@@ -255,3 +255,32 @@ def test_query_batcher_shares_model_calls(shop, searcher):
 
     with pytest.raises(RuntimeError, match="model on fire"):
         QueryBatcher(broken).encode(["x"])
+
+
+def test_rrf_fuse_hand_computed():
+    from dashclip.serving.search import rrf_fuse
+
+    ids, scores = rrf_fuse(["a", "b", "c"], ["c", "d"])
+    # c: 1/63 + 1/61; a: 1/61; b and d: 1/62 each, b first (the vector list wins a tie of equal best ranks)
+    assert ids == ["c", "a", "b", "d"]
+    assert scores == pytest.approx([1 / 63 + 1 / 61, 1 / 61, 1 / 62, 1 / 62])
+    assert rrf_fuse([], []) == ([], [])
+
+
+def test_the_evaluation_ranks_hybrid_as_search_does(shop, searcher):
+    """`dashclip eval`'s hybrid system and `dashclip search --hybrid` give one ranking (one code path)."""
+    from dashclip.evaluation.baselines import EmbeddingScorer, HybridScorer, bm25_scorer, model_query_encoder, rank
+    from dashclip.models.embeddings import load_embeddings
+
+    emb = load_embeddings(shop.root / "index-embeddings")
+    products = shop.catalog.products            # every indexed product (the eval ranks those with an image)
+    assert sorted(products["id"]) == sorted(emb.ids.tolist())
+    row = {pid: i for i, pid in enumerate(emb.ids.tolist())}
+    ids = products["id"].tolist()
+    vectors = np.asarray(emb.vectors["fused"])[[row[p] for p in ids]]
+    vector = EmbeddingScorer("q", model_query_encoder(shop.model), vectors, ids)
+    hybrid = HybridScorer("q + BM25", vector, bm25_scorer(shop.catalog, products))
+    queries = ["green watch for men", "red shoes", "summer dress"]
+    got = rank(hybrid, queries, k=10)
+    want = [[h.id for h in searcher.search(q, k=10, hybrid=True)] for q in queries]
+    assert got == want

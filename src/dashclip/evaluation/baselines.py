@@ -50,6 +50,36 @@ class BM25Scorer:
             np.zeros((0, len(self.product_ids)), np.float32)
 
 
+class HybridScorer:
+    """BM25 and a vector system fused by reciprocal rank, as `dashclip search --hybrid` ranks: each
+    list's top `depth` (BM25: products sharing a word with the query), fused by `serving.search.rrf_fuse`.
+    Its scores only order the fused list (higher first; -1 for products in neither list), so it is
+    a ranking-only system: the relevance (ROC-AUC) evaluation leaves it out."""
+
+    ranking_only = True
+
+    def __init__(self, name: str, vector: EmbeddingScorer, keyword: BM25Scorer, depth: int | None = None):
+        from ..serving.search import HYBRID_DEPTH
+
+        if list(vector.product_ids) != list(keyword.product_ids):
+            raise ValueError(f"{name}: the vector and BM25 systems rank different products")
+        self.name, self.vector, self.keyword = name, vector, keyword
+        self.product_ids = list(vector.product_ids)
+        self.depth = depth or HYBRID_DEPTH
+
+    def scores(self, queries: list[str]) -> np.ndarray:
+        from ..serving.search import rrf_fuse
+
+        tiebreak = tiebreak_order(len(self.product_ids))
+        vec, kw = self.vector.scores(queries), self.keyword.scores(queries)
+        out = np.full(vec.shape, -1.0, dtype=np.float32)
+        for j, (v_rows, k_rows) in enumerate(zip(top_k(vec, self.depth, tiebreak), top_k(kw, self.depth, tiebreak))):
+            k_rows = [r for r in k_rows if kw[j, r] > 0]
+            order, _ = rrf_fuse(list(v_rows), k_rows)
+            out[j, order] = np.arange(len(order), 0, -1, dtype=np.float32)
+        return out
+
+
 def texts_hash(texts: Sequence[str]) -> str:
     h = hashlib.sha256()
     for t in texts:
@@ -113,14 +143,17 @@ def model_query_encoder(model, method: str = "encode_query", batch_size: int = 2
 
 
 def model_scorers(model, product_vectors: np.ndarray, product_ids: Sequence,
-                  name: str = "dashclip") -> list[EmbeddingScorer]:
+                  name: str = "dashclip", bm25: BM25Scorer | None = None) -> list:
     """The model as systems over its fused product embeddings: its text tower as the query encoder
-    (the model before Stage 2) and, when it has one, its Stage 2 query encoder."""
+    (the model before Stage 2) and, when it has one, its Stage 2 query encoder; with `bm25` (over the
+    same products), also the last of these fused with BM25 as `dashclip search --hybrid` does."""
     scorers = [EmbeddingScorer(f"{name} text tower (before Stage 2)", model_query_encoder(model, "encode_text"),
                                product_vectors, product_ids)]
     if getattr(model, "has_query_encoder", True):
         scorers.append(EmbeddingScorer(f"{name} query encoder", model_query_encoder(model, "encode_query"),
                                        product_vectors, product_ids))
+    if bm25 is not None:
+        scorers.append(HybridScorer(f"{scorers[-1].name} + BM25, RRF (search --hybrid)", scorers[-1], bm25))
     return scorers
 
 

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from ..io import write_json, write_text
-from .baselines import baseline_scorers, model_scorers, retrieval_products
+from .baselines import BM25Scorer, baseline_scorers, model_scorers, retrieval_products
 from .evaluators import CategoryEvaluator, GroceryEvaluator, RelevanceEvaluator, RetrievalEvaluator
 from .qrels import load_labels_module, load_queries, predicate_qrels, read_qrels_tsv
 
@@ -52,7 +52,8 @@ def evaluate_queries(queries: list[dict], qrels: dict, scorers: list) -> dict:
     out: dict = {"retrieval": {}, "relevance": {}}
     for scorer in scorers:
         out["retrieval"][scorer.name] = retrieval(scorer)
-        out["relevance"][scorer.name] = relevance(scorer)
+        if not getattr(scorer, "ranking_only", False):
+            out["relevance"][scorer.name] = relevance(scorer)
     return out
 
 
@@ -104,7 +105,8 @@ def evaluate(model, catalog, embeddings, queries: list[dict] | None = None, qrel
         scorers = baseline_scorers(catalog, products, cache_dir, encoder) if baselines else []
         if model is not None:
             fused = np.asarray(embeddings.vectors["fused"], dtype=np.float32)[align(embeddings, ids)]
-            scorers += model_scorers(model, fused, ids)
+            bm25 = next((s for s in scorers if isinstance(s, BM25Scorer)), None)
+            scorers += model_scorers(model, fused, ids, bm25=bm25)
         log(f"retrieval: {len(queries)} queries x {len(ids)} products, {len(scorers)} systems")
         metrics.update(evaluate_queries(queries, qrels, scorers))
         metrics["retrieval_products"] = len(ids)

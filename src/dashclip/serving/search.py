@@ -221,19 +221,7 @@ class Searcher:
 
     # ------------------------------------------------------------------ hybrid
     def _fuse(self, query: str, vector_ids: list, depth: int, filters: dict) -> tuple[list, list[float]]:
-        """Reciprocal-rank fusion of the vector list and the BM25 list (module docstring: scores)."""
-        keyword_ids = self.bm25_search(query, depth, filters)
-        fused: dict[Any, list] = {}  # id -> [score, best rank, vector rank]
-        for source, ranked in (("vector", vector_ids), ("bm25", keyword_ids)):
-            for rank, pid in enumerate(ranked, 1):
-                entry = fused.setdefault(pid, [0.0, rank, len(vector_ids) + 1])
-                entry[0] += 1.0 / (RRF_K + rank)
-                entry[1] = min(entry[1], rank)
-                if source == "vector":
-                    entry[2] = rank
-        # Ties (same fused score) go to the better single-list rank, then to the vector list.
-        order = sorted(fused, key=lambda pid: (-fused[pid][0], fused[pid][1], fused[pid][2]))
-        return order, [fused[pid][0] for pid in order]
+        return rrf_fuse(vector_ids, self.bm25_search(query, depth, filters))
 
     def bm25_search(self, query: str, k: int, filters: dict[str, list[str]] | None = None) -> list:
         """Product ids of the BM25 top-k over the catalog texts of the indexed products, filters applied."""
@@ -334,6 +322,23 @@ class QueryBatcher:
             for texts, future in jobs:
                 future.set_result(vectors[start:start + len(texts)])
                 start += len(texts)
+
+
+def rrf_fuse(vector_ids: list, keyword_ids: list) -> tuple[list, list[float]]:
+    """Reciprocal-rank fusion of a vector-search list and a BM25 list, each best first: (ids, scores),
+    best first (module docstring: scores). `--hybrid` search and the evaluation's hybrid system both
+    fuse through here."""
+    fused: dict[Any, list] = {}  # id -> [score, best rank, vector rank]
+    for source, ranked in (("vector", vector_ids), ("bm25", keyword_ids)):
+        for rank, pid in enumerate(ranked, 1):
+            entry = fused.setdefault(pid, [0.0, rank, len(vector_ids) + 1])
+            entry[0] += 1.0 / (RRF_K + rank)
+            entry[1] = min(entry[1], rank)
+            if source == "vector":
+                entry[2] = rank
+    # Ties (same fused score) go to the better single-list rank, then to the vector list.
+    order = sorted(fused, key=lambda pid: (-fused[pid][0], fused[pid][1], fused[pid][2]))
+    return order, [fused[pid][0] for pid in order]
 
 
 def resolve_catalog_dir(meta: dict, catalog_dir: str | Path | None, index_dir: str | Path) -> Path:
