@@ -152,6 +152,26 @@ def test_feature_cache_build_resumes_after_a_kill_and_matches_an_uninterrupted_b
     assert resumed.valid.all() and feature_cache.find(model, paths, tmp_path / "b").path == resumed.path
 
 
+def test_feature_cache_on_a_full_disk_is_a_clear_error_and_leaves_no_cache(catalog_dir, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from dashclip.data.catalog import Catalog
+    from dashclip.training import feature_cache
+    from dashclip.training.data import CatalogPairs
+    from dashclip.training.pretrain import build_model
+
+    model = build_model(tiny_config()).eval()
+    paths = CatalogPairs.from_catalog(Catalog.open(catalog_dir)).image_paths
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 100, 100))
+    with pytest.raises(OSError, match="GiB free"):
+        feature_cache.build_or_open(model, paths, tmp_path, show_progress=False)
+    assert feature_cache.find(model, paths, tmp_path) is None
+    monkeypatch.undo()
+    assert feature_cache.build_or_open(model, paths, tmp_path, show_progress=False).valid.all()
+
+
 def test_feature_cache_precision_is_part_of_the_key(catalog_dir, tmp_path):
     from dashclip.data.catalog import Catalog
     from dashclip.training.data import CatalogPairs

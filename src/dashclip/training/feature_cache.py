@@ -15,6 +15,7 @@ Layout of `<cache_root>/<key>/`: `patches.npy` [N, P, Ci] float16, `pooled.npy` 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -137,6 +138,27 @@ def compute_image_features(model, paths: list[Path], batch_size: int = 64, devic
             on_batch(len(chunk))
 
 
+def _open_reserved(path: Path, shape: tuple) -> np.memmap:
+    """A float16 .npy memmap of `shape` whose disk space is reserved up front. Writing through a memory
+    map into a sparse file on a full disk kills the process with SIGBUS; reserving first turns a full
+    disk into a clear OSError before any work is spent."""
+    nbytes = int(np.prod(shape)) * 2
+    free = shutil.disk_usage(path.parent).free
+    if free < nbytes:
+        raise OSError(f"{path.parent}: the image-feature cache needs {nbytes / 2**30:.2f} GiB for "
+                      f"{path.name}, the disk has {free / 2**30:.2f} GiB free")
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENODEV):   # no fallocate: go on
+                    raise OSError(e.errno, f"{path}: could not reserve {nbytes / 2**30:.2f} GiB for the "
+                                           f"image-feature cache ({e.strerror})") from None
+    return mm
+
+
 def find(model, image_paths: list[Path], cache_root: str | Path) -> ImageFeatureCache | None:
     """The finished cache for this image tower, preprocessing and image list, in any precision."""
     for amp in (None, "bf16", "fp16"):
@@ -204,10 +226,8 @@ def build_or_open(model, image_paths: list[Path], cache_root: str | Path, batch_
             valid_all[start:start + len(valid)] = valid
             if patches is not None:
                 if patches_mm is None:       # shapes are known after the first good batch
-                    patches_mm = np.lib.format.open_memmap(partial / "patches.npy", mode="w+",
-                                                           dtype=np.float16, shape=(n, *patches.shape[1:]))
-                    pooled_mm = np.lib.format.open_memmap(partial / "pooled.npy", mode="w+",
-                                                          dtype=np.float16, shape=(n, pooled.shape[1]))
+                    patches_mm = _open_reserved(partial / "patches.npy", (n, *patches.shape[1:]))
+                    pooled_mm = _open_reserved(partial / "pooled.npy", (n, pooled.shape[1]))
                 patches_mm[start:start + len(valid)] = patches.numpy().astype(np.float16)
                 pooled_mm[start:start + len(valid)] = pooled.numpy().astype(np.float16)
             if start + len(valid) - last_saved >= save_every:
