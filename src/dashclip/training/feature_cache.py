@@ -178,7 +178,6 @@ def build_or_open(model, image_paths: list[Path], cache_root: str | Path, batch_
     dashclip.precision); it is part of the key. The build is resumable: the features so far live in
     `<key>.partial/` with a progress file written every `save_every` images, so a killed build goes
     on from there; the finished dir appears under the key in one rename."""
-    from ..clihelp import progress
     from ..precision import resolve_amp
 
     amp = resolve_amp(amp, device)
@@ -186,9 +185,20 @@ def build_or_open(model, image_paths: list[Path], cache_root: str | Path, batch_
     path = Path(cache_root) / key
     if (path / "meta.json").exists():
         return ImageFeatureCache(path)
-
     was_training = model.image_tower.training
     model.image_tower.eval()
+    try:
+        return _build(model, image_paths, path, inputs, batch_size, device, show_progress, amp, save_every)
+    finally:
+        model.image_tower.train(was_training)
+
+
+def _build(model, image_paths, path: Path, inputs: dict, batch_size, device, show_progress, amp,
+           save_every) -> ImageFeatureCache:
+    """The body of `build_or_open`: fill `<key>.partial/` from where it stopped, then rename it."""
+    from ..clihelp import progress
+
+    key = path.name
     n = len(image_paths)
     partial = path.with_name(key + ".partial")
     state = read_json(partial / "progress.json") if (partial / "progress.json").is_file() else None
@@ -250,5 +260,4 @@ def build_or_open(model, image_paths: list[Path], cache_root: str | Path, batch_
         if not (path / "meta.json").exists():     # another process finished the same cache first
             raise
         shutil.rmtree(partial, ignore_errors=True)
-    model.image_tower.train(was_training)
     return ImageFeatureCache(path)
