@@ -91,9 +91,26 @@ def test_new_fusion_layer_computes_the_text_layer_it_was_copied_from():
     assert torch.allclose(got[keep], expected[keep], atol=1e-5)
 
 
+@pytest.mark.parametrize("fusion_input", ["shared", "last"])
+def test_shared_fusion_input_starts_the_product_embedding_at_the_text_embedding(tmp_path, fusion_input):
+    """fusion_input "shared": the fusion layers stand in for the text tower's top layers, so before
+    Stage 1 (cross-attention at zero, fused projection a copy of the text projection) the product
+    embedding is the text embedding, whatever the image (with the default model, "last", stacked on
+    top, starts at cosine ~0.55 to it). Both train every part and survive a save/load round trip."""
+    torch.manual_seed(0)
+    model = create_model("tiny", pretrained=False, fusion_input=fusion_input).eval()
+    cos = (model.encode_product(TEXTS, IMAGES) * model.encode_text(TEXTS)).sum(-1)
+    if fusion_input == "shared":
+        assert torch.allclose(cos, torch.ones(3), atol=1e-5)
+    forward_backward(model)
+    loaded = assert_round_trip(model, tmp_path / "m")
+    assert loaded.config.fusion_input == fusion_input
+
+
 def test_default_config_loads_offline_weights():
     model = create_model("default")
     assert model.embed_dim == 256 and model.config.text_tower["type"] == "minilm"
+    assert model.config.fusion_input == "shared"
     # the text tower is all-MiniLM-L6-v2 with mean pooling: the same vectors as the off-the-shelf encoder
     from dashclip.models.sentence import SentenceEncoder, minilm_path
     ref = torch.as_tensor(np.asarray(SentenceEncoder(minilm_path()).encode(TEXTS)))
@@ -160,6 +177,10 @@ def test_config_errors_name_the_problem(tmp_path):
     bad.write_text('{"name": "x", "colour": 1}')
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['colour'\]"):
         get_config(bad)
+    with pytest.raises(ValueError, match="fusion_input must be"):
+        get_config("tiny", fusion_input="middle")
+    with pytest.raises(ValueError, match="fusion_layers 9"):
+        create_model("tiny", pretrained=False, fusion_layers=9)
     with pytest.raises(FileNotFoundError, match="not a dashclip model directory"):
         dashclip.load(tmp_path)
     model_dir = create_model("tiny", pretrained=False).save(tmp_path / "m")

@@ -27,6 +27,12 @@ class ModelConfig:
     # Text tower. type: "minilm" (all-MiniLM-L6-v2 from PyPI, or any BERT dir via "path") | "bert" (random, from hf_config)
     text_tower: dict = field(default_factory=lambda: {"type": "minilm"})
     fusion_layers: int = 2                # image-grounded text encoder depth (dashclip, clip)
+    # dashclip: what the fusion layers (copies of the text tower's top layers + new cross-attention) read.
+    # "last": the text tower's final token states (models saved before this setting existed);
+    # "shared": the states below the copied layers, so the fusion layers stand in for them, as BLIP's
+    # image-grounded encoder shares the text encoder's lower layers. With the cross-attention starting
+    # at zero, the fused embedding then starts equal to the text embedding, and Stage 1 adds the image.
+    fusion_input: str = "last"
     text_pooling: str = "mean"            # pooling of text and fused tokens: "mean" (sentence-transformers) or "cls" (BLIP)
     image_size: int = 224
     mean: tuple = (0.5, 0.5, 0.5)
@@ -39,6 +45,9 @@ class ModelConfig:
 
     def __post_init__(self):
         self.mean, self.std, self.pad_color = tuple(self.mean), tuple(self.std), tuple(self.pad_color)
+        if self.fusion_input not in ("last", "shared"):
+            raise ValueError(f"model config {self.name!r}: fusion_input must be 'last' or 'shared', "
+                             f"not {self.fusion_input!r}")
         if self.kind not in ("dashclip", "blip", "clip"):
             raise ValueError(f"model config {self.name!r}: unknown kind {self.kind!r} (dashclip, blip, clip)")
 

@@ -91,7 +91,12 @@ def create_model(config="default", pretrained: bool = True, tokenizer=None, **ov
         image_tower = _image_tower(cfg, pretrained)
         bert = _bert(cfg, pretrained, len(tokenizer))
         cfg = dataclasses.replace(cfg, text_tower={**cfg.text_tower, "hf_config": bert.config.to_dict()})
-        text_tower = BertTextTower(bert, cfg.text_pooling)
+        if cfg.fusion_layers > bert.config.num_hidden_layers:
+            raise ValueError(f"model config {cfg.name!r}: fusion_layers {cfg.fusion_layers} > the text tower's "
+                             f"{bert.config.num_hidden_layers} layers")
+        shared = cfg.fusion_input == "shared" and cfg.fusion_layers > 0
+        text_tower = BertTextTower(bert, cfg.text_pooling,
+                                   bert.config.num_hidden_layers - cfg.fusion_layers if shared else None)
         fusion = FusionEncoder.from_bert(bert, image_tower.width, cfg.fusion_layers, cfg.text_pooling)
         text_proj = nn.Linear(text_tower.width, cfg.embed_dim)
         parts = dict(image_tower=image_tower, text_tower=text_tower, fusion=fusion,

@@ -88,16 +88,24 @@ class TinyConvTower(nn.Module):
 
 
 class BertTextTower(nn.Module):
-    """A BERT encoder (all-MiniLM-L6-v2 by default): token states and their pooled summary."""
+    """A BERT encoder (all-MiniLM-L6-v2 by default): the token states the fusion encoder reads, and
+    the pooled summary of the last layer (the text embedding's input).
 
-    def __init__(self, bert: nn.Module, pooling: str = "mean"):
+    `fusion_from`: None, the fusion encoder reads the last layer's tokens; k, it reads the states
+    after layer k (its layers stand in for the layers above k, as BLIP's image-grounded encoder shares
+    the text encoder's lower layers)."""
+
+    def __init__(self, bert: nn.Module, pooling: str = "mean", fusion_from: int | None = None):
         super().__init__()
-        self.bert, self.pooling = bert, pooling
+        self.bert, self.pooling, self.fusion_from = bert, pooling, fusion_from
         self.width = bert.config.hidden_size
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        tokens = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return tokens, pool_tokens(tokens, attention_mask, self.pooling)
+        out = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                        output_hidden_states=self.fusion_from is not None)
+        last = out.last_hidden_state
+        tokens = last if self.fusion_from is None else out.hidden_states[self.fusion_from]
+        return tokens, pool_tokens(last, attention_mask, self.pooling)
 
 
 # ---------------------------------------------------------------------------------------------
