@@ -146,6 +146,7 @@ def embed_catalog(model, catalog, out_dir: str | Path, batch_size: int = 64, kin
     this catalog's images is used instead of running the tower (see CachedImageFeatures)."""
     from ..clihelp import progress as progress_bar
     from ..data.catalog import Catalog
+    from ..settings import image_cache_dir
 
     catalog = catalog if isinstance(catalog, Catalog) else Catalog.open(catalog)
     out_dir = Path(out_dir)
@@ -162,8 +163,6 @@ def embed_catalog(model, catalog, out_dir: str | Path, batch_size: int = 64, kin
 
     texts = catalog.product_texts()
     n = len(catalog)
-    from ..settings import image_cache_dir
-
     cached = CachedImageFeatures.find(model, catalog, image_cache_root or image_cache_dir())
     meta["image_features"] = f"cache {cached.cache.path.name}" if cached else "image tower"
     was_training = model.training

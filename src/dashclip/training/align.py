@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..losses.qcc import UNLABELED, VARIANTS, QCCLoss
-from ..models.model import PRODUCT_TRAINABLE
+from ..models.model import PRODUCT_TRAINABLE, QUERY_ENCODER_PREFIXES
 
 GRADE_COLUMNS = ("qid", "query", "product_id", "grade", "confidence")
 
@@ -434,22 +434,17 @@ def load_product_vectors(model: nn.Module, embeddings_dir: str | Path) -> tuple[
     return np.asarray(emb.ids), np.asarray(emb.vectors["fused"], dtype=np.float32)
 
 
-QUERY_ENCODER = ("query_tower", "query_proj")
-
-
 def query_encoder_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """A copy of the query encoder's weights (the start point for `interpolate_query_encoder`)."""
-    return {f"{part}.{k}": v.detach().clone() for part in QUERY_ENCODER
-            for k, v in getattr(model, part).state_dict().items()}
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(QUERY_ENCODER_PREFIXES)}
 
 
 @torch.no_grad()
 def interpolate_query_encoder(model: nn.Module, start: dict[str, torch.Tensor], alpha: float) -> None:
     """In place: query encoder weights = start + alpha * (current - start) (WiSE-FT weight averaging)."""
-    for part in QUERY_ENCODER:
-        for k, v in getattr(model, part).state_dict().items():
-            if v.is_floating_point():
-                v.copy_(torch.lerp(start[f"{part}.{k}"].to(v.device, v.dtype), v, alpha))
+    for k, v in model.state_dict().items():
+        if k in start and v.is_floating_point():
+            v.copy_(torch.lerp(start[k].to(v.device, v.dtype), v, alpha))
 
 
 def read_grades(grades) -> pd.DataFrame:

@@ -61,16 +61,23 @@ def module_fingerprint(module: torch.nn.Module) -> str:
 def cache_key(model, image_paths: list[Path], amp: str | None = None) -> tuple[str, dict]:
     """(key, inputs): the key is a hash of the inputs, which are stored in meta.json to read.
     `amp`: the resolved precision the tower ran in (None: float32)."""
-    inputs = {"format": FORMAT_VERSION,
-              "image_tower": module_fingerprint(model.image_tower),
-              "preprocessing": preprocessing_settings(model.config),
-              # absolute: "runs/x/images/1.jpg" from the repo and the same file by its full path are one list
-              "images": hashlib.sha256("\n".join(os.path.abspath(p) for p in image_paths).encode()).hexdigest(),
-              "n_images": len(image_paths)}
+    return _key(_key_inputs(model, image_paths), amp)
+
+
+def _key_inputs(model, image_paths: list[Path]) -> dict:
+    """What the key covers except the precision (hashing the tower's weights is the costly part)."""
+    return {"format": FORMAT_VERSION,
+            "image_tower": module_fingerprint(model.image_tower),
+            "preprocessing": preprocessing_settings(model.config),
+            # absolute: "runs/x/images/1.jpg" from the repo and the same file by its full path are one list
+            "images": hashlib.sha256("\n".join(os.path.abspath(p) for p in image_paths).encode()).hexdigest(),
+            "n_images": len(image_paths)}
+
+
+def _key(inputs: dict, amp: str | None) -> tuple[str, dict]:
     if amp is not None:              # float32 keys stay as they were before precision was a setting
-        inputs["precision"] = amp
-    key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    return key, inputs
+        inputs = {**inputs, "precision": amp}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:24], inputs
 
 
 class ImageFeatureCache:
@@ -161,8 +168,9 @@ def _open_reserved(path: Path, shape: tuple) -> np.memmap:
 
 def find(model, image_paths: list[Path], cache_root: str | Path) -> ImageFeatureCache | None:
     """The finished cache for this image tower, preprocessing and image list, in any precision."""
+    inputs = _key_inputs(model, image_paths)
     for amp in (None, "bf16", "fp16"):
-        path = Path(cache_root) / cache_key(model, image_paths, amp)[0]
+        path = Path(cache_root) / _key(inputs, amp)[0]
         if (path / "meta.json").is_file():
             return ImageFeatureCache(path)
     return None
