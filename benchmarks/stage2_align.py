@@ -8,7 +8,12 @@ the project's evaluators (`dashclip.evaluation`), for:
     minilm              off-the-shelf all-MiniLM-L6-v2, query vs title, cosine
     stage1_text         the Stage 1 text tower as query encoder against the fused product embeddings (no QCC)
     stage2_seed         Stage 2 trained on seed grades only
-    stage2_full         Stage 2 trained on seed + model-graded pairs (the paper's recipe)
+    stage2_full         Stage 2 trained on seed + model-graded pairs (the paper's recipe, as dashclip ships
+                        it: the labeler's grades of the synthesized pool that agree with each query's
+                        reading, `dashclip labels check`)
+    stage2_full_unchecked   seed + every model grade of the pool (no consistency check): ablation
+    stage2_readings     seed + the grades the pool's readings say, no labeler at all: what a perfect
+                        labeler of the vocabulary's meaning would give (a reference, not the recipe)
     stage2_*_wise       the same training run, saved as start + 0.5 * (trained - start) (WiSE-FT, --wise-alpha)
     stage2_full_<v>     the same with QCC variant <v> (symmetric, graded): the default-variant ablation
 
@@ -17,11 +22,15 @@ Inputs (each built through the other stages' Python APIs when not given; what wa
     --embeddings  its product embeddings dir (else computed with the model and cached in --work)
     --catalog     the imported fashion catalog dir (else imported into --work)
     --seed-grades, --model-grades  grade Parquet files/dirs (else seed grades are built; model grades
-                  are then skipped and stage2_full is not run)
+                  are then skipped and stage2_full is not run); --unchecked-grades (the labeler's
+                  grade shards before the check) and --pool (the synthesized queries with their
+                  readings) for the two ablations
 
-Usage:
-    python benchmarks/stage2_align.py --model runs/pretrain/model --embeddings runs/pretrain/embeddings \
-        --catalog runs/catalogs/fashion --seed-grades runs/labels/seed --model-grades runs/labels/graded
+Usage (on the demo's work dir, whose labels/ holds every input):
+    python benchmarks/stage2_align.py --model runs/demo/stage1/model --embeddings runs/demo/embeddings \
+        --catalog runs/demo/catalog --seed-grades runs/demo/labels/seed.parquet \
+        --model-grades runs/demo/labels/checked.parquet --unchecked-grades runs/demo/labels/grades \
+        --pool runs/demo/labels/pool.parquet
 Writes benchmarks/results/stage2_align.json and .md.
 """
 from __future__ import annotations
@@ -68,13 +77,17 @@ def main(argv=None) -> int:
     ap.add_argument("--catalog", type=Path)
     ap.add_argument("--seed-grades", type=Path, nargs="*")
     ap.add_argument("--model-grades", type=Path, nargs="*")
+    ap.add_argument("--unchecked-grades", type=Path, nargs="*")
+    ap.add_argument("--pool", type=Path, help="the synthesized query pool (with readings) of the model grades")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench_stage2")
-    ap.add_argument("--systems", default="bm25,minilm,stage1_text,stage2_seed,stage2_full,"
-                                        "stage2_full_symmetric,stage2_full_graded")
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--max-steps", type=int, default=150)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--systems", default="bm25,minilm,stage1_text,stage2_seed,stage2_full,stage2_full_wise,"
+                                        "stage2_full_unchecked,stage2_readings,stage2_full_symmetric,"
+                                        "stage2_full_graded")
+    # Defaults: the demo's Stage 2 (demo.SIZES["full"]), so stage2_full is the recipe the demo ships.
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--max-steps", type=int, default=400)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1.5e-4)
     ap.add_argument("--wise-alpha", type=float, default=0.5, help="alpha of the *_wise systems (WiSE-FT)")
     ap.add_argument("--out", type=Path, default=RESULTS / "stage2_align.json")
     ap.add_argument("--merge", action="store_true", help="keep the systems already in --out that this run "
@@ -140,9 +153,11 @@ def main(argv=None) -> int:
 
         run("stage1_text", lambda: (rank_with(model), {"query_encoder": "Stage 1 text tower + projection"}))
 
-        seed, full = grade_inputs(args, catalog, record, heldout)
+        seed, full, unchecked, readings = grade_inputs(args, catalog, record, heldout)
         for name, grades, variant in [("stage2_seed", seed, "qcc"), ("stage2_full", full, "qcc"),
                                       ("stage2_seed_wise", seed, "qcc"), ("stage2_full_wise", full, "qcc"),
+                                      ("stage2_full_unchecked", unchecked, "qcc"),
+                                      ("stage2_readings", readings, "qcc"),
                                       ("stage2_full_symmetric", full, "symmetric"),
                                       ("stage2_full_symmetric_wise", full, "symmetric"),
                                       ("stage2_full_graded", full, "graded")]:
@@ -245,7 +260,8 @@ def stage1_inputs(args, catalog, record):
 
 
 def grade_inputs(args, catalog, record, heldout):
-    """(seed grades, seed + model grades or None) as DataFrames; held-out query texts are dropped later too."""
+    """(seed grades, seed + model grades, seed + unchecked model grades, seed + reading grades) as
+    DataFrames (None where the input was not given); held-out query texts are dropped later too."""
     import pandas as pd
 
     from dashclip.training.align import read_grades
@@ -264,7 +280,22 @@ def grade_inputs(args, catalog, record, heldout):
         record["inputs"]["model_grades"] = {"paths": [str(p) for p in args.model_grades], "rows": len(graded),
                                             "labelers": sorted(map(str, graded.get("labeler", pd.Series()).unique()))}
         full = pd.concat([seed, graded], ignore_index=True)
-    return seed, full
+    unchecked = readings = None
+    if args.unchecked_grades:
+        raw = pd.concat([read_grades(p) for p in args.unchecked_grades], ignore_index=True)
+        record["inputs"]["unchecked_grades"] = {"paths": [str(p) for p in args.unchecked_grades], "rows": len(raw)}
+        unchecked = pd.concat([seed, raw], ignore_index=True)
+        if args.pool:
+            from dashclip.labeling.consistency import NO_READING, reading_grades
+
+            pool = pd.read_parquet(args.pool)
+            said = reading_grades(raw, pool, catalog)
+            by_reading = raw[said != NO_READING].assign(grade=said[said != NO_READING], confidence=1.0,
+                                                        labeler="reading", labeler_version=str(args.pool))
+            record["inputs"]["pool"] = {"path": str(args.pool), "queries": len(pool),
+                                        "reading_graded_pairs": len(by_reading)}
+            readings = pd.concat([seed, by_reading], ignore_index=True)
+    return seed, full, unchecked, readings
 
 
 def train_and_rank(args, name, grades, variant, product_ids, product_vectors, heldout, rank_with):
@@ -281,8 +312,8 @@ def train_and_rank(args, name, grades, variant, product_ids, product_vectors, he
         shutil.copytree(base / "checkpoints", out / "checkpoints")
     config = AlignConfig(batch_size=args.batch_size, variant=variant, wise_alpha=args.wise_alpha if wise else 1.0)
     loop = LoopConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
-                      warmup_steps=10, ckpt_every=50, log_every=10, eval_every_epoch=False, progress=False,
-                      resume=(out / "checkpoints" / "last.pt").exists())
+                      warmup_steps=20, ckpt_every=50, log_every=10, eval_every_epoch=False, progress=False,
+                      amp="auto", resume=(out / "checkpoints" / "last.pt").exists())
     model = dashclip.load(args.model) if args.model else None
     if model is None:
         import torch
@@ -308,8 +339,10 @@ def targets(record) -> dict:
     def ndcg(name):
         return (s.get(name) or {}).get("overall", {}).get("ndcg@10")
 
-    # The recipe as dashclip ships it: WiSE-FT averaging is the default (AlignConfig.wise_alpha = 0.5).
-    suffix = "_wise" if ndcg("stage2_full_wise") is not None else ""
+    # The recipe as dashclip ships it, with AlignConfig's default WiSE-FT setting.
+    from dashclip.training.align import AlignConfig
+
+    suffix = "_wise" if AlignConfig().wise_alpha < 1.0 and ndcg("stage2_full_wise") is not None else ""
     full, seed = ndcg("stage2_full" + suffix), ndcg("stage2_seed" + suffix)
     bm25, minilm = ndcg("bm25"), ndcg("minilm")
     out = {"systems_compared": ["stage2_full" + suffix, "stage2_seed" + suffix]}

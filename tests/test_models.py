@@ -208,10 +208,10 @@ def test_embed_catalog_writes_every_product_and_resumes(tmp_path, monkeypatch):
         return real(*a, **kw)
     monkeypatch.setattr(emb_mod, "embed_rows", dies_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
-        embed_catalog(model, catalog, out, batch_size=8, chunk_size=16, progress=False)
+        embed_catalog(model, catalog, out, batch_size=8, chunk_size=16, progress=False, amp=None)
     assert not out.exists() and len(list((tmp_path / "emb.partial").glob("chunk-*.npz"))) == 1
     calls["n"] = -100
-    embed_catalog(model, catalog, out, batch_size=8, chunk_size=16, progress=False)
+    embed_catalog(model, catalog, out, batch_size=8, chunk_size=16, progress=False, amp=None)
     assert calls["n"] == -100 + 4        # 48 products, 16 done before: 4 batches of 8 re-run, not 6
     assert not (tmp_path / "emb.partial").exists()
 
@@ -224,7 +224,14 @@ def test_embed_catalog_writes_every_product_and_resumes(tmp_path, monkeypatch):
     from dashclip.data.catalog import Catalog
     cat = Catalog.open(catalog)
     want = model.encode_product(cat.product_texts()[:1], [Image.open(catalog / "images" / "100.png")])
-    assert np.allclose(e.vectors["fused"][0], want[0].numpy(), atol=1e-5)
+    assert np.allclose(e.vectors["fused"][0], want[0].numpy(), atol=1e-5)   # batched by length: same vectors
+    # The default precision ("auto": bf16 where the CPU has it, as Stage 1 trains) gives the same
+    # directions to bf16's precision, and says which precision made them.
+    monkeypatch.setattr(emb_mod, "embed_rows", real)
+    auto = load_embeddings(embed_catalog(model, catalog, tmp_path / "auto", batch_size=8, progress=False))
+    assert auto.meta["precision"] in ("bf16", "fp32") and e.meta["precision"] == "fp32"
+    cosine = (auto.vectors["fused"] * e.vectors["fused"]).sum(1)
+    assert cosine.min() > 0.995 and np.allclose(np.linalg.norm(auto.vectors["fused"], axis=1), 1, atol=1e-5)
 
 
 def test_embed_catalog_cli(tmp_path):

@@ -1,6 +1,6 @@
 """`dashclip demo`: the whole method on the fashion catalog, one command, on the embedded default.
 
-    import -> Stage 1 -> labels -> embed -> Stage 2 -> index -> eval -> serve
+    import -> Stage 1 -> embed -> labels -> Stage 2 -> index -> eval -> serve
 
 Every step writes into the work dir (default `runs/demo/`, `runs/demo-quick/` with --quick) and
 records itself in `demo.json` when it is done, so a second run reuses what is done (and a killed
@@ -26,6 +26,7 @@ from pathlib import Path
 import typer
 
 FASHION = "fashion-product-images-small"
+VOCABULARY = "fashion"     # the shop vocabulary of the fashion preset (labeling/vocabularies/fashion.json)
 
 
 @dataclass(frozen=True)
@@ -34,24 +35,31 @@ class Sizes:
     image_size: int               # the fashion photos are 60x80: 96 px loses nothing and is ~4x cheaper than 224
     stage1_epochs: int
     stage1_max_steps: int | None
-    seed_k_bm25: int              # seed grades: BM25 top K + random candidates of each train query
+    seed_k_bm25: int              # seed grades: BM25 top K + MiniLM top K + random candidates of each query
+    seed_k_dense: int
     seed_n_random: int
     labeler_epochs: int
     labeler_max_pairs: int | None
+    labeler_max_length: int       # tokens of query + product text + shopper words
     pool_queries: int             # synthesized queries to grade with the labeler
     pool_k_bm25: int
+    pool_k_reading: int           # products that fit the query's reading / nearly fit it (candidates.py)
+    pool_k_near: int
     pool_n_random: int
     align_epochs: int
     align_max_steps: int | None
+    align_lr: float
 
 
 SIZES = {
-    "full": Sizes(products=None, image_size=96, stage1_epochs=1, stage1_max_steps=200, seed_k_bm25=14,
-                  seed_n_random=6, labeler_epochs=2, labeler_max_pairs=None, pool_queries=800, pool_k_bm25=30,
-                  pool_n_random=5, align_epochs=1, align_max_steps=250),
+    "full": Sizes(products=None, image_size=96, stage1_epochs=1, stage1_max_steps=120, seed_k_bm25=10,
+                  seed_k_dense=10, seed_n_random=5, labeler_epochs=2, labeler_max_pairs=None,
+                  labeler_max_length=80, pool_queries=2500, pool_k_bm25=2, pool_k_reading=6, pool_k_near=2,
+                  pool_n_random=1, align_epochs=3, align_max_steps=320, align_lr=1.5e-4),
     "quick": Sizes(products=1500, image_size=64, stage1_epochs=1, stage1_max_steps=12, seed_k_bm25=6,
-                   seed_n_random=2, labeler_epochs=1, labeler_max_pairs=240, pool_queries=150, pool_k_bm25=8,
-                   pool_n_random=2, align_epochs=1, align_max_steps=8),
+                   seed_k_dense=4, seed_n_random=2, labeler_epochs=1, labeler_max_pairs=240,
+                   labeler_max_length=64, pool_queries=250, pool_k_bm25=2, pool_k_reading=4, pool_k_near=1,
+                   pool_n_random=1, align_epochs=1, align_max_steps=8, align_lr=1.5e-4),
 }
 
 
@@ -132,59 +140,6 @@ def heldout_queries() -> list[dict]:
     return load_queries(dataset_dir("fashion-queries") / "dev_queries.jsonl", heldout_only=True)
 
 
-def step_labels(d: Demo) -> dict:
-    """Seed grades -> cross-encoder labeler -> synthesized queries -> their candidates, graded."""
-    import pandas as pd
-
-    from .data.catalog import Catalog
-    from .io import save_with, write_json
-    from .labeling.candidates import pick_candidates
-    from .labeling.evaluate import evaluate_labeler
-    from .labeling.grades import split_by_query
-    from .labeling.grading import grade_pairs
-    from .labeling.labelers.cross_encoder import CrossEncoderConfig, CrossEncoderLabeler, train_from_seed
-    from .labeling.queries import synthesize_queries
-    from .labeling.seed import seed_from_labels_py
-    from .settings import dataset_dir
-    from .text import BM25
-
-    s, out = d.sizes, d.path("labels")
-    catalog = Catalog.open(d.path("catalog"))
-    bm25 = BM25(catalog.product_texts())
-
-    seed_path = out / "seed.parquet"     # the "human" grades: fashion-queries' label rule on each query's candidates
-    if not seed_path.exists():
-        seed = seed_from_labels_py(catalog, dataset_dir("fashion-queries") / "dev_queries.jsonl", bm25=bm25,
-                                   k_bm25=s.seed_k_bm25, n_random=s.seed_n_random, k_dense=0, seed=0)
-        save_with(seed_path, lambda p: seed.to_parquet(p, index=False))
-    seed = pd.read_parquet(seed_path)
-
-    labeler_dir = out / "labeler"
-    if not (labeler_dir / "labeler.json").exists():
-        train, held = split_by_query(seed)
-        if s.labeler_max_pairs and len(train) > s.labeler_max_pairs:
-            train = train.sample(n=s.labeler_max_pairs, random_state=0)
-        d.log(f"training the cross-encoder labeler on {len(train)} seed grades")
-        train_from_seed(pd.concat([train, held]), catalog, labeler_dir,
-                        config=CrossEncoderConfig(epochs=s.labeler_epochs, max_length=48, amp="auto"))
-    labeler = CrossEncoderLabeler(labeler_dir, batch_size=128)
-    quality = evaluate_labeler(labeler, seed, catalog, batch_size=128)
-    write_json(out / "labeler_eval.json", quality)
-
-    pairs_path = out / "pool_pairs.parquet"
-    if not pairs_path.exists():
-        pool = synthesize_queries(catalog, n=s.pool_queries, seed=0, exclude=[q["query"] for q in heldout_queries()])
-        pairs = pick_candidates(catalog, pool, bm25=bm25, k_bm25=s.pool_k_bm25, n_random=s.pool_n_random,
-                                k_dense=0, seed=1)
-        save_with(pairs_path, lambda p: pairs.to_parquet(p, index=False))
-    pairs = pd.read_parquet(pairs_path)
-    d.log(f"grading {len(pairs)} (query, product) pairs of {pairs['qid'].nunique()} synthesized queries")
-    summary = grade_pairs(pairs, catalog, labeler, out / "grades", shard_size=2048, batch_size=128)
-    return {"seed_grades": len(seed), "graded_pairs": int(summary["pairs"]),
-            "labeler_heldout_kappa": round(quality.get("kappa_quadratic", float("nan")), 4),
-            "labeler_heldout_accuracy": round(quality.get("accuracy", float("nan")), 4)}
-
-
 def step_embed(d: Demo) -> dict:
     """Product embeddings (fused, image, text) of the whole catalog with the Stage 1 model
     (image features from Stage 1's cache: the image tower was frozen)."""
@@ -197,6 +152,91 @@ def step_embed(d: Demo) -> dict:
     return {"products": len(load_embeddings(d.path("embeddings")))}
 
 
+def step_labels(d: Demo) -> dict:
+    """Seed grades -> cross-encoder labeler -> synthesized queries -> their candidates, graded and
+    checked against what each query was built to mean."""
+    import numpy as np
+    import pandas as pd
+
+    from .data.catalog import Catalog
+    from .evaluation.baselines import minilm_scorer
+    from .io import save_with, write_json
+    from .labeling.candidates import DenseRetriever, pick_candidates
+    from .labeling.consistency import keep_consistent
+    from .labeling.evaluate import evaluate_labeler
+    from .labeling.grades import split_by_query
+    from .labeling.grading import grade_pairs
+    from .labeling.labelers.cross_encoder import CrossEncoderConfig, CrossEncoderLabeler, train_from_seed
+    from .labeling.queries import synthesize_queries
+    from .labeling.seed import seed_from_labels_py
+    from .labeling.vocabulary import Vocabulary
+    from .settings import dataset_dir
+    from .text import BM25
+
+    s, out = d.sizes, d.path("labels")
+    catalog = Catalog.open(d.path("catalog"))
+    vocabulary = Vocabulary.load(VOCABULARY)
+    bm25 = BM25(catalog.product_texts())
+    seconds, t0 = {}, time.time()
+
+    def lap(name):      # where the step's time goes, for the record in demo.json
+        nonlocal t0
+        seconds[name], t0 = round(time.time() - t0, 1), time.time()
+
+    seed_path = out / "seed.parquet"     # the "human" grades: fashion-queries' label rule on each query's candidates
+    if not seed_path.exists():
+        # An annotator judges each query's top results of BM25 and of off-the-shelf MiniLM (query vs title;
+        # the evaluation's baseline reads the same cached title vectors), and a few random products.
+        minilm = minilm_scorer(catalog, cache_dir=d.path("cache", "eval"))
+        dense = DenseRetriever(minilm.encode_queries, np.asarray(minilm.product_ids), minilm.product_vectors,
+                               name="minilm")
+        seed = seed_from_labels_py(catalog, dataset_dir("fashion-queries") / "dev_queries.jsonl", bm25=bm25,
+                                   k_bm25=s.seed_k_bm25, dense=dense, k_dense=s.seed_k_dense,
+                                   n_random=s.seed_n_random, seed=0)
+        save_with(seed_path, lambda p: seed.to_parquet(p, index=False))
+    seed = pd.read_parquet(seed_path)
+    lap("seed")
+
+    labeler_dir = out / "labeler"
+    if not (labeler_dir / "labeler.json").exists():
+        train, held = split_by_query(seed)
+        if s.labeler_max_pairs and len(train) > s.labeler_max_pairs:
+            train = train.sample(n=s.labeler_max_pairs, random_state=0)
+        d.log(f"training the cross-encoder labeler on {len(train)} seed grades (vocabulary {vocabulary.name})")
+        train_from_seed(pd.concat([train, held]), catalog, labeler_dir, vocabulary=vocabulary,
+                        config=CrossEncoderConfig(epochs=s.labeler_epochs, max_length=s.labeler_max_length, amp="auto"))
+    lap("labeler_train")
+    labeler = CrossEncoderLabeler(labeler_dir, batch_size=128)
+    quality = evaluate_labeler(labeler, seed, catalog, batch_size=128)
+    write_json(out / "labeler_eval.json", quality)
+    lap("labeler_eval")
+
+    pool_path, pairs_path = out / "pool.parquet", out / "pool_pairs.parquet"
+    if not pairs_path.exists():
+        pool = synthesize_queries(catalog, n=s.pool_queries, seed=0, vocabulary=vocabulary,
+                                  exclude=[q["query"] for q in heldout_queries()])
+        pairs = pick_candidates(catalog, pool, bm25=bm25, k_bm25=s.pool_k_bm25, n_random=s.pool_n_random,
+                                k_dense=0, k_reading=s.pool_k_reading, k_near=s.pool_k_near, seed=1)
+        save_with(pool_path, lambda p: pool.to_parquet(p, index=False))
+        save_with(pairs_path, lambda p: pairs.to_parquet(p, index=False))
+    pool, pairs = pd.read_parquet(pool_path), pd.read_parquet(pairs_path)
+    lap("pool_and_candidates")
+    d.log(f"grading {len(pairs)} (query, product) pairs of {pairs['qid'].nunique()} synthesized queries")
+    summary = grade_pairs(pairs, catalog, labeler, out / "grades", shard_size=2048, batch_size=1024)
+    lap("grade")
+    from .labeling import load_grades
+
+    kept, check = keep_consistent(load_grades(out / "grades"), pool, catalog)
+    save_with(out / "checked.parquet", lambda p: kept.to_parquet(p, index=False))
+    write_json(out / "checked.json", check)
+    lap("check")
+    return {"seed_grades": len(seed), "pool_queries": int(len(pool)), "graded_pairs": int(summary["pairs"]),
+            "checked_pairs_kept": check["kept"], "agreement_with_readings": check["agreement"],
+            "labeler_heldout_kappa": round(quality.get("kappa_quadratic", float("nan")), 4),
+            "labeler_heldout_accuracy": round(quality.get("accuracy", float("nan")), 4),
+            "seconds_by_part": seconds}
+
+
 def step_stage2(d: Demo) -> dict:
     """Stage 2: the query encoder, trained with QCC on seed + model grades; product side frozen."""
     from .io import atomic_dir
@@ -204,10 +244,11 @@ def step_stage2(d: Demo) -> dict:
     from .training.loop import LoopConfig
 
     out = d.path("stage2")
-    loop = LoopConfig(epochs=d.sizes.align_epochs, max_steps=d.sizes.align_max_steps, batch_size=64, lr=5e-5,
-                      warmup_steps=20, ckpt_every=100, amp="auto", resume=(out / "checkpoints" / "last.pt").exists())
-    summary = align(d.path("stage1", "model"), [d.path("labels", "seed.parquet"), d.path("labels", "grades")], out,
-                    AlignConfig(batch_size=64), loop, embeddings_dir=d.path("embeddings"),
+    loop = LoopConfig(epochs=d.sizes.align_epochs, max_steps=d.sizes.align_max_steps, batch_size=64,
+                      lr=d.sizes.align_lr, warmup_steps=20, ckpt_every=100, amp="auto",
+                      resume=(out / "checkpoints" / "last.pt").exists())
+    summary = align(d.path("stage1", "model"), [d.path("labels", "seed.parquet"), d.path("labels", "checked.parquet")],
+                    out, AlignConfig(batch_size=64), loop, embeddings_dir=d.path("embeddings"),
                     exclude_queries={q["query"] for q in heldout_queries()})
     with atomic_dir(d.path("model")) as tmp:      # the model users keep: both encoders
         shutil.copytree(out / "model", tmp, dirs_exist_ok=True)
@@ -240,7 +281,7 @@ def step_eval(d: Demo) -> dict:
     return {"report": str(paths["markdown"]), "headline": paths["headline"]}
 
 
-STEPS = [("import", step_import), ("stage1", step_stage1), ("labels", step_labels), ("embed", step_embed),
+STEPS = [("import", step_import), ("stage1", step_stage1), ("embed", step_embed), ("labels", step_labels),
          ("stage2", step_stage2), ("index", step_index), ("eval", step_eval)]
 
 

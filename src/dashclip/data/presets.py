@@ -32,6 +32,7 @@ class Preset:
     name: str
     description: str
     load: Callable[[], PresetSource]
+    vocabulary: str | None = None     # the shopper vocabulary of its query synthesis (labeling/vocabularies/)
 
 
 def _fashion() -> PresetSource:
@@ -103,7 +104,8 @@ def _grocery() -> PresetSource:
 
 PRESETS: dict[str, Preset] = {
     "fashion-product-images-small": Preset(
-        "fashion-product-images-small", "Myntra fashion catalog, 44k products, 60x80 images", _fashion),
+        "fashion-product-images-small", "Myntra fashion catalog, 44k products, 60x80 images", _fashion,
+        vocabulary="fashion"),
     "grocery-store-dataset": Preset(
         "grocery-store-dataset", "81 grocery products with iconic images and 5,421 in-store photos", _grocery),
 }

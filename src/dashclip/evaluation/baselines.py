@@ -58,7 +58,8 @@ class HybridScorer:
 
     ranking_only = True
 
-    def __init__(self, name: str, vector: EmbeddingScorer, keyword: BM25Scorer, depth: int | None = None):
+    def __init__(self, name: str, vector: EmbeddingScorer, keyword: BM25Scorer, depth: int | None = None,
+                 correct: Callable[[list[str]], list[str]] | None = None):
         from ..serving.search import HYBRID_DEPTH
 
         if list(vector.product_ids) != list(keyword.product_ids):
@@ -66,12 +67,14 @@ class HybridScorer:
         self.name, self.vector, self.keyword = name, vector, keyword
         self.product_ids = list(vector.product_ids)
         self.depth = depth or HYBRID_DEPTH
+        self.correct = correct        # the model's spelling correction, which BM25 reads the query through
 
     def scores(self, queries: list[str]) -> np.ndarray:
         from ..serving.search import rrf_fuse
 
         tiebreak = tiebreak_order(len(self.product_ids))
-        vec, kw = self.vector.scores(queries), self.keyword.scores(queries)
+        vec = self.vector.scores(queries)
+        kw = self.keyword.scores(self.correct(list(queries)) if self.correct is not None else queries)
         out = np.full(vec.shape, -1.0, dtype=np.float32)
         for j, (v_rows, k_rows) in enumerate(zip(top_k(vec, self.depth, tiebreak), top_k(kw, self.depth, tiebreak))):
             k_rows = [r for r in k_rows if kw[j, r] > 0]
@@ -153,7 +156,8 @@ def model_scorers(model, product_vectors: np.ndarray, product_ids: Sequence,
         scorers.append(EmbeddingScorer(f"{name} query encoder", model_query_encoder(model, "encode_query"),
                                        product_vectors, product_ids))
     if bm25 is not None:
-        scorers.append(HybridScorer(f"{scorers[-1].name} + BM25, RRF (search --hybrid)", scorers[-1], bm25))
+        scorers.append(HybridScorer(f"{scorers[-1].name} + BM25, RRF (search --hybrid)", scorers[-1], bm25,
+                                    correct=getattr(model, "correct_queries", None)))
     return scorers
 
 

@@ -1,6 +1,6 @@
 """CLI for relevance labels at scale (`dashclip labels ...`). The steps, in order:
 
-    synthesize-queries -> candidates -> seed-from-qrels -> train -> grade -> evaluate   (+ export-finetune)
+    synthesize-queries -> candidates -> seed-from-qrels -> train -> grade -> check -> evaluate   (+ export-finetune)
 
 Heavy imports (torch, transformers) happen inside the commands so `dashclip --help` stays fast."""
 from __future__ import annotations
@@ -54,26 +54,33 @@ def synthesize_queries(
     exclude: list[Path] = typer.Option([], "--exclude", help="Query file(s) (JSONL with qid, query) whose "
                                        "held-out queries (qid number divisible by 3) must never be emitted."),
     exclude_all: bool = typer.Option(False, help="Exclude every query of --exclude files, not only held-out ones."),
-    typo_rate: float = typer.Option(0.05, help="Share of queries given one typo."),
+    vocabulary: Optional[str] = typer.Option(None, "--vocabulary", help="Shop vocabulary: a built-in name "
+                                             "(fashion) or a JSON file (default: the one the catalog's preset names)."),
+    typo_rate: Optional[float] = typer.Option(None, help="Share of misspelled queries (default 0.15)."),
     seed: int = typer.Option(0),
 ):
-    """Write a pool of realistic shopper queries from catalog attributes (for a catalog with no search logs)."""
+    """Write a pool of shopper queries (keyword, synonym, intent, long, misspelled) from the catalog and
+    the shop's vocabulary (for a catalog with no search logs)."""
     from ..clihelp import console, user_errors
     from ..data.catalog import Catalog
     from ..io import write_jsonl
     from ..settings import is_heldout_qid
     from .queries import read_queries, synthesize_queries as synth
+    from .vocabulary import vocabulary_for
 
     with user_errors():
         cat = Catalog.open(catalog)
+        vocab = vocabulary_for(cat, vocabulary)
+        for problem in vocab.check(cat)[:10]:
+            console.print(f"[yellow]vocabulary {vocab.source}: {problem}[/]")
         excluded = []
         for f in exclude:
             q = read_queries(f)
             excluded += q["query"].tolist() if exclude_all else q.loc[q["qid"].map(is_heldout_qid), "query"].tolist()
-        df = synth(cat, n=n, seed=seed, exclude=excluded, typo_rate=typo_rate)
+        df = synth(cat, n=n, seed=seed, exclude=excluded, typo_rate=typo_rate, vocabulary=vocab)
         write_jsonl(out, df.to_dict("records"))
-    console.print(f"{len(df)} queries -> {out} ({len(excluded)} excluded texts); templates: "
-                  + ", ".join(f"{k} {v}" for k, v in df["template"].value_counts().items()))
+    console.print(f"{len(df)} queries -> {out} ({len(excluded)} excluded texts; vocabulary {vocab.name}); styles: "
+                  + ", ".join(f"{k} {v}" for k, v in df["style"].value_counts().items()))
 
 
 def _candidate_options(k_bm25, k_dense, n_random, model, embeddings, dense_minilm, catalog, seed):
@@ -104,9 +111,12 @@ def candidates(
     out: Path = typer.Option(..., "--out", help="Pairs Parquet (qid, query, product_id, source)."),
     k_bm25: int = K_BM25, k_dense: int = K_DENSE, n_random: int = N_RANDOM,
     model: Optional[Path] = MODEL, embeddings: Optional[Path] = EMBEDDINGS, dense_minilm: bool = DENSE_MINILM,
+    k_reading: int = typer.Option(10, help="Products that fit a synthesized query's reading, per query."),
+    k_near: int = typer.Option(4, help="Products that nearly fit it (a value or the category off), per query."),
     seed: int = typer.Option(0),
 ):
-    """Pick the (query, product) pairs to grade: BM25 top K, embedding top K, a few random; deduplicated."""
+    """Pick the (query, product) pairs to grade: BM25 top K, embedding top K, products that fit a
+    synthesized query's reading, a few random; deduplicated."""
     from ..clihelp import console, progress, user_errors
     from ..data.catalog import Catalog
     from ..io import save_with
@@ -119,7 +129,8 @@ def candidates(
         opts = _candidate_options(k_bm25, k_dense, n_random, model, embeddings, dense_minilm, cat, seed)
         with progress() as bar:
             task = bar.add_task("candidates", total=len(q))
-            df = pick_candidates(cat, q, progress=lambda n: bar.advance(task, n), **opts)
+            df = pick_candidates(cat, q, progress=lambda n: bar.advance(task, n), k_reading=k_reading,
+                                 k_near=k_near, **opts)
         save_with(out, lambda p: df.to_parquet(p, index=False))
     console.print(f"{len(df)} pairs for {len(q)} queries -> {out} ("
                   + ", ".join(f"{k} {v}" for k, v in df["source"].value_counts().items()) + ")")
@@ -163,14 +174,20 @@ def train(
     max_length: int = typer.Option(64), epochs: int = typer.Option(3), batch_size: int = typer.Option(32),
     lr: float = typer.Option(5e-5), seed: int = typer.Option(0, "--random-seed"),
     amp: str = typer.Option("auto", help="Precision of training and grading: bf16, none, or auto (bf16 where native)."),
+    vocabulary: Optional[str] = typer.Option(None, "--vocabulary", help="Shop vocabulary whose shopper words the "
+                                             "labeler reads with each product (default: the catalog preset's; "
+                                             "'none' for none)."),
 ):
     """Fine-tune the cross-encoder labeler on the training split of seed grades."""
     from ..clihelp import console, progress, user_errors
     from ..data.catalog import Catalog
     from .labelers.cross_encoder import CrossEncoderConfig, train_from_seed
+    from .vocabulary import vocabulary_for
 
     with user_errors():
         cat = Catalog.open(catalog)
+        vocab = None if vocabulary == "none" else vocabulary_for(cat, vocabulary)
+        vocab = None if vocab is None or vocab.is_empty else vocab
         grades = _read_seed(seed_grades)
         config = CrossEncoderConfig(max_length=max_length, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                     amp=None if amp == "none" else amp)
@@ -180,7 +197,7 @@ def train(
             def step(i, total, loss):
                 bar.update(task, completed=i, total=total, description=f"train loss {loss:.3f}")
 
-            summary = train_from_seed(grades, cat, out, base=base, config=config, progress=step)
+            summary = train_from_seed(grades, cat, out, base=base, config=config, progress=step, vocabulary=vocab)
     console.print(f"labeler {summary['version']} ({summary['train_pairs']} pairs, {summary['steps']} steps, "
                   f"{summary['train_seconds']} s, loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}) -> {out}")
 
@@ -214,7 +231,8 @@ def grade(
         lab = _make_labeler(labeler, labeler_path, cat, seed_grades, cache_dir, concurrency, batch_size)
         with progress() as bar:
             task = bar.add_task(f"grade ({labeler})", total=None)
-            summary = grade_pairs(df, cat, lab, out, shard_size=shard_size, batch_size=batch_size,
+            # The labeler sees 8 of its batches per call: the cross-encoder orders them by length.
+            summary = grade_pairs(df, cat, lab, out, shard_size=shard_size, batch_size=8 * batch_size,
                                   max_shards=max_shards,
                                   progress=lambda n: bar.update(task, advance=n, total=bar.tasks[0].total or None))
     run = summary["this_run"]
@@ -222,6 +240,31 @@ def grade(
                   f"graded {run['graded']}, failed {run['failed']}, {run['pairs_per_second']} pairs/s -> {out}")
     if not summary["complete"]:
         console.print("not complete: re-run the same command to continue")
+
+
+@labels_app.command("check")
+def check(
+    catalog: Path = CATALOG,
+    grades: Path = typer.Option(..., "--grades", help="Grade shard dir or Parquet (`dashclip labels grade`)."),
+    queries: Path = typer.Option(..., "--queries", help="The synthesized query pool (with its readings)."),
+    out: Path = typer.Option(..., "--out", help="Parquet of the grades that agree with their query's reading "
+                             "(a .json report is written beside it)."),
+):
+    """Keep the model grades that agree with what each synthesized query was built to mean."""
+    from ..clihelp import console, user_errors
+    from ..data.catalog import Catalog
+    from ..io import save_with, write_json
+    from . import load_grades
+    from .consistency import keep_consistent
+    from .queries import read_queries
+
+    with user_errors():
+        cat = Catalog.open(catalog)
+        kept, report = keep_consistent(load_grades(grades), read_queries(queries), cat)
+        save_with(out, lambda p: kept.to_parquet(p, index=False))
+        write_json(out.with_suffix(".json"), report)
+    console.print(f"{report['kept']} of {report['pairs']} grades kept -> {out}; agreement with the readings "
+                  f"{report['agreement']}: " + ", ".join(f"{k} {v['agreement']}" for k, v in report["per_style"].items()))
 
 
 @labels_app.command("evaluate")

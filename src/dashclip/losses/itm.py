@@ -45,22 +45,29 @@ def sample_hard_negatives(logits: torch.Tensor, ids: torch.Tensor,
 
 
 def itm_loss(model, text_tokens: torch.Tensor, text_mask: torch.Tensor, patches: torch.Tensor,
-             logits: torch.Tensor, ids: torch.Tensor,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+             logits: torch.Tensor, ids: torch.Tensor, generator: torch.Generator | None = None,
+             positive_fused: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """BLIP's ITM loss for one rank's batch.
 
     text_tokens [B, L, Ct], text_mask [B, L], patches [B, P, Ci]: row i of each belongs to pair i.
     logits [B, B]: this rank's image-to-text ITC logits (any monotone similarity works).
+    positive_fused [B, Ct]: `model.fuse` of the B positive pairs when the caller has it already (Stage 1
+    computes it for the product embedding): then only the negatives go through the fusion encoder.
     Returns (loss, {"itm_acc": accuracy of the head on this batch}).
     """
     img_rows, neg_text = sample_hard_negatives(logits, ids, generator)     # image i + wrong text
     txt_rows, neg_image = sample_hard_negatives(logits.t(), ids, generator)  # text j + wrong image
-    tokens = torch.cat([text_tokens, text_tokens[neg_text], text_tokens[txt_rows]])
-    mask = torch.cat([text_mask, text_mask[neg_text], text_mask[txt_rows]])
-    images = torch.cat([patches, patches[img_rows], patches[neg_image]])
+    tokens = [text_tokens[neg_text], text_tokens[txt_rows]]
+    mask = [text_mask[neg_text], text_mask[txt_rows]]
+    images = [patches[img_rows], patches[neg_image]]
+    if positive_fused is None:
+        tokens, mask, images = [text_tokens] + tokens, [text_mask] + mask, [patches] + images
     labels = torch.cat([torch.ones(len(text_tokens), dtype=torch.long),
-                        torch.zeros(len(img_rows) + len(txt_rows), dtype=torch.long)]).to(tokens.device)
-    itm_logits = model.itm_logits(model.fuse(tokens, mask, images)).float()
+                        torch.zeros(len(img_rows) + len(txt_rows), dtype=torch.long)]).to(text_tokens.device)
+    fused = model.fuse(torch.cat(tokens), torch.cat(mask), torch.cat(images))
+    if positive_fused is not None:
+        fused = torch.cat([positive_fused.to(fused.dtype), fused])
+    itm_logits = model.itm_logits(fused).float()
     loss = F.cross_entropy(itm_logits, labels)
     acc = (itm_logits.argmax(1) == labels).float().mean().item()
     return loss, {"itm_acc": acc}

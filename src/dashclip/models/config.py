@@ -39,6 +39,10 @@ class ModelConfig:
     std: tuple = (0.5, 0.5, 0.5)
     pad_color: tuple = (255, 255, 255)    # product photos sit on white: letterbox to square with white
     max_length: int = 64                  # title tokens
+    # dashclip: dropout of the text tower and the fusion layers (None: the pretrained tower's own, 0.1 for
+    # MiniLM). The default config turns it off: on a CPU, drawing the random masks is ~16% of a Stage 1
+    # step, and the few hundred steps of Stage 1 and Stage 2 see each example about once.
+    dropout: float | None = None
     hf_id: str | None = None              # blip/clip: hub id or local dir of the pretrained HF model
     hf_config: dict | None = None         # filled in at creation, so loading never needs the hub
     init_temperature: float = 0.07

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from ..io import atomic_dir, atomic_path, read_json, write_json
 
@@ -135,28 +136,35 @@ def embed_rows(model, catalog, texts: list[str], rows: np.ndarray, kinds=KINDS,
         out["image"] = model.project_image(pooled)
     if "text" in kinds:
         out["text"] = model.project_text(text_pooled)
-    return {k: v.float().cpu().numpy() for k, v in out.items()}, ok
+    # float32 before normalising again: under bf16 autocast a unit vector is only unit to ~1e-2
+    return {k: F.normalize(v.float(), dim=-1).cpu().numpy() for k, v in out.items()}, ok
 
 
 def embed_catalog(model, catalog, out_dir: str | Path, batch_size: int = 64, kinds=KINDS,
-                  progress: bool = True, chunk_size: int = 4096, image_cache_root: str | Path | None = None) -> Path:
+                  progress: bool = True, chunk_size: int = 4096, image_cache_root: str | Path | None = None,
+                  amp: str | None = "auto") -> Path:
     """Embed every product of `catalog` (a Catalog or its dir) with `model`; see the module doc.
     `image_cache_root`: where Stage 1 keeps image-feature caches (default: settings.image_cache_dir(),
     where `dashclip pretrain` puts them); one made for this model's image tower, preprocessing and
-    this catalog's images is used instead of running the tower (see CachedImageFeatures)."""
+    this catalog's images is used instead of running the tower (see CachedImageFeatures).
+    `amp`: precision (dashclip.precision; "auto" is bf16 where the hardware has it, as Stage 1 trains;
+    None: float32). Within a chunk, products are batched by text length, so a batch pads little."""
     from ..clihelp import progress as progress_bar
     from ..data.catalog import Catalog
+    from ..precision import autocast, resolve_amp
     from ..settings import image_cache_dir
 
     catalog = catalog if isinstance(catalog, Catalog) else Catalog.open(catalog)
     out_dir = Path(out_dir)
     kinds = tuple(kinds)
+    precision = resolve_amp(amp, model.device) or "fp32"
     meta = {"model_id": model.model_id, "catalog_hash": catalog.content_hash, "catalog_dir": str(catalog.root),
-            "dim": model.embed_dim, "n": len(catalog), "kinds": list(kinds), "chunk_size": chunk_size}
+            "dim": model.embed_dim, "n": len(catalog), "kinds": list(kinds), "chunk_size": chunk_size,
+            "precision": precision}
     partial = out_dir.with_name(out_dir.name + ".partial")
     if partial.exists():
         old = read_json(partial / "meta.json") if (partial / "meta.json").exists() else {}
-        if any(old.get(k) != meta[k] for k in ("model_id", "catalog_hash", "kinds", "chunk_size", "n")):
+        if any(old.get(k) != meta[k] for k in ("model_id", "catalog_hash", "kinds", "chunk_size", "n", "precision")):
             shutil.rmtree(partial)          # another model or catalog: nothing to resume
     partial.mkdir(parents=True, exist_ok=True)
     write_json(partial / "meta.json", meta)
@@ -176,18 +184,21 @@ def embed_catalog(model, catalog, out_dir: str | Path, batch_size: int = 64, kin
             if chunk_file.exists():
                 bar.advance(task, stop - start)
                 continue
-            parts = {k: [] for k in kinds}
-            ok_all: list[bool] = []
-            for b in range(start, stop, batch_size):
-                rows = np.arange(b, min(b + batch_size, stop))
-                vecs, ok = embed_rows(model, catalog, texts, rows, kinds, cached)
+            chunk = np.arange(start, stop)
+            by_length = chunk[np.argsort([len(texts[r]) for r in chunk], kind="stable")]
+            parts = {k: np.zeros((len(chunk), model.embed_dim), np.float32) for k in kinds}
+            ok_all = np.zeros(len(chunk), dtype=bool)
+            for b in range(0, len(chunk), batch_size):
+                rows = by_length[b:b + batch_size]
+                with autocast(model.device, amp):
+                    vecs, ok = embed_rows(model, catalog, texts, rows, kinds, cached)
                 for k in kinds:
-                    parts[k].append(vecs[k])
-                ok_all += ok
+                    parts[k][rows - start] = vecs[k]
+                ok_all[rows - start] = ok
                 bar.advance(task, len(rows))
             with atomic_path(chunk_file) as tmp:
                 with open(tmp, "wb") as f:
-                    np.savez(f, has_image=np.array(ok_all), **{k: np.concatenate(v) for k, v in parts.items()})
+                    np.savez(f, has_image=ok_all, **parts)
     model.train(was_training)
 
     chunks = [np.load(partial / f"chunk-{i:05d}.npz") for i in range((n + chunk_size - 1) // chunk_size)]

@@ -10,6 +10,7 @@ A saved model directory holds everything a stranger needs, with no download:
     config.json          {"format": "dashclip-model", "config": <ModelConfig>, "has_query_encoder", "model_id"}
     model.safetensors    every weight (towers, fusion, projections, ITM head, query encoder)
     tokenizer/           the HF tokenizer files
+    query_speller.json   after Stage 2: the words misspelled queries are corrected to (models/speller.py)
     README.md            how to load it
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch.nn as nn
 from ..io import atomic_dir
 from .config import ModelConfig, get_config
 from .model import DashCLIP
+from .speller import SPELLER_FILE, QuerySpeller, tokenizer_words
 from .towers import BertTextTower, EfficientNetLiteTower, FusionEncoder, TinyConvTower, clone
 
 FORMAT = "dashclip-model"
@@ -58,13 +60,16 @@ def _bert(cfg: ModelConfig, pretrained: bool, vocab_size: int):
     from transformers import AutoModel, BertConfig, BertModel
 
     spec = cfg.text_tower
+    drop = {} if cfg.dropout is None else {"hidden_dropout_prob": cfg.dropout,
+                                           "attention_probs_dropout_prob": cfg.dropout}
     if spec["type"] == "minilm" and pretrained:
-        bert = AutoModel.from_pretrained(_text_path(cfg), add_pooling_layer=False)
+        bert = AutoModel.from_pretrained(_text_path(cfg), add_pooling_layer=False, **drop)
     elif spec["type"] in ("minilm", "bert"):
         hf = dict(spec.get("hf_config") or {})
         if not hf:   # an architecture without weights: read it from the local MiniLM
             hf = BertConfig.from_pretrained(_text_path(cfg)).to_dict()
         hf.setdefault("vocab_size", vocab_size)
+        hf.update(drop)
         bert = BertModel(BertConfig.from_dict(hf), add_pooling_layer=False)
     else:
         raise ValueError(f"model config {cfg.name!r}: unknown text_tower type {spec['type']!r} (minilm, bert)")
@@ -97,7 +102,8 @@ def create_model(config="default", pretrained: bool = True, tokenizer=None, **ov
         shared = cfg.fusion_input == "shared" and cfg.fusion_layers > 0
         text_tower = BertTextTower(bert, cfg.text_pooling,
                                    bert.config.num_hidden_layers - cfg.fusion_layers if shared else None)
-        fusion = FusionEncoder.from_bert(bert, image_tower.width, cfg.fusion_layers, cfg.text_pooling)
+        fusion = FusionEncoder.from_bert(bert, image_tower.width, cfg.fusion_layers, cfg.text_pooling,
+                                         dropout=0.1 if cfg.dropout is None else cfg.dropout)
         text_proj = nn.Linear(text_tower.width, cfg.embed_dim)
         parts = dict(image_tower=image_tower, text_tower=text_tower, fusion=fusion,
                      image_proj=nn.Linear(image_tower.width, cfg.embed_dim), text_proj=text_proj,
@@ -130,6 +136,8 @@ def save_model(model: DashCLIP, path: str | Path) -> Path:
             indent=2, default=list) + "\n")
         save_weights(model, str(tmp / "model.safetensors"))
         model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        if model.query_speller is not None:
+            model.query_speller.save(tmp / SPELLER_FILE)
         (tmp / "README.md").write_text(_model_card(model, model_id))
     return path
 
@@ -161,6 +169,8 @@ def load(path: str | Path, device: str | torch.device | None = None) -> DashCLIP
     if missing or unexpected:
         raise ValueError(f"{path / 'model.safetensors'}: weights do not fit the config "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    if (path / SPELLER_FILE).exists():
+        model.query_speller = QuerySpeller.load(path / SPELLER_FILE, known=tokenizer_words(model.tokenizer))
     model.eval()
     return model.to(device) if device is not None else model
 

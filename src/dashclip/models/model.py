@@ -30,6 +30,8 @@ from .towers import clone
 # Parts of the product side that Stage 2 may unfreeze (`dashclip align --unfreeze-product`).
 PRODUCT_TRAINABLE = ("fusion", "image_proj", "text_proj", "fused_proj")
 QUERY_ENCODER_PREFIXES = ("query_tower.", "query_proj.")
+# Config fields added after models were first saved, with the default older models load with.
+LATER_CONFIG_FIELDS = {"dropout": None}
 
 
 class DashCLIP(nn.Module):
@@ -45,6 +47,8 @@ class DashCLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.as_tensor(init, dtype=torch.float32).reshape(()))
         self.query_tower: nn.Module | None = None
         self.query_proj: nn.Module | None = None
+        # Stage 2 adds a spelling corrector for queries (models/speller.py); None: queries as typed.
+        self.query_speller = None
 
     # ---- Stage 2: the query encoder starts as a copy of the text tower and its projection
     def add_query_encoder(self) -> None:
@@ -129,9 +133,16 @@ class DashCLIP(nn.Module):
         return self._batched(lambda s: self.project_text(self.text_features(*self._tokens(texts[s]))[1]),
                              len(texts), batch_size)
 
+    def correct_queries(self, texts: Sequence[str]) -> list[str]:
+        """Queries with their misspelled words corrected (as typed when the model has no speller)."""
+        if self.query_speller is None:
+            return list(texts)
+        return [self.query_speller.correct(t) for t in texts]
+
     def encode_query(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """The Stage 2 query encoder; the text tower when the model has none yet."""
-        texts = list(texts)
+        """The Stage 2 query encoder (misspellings corrected first); the text tower when the model has
+        none yet."""
+        texts = self.correct_queries(texts)
         return self._batched(lambda s: self.project_query(self.query_features(*self._tokens(texts[s]))),
                              len(texts), batch_size)
 
@@ -161,8 +172,12 @@ class DashCLIP(nn.Module):
         made by one model are never searched with another; Stage 2 with a frozen product side keeps
         the id, so its query encoder searches the Stage 1 index as it should."""
         h = hashlib.blake2b(digest_size=8)
+        config = self.config.to_dict()
+        for name, default in LATER_CONFIG_FIELDS.items():   # at its default, a newer field changes no id
+            if config.get(name, default) == default:
+                config.pop(name, None)
         # JSON, not repr: the hash must survive a save/load round trip of the config
-        h.update(json.dumps(self.config.to_dict(), sort_keys=True, default=str).encode())
+        h.update(json.dumps(config, sort_keys=True, default=str).encode())
         for name, t in sorted(self.state_dict().items()):
             if name.startswith(QUERY_ENCODER_PREFIXES):
                 continue

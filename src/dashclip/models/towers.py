@@ -158,10 +158,11 @@ class FusionEncoder(nn.Module):
     """Image-grounded text encoder on top of the text tower's token states: `layers` FusionLayers,
     then pooling. The image patches are layer-normed first (CNN features are unnormalised)."""
 
-    def __init__(self, width: int, heads: int, ffn: int, image_width: int, layers: int, pooling: str = "mean"):
+    def __init__(self, width: int, heads: int, ffn: int, image_width: int, layers: int, pooling: str = "mean",
+                 dropout: float = 0.1):
         super().__init__()
         self.image_norm = nn.LayerNorm(image_width)
-        self.layers = nn.ModuleList(FusionLayer(width, heads, ffn, image_width) for _ in range(layers))
+        self.layers = nn.ModuleList(FusionLayer(width, heads, ffn, image_width, dropout) for _ in range(layers))
         self.pooling = pooling
 
     def forward(self, tokens, attention_mask, patches):
@@ -173,10 +174,11 @@ class FusionEncoder(nn.Module):
         return pool_tokens(x, attention_mask, self.pooling)
 
     @classmethod
-    def from_bert(cls, bert: nn.Module, image_width: int, layers: int, pooling: str = "mean") -> "FusionEncoder":
+    def from_bert(cls, bert: nn.Module, image_width: int, layers: int, pooling: str = "mean",
+                  dropout: float = 0.1) -> "FusionEncoder":
         """Fusion layers initialised from the last `layers` layers of a HF BERT, with new cross-attention."""
         c = bert.config
-        enc = cls(c.hidden_size, c.num_attention_heads, c.intermediate_size, image_width, layers, pooling)
+        enc = cls(c.hidden_size, c.num_attention_heads, c.intermediate_size, image_width, layers, pooling, dropout)
         source = bert.encoder.layer[-layers:] if layers else []
         for fusion_layer, bert_layer in zip(enc.layers, source):
             fusion_layer.copy_from_bert_layer(bert_layer)

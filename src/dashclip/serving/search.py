@@ -211,8 +211,10 @@ class Searcher:
             for j, text in enumerate(chunk):
                 row_ids = list(ids[j])
                 row_scores = [float(s) for s in scores[j][:len(row_ids)]]
-                if hybrid:
-                    row_ids, row_scores = self._fuse(text, row_ids, depth, filters)
+                if hybrid:     # BM25 reads the query as the encoder does, misspellings corrected
+                    correct = getattr(self.model, "correct_queries", None)
+                    keyword_text = correct([text])[0] if correct is not None else text
+                    row_ids, row_scores = self._fuse(keyword_text, row_ids, depth, filters)
                 results.append([self._hit(pid, score, rank)
                                 for rank, (pid, score) in enumerate(zip(row_ids[:k], row_scores[:k]), 1)])
             if progress is not None:

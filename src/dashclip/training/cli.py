@@ -110,20 +110,22 @@ def register(app: typer.Typer) -> None:
         temperature: float = typer.Option(0.05, help="Softmax temperature (initial value if learnable)."),
         learnable_temperature: bool = typer.Option(False, help="Learn the temperature."),
         min_confidence: float = typer.Option(0.5, help="Drop model grades below this confidence."),
-        positives_per_product: int = typer.Option(2, help="Relevant queries sampled per product."),
-        graded_negatives: int = typer.Option(2, help="Graded-0 queries sampled per product."),
-        hard_negatives: int = typer.Option(2, help="Mined hard-negative queries per product."),
+        positives_per_product: int = typer.Option(1, help="Relevant queries sampled per product."),
+        graded_negatives: int = typer.Option(1, help="Graded-0 queries sampled per product."),
+        hard_negatives: int = typer.Option(1, help="Mined hard-negative queries per product."),
         pairs_per_query: int = typer.Option(32, help="Positive pairs per query per epoch."),
         unfreeze_product: bool = typer.Option(False, "--unfreeze-product", help="Also train the fusion layers "
                                               "and projections (the product embeddings are then recomputed)."),
-        wise_alpha: float = typer.Option(0.5, help="Save start + alpha * (trained - start) as the query encoder "
+        wise_alpha: float = typer.Option(0.75, help="Save start + alpha * (trained - start) as the query encoder "
                                          "(WiSE-FT weight averaging; 1.0: the trained weights)."),
         max_length: int = typer.Option(32, help="Query tokens."),
+        spelling: bool = typer.Option(True, help="Save a query spelling corrector with the model (catalog and "
+                                      "training-query words; 'jaket' is searched as 'jacket')."),
         epochs: int = typer.Option(3),
         max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
         batch_size: int = typer.Option(64, help="Products per batch (per rank under torchrun)."),
         accum_steps: int = typer.Option(1, help="Gradient accumulation steps."),
-        lr: float = typer.Option(2e-5),
+        lr: float = typer.Option(1.5e-4),
         warmup_steps: int = typer.Option(20),
         amp: Optional[str] = typer.Option(
             "auto", help="Mixed precision: bf16, fp16, none, or auto (bf16 where the GPU or CPU computes it natively)."),
@@ -152,7 +154,7 @@ def register(app: typer.Typer) -> None:
                 grade1_weight=grade1_weight, temperature=temperature,
                 learnable_temperature=learnable_temperature, min_confidence=min_confidence,
                 max_length=max_length, pairs_per_query=pairs_per_query, unfreeze_product=unfreeze_product,
-                wise_alpha=wise_alpha, seed=seed)
+                wise_alpha=wise_alpha, spelling=spelling, seed=seed)
             loop = LoopConfig(epochs=epochs, batch_size=batch_size, accum_steps=accum_steps, lr=lr,
                               warmup_steps=warmup_steps, amp=None if amp in (None, "none") else amp,
                               ckpt_every=ckpt_every, max_steps=max_steps, seed=seed, resume=resume,

@@ -168,8 +168,10 @@ class PretrainTask:
         itc, logits = itc_loss(img, txt, batch["ids"], model.logit_scale, gather=gather)
         stats = {"itc": itc.item(), "temperature": 1.0 / model.logit_scale.exp().item()}
         loss = cfg.itc_weight * itc
+        fused_out = None   # the fusion encoder's output for the positive pairs, shared by both terms below
         if cfg.product_weight:
-            fused = model.project_fused(model.fuse(tokens, batch["attention_mask"], patches))
+            fused_out = model.fuse(tokens, batch["attention_mask"], patches)
+            fused = model.project_fused(fused_out)
             product = (itc_loss(img, fused, batch["ids"], model.logit_scale, gather=gather)[0]
                        + itc_loss(fused, txt, batch["ids"], model.logit_scale, gather=gather)[0]) / 2
             loss = loss + cfg.product_weight * product
@@ -177,7 +179,7 @@ class PretrainTask:
         if cfg.itm_weight:
             own = local_slice(len(img)) if gather else slice(None)
             itm, itm_stats = itm_loss(model, tokens, batch["attention_mask"], patches,
-                                      logits[own, own].detach(), batch["ids"])
+                                      logits[own, own].detach(), batch["ids"], positive_fused=fused_out)
             loss = loss + cfg.itm_weight * itm
             stats.update(itm=itm.item(), **itm_stats)
         return loss, stats

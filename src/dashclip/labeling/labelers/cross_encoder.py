@@ -5,6 +5,13 @@ query and product words together (unlike the bi-encoders of Stage 2), which is w
 grader from a few thousand examples. The saved labeler is a plain Hugging Face
 AutoModelForSequenceClassification directory plus `labeler.json` (max_length, version, training
 summary), loadable by anyone with transformers.
+
+With a shop vocabulary (`labeling/vocabulary.py`) the labeler reads, after the product text, the
+shopper words for the product ("called: sneakers, trainers | for him | good for: gym wear"): a few
+thousand seed grades cannot teach a small model that "chappals" are flip flops, but they teach it
+well that a query matching the product's words is relevant. An LLM labeler knows such words itself;
+this is how the offline one gets them. The vocabulary is saved in the labeler dir (`vocabulary.json`),
+so grading reads the product exactly as training did.
 """
 from __future__ import annotations
 
@@ -20,6 +27,16 @@ import numpy as np
 from . import Grade, Pair
 
 LABELER_FILE = "labeler.json"
+VOCABULARY_FILE = "vocabulary.json"
+
+
+def labeler_text(pair: Pair, vocabulary=None) -> str:
+    """What the cross-encoder reads of a product: its text, then its shopper words when a vocabulary
+    is given. One function for training and grading."""
+    if vocabulary is None:
+        return pair.product_text
+    words = vocabulary.shopper_words(pair.product, list(pair.product))
+    return f"{pair.product_text} | {words}" if words else pair.product_text
 
 
 @dataclass
@@ -54,25 +71,33 @@ class CrossEncoderLabeler:
         self.model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
         self.device, self.batch_size = device, batch_size
         self.amp = (self.meta.get("config") or {}).get("amp")    # grade in the precision it trained in
+        self.vocabulary = None
+        if (path / VOCABULARY_FILE).exists():
+            from ..vocabulary import Vocabulary
+
+            self.vocabulary = Vocabulary.load(path / VOCABULARY_FILE)
         if num_threads:
             torch.set_num_threads(num_threads)
         self._torch = torch
 
     def probabilities(self, queries: list[str], texts: list[str]) -> np.ndarray:
-        """[N, 3] class probabilities."""
+        """[N, 3] class probabilities. Pairs are batched by length (a batch pads to its longest pair:
+        ~1.3x faster on the fashion pool), and returned in the order given."""
         from ...precision import autocast
 
         torch = self._torch
-        out = []
+        out = np.zeros((len(queries), 3), dtype=np.float32)
+        order = np.argsort([len(q) + len(t) for q, t in zip(queries, texts)], kind="stable")
         with torch.inference_mode(), autocast(self.device, self.amp):
-            for i in range(0, len(queries), self.batch_size):
-                enc = _encode(self.tokenizer, queries[i:i + self.batch_size], texts[i:i + self.batch_size],
+            for i in range(0, len(order), self.batch_size):
+                rows = order[i:i + self.batch_size]
+                enc = _encode(self.tokenizer, [queries[j] for j in rows], [texts[j] for j in rows],
                               self.max_length).to(self.device)
-                out.append(torch.softmax(self.model(**enc).logits.float(), -1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 3), dtype=np.float32)
+                out[rows] = torch.softmax(self.model(**enc).logits.float(), -1).cpu().numpy()
+        return out
 
     def grade(self, pairs: list[Pair]) -> list[Grade]:
-        p = self.probabilities([x.query for x in pairs], [x.product_text for x in pairs])
+        p = self.probabilities([x.query for x in pairs], [labeler_text(x, self.vocabulary) for x in pairs])
         return [Grade(int(r.argmax()), float(r.max())) for r in p]
 
 
@@ -89,9 +114,11 @@ def _version(config: CrossEncoderConfig, base: str, train_hash: str) -> str:
 
 def train_cross_encoder(queries: list[str], texts: list[str], grades, out_dir, base: str | None = None,
                         config: CrossEncoderConfig | None = None,
-                        progress: Callable[[int, int, float], None] | None = None) -> dict:
-    """Fine-tune a 3-way cross-encoder on (query, product_text, grade) and save it to `out_dir`.
+                        progress: Callable[[int, int, float], None] | None = None, vocabulary=None) -> dict:
+    """Fine-tune a 3-way cross-encoder on (query, product text, grade) and save it to `out_dir`.
 
+    `texts` are what the labeler reads of each product (`labeler_text`); `vocabulary`, when the texts
+    were made with one, is saved beside the weights so grading reads products the same way.
     `base`: a local dir or hub id of a BERT-like encoder (default: the installed all-MiniLM-L6-v2).
     `progress(step, total_steps, loss)` is called after every optimizer step. Returns the summary
     written into labeler.json."""
@@ -148,17 +175,21 @@ def train_cross_encoder(queries: list[str], texts: list[str], grades, out_dir, b
                "base": base, "max_length": config.max_length, "config": asdict(config),
                "train_pairs": int(len(grades)), "train_grade_counts": counts.astype(int).tolist(),
                "steps": step, "first_loss": losses[0], "last_loss": float(np.mean(losses[-10:])),
-               "train_seconds": round(time.time() - t0, 1), "train_data_sha256": train_hash}
+               "train_seconds": round(time.time() - t0, 1), "train_data_sha256": train_hash,
+               "vocabulary": vocabulary.name if vocabulary is not None else None}
     model.eval()
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(Path(tmp) / LABELER_FILE, summary)
+        if vocabulary is not None:
+            write_json(Path(tmp) / VOCABULARY_FILE, vocabulary.to_dict())
     return summary
 
 
-def train_from_seed(seed, catalog, out_dir, **kw) -> dict:
-    """Train on the training split of seed grades (held-out queries never reach training)."""
+def train_from_seed(seed, catalog, out_dir, vocabulary=None, **kw) -> dict:
+    """Train on the training split of seed grades (held-out queries never reach training).
+    `vocabulary`: a shop vocabulary whose shopper words the labeler reads with each product."""
     from ..grades import split_by_query
     from . import pairs_from
 
@@ -166,5 +197,5 @@ def train_from_seed(seed, catalog, out_dir, **kw) -> dict:
     if train.empty:
         raise ValueError("no training seed grades (every query is held out)")
     pairs = pairs_from(catalog, train["query"].tolist(), train["product_id"].tolist())
-    return train_cross_encoder([p.query for p in pairs], [p.product_text for p in pairs],
-                               train["grade"].to_numpy(), out_dir, **kw)
+    return train_cross_encoder([p.query for p in pairs], [labeler_text(p, vocabulary) for p in pairs],
+                               train["grade"].to_numpy(), out_dir, vocabulary=vocabulary, **kw)

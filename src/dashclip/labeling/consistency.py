@@ -1,0 +1,68 @@
+"""Keep the model grades that agree with what a synthesized query was built to mean.
+
+A synthesized query carries its reading (queries.py): the categories and attribute values it asks
+for. The labeler grades its candidates on its own; where the two disagree, one of them is wrong and
+nothing says which, so the pair is left out of Stage 2 rather than taught either way. This is the
+round-trip consistency filter of synthetic-query training (Promptagator, InPars): every grade that
+reaches Stage 2 is still the labeler's, and a labeler's miss on a phrasing it does not know ("chappals")
+costs a pair instead of teaching the query encoder that flip flops are irrelevant to chappals.
+
+What a reading says of a product (`ReadingSampler.grades`): 2 when the product is of a named category
+and has every named attribute value, 1 when it nearly fits (a named category missing a value, or a
+related category), 0 otherwise. Grades of queries without a reading (search-log queries, seed grades)
+pass unchanged.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .candidates import ReadingSampler
+from .queries import reading_of
+
+NO_READING = -1
+
+
+def reading_grades(pairs: pd.DataFrame, pool: pd.DataFrame, catalog) -> np.ndarray:
+    """For each (qid, product_id) row of `pairs`: what its query's reading in `pool` (qid, reading)
+    says of the product (0/1/2), or NO_READING when the query has none or the product is unknown."""
+    out = np.full(len(pairs), NO_READING, dtype=np.int8)
+    if "reading" not in pool.columns or pairs.empty:
+        return out
+    readings = dict(zip(pool["qid"].astype(str), pool["reading"]))
+    sampler = ReadingSampler(catalog)
+    row_of = catalog.row_of
+    def row(pid) -> int:
+        try:
+            return row_of.get(catalog.coerce_id(pid), -1)
+        except KeyError:
+            return -1
+
+    product_rows = np.array([row(p) for p in pairs["product_id"]], dtype=np.int64)
+    for qid, idx in pairs.groupby(pairs["qid"].astype(str)).indices.items():
+        reading = reading_of(readings.get(qid))
+        if not reading:
+            continue
+        rows = product_rows[idx]
+        known = rows >= 0
+        out[idx[known]] = sampler.grades(reading)[rows[known]]
+    return out
+
+
+def keep_consistent(grades: pd.DataFrame, pool: pd.DataFrame, catalog, style_of: dict | None = None
+                    ) -> tuple[pd.DataFrame, dict]:
+    """(the grades to train on, a report). A grade is kept when its query has no reading or the
+    reading says the same grade. The report counts pairs, kept pairs and agreement per query style."""
+    said = reading_grades(grades, pool, catalog)
+    checked = said != NO_READING
+    agree = grades["grade"].to_numpy() == said
+    keep = ~checked | agree
+    styles = (grades["qid"].astype(str).map(style_of or dict(zip(pool["qid"].astype(str), pool.get("style", ""))))
+              .fillna("-").to_numpy()) if "style" in pool.columns or style_of else np.full(len(grades), "-")
+    report = {"pairs": int(len(grades)), "checked": int(checked.sum()), "kept": int(keep.sum()),
+              "agreement": round(float(agree[checked].mean()), 4) if checked.any() else None, "per_style": {}}
+    for style in sorted(set(styles[checked])):
+        m = checked & (styles == style)
+        report["per_style"][style] = {"pairs": int(m.sum()), "agreement": round(float(agree[m].mean()), 4),
+                                      "kept_grade2": int((agree & m & (said == 2)).sum())}
+    return grades[keep].reset_index(drop=True), report
