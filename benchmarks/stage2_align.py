@@ -14,7 +14,8 @@ the project's evaluators (`dashclip.evaluation`), for:
     stage2_full_unchecked   seed + every model grade of the pool (no consistency check): ablation
     stage2_readings     seed + the grades the pool's readings say, no labeler at all: what a perfect
                         labeler of the vocabulary's meaning would give (a reference, not the recipe)
-    stage2_*_wise       the same training run, saved as start + 0.5 * (trained - start) (WiSE-FT, --wise-alpha)
+    stage2_*_wise       the same training run, saved as start + 0.75 * (trained - start) (WiSE-FT,
+                        --wise-alpha; AlignConfig's default, what `dashclip align` saves)
     stage2_full_<v>     the same with QCC variant <v> (symmetric, graded): the default-variant ablation
 
 Inputs (each built through the other stages' Python APIs when not given; what was used is recorded):
@@ -80,15 +81,19 @@ def main(argv=None) -> int:
     ap.add_argument("--unchecked-grades", type=Path, nargs="*")
     ap.add_argument("--pool", type=Path, help="the synthesized query pool (with readings) of the model grades")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench_stage2")
-    ap.add_argument("--systems", default="bm25,minilm,stage1_text,stage2_seed,stage2_full,stage2_full_wise,"
-                                        "stage2_full_unchecked,stage2_readings,stage2_full_symmetric,"
-                                        "stage2_full_graded")
-    # Defaults: the demo's Stage 2 (demo.SIZES["full"]), so stage2_full is the recipe the demo ships.
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--max-steps", type=int, default=400)
+    ap.add_argument("--systems", default="bm25,minilm,stage1_text,stage2_seed,stage2_seed_wise,stage2_full,"
+                                        "stage2_full_wise,stage2_full_unchecked_wise,stage2_readings_wise",
+                    help="also: stage2_full_symmetric, stage2_full_graded (the QCC-variant ablation)")
+    # Defaults: the demo's Stage 2 (demo.SIZES["full"], AlignConfig), so stage2_full_wise is the recipe the demo ships.
+    from dashclip.demo import SIZES
+    from dashclip.training.align import AlignConfig
+    shipped = SIZES["full"]
+    ap.add_argument("--epochs", type=int, default=shipped.align_epochs)
+    ap.add_argument("--max-steps", type=int, default=shipped.align_max_steps)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1.5e-4)
-    ap.add_argument("--wise-alpha", type=float, default=0.5, help="alpha of the *_wise systems (WiSE-FT)")
+    ap.add_argument("--lr", type=float, default=shipped.align_lr)
+    ap.add_argument("--wise-alpha", type=float, default=AlignConfig().wise_alpha,
+                    help="alpha of the *_wise systems (WiSE-FT; default AlignConfig's, what dashclip align saves)")
     ap.add_argument("--out", type=Path, default=RESULTS / "stage2_align.json")
     ap.add_argument("--merge", action="store_true", help="keep the systems already in --out that this run "
                     "does not measure (e.g. add the QCC-variant ablation to an earlier run's table)")
@@ -154,13 +159,11 @@ def main(argv=None) -> int:
         run("stage1_text", lambda: (rank_with(model), {"query_encoder": "Stage 1 text tower + projection"}))
 
         seed, full, unchecked, readings = grade_inputs(args, catalog, record, heldout)
-        for name, grades, variant in [("stage2_seed", seed, "qcc"), ("stage2_full", full, "qcc"),
-                                      ("stage2_seed_wise", seed, "qcc"), ("stage2_full_wise", full, "qcc"),
-                                      ("stage2_full_unchecked", unchecked, "qcc"),
-                                      ("stage2_readings", readings, "qcc"),
-                                      ("stage2_full_symmetric", full, "symmetric"),
-                                      ("stage2_full_symmetric_wise", full, "symmetric"),
-                                      ("stage2_full_graded", full, "graded")]:
+        # Each *_wise system reuses the training run of its base system when that one ran first.
+        runs = [("stage2_seed", seed, "qcc"), ("stage2_full", full, "qcc"), ("stage2_full_unchecked", unchecked, "qcc"),
+                ("stage2_readings", readings, "qcc"), ("stage2_full_symmetric", full, "symmetric"),
+                ("stage2_full_graded", full, "graded")]
+        for name, grades, variant in [(b + w, g, v) for b, g, v in runs for w in ("", "_wise")]:
             if name not in wanted:
                 continue
             if grades is None:

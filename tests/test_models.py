@@ -118,6 +118,12 @@ def test_default_config_loads_offline_weights():
     with torch.no_grad():
         pooled = torch.nn.functional.normalize(model.text_features(tok["input_ids"], tok["attention_mask"])[1], dim=-1)
     assert torch.allclose(pooled, ref.float(), atol=1e-4)
+    # batched by length, the vectors come back in the order of the texts, as one at a time
+    texts = ["a much longer product title with many words in it", "tee", "Blue denim jeans"]
+    enc = SentenceEncoder(minilm_path())
+    together = enc.encode(texts, batch_size=2)
+    alone = np.concatenate([enc.encode([t]) for t in texts])
+    assert np.allclose(together, alone, atol=1e-5)
     patches, pooled = model.image_features(model.preprocess(IMAGES[:1]))
     assert patches.shape == (1, 49, 1280) and pooled.shape == (1, 1280)
     small = create_model("default", image_size=128)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -181,6 +182,24 @@ def test_consistency_keeps_the_grades_that_agree_with_the_reading(cat):
     assert report["agreement"] == 0.6 and report["per_style"]["synonym"]["kept_grade2"] == 1
 
 
+def test_reading_examples_are_graded_by_their_readings(cat, vocab):
+    """The labeler's reading-graded lessons: synthesized queries (never an excluded one), their
+    candidates, each grade what the query's reading says of the product."""
+    from dashclip.labeling.consistency import reading_examples
+    from dashclip.labeling.queries import synthesize_queries
+
+    avoid = synthesize_queries(cat, n=10, seed=3, vocabulary=vocab)["query"].tolist()
+    ex = reading_examples(cat, vocab, 30, seed=3, exclude=avoid)
+    assert len(ex) > 30 and set(ex["grade"]) <= {0, 1, 2} and {0, 2} <= set(ex["grade"])
+    assert ex["qid"].str.startswith("reading-").all() and not set(ex["query"]) & set(avoid)
+    by_id = cat.products.set_index("id")
+    for q in ("chappals", "sliders"):           # a synonym query: grade 2 exactly on the category it names
+        sub = ex[ex["query"] == q]
+        if len(sub):
+            assert ((by_id.loc[sub["product_id"], "category"].to_numpy() == "Sandals") == (sub["grade"] == 2)).all()
+    assert reading_examples(cat, vocab, 0).empty
+
+
 def test_unisex_serves_men_and_women_in_readings(cat):
     v = Vocabulary.from_dict({**TOY_VOCAB, "attributes": {**TOY_VOCAB["attributes"], "gender": {
         **TOY_VOCAB["attributes"]["gender"], "Unisex": {"words": ["unisex"], "serves": ["Men", "Women"]}}}}, "toy")
@@ -210,9 +229,11 @@ def test_the_labeler_reads_the_shopper_words_and_keeps_its_vocabulary(tmp_path, 
                          "confidence": 1.0})
     base = write_tiny_bert(tmp_path / "base")
     out = tmp_path / "labeler"
-    summary = train_from_seed(seed, cat, out, vocabulary=vocab, base=str(base),
+    lessons = pd.DataFrame({"query": ["sliders", "sliders"], "product_id": [sandal, int(tee["id"])], "grade": [2, 0]})
+    summary = train_from_seed(seed, cat, out, vocabulary=vocab, base=str(base), extra=lessons,
                               config=CrossEncoderConfig(max_length=48, epochs=1, batch_size=4))
     assert summary["vocabulary"] == "toy" and (out / "vocabulary.json").exists()
+    assert summary["train_pairs"] == 4 + 2            # seed's training split (q3 is held out) + the lessons
     lab = CrossEncoderLabeler(out)
     assert lab.vocabulary is not None and lab.vocabulary.category == vocab.category
     graded = lab.grade([pair])
@@ -261,3 +282,32 @@ def test_cli_synthesize_candidates_and_check(tmp_path, cat):
     r = runner.invoke(app, ["labels", "synthesize-queries", "--catalog", str(cat.root), "--out", str(pool),
                             "--vocabulary", str(bad)])
     assert r.exit_code == 2 and "bad.json: unknown key(s) ['colours']" in " ".join(r.output.split())
+
+
+def test_cli_train_with_reading_lessons(tmp_path, cat):
+    """`labels train --reading-queries N` adds reading-graded synthesized queries (none of the
+    excluded ones) to the seed grades; without a vocabulary it is a clear error."""
+    from typer.testing import CliRunner
+
+    from dashclip.cli import app
+    from test_labeling_support import write_tiny_bert
+
+    vocab_file = tmp_path / "toy.json"
+    vocab_file.write_text(json.dumps(TOY_VOCAB))
+    seed = pd.DataFrame({"qid": ["q1", "q1", "q2", "q2"], "query": ["chappals", "chappals", "tee", "tee"],
+                         "product_id": cat.products["id"].iloc[:4].tolist(), "grade": [2, 0, 2, 0],
+                         "confidence": 1.0, "labeler": "human", "labeler_version": "1"})
+    seed.to_parquet(tmp_path / "seed.parquet")
+    (tmp_path / "avoid.txt").write_text("sliders\ngym wear\n")
+    base = write_tiny_bert(tmp_path / "base")
+    runner = CliRunner()
+    args = ["labels", "train", "--catalog", str(cat.root), "--seed", str(tmp_path / "seed.parquet"),
+            "--base", str(base), "--epochs", "1", "--max-length", "48"]
+    r = runner.invoke(app, args + ["--out", str(tmp_path / "lab"), "--vocabulary", str(vocab_file),
+                                   "--reading-queries", "12", "--exclude", str(tmp_path / "avoid.txt")])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "lab" / "labeler.json").read_text())
+    assert summary["train_pairs"] > 4 + 12           # the seed's 4 pairs and several per reading query
+    assert re.search(r"\d+ reading-graded pairs of \d+ synthesized queries", " ".join(r.output.split()))
+    r = runner.invoke(app, args + ["--out", str(tmp_path / "lab2"), "--vocabulary", "none", "--reading-queries", "5"])
+    assert r.exit_code == 2 and "--reading-queries needs a vocabulary" in " ".join(r.output.split())

@@ -41,6 +41,7 @@ class Sizes:
     labeler_epochs: int
     labeler_max_pairs: int | None
     labeler_max_length: int       # tokens of query + product text + shopper words
+    labeler_reading_queries: int  # synthesized queries graded by their readings, also taught to the labeler
     pool_queries: int             # synthesized queries to grade with the labeler
     pool_k_bm25: int
     pool_k_reading: int           # products that fit the query's reading / nearly fit it (candidates.py)
@@ -52,13 +53,13 @@ class Sizes:
 
 
 SIZES = {
-    "full": Sizes(products=None, image_size=96, stage1_epochs=1, stage1_max_steps=120, seed_k_bm25=10,
+    "full": Sizes(products=None, image_size=96, stage1_epochs=1, stage1_max_steps=60, seed_k_bm25=10,
                   seed_k_dense=10, seed_n_random=5, labeler_epochs=2, labeler_max_pairs=None,
-                  labeler_max_length=80, pool_queries=2500, pool_k_bm25=2, pool_k_reading=6, pool_k_near=2,
-                  pool_n_random=1, align_epochs=3, align_max_steps=320, align_lr=1.5e-4),
+                  labeler_max_length=80, labeler_reading_queries=0, pool_queries=2200, pool_k_bm25=2, pool_k_reading=6, pool_k_near=2,
+                  pool_n_random=1, align_epochs=3, align_max_steps=210, align_lr=1.5e-4),
     "quick": Sizes(products=1500, image_size=64, stage1_epochs=1, stage1_max_steps=12, seed_k_bm25=6,
                    seed_k_dense=4, seed_n_random=2, labeler_epochs=1, labeler_max_pairs=240,
-                   labeler_max_length=64, pool_queries=250, pool_k_bm25=2, pool_k_reading=4, pool_k_near=1,
+                   labeler_max_length=64, labeler_reading_queries=40, pool_queries=250, pool_k_bm25=2, pool_k_reading=4, pool_k_near=1,
                    pool_n_random=1, align_epochs=1, align_max_steps=8, align_lr=1.5e-4),
 }
 
@@ -119,7 +120,7 @@ def step_stage1(d: Demo) -> dict:
     out = d.path("stage1")
     cfg = PretrainConfig(config="default", image_size=d.sizes.image_size, freeze_image=True,
                          epochs=d.sizes.stage1_epochs, max_steps=d.sizes.stage1_max_steps, batch_size=64,
-                         lr=1e-4, warmup_steps=20, ckpt_every=100, cache_dir=str(d.path("cache")), amp="auto",
+                         lr=1e-4, warmup_steps=20, ckpt_every=50, cache_dir=str(d.path("cache")), amp="auto",
                          resume=(out / "checkpoints" / "last.pt").exists())
     t0 = time.time()
     result = pretrain(d.path("catalog"), out, cfg)
@@ -162,7 +163,7 @@ def step_labels(d: Demo) -> dict:
     from .evaluation.baselines import minilm_scorer
     from .io import save_with, write_json
     from .labeling.candidates import DenseRetriever, pick_candidates
-    from .labeling.consistency import keep_consistent
+    from .labeling.consistency import keep_consistent, reading_examples
     from .labeling.evaluate import evaluate_labeler
     from .labeling.grades import split_by_query
     from .labeling.grading import grade_pairs
@@ -197,20 +198,8 @@ def step_labels(d: Demo) -> dict:
     seed = pd.read_parquet(seed_path)
     lap("seed")
 
-    labeler_dir = out / "labeler"
-    if not (labeler_dir / "labeler.json").exists():
-        train, held = split_by_query(seed)
-        if s.labeler_max_pairs and len(train) > s.labeler_max_pairs:
-            train = train.sample(n=s.labeler_max_pairs, random_state=0)
-        d.log(f"training the cross-encoder labeler on {len(train)} seed grades (vocabulary {vocabulary.name})")
-        train_from_seed(pd.concat([train, held]), catalog, labeler_dir, vocabulary=vocabulary,
-                        config=CrossEncoderConfig(epochs=s.labeler_epochs, max_length=s.labeler_max_length, amp="auto"))
-    lap("labeler_train")
-    labeler = CrossEncoderLabeler(labeler_dir, batch_size=128)
-    quality = evaluate_labeler(labeler, seed, catalog, batch_size=128)
-    write_json(out / "labeler_eval.json", quality)
-    lap("labeler_eval")
-
+    # The pool Stage 2 trains on: synthesized queries and their candidates (made first, so the labeler's
+    # reading-graded lessons below never repeat a pool query).
     pool_path, pairs_path = out / "pool.parquet", out / "pool_pairs.parquet"
     if not pairs_path.exists():
         pool = synthesize_queries(catalog, n=s.pool_queries, seed=0, vocabulary=vocabulary,
@@ -221,6 +210,25 @@ def step_labels(d: Demo) -> dict:
         save_with(pairs_path, lambda p: pairs.to_parquet(p, index=False))
     pool, pairs = pd.read_parquet(pool_path), pd.read_parquet(pairs_path)
     lap("pool_and_candidates")
+
+    labeler_dir = out / "labeler"
+    if not (labeler_dir / "labeler.json").exists():
+        train, held = split_by_query(seed)
+        if s.labeler_max_pairs and len(train) > s.labeler_max_pairs:
+            train = train.sample(n=s.labeler_max_pairs, random_state=0)
+        lessons = reading_examples(catalog, vocabulary, s.labeler_reading_queries, seed=7,
+                                   exclude=[q["query"] for q in heldout_queries()] + pool["query"].tolist()
+                                   + seed["query"].tolist())
+        d.log(f"training the cross-encoder labeler on {len(train)} seed grades and {len(lessons)} reading-graded "
+              f"pairs (vocabulary {vocabulary.name})")
+        train_from_seed(pd.concat([train, held]), catalog, labeler_dir, vocabulary=vocabulary, extra=lessons,
+                        config=CrossEncoderConfig(epochs=s.labeler_epochs, max_length=s.labeler_max_length, amp="auto"))
+    lap("labeler_train")
+    labeler = CrossEncoderLabeler(labeler_dir, batch_size=128)
+    quality = evaluate_labeler(labeler, seed, catalog, batch_size=128)
+    write_json(out / "labeler_eval.json", quality)
+    lap("labeler_eval")
+
     d.log(f"grading {len(pairs)} (query, product) pairs of {pairs['qid'].nunique()} synthesized queries")
     summary = grade_pairs(pairs, catalog, labeler, out / "grades", shard_size=2048, batch_size=1024)
     lap("grade")

@@ -177,6 +177,10 @@ def train(
     vocabulary: Optional[str] = typer.Option(None, "--vocabulary", help="Shop vocabulary whose shopper words the "
                                              "labeler reads with each product (default: the catalog preset's; "
                                              "'none' for none)."),
+    reading_queries: int = typer.Option(0, help="Also train on this many synthesized queries graded by their "
+                                        "readings (needs a vocabulary): the vocabulary's words, taught."),
+    exclude: list[Path] = typer.Option([], help="Query files whose queries the reading queries must not repeat "
+                                       "(the held-out queries, the pool to be graded); repeatable."),
 ):
     """Fine-tune the cross-encoder labeler on the training split of seed grades."""
     from ..clihelp import console, progress, user_errors
@@ -189,6 +193,16 @@ def train(
         vocab = None if vocabulary == "none" else vocabulary_for(cat, vocabulary)
         vocab = None if vocab is None or vocab.is_empty else vocab
         grades = _read_seed(seed_grades)
+        extra = None
+        if reading_queries:
+            if vocab is None:
+                raise ValueError("--reading-queries needs a vocabulary (--vocabulary NAME|FILE)")
+            from .consistency import reading_examples
+            from .queries import read_queries
+
+            avoid = [q for f in exclude for q in read_queries(f)["query"]] + grades["query"].tolist()
+            extra = reading_examples(cat, vocab, reading_queries, seed=seed + 7, exclude=avoid)
+            console.print(f"{len(extra)} reading-graded pairs of {extra['qid'].nunique()} synthesized queries")
         config = CrossEncoderConfig(max_length=max_length, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                     amp=None if amp == "none" else amp)
         with progress() as bar:
@@ -197,7 +211,8 @@ def train(
             def step(i, total, loss):
                 bar.update(task, completed=i, total=total, description=f"train loss {loss:.3f}")
 
-            summary = train_from_seed(grades, cat, out, base=base, config=config, progress=step, vocabulary=vocab)
+            summary = train_from_seed(grades, cat, out, base=base, config=config, progress=step, vocabulary=vocab,
+                                      extra=extra)
     console.print(f"labeler {summary['version']} ({summary['train_pairs']} pairs, {summary['steps']} steps, "
                   f"{summary['train_seconds']} s, loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}) -> {out}")
 

@@ -66,3 +66,29 @@ def keep_consistent(grades: pd.DataFrame, pool: pd.DataFrame, catalog, style_of:
         report["per_style"][style] = {"pairs": int(m.sum()), "agreement": round(float(agree[m].mean()), 4),
                                       "kept_grade2": int((agree & m & (said == 2)).sum())}
     return grades[keep].reset_index(drop=True), report
+
+
+def reading_examples(catalog, vocabulary, n: int, seed: int = 0, exclude=(), k_bm25: int = 2, k_reading: int = 6,
+                     k_near: int = 2, n_random: int = 1) -> pd.DataFrame:
+    """Training pairs for the labeler whose grades come from the queries themselves: `n` synthesized
+    queries (qids "reading-..."), their candidates picked as the pool's are, each graded by what its
+    reading says. They teach the labeler the vocabulary's words ("keep my neck warm" -> mufflers),
+    which a few human-graded queries cannot; the seed grades still teach it everything else.
+    Columns: qid, query, product_id, grade, style. `exclude`: queries never to emit (held-out ones,
+    and the pool the labeler will grade, so it is not graded on its own lessons)."""
+    from ..text import BM25
+    from .candidates import pick_candidates
+    from .queries import synthesize_queries
+
+    if n <= 0:
+        return pd.DataFrame({"qid": [], "query": [], "product_id": [], "grade": np.zeros(0, np.int64), "style": []})
+    queries = synthesize_queries(catalog, n=n, seed=seed, exclude=list(exclude), vocabulary=vocabulary)
+    queries["qid"] = "reading-" + queries["qid"].astype(str)
+    pairs = pick_candidates(catalog, queries, bm25=BM25(catalog.product_texts()), k_bm25=k_bm25, k_dense=0,
+                            k_reading=k_reading, k_near=k_near, n_random=n_random, seed=seed + 1)
+    pairs["grade"] = reading_grades(pairs, queries, catalog)
+    pairs = pairs[pairs["grade"] != NO_READING]
+    style = dict(zip(queries["qid"], queries["style"]))
+    return pd.DataFrame({"qid": pairs["qid"].to_numpy(), "query": pairs["query"].to_numpy(),
+                         "product_id": pairs["product_id"].to_numpy(), "grade": pairs["grade"].astype(np.int64),
+                         "style": pairs["qid"].map(style).to_numpy()})

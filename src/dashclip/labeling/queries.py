@@ -466,7 +466,7 @@ def reading_of(value) -> dict:
 
 
 def read_queries(path) -> pd.DataFrame:
-    """A query file: JSONL with `query` (and `qid`), or CSV/TSV with a `query` column, or plain text
+    """A query file: JSONL with `query` (and `qid`), or CSV/TSV/Parquet with a `query` column, or plain text
     (one query per line). Missing qids become q000001...; a blank query is an error naming the line."""
     from pathlib import Path
 
@@ -482,8 +482,9 @@ def read_queries(path) -> pd.DataFrame:
             if not isinstance(r, dict) or not str(r.get("query") or "").strip():
                 raise ValueError(f"{path}: line {i}: no 'query' field")
         df = pd.DataFrame(rows)
-    elif suffix in (".csv", ".tsv"):
-        df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str)
+    elif suffix in (".csv", ".tsv", ".parquet"):
+        df = (pd.read_parquet(path) if suffix == ".parquet"
+              else pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str))
         if "query" not in df.columns:
             raise ValueError(f"{path}: no 'query' column (columns: {', '.join(df.columns)})")
         blank = df["query"].isna() | (df["query"].str.strip() == "")

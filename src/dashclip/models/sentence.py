@@ -43,15 +43,20 @@ class SentenceEncoder:
         return int(self.model.config.hidden_size)
 
     def encode(self, texts: list[str], batch_size: int = 256, progress=None) -> np.ndarray:
+        """Unit vectors [N, dim], in the order of `texts`. Texts are batched by length (a batch pads
+        to its longest text), which changes nothing but the time."""
         torch = self._torch
-        out = []
+        texts = list(texts)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
         with torch.inference_mode():
             for i in range(0, len(texts), batch_size):
-                batch = self.tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
+                rows = order[i:i + batch_size]
+                batch = self.tokenizer([texts[r] for r in rows], padding=True, truncation=True,
                                        max_length=self.max_length, return_tensors="pt").to(self.device)
                 h = self.model(**batch).last_hidden_state
                 v = torch.nn.functional.normalize(mean_pool(h, batch["attention_mask"]), dim=-1)
-                out.append(v.float().cpu().numpy())
+                out[rows] = v.float().cpu().numpy()
                 if progress is not None:
-                    progress(len(batch["input_ids"]))
-        return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
+                    progress(len(rows))
+        return out

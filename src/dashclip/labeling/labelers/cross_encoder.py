@@ -187,15 +187,21 @@ def train_cross_encoder(queries: list[str], texts: list[str], grades, out_dir, b
     return summary
 
 
-def train_from_seed(seed, catalog, out_dir, vocabulary=None, **kw) -> dict:
+def train_from_seed(seed, catalog, out_dir, vocabulary=None, extra=None, **kw) -> dict:
     """Train on the training split of seed grades (held-out queries never reach training).
-    `vocabulary`: a shop vocabulary whose shopper words the labeler reads with each product."""
+    `vocabulary`: a shop vocabulary whose shopper words the labeler reads with each product.
+    `extra`: more graded (query, product_id, grade) rows to train on, e.g. `consistency.reading_examples`."""
+    import pandas as pd
+
     from ..grades import split_by_query
     from . import pairs_from
 
     train, _ = split_by_query(seed)
     if train.empty:
         raise ValueError("no training seed grades (every query is held out)")
+    if extra is not None and len(extra):
+        train = pd.concat([train[["query", "product_id", "grade"]], extra[["query", "product_id", "grade"]]],
+                          ignore_index=True)
     pairs = pairs_from(catalog, train["query"].tolist(), train["product_id"].tolist())
     return train_cross_encoder([p.query for p in pairs], [labeler_text(p, vocabulary) for p in pairs],
-                               train["grade"].to_numpy(), out_dir, vocabulary=vocabulary, **kw)
+                               train["grade"].to_numpy().astype(np.int64), out_dir, vocabulary=vocabulary, **kw)
