@@ -55,12 +55,14 @@ class Sizes:
 SIZES = {
     "full": Sizes(products=None, image_size=96, stage1_epochs=1, stage1_max_steps=60, seed_k_bm25=10,
                   seed_k_dense=10, seed_n_random=5, labeler_epochs=2, labeler_max_pairs=None,
-                  labeler_max_length=80, labeler_reading_queries=0, pool_queries=2200, pool_k_bm25=2, pool_k_reading=6, pool_k_near=2,
-                  pool_n_random=1, align_epochs=3, align_max_steps=210, align_lr=1.5e-4),
+                  labeler_max_length=80, labeler_reading_queries=0, pool_queries=2200, pool_k_bm25=2,
+                  pool_k_reading=6, pool_k_near=2, pool_n_random=1, align_epochs=3, align_max_steps=210,
+                  align_lr=1.5e-4),
     "quick": Sizes(products=1500, image_size=64, stage1_epochs=1, stage1_max_steps=12, seed_k_bm25=6,
                    seed_k_dense=4, seed_n_random=2, labeler_epochs=1, labeler_max_pairs=240,
-                   labeler_max_length=64, labeler_reading_queries=40, pool_queries=250, pool_k_bm25=2, pool_k_reading=4, pool_k_near=1,
-                   pool_n_random=1, align_epochs=1, align_max_steps=8, align_lr=1.5e-4),
+                   labeler_max_length=64, labeler_reading_queries=40, pool_queries=250, pool_k_bm25=2,
+                   pool_k_reading=4, pool_k_near=1, pool_n_random=1, align_epochs=1, align_max_steps=8,
+                   align_lr=1.5e-4),
 }
 
 
@@ -162,6 +164,7 @@ def step_labels(d: Demo) -> dict:
     from .data.catalog import Catalog
     from .evaluation.baselines import minilm_scorer
     from .io import save_with, write_json
+    from .labeling import load_grades
     from .labeling.candidates import DenseRetriever, pick_candidates
     from .labeling.consistency import keep_consistent, reading_examples
     from .labeling.evaluate import evaluate_labeler
@@ -178,6 +181,7 @@ def step_labels(d: Demo) -> dict:
     catalog = Catalog.open(d.path("catalog"))
     vocabulary = Vocabulary.load(VOCABULARY)
     bm25 = BM25(catalog.product_texts())
+    heldout = [q["query"] for q in heldout_queries()]
     seconds, t0 = {}, time.time()
 
     def lap(name):      # where the step's time goes, for the record in demo.json
@@ -203,7 +207,7 @@ def step_labels(d: Demo) -> dict:
     pool_path, pairs_path = out / "pool.parquet", out / "pool_pairs.parquet"
     if not pairs_path.exists():
         pool = synthesize_queries(catalog, n=s.pool_queries, seed=0, vocabulary=vocabulary,
-                                  exclude=[q["query"] for q in heldout_queries()])
+                                  exclude=heldout)
         pairs = pick_candidates(catalog, pool, bm25=bm25, k_bm25=s.pool_k_bm25, n_random=s.pool_n_random,
                                 k_dense=0, k_reading=s.pool_k_reading, k_near=s.pool_k_near, seed=1)
         save_with(pool_path, lambda p: pool.to_parquet(p, index=False))
@@ -216,9 +220,8 @@ def step_labels(d: Demo) -> dict:
         train, held = split_by_query(seed)
         if s.labeler_max_pairs and len(train) > s.labeler_max_pairs:
             train = train.sample(n=s.labeler_max_pairs, random_state=0)
-        lessons = reading_examples(catalog, vocabulary, s.labeler_reading_queries, seed=7,
-                                   exclude=[q["query"] for q in heldout_queries()] + pool["query"].tolist()
-                                   + seed["query"].tolist())
+        lessons = reading_examples(catalog, vocabulary, s.labeler_reading_queries, seed=7, bm25=bm25,
+                                   exclude=heldout + pool["query"].tolist() + seed["query"].tolist())
         d.log(f"training the cross-encoder labeler on {len(train)} seed grades and {len(lessons)} reading-graded "
               f"pairs (vocabulary {vocabulary.name})")
         train_from_seed(pd.concat([train, held]), catalog, labeler_dir, vocabulary=vocabulary, extra=lessons,
@@ -232,8 +235,6 @@ def step_labels(d: Demo) -> dict:
     d.log(f"grading {len(pairs)} (query, product) pairs of {pairs['qid'].nunique()} synthesized queries")
     summary = grade_pairs(pairs, catalog, labeler, out / "grades", shard_size=2048, batch_size=1024)
     lap("grade")
-    from .labeling import load_grades
-
     kept, check = keep_consistent(load_grades(out / "grades"), pool, catalog)
     save_with(out / "checked.parquet", lambda p: kept.to_parquet(p, index=False))
     write_json(out / "checked.json", check)

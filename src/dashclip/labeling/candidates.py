@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..text import BM25
+from .queries import reading_of
 
 CANDIDATE_COLUMNS = ("qid", "query", "product_id", "source")
 
@@ -149,8 +150,6 @@ def pick_candidates(catalog, queries: pd.DataFrame, k_bm25: int = 20, k_dense: i
         if dense_hits is not None:
             add(dense_hits[i], dense.name)
         if sampler is not None:
-            from .queries import reading_of
-
             reading = reading_of(readings[i])
             if reading:
                 fits, near = sampler.masks(reading)

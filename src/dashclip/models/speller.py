@@ -23,7 +23,6 @@ from typing import Iterable
 from ..text import stem_plural
 
 SPELLER_FILE = "query_speller.json"
-_WORD = re.compile(r"[a-z0-9]+|[^a-z0-9\s]+")
 
 
 def _deletes(word: str, n: int) -> set[str]:

@@ -83,14 +83,13 @@ class CrossEncoderLabeler:
     def probabilities(self, queries: list[str], texts: list[str]) -> np.ndarray:
         """[N, 3] class probabilities. Pairs are batched by length (a batch pads to its longest pair:
         ~1.3x faster on the fashion pool), and returned in the order given."""
+        from ...models.batching import length_batches
         from ...precision import autocast
 
         torch = self._torch
         out = np.zeros((len(queries), 3), dtype=np.float32)
-        order = np.argsort([len(q) + len(t) for q, t in zip(queries, texts)], kind="stable")
         with torch.inference_mode(), autocast(self.device, self.amp):
-            for i in range(0, len(order), self.batch_size):
-                rows = order[i:i + self.batch_size]
+            for rows in length_batches([len(q) + len(t) for q, t in zip(queries, texts)], self.batch_size):
                 enc = _encode(self.tokenizer, [queries[j] for j in rows], [texts[j] for j in rows],
                               self.max_length).to(self.device)
                 out[rows] = torch.softmax(self.model(**enc).logits.float(), -1).cpu().numpy()
