@@ -114,7 +114,7 @@ def finished_run(run: Path, cfg):
     pairs_per_s = float(np.mean(speed)) if speed else None
     examples = steps * settings["batch_size"] * settings.get("accum_steps", 1)
     shown = ("epochs", "max_steps", "batch_size", "lr", "warmup_steps", "itc_weight", "itm_weight",
-             "product_weight", "text_lr_scale", "amp")
+             "product_weight", "product_against", "text_lr_scale", "amp")
     for k in shown:
         cfg_value = settings.get(k)
         if cfg_value is not None:

@@ -286,3 +286,21 @@ def test_product_weight_zero_leaves_the_product_projection_untrained(catalog_dir
                                                                  cache_dir=str(tmp_path / "cache")))
     fresh = build_model(tiny_config())
     assert torch.equal(result.model.fused_proj.weight.cpu(), fresh.fused_proj.weight)
+
+
+def test_product_term_contrasts_with_what_product_against_names(catalog_dir, tmp_path):
+    """The product term reaches the image projection only when it contrasts with images: the default
+    ("text") leaves it alone, so the fused encoder is not taught to copy its own image's identity."""
+    from dashclip.training.pretrain import PretrainConfig, build_model, pretrain
+
+    fresh = build_model(tiny_config()).image_proj.weight
+    moved = {}
+    for against in ("text", "image"):
+        cfg = tiny_config(max_steps=2, freeze_image=True, itc_weight=0.0, itm_weight=0.0, product_against=against,
+                          weight_decay=0.0,  # decay alone would move every weight
+                          cache_dir=str(tmp_path / "cache"))
+        moved[against] = not torch.equal(pretrain(catalog_dir, tmp_path / against, cfg).model.image_proj.weight.cpu(), fresh)
+    assert moved == {"text": False, "image": True}
+    assert PretrainConfig().product_against == "text"
+    with pytest.raises(ValueError, match="product_against must be text, image or image\\+text"):
+        PretrainConfig(product_against="pixels")

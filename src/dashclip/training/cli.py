@@ -28,7 +28,9 @@ def register(app: typer.Typer) -> None:
         itc_weight: float = typer.Option(1.0, help="Weight of the image-text contrastive loss."),
         itm_weight: float = typer.Option(1.0, help="Weight of the image-text matching loss (0: off)."),
         product_weight: float = typer.Option(1.0, help="Weight of the product-embedding contrastive loss "
-                                             "(fused embedding vs the image and text embeddings; 0: off)."),
+                                             "(0: off)."),
+        product_against: str = typer.Option("text", help="What the product embedding is contrasted with: text, "
+                                            "image or image+text (see PretrainConfig.product_against)."),
         heldout_frac: float = typer.Option(0.1, help="Share of products held out for evaluation (by id)."),
         max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
         seed: int = typer.Option(0),
@@ -50,6 +52,7 @@ def register(app: typer.Typer) -> None:
                 freeze_image=freeze_image, image_size=image_size,
                 amp=None if amp in (None, "none") else amp, ckpt_every=ckpt_every, resume=resume,
                 itc_weight=itc_weight, itm_weight=itm_weight, product_weight=product_weight,
+                product_against=product_against,
                 heldout_frac=heldout_frac,
                 max_steps=max_steps, seed=seed, warmup_steps=warmup_steps,
                 cache_dir=str(cache_dir) if cache_dir else None, device=device,
