@@ -93,7 +93,7 @@ class PretrainConfig:
 
     def __post_init__(self):
         parts = self.product_against.split("+")
-        if not parts or any(x not in ("image", "text") for x in parts) or len(set(parts)) != len(parts):
+        if any(x not in ("image", "text") for x in parts) or len(set(parts)) != len(parts):
             raise ValueError(f"product_against must be text, image or image+text, not {self.product_against!r}")
 
     def loop_config(self) -> LoopConfig:
@@ -189,9 +189,10 @@ class PretrainTask:
         if cfg.product_weight:
             fused_out = model.fuse(tokens, batch["attention_mask"], patches)
             fused = model.project_fused(fused_out)
-            against = [t for name, t in (("image", img), ("text", txt)) if name in cfg.product_against.split("+")]
-            product = sum(itc_loss(t, fused, batch["ids"], model.logit_scale, gather=gather)[0]
-                          for t in against) / len(against)
+            against = {"image": img, "text": txt}
+            targets = cfg.product_against.split("+")
+            product = sum(itc_loss(against[t], fused, batch["ids"], model.logit_scale, gather=gather)[0]
+                          for t in targets) / len(targets)
             loss = loss + cfg.product_weight * product
             stats["product_itc"] = product.item()
         if cfg.itm_weight:
