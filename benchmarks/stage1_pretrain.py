@@ -148,6 +148,8 @@ def main() -> None:
     ap.add_argument("--trained-run", default=None,
                     help="measure this finished `pretrain` run dir (e.g. runs/demo/stage1) instead of training "
                          "one: its model/, pretrain_config.json (settings and split) and metrics.jsonl (speed)")
+    ap.add_argument("--results", type=Path, default=RESULTS / "stage1_pretrain.json",
+                    help="results file (a .md is written beside it)")
     args = ap.parse_args()
 
     import torch
@@ -244,8 +246,8 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     from dashclip.io import write_json, write_text
-    write_json(RESULTS / "stage1_pretrain.json", report)
-    write_text(RESULTS / "stage1_pretrain.md", markdown(report))
+    write_json(args.results, report)
+    write_text(args.results.with_suffix(".md"), markdown(report))
     print(markdown(report))
 
 

@@ -233,7 +233,7 @@ def step_labels(d: Demo) -> dict:
     lap("labeler_eval")
 
     d.log(f"grading {len(pairs)} (query, product) pairs of {pairs['qid'].nunique()} synthesized queries")
-    summary = grade_pairs(pairs, catalog, labeler, out / "grades", shard_size=2048, batch_size=1024)
+    summary = grade_pairs(pairs, catalog, labeler, out / "grades", shard_size=2048)
     lap("grade")
     kept, check = keep_consistent(load_grades(out / "grades"), pool, catalog)
     save_with(out / "checked.parquet", lambda p: kept.to_parquet(p, index=False))

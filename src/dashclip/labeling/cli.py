@@ -238,7 +238,7 @@ def grade(
     """Grade many pairs with a labeler into resumable Parquet shards."""
     from ..clihelp import console, progress, user_errors
     from ..data.catalog import Catalog
-    from .grading import grade_pairs
+    from .grading import PAIRS_PER_CALL, grade_pairs
 
     with user_errors():
         cat = Catalog.open(catalog)
@@ -246,8 +246,8 @@ def grade(
         lab = _make_labeler(labeler, labeler_path, cat, seed_grades, cache_dir, concurrency, batch_size)
         with progress() as bar:
             task = bar.add_task(f"grade ({labeler})", total=None)
-            # The labeler sees 8 of its batches per call: the cross-encoder orders them by length.
-            summary = grade_pairs(df, cat, lab, out, shard_size=shard_size, batch_size=8 * batch_size,
+            summary = grade_pairs(df, cat, lab, out, shard_size=shard_size,
+                                  batch_size=max(PAIRS_PER_CALL, batch_size),
                                   max_shards=max_shards,
                                   progress=lambda n: bar.update(task, advance=n, total=bar.tasks[0].total or None))
     run = summary["this_run"]

@@ -26,6 +26,9 @@ from .grades import GRADE_COLUMNS
 from .labelers import Labeler, pairs_from
 
 PAIRS_FILE, PLAN_FILE, SUMMARY_FILE = "pairs.parquet", "plan.json", "grading.json"
+# Pairs handed to the labeler per call. Large, because the cross-encoder sorts each call's pairs by length
+# into its own batches (less padding) and the LLM labeler runs a call's pairs concurrently.
+PAIRS_PER_CALL = 1024
 
 
 def shard_name(i: int, kind: str = "grades") -> str:
@@ -52,7 +55,7 @@ def prepare_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 def grade_pairs(pairs: pd.DataFrame, catalog, labeler: Labeler, out_dir, shard_size: int = 4096,
-                batch_size: int = 256, progress: Callable[[int], None] | None = None,
+                batch_size: int = PAIRS_PER_CALL, progress: Callable[[int], None] | None = None,
                 max_shards: int | None = None) -> dict:
     """Grade `pairs` (qid, query, product_id) into shards under `out_dir`; resume a killed run.
 
