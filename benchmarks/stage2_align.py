@@ -106,7 +106,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=shipped.align_lr)
     ap.add_argument("--wise-alpha", type=float, default=AlignConfig().wise_alpha,
                     help="alpha of the *_wise systems (WiSE-FT; default AlignConfig's, what dashclip align saves)")
-    ap.add_argument("--check-queries", type=lambda v: Path(v) if v else None, default=REPO / "benchmarks" / "check_queries.jsonl",
+    ap.add_argument("--check-queries", type=lambda v: Path(v) if v else None,
+                    default=REPO / "benchmarks" / "check_queries.jsonl",
                     help="a second query set (fashion-queries format) scored beside the held-out one; queries "
                          "that a grade input holds word for word are left out ('' for none)")
     ap.add_argument("--out", type=Path, default=RESULTS / "stage2_align.json")
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
         record["inputs"]["check_queries"] = {"file": str(args.check_queries), "count": len(check),
                                              "left_out_as_trained_on": len(written) - len(check),
                                              "styles": _count(q["style"] for q in check)}
-        evaluate_check = make_evaluator(check, catalog, record)
+        evaluate_check = make_evaluator(check, catalog, record) if check else None
 
     def run(name, fn):
         if name not in wanted:
@@ -370,7 +371,7 @@ def train_and_rank(args, name, grades, variant, product_ids, product_vectors, he
         model = dashclip.create_model("default")
     summary = align(args.model, grades, out, config, loop, model=model,
                     product_table=(np.asarray(product_ids), product_vectors),
-                    exclude_queries={q["query"] for q in heldout})   # the check queries are not in any input
+                    exclude_queries={q["query"] for q in heldout})   # check queries an input holds are not scored
     info = {"variant": variant, "steps": summary["steps"], "train_seconds": summary["seconds"],
             "grades": summary["grades"], "table": summary["table"], "final_loss": summary["last"].get("loss_avg"),
             "align": summary["align"], "lr": args.lr}
