@@ -107,6 +107,43 @@ def test_shared_fusion_input_starts_the_product_embedding_at_the_text_embedding(
     assert loaded.config.fusion_input == fusion_input
 
 
+def test_fusion_weights_text_tower_shares_the_text_layers(tmp_path):
+    """fusion_weights "text_tower" (BLIP's sharing): the fusion layers are the text tower's top layers plus
+    their own cross-attention. The product embedding starts at the text embedding; a change to the text
+    tower's top layer moves the product embedding (it is the same weight, not a copy); ITM's gradient
+    reaches that layer, where with "copy" it does not; and the sharing survives a save/load round trip,
+    with the shared weights saved once, under the text tower."""
+    torch.manual_seed(0)
+    model = create_model("tiny", pretrained=False, fusion_input="shared", fusion_weights="text_tower").eval()
+    cos = (model.encode_product(TEXTS, IMAGES) * model.encode_text(TEXTS)).sum(-1)
+    assert torch.allclose(cos, torch.ones(3), atol=1e-5)
+    assert not any(k.startswith("fusion.layers.0.self_attn") for k in model.state_dict())
+
+    def itm_grad_of_top_text_layer(m):
+        m.zero_grad()
+        tok = m.tokenize(TEXTS)
+        patches, _ = m.image_features(m.preprocess(IMAGES))
+        tokens, _ = m.text_features(tok["input_ids"], tok["attention_mask"])
+        m.itm_logits(m.fuse(tokens, tok["attention_mask"], patches)).logsumexp(-1).sum().backward()
+        g = m.text_tower.bert.encoder.layer[-1].intermediate.dense.weight.grad
+        return 0.0 if g is None else float(g.abs().sum())
+
+    assert itm_grad_of_top_text_layer(model) > 0
+    copied = create_model("tiny", pretrained=False, fusion_input="shared")
+    assert itm_grad_of_top_text_layer(copied) == 0.0
+
+    forward_backward(model)
+    loaded = assert_round_trip(model, tmp_path / "m")
+    assert loaded.config.fusion_weights == "text_tower"
+    before = loaded.encode_product(TEXTS, IMAGES)
+    with torch.no_grad():
+        w = loaded.text_tower.bert.encoder.layer[-1].output.dense.weight
+        w.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(0)))
+    assert not torch.allclose(loaded.encode_product(TEXTS, IMAGES), before, atol=1e-4)
+    with pytest.raises(ValueError, match="needs fusion_input 'shared'"):
+        get_config("tiny", fusion_weights="text_tower")
+
+
 def test_default_config_loads_offline_weights():
     model = create_model("default")
     assert model.embed_dim == 256 and model.config.text_tower["type"] == "minilm"

@@ -33,6 +33,10 @@ class ModelConfig:
     # image-grounded encoder shares the text encoder's lower layers. With the cross-attention starting
     # at zero, the fused embedding then starts equal to the text embedding, and Stage 1 adds the image.
     fusion_input: str = "last"
+    # dashclip, with fusion_input "shared": "copy", the fusion layers start as copies of the text tower's top
+    # layers and train apart from them (only ITM and the product term reach them); "text_tower", they are
+    # those layers with their own cross-attention added, as BLIP shares them, so ITC trains the fused path too.
+    fusion_weights: str = "copy"
     text_pooling: str = "mean"            # pooling of text and fused tokens: "mean" (sentence-transformers) or "cls" (BLIP)
     image_size: int = 224
     mean: tuple = (0.5, 0.5, 0.5)
@@ -52,6 +56,12 @@ class ModelConfig:
         if self.fusion_input not in ("last", "shared"):
             raise ValueError(f"model config {self.name!r}: fusion_input must be 'last' or 'shared', "
                              f"not {self.fusion_input!r}")
+        if self.fusion_weights not in ("copy", "text_tower"):
+            raise ValueError(f"model config {self.name!r}: fusion_weights must be 'copy' or 'text_tower', "
+                             f"not {self.fusion_weights!r}")
+        if self.fusion_weights == "text_tower" and self.fusion_input != "shared":
+            raise ValueError(f"model config {self.name!r}: fusion_weights 'text_tower' needs fusion_input 'shared' "
+                             f"(the fusion layers are the text tower's top layers, so they read the states below them)")
         if self.kind not in ("dashclip", "blip", "clip"):
             raise ValueError(f"model config {self.name!r}: unknown kind {self.kind!r} (dashclip, blip, clip)")
 

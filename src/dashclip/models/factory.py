@@ -103,7 +103,8 @@ def create_model(config="default", pretrained: bool = True, tokenizer=None, **ov
         text_tower = BertTextTower(bert, cfg.text_pooling,
                                    bert.config.num_hidden_layers - cfg.fusion_layers if shared else None)
         fusion = FusionEncoder.from_bert(bert, image_tower.width, cfg.fusion_layers, cfg.text_pooling,
-                                         dropout=0.1 if cfg.dropout is None else cfg.dropout)
+                                         dropout=0.1 if cfg.dropout is None else cfg.dropout,
+                                         share=shared and cfg.fusion_weights == "text_tower")
         text_proj = nn.Linear(text_tower.width, cfg.embed_dim)
         parts = dict(image_tower=image_tower, text_tower=text_tower, fusion=fusion,
                      image_proj=nn.Linear(image_tower.width, cfg.embed_dim), text_proj=text_proj,

@@ -31,7 +31,7 @@ from .towers import clone
 PRODUCT_TRAINABLE = ("fusion", "image_proj", "text_proj", "fused_proj")
 QUERY_ENCODER_PREFIXES = ("query_tower.", "query_proj.")
 # Config fields added after models were first saved, with the default older models load with.
-LATER_CONFIG_FIELDS = {"dropout": None}
+LATER_CONFIG_FIELDS = {"dropout": None, "fusion_weights": "copy"}
 
 
 class DashCLIP(nn.Module):

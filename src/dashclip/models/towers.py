@@ -154,15 +154,53 @@ class FusionLayer(nn.Module):
         self.norm2.load_state_dict(layer.output.LayerNorm.state_dict())
 
 
+class SharedFusionLayer(nn.Module):
+    """A fusion layer that *is* a text tower layer plus its own cross-attention, as in BLIP, whose
+    image-grounded text encoder shares every self-attention and feed-forward weight with the text
+    encoder. The text layer's weights stay the text tower's (saved there, trained by ITC too); this
+    module owns only the cross-attention, which starts at zero like FusionLayer's."""
+
+    def __init__(self, text_layer: nn.Module, width: int, heads: int, image_width: int, dropout: float = 0.1):
+        super().__init__()
+        self._text_layer = [text_layer]     # a list, so it is not registered (its weights are the text tower's)
+        self.heads = heads
+        self.cross_norm = nn.LayerNorm(width)
+        self.cross_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True,
+                                                kdim=image_width, vdim=image_width)
+        nn.init.zeros_(self.cross_attn.out_proj.weight)
+        nn.init.zeros_(self.cross_attn.out_proj.bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, pad_mask, image, image_pad_mask=None):
+        layer = self._text_layer[0]
+        sa = layer.attention.self
+        b, t, _ = x.shape
+
+        def split(linear):
+            return linear(x).view(b, t, self.heads, -1).transpose(1, 2)
+
+        a = F.scaled_dot_product_attention(split(sa.query), split(sa.key), split(sa.value),
+                                           attn_mask=~pad_mask[:, None, None, :],
+                                           dropout_p=sa.dropout.p if self.training else 0.0)
+        x = layer.attention.output(a.transpose(1, 2).reshape(b, t, -1), x)    # dense, dropout, LayerNorm(+x)
+        c = self.cross_attn(self.cross_norm(x), image, image, key_padding_mask=image_pad_mask, need_weights=False)[0]
+        x = x + self.dropout(c)
+        return layer.output(layer.intermediate(x), x)                         # FFN, dropout, LayerNorm(+x)
+
+
 class FusionEncoder(nn.Module):
     """Image-grounded text encoder on top of the text tower's token states: `layers` FusionLayers,
     then pooling. The image patches are layer-normed first (CNN features are unnormalised)."""
 
     def __init__(self, width: int, heads: int, ffn: int, image_width: int, layers: int, pooling: str = "mean",
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, text_layers=None):
         super().__init__()
         self.image_norm = nn.LayerNorm(image_width)
-        self.layers = nn.ModuleList(FusionLayer(width, heads, ffn, image_width, dropout) for _ in range(layers))
+        if text_layers is None:
+            self.layers = nn.ModuleList(FusionLayer(width, heads, ffn, image_width, dropout) for _ in range(layers))
+        else:
+            self.layers = nn.ModuleList(SharedFusionLayer(layer, width, heads, image_width, dropout)
+                                        for layer in text_layers)
         self.pooling = pooling
 
     def forward(self, tokens, attention_mask, patches):
@@ -175,11 +213,15 @@ class FusionEncoder(nn.Module):
 
     @classmethod
     def from_bert(cls, bert: nn.Module, image_width: int, layers: int, pooling: str = "mean",
-                  dropout: float = 0.1) -> "FusionEncoder":
-        """Fusion layers initialised from the last `layers` layers of a HF BERT, with new cross-attention."""
+                  dropout: float = 0.1, share: bool = False) -> "FusionEncoder":
+        """Fusion layers initialised from the last `layers` layers of a HF BERT, with new cross-attention;
+        `share`: they are those layers (SharedFusionLayer), not copies of them."""
         c = bert.config
-        enc = cls(c.hidden_size, c.num_attention_heads, c.intermediate_size, image_width, layers, pooling, dropout)
         source = bert.encoder.layer[-layers:] if layers else []
+        enc = cls(c.hidden_size, c.num_attention_heads, c.intermediate_size, image_width, layers, pooling, dropout,
+                  text_layers=list(source) if share else None)
+        if share:
+            return enc
         for fusion_layer, bert_layer in zip(enc.layers, source):
             fusion_layer.copy_from_bert_layer(bert_layer)
         return enc
