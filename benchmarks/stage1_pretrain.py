@@ -259,6 +259,7 @@ def markdown(r: dict) -> str:
         f"(torch threads {r['machine']['torch_threads']}). Load average (1 min) during the run: "
         f"mean {r['load_average']['during_1min']['mean']}, max {r['load_average']['during_1min']['max']} "
         "(the machine is shared with other engineers' work).", "",
+        f"Model config `{r['config'].get('config', 'default')}`. "
         f"Catalog: {r['catalog']['products']} products; {r['catalog']['heldout_products_evaluated']} held out "
         f"(by id, {r['config']['heldout_frac']:.0%}); {r['catalog']['train_pairs']} training pairs. "
         f"Image tower frozen and cached at {r['config']['image_size']} px; text tower, fusion and "
