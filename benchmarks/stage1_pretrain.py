@@ -244,7 +244,7 @@ def main() -> None:
                                            "target": "fused >= max(image, text)", "met": fused >= best_single},
         },
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
     from dashclip.io import write_json, write_text
     write_json(args.results, report)
     write_text(args.results.with_suffix(".md"), markdown(report))

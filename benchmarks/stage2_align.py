@@ -142,7 +142,7 @@ def main(argv=None) -> int:
     # choice tuned on those 40 shows here), minus any that a training input holds word for word.
     check, evaluate_check = [], None
     if args.check_queries:
-        trained = trained_query_texts(args)
+        trained = trained_query_texts(args, [q["query"] for q in all_queries])
         written = [json.loads(line) for line in open(args.check_queries) if line.strip()]
         check = [q for q in written if q["query"].strip().lower() not in trained]
         record["inputs"]["check_queries"] = {"file": str(args.check_queries), "count": len(check),
@@ -236,20 +236,19 @@ def open_catalog(args, record):
     return cat
 
 
-def trained_query_texts(args) -> set[str]:
-    """Every query text (lowercased) in the grade and pool inputs: what Stage 2 or the labeler may have seen."""
+def trained_query_texts(args, dev_queries) -> set[str]:
+    """Every query text (lowercased) of the dev set and the grade and pool inputs: what Stage 2 or the
+    labeler may have seen."""
     import pandas as pd
 
-    from dashclip.settings import dataset_dir
+    from dashclip.training.align import read_grades
 
-    texts = {json.loads(line)["query"] for line in open(dataset_dir("fashion-queries") / "dev_queries.jsonl")
-             if line.strip()}
-    paths = [*(args.seed_grades or []), *(args.model_grades or []), *(args.unchecked_grades or []),
-             *([args.pool] if args.pool else [])]
-    for path in paths:
-        files = sorted(Path(path).glob("*.parquet")) if Path(path).is_dir() else [Path(path)]
-        for f in files:
-            texts |= set(pd.read_parquet(f).get("query", pd.Series(dtype=str)))
+    texts = set(dev_queries)
+    grades = [*(args.seed_grades or []), *(args.model_grades or []), *(args.unchecked_grades or [])]
+    if grades:
+        texts |= set(read_grades(grades)["query"])
+    if args.pool:
+        texts |= set(pd.read_parquet(args.pool, columns=["query"])["query"])
     return {t.strip().lower() for t in texts}
 
 

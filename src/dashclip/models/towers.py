@@ -112,6 +112,20 @@ class BertTextTower(nn.Module):
 # Image-grounded text encoder
 
 
+def zero_cross_attention(width: int, heads: int, image_width: int, dropout: float) -> nn.MultiheadAttention:
+    """Text-to-image cross-attention whose output projection starts at zero (the branch adds nothing yet)."""
+    attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True, kdim=image_width, vdim=image_width)
+    nn.init.zeros_(attn.out_proj.weight)
+    nn.init.zeros_(attn.out_proj.bias)
+    return attn
+
+
+def add_image(layer: nn.Module, x, image, image_pad_mask=None):
+    """The pre-LN cross-attention residual branch of a fusion layer (its cross_norm, cross_attn, dropout)."""
+    c = layer.cross_attn(layer.cross_norm(x), image, image, key_padding_mask=image_pad_mask, need_weights=False)[0]
+    return x + layer.dropout(c)
+
+
 class FusionLayer(nn.Module):
     """A post-LN BERT layer (self-attention, feed-forward) with a cross-attention to image patches
     between them. The cross-attention is a pre-LN residual branch whose output projection starts at
@@ -123,10 +137,7 @@ class FusionLayer(nn.Module):
         self.self_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
         self.norm1 = nn.LayerNorm(width, eps=1e-12)
         self.cross_norm = nn.LayerNorm(width)
-        self.cross_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True,
-                                                kdim=image_width, vdim=image_width)
-        nn.init.zeros_(self.cross_attn.out_proj.weight)
-        nn.init.zeros_(self.cross_attn.out_proj.bias)
+        self.cross_attn = zero_cross_attention(width, heads, image_width, dropout)
         self.ffn_in = nn.Linear(width, ffn)
         self.ffn_out = nn.Linear(ffn, width)
         self.norm2 = nn.LayerNorm(width, eps=1e-12)
@@ -134,9 +145,7 @@ class FusionLayer(nn.Module):
 
     def forward(self, x, pad_mask, image, image_pad_mask=None):
         a = self.self_attn(x, x, x, key_padding_mask=pad_mask, need_weights=False)[0]
-        x = self.norm1(x + self.dropout(a))
-        c = self.cross_attn(self.cross_norm(x), image, image, key_padding_mask=image_pad_mask, need_weights=False)[0]
-        x = x + self.dropout(c)
+        x = add_image(self, self.norm1(x + self.dropout(a)), image, image_pad_mask)
         f = self.ffn_out(F.gelu(self.ffn_in(x)))
         return self.norm2(x + self.dropout(f))
 
@@ -163,12 +172,8 @@ class SharedFusionLayer(nn.Module):
     def __init__(self, text_layer: nn.Module, width: int, heads: int, image_width: int, dropout: float = 0.1):
         super().__init__()
         self._text_layer = [text_layer]     # a list, so it is not registered (its weights are the text tower's)
-        self.heads = heads
         self.cross_norm = nn.LayerNorm(width)
-        self.cross_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True,
-                                                kdim=image_width, vdim=image_width)
-        nn.init.zeros_(self.cross_attn.out_proj.weight)
-        nn.init.zeros_(self.cross_attn.out_proj.bias)
+        self.cross_attn = zero_cross_attention(width, heads, image_width, dropout)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, pad_mask, image, image_pad_mask=None):
@@ -177,14 +182,13 @@ class SharedFusionLayer(nn.Module):
         b, t, _ = x.shape
 
         def split(linear):
-            return linear(x).view(b, t, self.heads, -1).transpose(1, 2)
+            return linear(x).view(b, t, sa.num_attention_heads, -1).transpose(1, 2)
 
         a = F.scaled_dot_product_attention(split(sa.query), split(sa.key), split(sa.value),
                                            attn_mask=~pad_mask[:, None, None, :],
                                            dropout_p=sa.dropout.p if self.training else 0.0)
         x = layer.attention.output(a.transpose(1, 2).reshape(b, t, -1), x)    # dense, dropout, LayerNorm(+x)
-        c = self.cross_attn(self.cross_norm(x), image, image, key_padding_mask=image_pad_mask, need_weights=False)[0]
-        x = x + self.dropout(c)
+        x = add_image(self, x, image, image_pad_mask)
         return layer.output(layer.intermediate(x), x)                         # FFN, dropout, LayerNorm(+x)
 
 
@@ -220,10 +224,9 @@ class FusionEncoder(nn.Module):
         source = bert.encoder.layer[-layers:] if layers else []
         enc = cls(c.hidden_size, c.num_attention_heads, c.intermediate_size, image_width, layers, pooling, dropout,
                   text_layers=list(source) if share else None)
-        if share:
-            return enc
-        for fusion_layer, bert_layer in zip(enc.layers, source):
-            fusion_layer.copy_from_bert_layer(bert_layer)
+        if not share:
+            for fusion_layer, bert_layer in zip(enc.layers, source):
+                fusion_layer.copy_from_bert_layer(bert_layer)
         return enc
 
 
