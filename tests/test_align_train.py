@@ -123,3 +123,22 @@ def test_wise_interpolation_of_the_query_encoder():
                if k.startswith("query_tower."))
     with pytest.raises(ValueError, match="wise_alpha"):
         AlignConfig(wise_alpha=1.5)
+
+
+@pytest.mark.parametrize("fusion_weights", ["copy", "text_tower"])
+def test_unfreeze_product_trains_every_fusion_weight(fusion_weights):
+    """--unfreeze-product trains the whole image-grounded encoder: with fusion_weights "text_tower" its
+    self-attention and feed-forward weights are registered under the text tower, and must be included."""
+    from dashclip.models.factory import create_model
+    from dashclip.training.align import trainable_modules
+
+    model = create_model("tiny", pretrained=False, fusion_input="shared", fusion_weights=fusion_weights)
+    model.add_query_encoder()
+    frozen = {id(p) for m in trainable_modules(model, False) for p in m.parameters()}
+    trained = {id(p) for m in trainable_modules(model, True) for p in m.parameters()}
+    fusion_path = {id(p) for layer in model.fusion.layers for p in layer.parameters()}
+    if fusion_weights == "text_tower":
+        fusion_path |= {id(p) for layer in model.fusion.layers for p in layer.text_layer.parameters()}
+        assert fusion_path & {id(p) for p in model.text_tower.parameters()}   # shared, really
+    assert fusion_path <= trained and not fusion_path & frozen
+    assert {id(p) for p in model.fused_proj.parameters()} <= trained

@@ -147,7 +147,7 @@ def test_fusion_weights_text_tower_shares_the_text_layers(tmp_path):
 def test_default_config_loads_offline_weights():
     model = create_model("default")
     assert model.embed_dim == 256 and model.config.text_tower["type"] == "minilm"
-    assert model.config.fusion_input == "shared"
+    assert model.config.fusion_input == "shared" and model.config.fusion_weights == "text_tower"
     # the text tower is all-MiniLM-L6-v2 with mean pooling: the same vectors as the off-the-shelf encoder
     from dashclip.models.sentence import SentenceEncoder, minilm_path
     ref = torch.as_tensor(np.asarray(SentenceEncoder(minilm_path()).encode(TEXTS)))

@@ -176,8 +176,12 @@ class SharedFusionLayer(nn.Module):
         self.cross_attn = zero_cross_attention(width, heads, image_width, dropout)
         self.dropout = nn.Dropout(dropout)
 
+    @property
+    def text_layer(self) -> nn.Module:
+        return self._text_layer[0]
+
     def forward(self, x, pad_mask, image, image_pad_mask=None):
-        layer = self._text_layer[0]
+        layer = self.text_layer
         sa = layer.attention.self
         b, t, _ = x.shape
 
