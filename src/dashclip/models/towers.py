@@ -211,6 +211,12 @@ class FusionEncoder(nn.Module):
                                         for layer in text_layers)
         self.pooling = pooling
 
+    @property
+    def text_layers(self) -> list[nn.Module]:
+        """The text tower layers that shared fusion layers are (none for copies): registered, saved and
+        frozen with the text tower, but part of the fusion when it trains."""
+        return [layer.text_layer for layer in self.layers if isinstance(layer, SharedFusionLayer)]
+
     def forward(self, tokens, attention_mask, patches):
         pad = attention_mask == 0
         image = self.image_norm(patches)

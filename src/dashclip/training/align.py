@@ -376,9 +376,7 @@ def trainable_modules(model: nn.Module, unfreeze_product: bool) -> list[nn.Modul
     mods = [model.query_tower, model.query_proj]
     if unfreeze_product:
         mods += [getattr(model, name) for name in PRODUCT_TRAINABLE if getattr(model, name, None) is not None]
-        # fusion layers shared with the text tower (fusion_weights "text_tower") are registered there
-        mods += [layer.text_layer for layer in getattr(getattr(model, "fusion", None), "layers", [])
-                 if getattr(layer, "text_layer", None) is not None]
+        mods += getattr(getattr(model, "fusion", None), "text_layers", [])   # shared layers live in the text tower
     return mods
 
 
