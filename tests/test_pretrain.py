@@ -116,6 +116,31 @@ def test_feature_cache_matches_tower_and_is_keyed_by_weights_and_preprocessing(c
     assert cache_key(model2, paths)[0] == key
 
 
+def test_feature_cache_marks_an_unreadable_image_invalid_and_names_it(catalog_dir, tmp_path):
+    # The next batch is decoded while the tower runs: the flags and errors must still land on the right rows.
+    import shutil
+
+    from dashclip.data.catalog import Catalog
+    from dashclip.training import feature_cache
+    from dashclip.training.data import CatalogPairs
+    from dashclip.training.pretrain import build_model
+
+    model = build_model(tiny_config()).eval()
+    paths = CatalogPairs.from_catalog(Catalog.open(catalog_dir)).image_paths[:20]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    missing = tmp_path / "missing.jpg"
+    shutil.copy(paths[0], tmp_path / "copy.jpg")
+    paths = [*paths[:9], broken, *paths[9:17], missing, tmp_path / "copy.jpg"]
+    cache = feature_cache.build_or_open(model, paths, tmp_path / "cache", batch_size=4, show_progress=False)
+    assert np.flatnonzero(~cache.valid).tolist() == [9, 18]
+    assert cache.meta["n_failed"] == 2
+    assert [e.split(":")[0] for e in cache.meta["first_errors"]] == [str(broken), str(missing)]
+    patches, pooled = cache.features([9, 18, 0, 19])
+    assert not pooled[:2].any() and not patches[:2].any()
+    assert torch.equal(pooled[2], pooled[3]) and pooled[2].abs().sum() > 0    # the copy of image 0: same features
+
+
 def test_feature_cache_build_resumes_after_a_kill_and_matches_an_uninterrupted_build(catalog_dir, tmp_path,
                                                                                       monkeypatch):
     from dashclip.data.catalog import Catalog

@@ -86,9 +86,14 @@ class Catalog:
         row = self.products.iloc[self.row_of[pid]].to_dict()
         return {k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in row.items()}
 
+    @cached_property
+    def integer_ids(self) -> bool:
+        """Whether product ids are integers (asked once: `coerce_id` runs per row of large tables)."""
+        return pd.api.types.is_integer_dtype(self.products["id"].dtype)
+
     def coerce_id(self, pid):
         """Ids arrive as strings from URLs and JSON: convert to the catalog's id type."""
-        if pd.api.types.is_integer_dtype(self.products["id"].dtype):
+        if self.integer_ids:
             try:
                 return int(pid)
             except (TypeError, ValueError):

@@ -127,6 +127,7 @@ def train_cross_encoder(queries: list[str], texts: list[str], grades, out_dir, b
     from ...io import atomic_dir, write_json
     from ...models.sentence import minilm_path
     from ...precision import autocast
+    from ...training.loop import adamw
 
     config = config or CrossEncoderConfig()
     grades = np.asarray(grades, dtype=np.int64)
@@ -147,7 +148,7 @@ def train_cross_encoder(queries: list[str], texts: list[str], grades, out_dir, b
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
     steps_per_epoch = -(-len(grades) // config.batch_size)
     total = steps_per_epoch * config.epochs
-    optim = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optim = adamw(model.parameters(), "cpu", lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(1, int(config.warmup_ratio * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
         optim, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
