@@ -242,6 +242,22 @@ def markdown(res: dict) -> str:
                      f"for at most ~{TARGET_P50_MS * per_ms:,.0f} distances ({100 * TARGET_P50_MS / ms:.1f}% of the "
                      f"vectors) at that rate.")
     lines.append("")
+    for data in res["target"]:
+        rows = [dict(M=c["M"], ef_construction=c["ef_construction"], **r) for c in res["configs"]
+                if c["dataset"] == data for r in c["sweep"]]
+        fast = [r for r in rows if r["p50_ms"] <= TARGET_P50_MS]
+        accurate = [r for r in rows if r["recall@10"] >= TARGET_RECALL]
+        if fast:
+            r = max(fast, key=lambda r: r["recall@10"])
+            lines.append(f"- {data}: best recall@10 within {TARGET_P50_MS:g} ms: {r['recall@10']} (M={r['M']}, "
+                         f"efSearch={r['ef_search']}, p50 {r['p50_ms']} ms)")
+        if accurate:
+            r = min(accurate, key=lambda r: r["p50_ms"])
+            lines.append(f"- {data}: fastest recall@10 >= {TARGET_RECALL}: p50 {r['p50_ms']} ms (M={r['M']}, "
+                         f"efSearch={r['ef_search']}, recall {r['recall@10']}"
+                         + (f", {100 * r['visited_fraction']:.1f}% of the vectors visited" if "visited_fraction" in r
+                            else "") + f"; exact search {res['exact_p50_ms'][data]} ms)")
+    lines.append("")
     for data, best in res["target"].items():
         lines.append(f"- Target recall@10 >= {TARGET_RECALL} with p50 <= {TARGET_P50_MS} ms, **{data}** data: "
                      + (f"met by M={best['M']}, efC={best['ef_construction']}, efSearch={best['ef_search']} "

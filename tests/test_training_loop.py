@@ -191,3 +191,26 @@ def test_param_groups_scale_the_lr_of_named_parts():
     assert {g["weight_decay"] for g in text} == {0.05, 0.0}   # weight decay still skips biases
     optimizer = torch.optim.AdamW(groups, lr=1e-3)
     assert sorted({g["lr"] for g in optimizer.param_groups}) == [pytest.approx(1e-4), 1e-3]
+
+
+def test_adamw_uses_the_fused_kernel_on_cpu_and_makes_the_same_update():
+    from dashclip.training.loop import adamw, param_groups
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    twin = nn.Sequential(nn.Linear(6, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    twin.load_state_dict(model.state_dict())
+    start = model[0].weight.detach().clone()
+    options = dict(lr=1e-2, betas=(0.9, 0.98), eps=1e-6)
+    fused = adamw(param_groups(model, 0.1), "cpu", **options)
+    plain = torch.optim.AdamW(param_groups(twin, 0.1), **options)
+    assert fused.param_groups[0]["fused"] is True
+    x = torch.randn(16, 6)
+    for _ in range(10):
+        for net, opt in ((model, fused), (twin, plain)):
+            opt.zero_grad()
+            net(x).pow(2).mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert (model[0].weight - start).abs().max() > 1e-3     # it did train
