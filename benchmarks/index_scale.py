@@ -12,7 +12,7 @@ through `VectorIndex.search` and through the bare FAISS index). Two datasets:
              new draws from the same mixture: closer to real embeddings, where neighbours stand out.
 
     python benchmarks/index_scale.py [--n 1000000] [--dim 256] [--queries 1000]
-                                     [--runs random:32:80 random:48:120 clustered:32:80] [--ef 16 32 ...]
+                                     [--runs random:32:80 random:48:160 clustered:32:80] [--ef 16 32 ...]
                                      [--build-threads 1] [--work /tmp/dashclip-index-scale]
 
 Target (issue 6): recall@10 >= 0.95 with p50 <= 2 ms. Writes benchmarks/results/index_scale.json and .md,

@@ -124,7 +124,8 @@ def compute_image_features(model, paths: list[Path], batch_size: int = 64, devic
     """Run image loading, `model.preprocess` and `model.image_features` over `paths[start:]`, under
     `amp` (see dashclip.precision). Yields (start, patches, pooled, valid, errors) per batch; invalid
     images get zero features. The next batch is decoded in a thread while the tower runs on this one
-    (Pillow and numpy release the GIL): 15% less time on 2 CPU cores, where decoding is a quarter."""
+    (Pillow and numpy release the GIL): 15% less time for 2,048 fashion images at 96 px on 2 CPU cores,
+    where decoding and preprocessing are about a quarter of the work."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ..precision import autocast
