@@ -196,9 +196,14 @@ def bench_config(data: str, m: int, ef_construction: int, vectors, queries, trut
     return result
 
 
+def sweep_rows(configs: list[dict], data: str) -> list[dict]:
+    """Every efSearch row of a dataset, each with the M and efConstruction of its index."""
+    return [dict(M=c["M"], ef_construction=c["ef_construction"], **r) for c in configs if c["dataset"] == data
+            for r in c["sweep"]]
+
+
 def best_meeting_target(configs: list[dict], data: str) -> dict | None:
-    ok = [dict(M=c["M"], ef_construction=c["ef_construction"], **r) for c in configs if c["dataset"] == data
-          for r in c["sweep"] if r["recall@10"] >= TARGET_RECALL and r["p50_ms"] <= TARGET_P50_MS]
+    ok = [r for r in sweep_rows(configs, data) if r["recall@10"] >= TARGET_RECALL and r["p50_ms"] <= TARGET_P50_MS]
     return min(ok, key=lambda r: r["p50_ms"]) if ok else None
 
 
@@ -243,8 +248,7 @@ def markdown(res: dict) -> str:
                      f"vectors) at that rate.")
     lines.append("")
     for data in res["target"]:
-        rows = [dict(M=c["M"], ef_construction=c["ef_construction"], **r) for c in res["configs"]
-                if c["dataset"] == data for r in c["sweep"]]
+        rows = sweep_rows(res["configs"], data)
         fast = [r for r in rows if r["p50_ms"] <= TARGET_P50_MS]
         accurate = [r for r in rows if r["recall@10"] >= TARGET_RECALL]
         if fast:

@@ -188,8 +188,9 @@ def main() -> None:
         test_rows = pairs.products_with_image(heldout=True)
         train_all = pairs.products_with_image(heldout=False)
         rng = np.random.default_rng(args.seed)
-        n_probe = args.probe_train_products or len(train_all)
-        train_rows = np.sort(rng.choice(train_all, min(n_probe, len(train_all)), replace=False))
+        n_probe = args.probe_train_products
+        train_rows = (np.sort(rng.choice(train_all, n_probe, replace=False)) if 0 < n_probe < len(train_all)
+                      else np.sort(train_all))
         print(f"products {len(pairs.heldout)}, held out {len(test_rows)}, train pairs {len(pairs.train_pairs())}; "
               f"cache {cache.meta['n_valid']} images, built in {cache.meta['build_seconds']}s", flush=True)
 
