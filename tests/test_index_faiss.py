@@ -83,3 +83,40 @@ def test_factory_strings(data, tmp_path):
     with pytest.raises(ValueError, match="leave out IDMap"):
         build_index(vectors, ids, tmp_path / "bad", factory="IDMap,Flat")
     assert not (tmp_path / "bad").exists()
+
+
+def test_refining_index_tunes_k_factor_keeps_it_and_reranks_exactly(data, tmp_path):
+    """A compressed scan re-ranked exactly (`PQ..fs,RFlat`): k_factor is its efSearch."""
+    vectors, ids, attrs, queries = data
+    index = build_index(vectors, ids, tmp_path / "pq", factory="PQ8x4fs,RFlat", attributes=attrs)
+    meta = dict(index.meta)
+    assert faiss_index.search_setting(index._index) == "k_factor" and "ef_search" not in meta
+    assert meta["k_factor"] in faiss_index.K_FACTOR_CANDIDATES and meta["k_factor_tuned_recall_at_10"] >= 0.95
+    truth = exact(vectors, ids, queries, 10, np.ones(len(ids), bool))
+    def recall(idx):
+        got, _ = idx.search(queries, 10)
+        return np.mean([len(set(g) & set(t)) / 10 for g, t in zip(got, truth)])
+    # 4-bit codes alone rank poorly; the tuned re-ranking depth is what makes the index accurate
+    index.set_search_setting(1)
+    coarse = recall(index)
+    reopened = open_index(tmp_path / "pq")
+    assert faiss_index._inner(reopened._index).k_factor == meta["k_factor"] > 1
+    assert recall(reopened) >= 0.9 > coarse
+    # deep enough to re-rank all 600 vectors, a filtered search is exact search over the allowed ones
+    reopened.set_search_setting(64)
+    mask = (attrs["season"] == "Fall").to_numpy()
+    got, scores = reopened.search(queries, 5, filters={"season": ["Fall"]})
+    assert got == exact(vectors, ids, queries, 5, mask)
+    np.testing.assert_allclose(scores[:, 0], np.max((queries @ vectors.T)[:, mask], axis=1), atol=1e-5)
+    gone = sorted({row[0] for row in got})
+    reopened.remove(gone)
+    got, _ = reopened.search(queries, 5)
+    assert not set(gone) & {i for row in got for i in row}
+    # an added product lands in both the codes and the exact vectors: each query finds its own copy first
+    reopened.add([f"new{i}" for i in range(len(queries))], queries,
+                 pd.DataFrame({"gender": ["Men"] * len(queries), "season": ["Fall"] * len(queries)}))
+    got, scores = reopened.search(queries, 1, filters={"season": ["Fall"]})
+    assert got == [[f"new{i}"] for i in range(len(queries))]
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="no efSearch or k_factor"):
+        build_index(vectors, ids, tmp_path / "flat").set_search_setting(8)

@@ -3,7 +3,7 @@
 An index dir holds:
 
     meta.json            model_id, model hash, catalog_hash (from the caller) + dim, metric, n, backend,
-                         factory, built_at, id_type, attributes, and backend settings (ef_search, uri, ...)
+                         factory, built_at, id_type, attributes, and backend settings (ef_search, k_factor, uri, ...)
     index.faiss          the FAISS index (FAISS backend); the Milvus backend keeps vectors in a collection
                          named in meta.json instead
     ids.parquet          product id of every vector (`id`, and the FAISS label `label`)
@@ -304,7 +304,7 @@ def build_index(vectors: np.ndarray, ids: Sequence, out_dir: str | Path, meta: d
     backend "faiss": exact `Flat` below `EXACT_MAX` vectors, `HNSW32,Flat` above (efSearch tuned at build
     and stored in meta), or any FAISS factory string. backend "milvus": a Milvus collection at `uri`
     (default: Milvus Lite in `<out_dir>/milvus.db`); `factory` is then a Milvus index type (FLAT, HNSW, ...).
-    `options` go to the backend (FAISS: `ef_construction`, `ef_search` to skip tuning).
+    `options` go to the backend (FAISS: `ef_construction`; `ef_search` or `k_factor` to skip tuning).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown index backend {backend!r}; choose one of: {', '.join(BACKENDS)}")

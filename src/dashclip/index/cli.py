@@ -92,8 +92,9 @@ def build(
                                               "(`dashclip embed-catalog`); default: embed into OUT-embeddings."),
     backend: str = typer.Option("faiss", "--backend", help="faiss (embedded) or milvus."),
     factory: Optional[str] = typer.Option(None, "--factory", help="FAISS factory string (e.g. Flat, "
-                                          "HNSW32,Flat, IVF1024,PQ32) or Milvus index type (FLAT, HNSW); "
-                                          "default: exact below 200,000 products, HNSW above."),
+                                          "HNSW32,Flat, IVF1024,PQ32, or PQ128x4fs,RFlat: a compressed scan "
+                                          "re-ranked exactly, built in seconds) or Milvus index type (FLAT, "
+                                          "HNSW); default: exact below 200,000 products, HNSW above."),
     uri: Optional[str] = typer.Option(None, "--uri", help="Milvus: a cluster URI (http://host:19530, token "
                                       "from $MILVUS_TOKEN) or a Milvus Lite .db file (default OUT/milvus.db)."),
     image_cache: Optional[Path] = typer.Option(None, "--image-cache", help="Where `pretrain --freeze-image` "

@@ -2,9 +2,14 @@
 
 Vectors live in an `IndexIDMap2` over the factory's index, keyed by an int64 *label* per product (never
 reused). ids.parquet maps labels to the catalog's product ids. Filters become an `IDSelectorBitmap`
-passed through SearchParameters (exact for Flat); index types that reject a selector fall back to
-over-fetching and post-filtering. Index types that cannot delete (HNSW) keep removed vectors as
-tombstones that every search excludes, until the next `dashclip index build`.
+passed through SearchParameters (exact for Flat); index types that reject a selector (refining ones) fall
+back to over-fetching and post-filtering. Index types that cannot delete (HNSW, refining ones) keep removed
+vectors as tombstones that every search excludes, until the next `dashclip index build`.
+
+Approximate index types have one setting that trades speed for recall, tuned at build time to reach
+recall@10 >= 0.95 and stored in meta: HNSW's `ef_search`, or, for a refining index such as
+`PQ128x4fs,RFlat` (a compressed scan of every vector whose best candidates are re-ranked exactly),
+`k_factor`, the candidates re-ranked per result wanted.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ EXACT_MAX = 200_000           # below this many vectors the default is exact sea
 DEFAULT_HNSW = "HNSW32,Flat"
 HNSW_EF_CONSTRUCTION = 80     # build cost vs graph quality: benchmarks/results/index_scale.md
 EF_SEARCH_CANDIDATES = (16, 32, 64, 96, 128, 192, 256, 384, 512)
+K_FACTOR_CANDIDATES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
 TUNE_RECALL_TARGET = 0.95
 ADD_CHUNK = 50_000
 
@@ -54,26 +60,50 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f[:k].tolist()) & set(t.tolist())) / k for f, t in zip(found, truth)]))
 
 
-def tune_ef_search(index: faiss.Index, vectors: np.ndarray, k: int = 10, n_queries: int = 200,
-                   target: float = TUNE_RECALL_TARGET, seed: int = 0) -> tuple[int, float]:
-    """Smallest efSearch whose recall@k, on noisy copies of stored vectors, reaches `target`.
+def search_setting(index: faiss.Index) -> str | None:
+    """Name of the setting that trades this index's speed for recall, or None (exact, IVF's nprobe)."""
+    inner = _inner(index)
+    if hasattr(inner, "hnsw"):
+        return "ef_search"
+    if isinstance(inner, faiss.IndexRefine):
+        return "k_factor"
+    return None
 
-    Returns (efSearch, measured recall); the largest candidate if none reaches the target.
+
+def _typed(name: str, value):
+    return int(value) if name == "ef_search" else float(value)
+
+
+def _apply_setting(index: faiss.Index, name: str, value) -> None:
+    inner = _inner(index)
+    if name == "ef_search":
+        inner.hnsw.efSearch = _typed(name, value)
+    else:
+        inner.k_factor = _typed(name, value)
+
+
+def tune_search_setting(index: faiss.Index, vectors: np.ndarray, k: int = 10, n_queries: int = 200,
+                        target: float = TUNE_RECALL_TARGET, seed: int = 0) -> tuple[float, float]:
+    """Smallest value of the index's `search_setting` whose recall@k, on noisy copies of stored vectors,
+    reaches `target`.
+
+    Returns (value, measured recall); the largest candidate if none reaches the target.
     """
-    hnsw = _inner(index).hnsw
+    name = search_setting(index)
+    candidates = EF_SEARCH_CANDIDATES if name == "ef_search" else K_FACTOR_CANDIDATES
     rng = np.random.default_rng(seed)
     q = vectors[rng.choice(len(vectors), size=min(n_queries, len(vectors)), replace=False)]
     q = q + rng.normal(scale=0.5 / np.sqrt(vectors.shape[1]), size=q.shape).astype(np.float32)
     q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
     truth = exact_top_k(vectors, q, k)
     recall = 0.0
-    for ef in EF_SEARCH_CANDIDATES:
-        hnsw.efSearch = max(ef, k)
+    for value in candidates:
+        _apply_setting(index, name, value)
         _, found = index.search(q, k)  # labels == row positions at build time
         recall = recall_at_k(found, truth)
         if recall >= target:
-            return ef, recall
-    return EF_SEARCH_CANDIDATES[-1], recall
+            return value, recall
+    return candidates[-1], recall
 
 
 class FaissIndex(VectorIndex):
@@ -91,7 +121,8 @@ class FaissIndex(VectorIndex):
     @classmethod
     def build(cls, vectors: np.ndarray, table: pd.DataFrame, out_dir, meta: dict,
               factory: str | None = None, progress: bool = False,
-              ef_construction: int | None = None, ef_search: int | None = None) -> "FaissIndex":
+              ef_construction: int | None = None, ef_search: int | None = None,
+              k_factor: float | None = None) -> "FaissIndex":
         n, d = vectors.shape
         factory = factory or default_factory(n)
         if "IDMap" in factory:
@@ -113,10 +144,13 @@ class FaissIndex(VectorIndex):
         meta = dict(meta, factory=factory, next_label=n)
         if hasattr(inner, "hnsw"):
             meta["ef_construction"] = int(inner.hnsw.efConstruction)
-            if ef_search is None:
-                ef_search, recall = tune_ef_search(index, vectors)
-                meta["ef_search_tuned_recall_at_10"] = round(recall, 4)
-            meta["ef_search"] = int(ef_search)
+        setting = search_setting(index)
+        if setting:
+            value = {"ef_search": ef_search, "k_factor": k_factor}[setting]
+            if value is None:
+                value, recall = tune_search_setting(index, vectors)
+                meta[f"{setting}_tuned_recall_at_10"] = round(recall, 4)
+            meta[setting] = _typed(setting, value)
         self = cls(out_dir, meta, table, index, labels)
         self.save()
         return self
@@ -153,14 +187,18 @@ class FaissIndex(VectorIndex):
         """Size of the serialised FAISS index."""
         return int(faiss.serialize_index(self._index).nbytes)
 
-    def set_ef_search(self, ef: int) -> None:
-        self.meta["ef_search"] = int(ef)
+    def set_search_setting(self, value) -> None:
+        """Set the index's speed/recall setting (`search_setting`: efSearch or k_factor) for later searches."""
+        name = search_setting(self._index)
+        if name is None:
+            raise ValueError(f"a {self.meta.get('factory')} index has no efSearch or k_factor to set")
+        self.meta[name] = _typed(name, value)
         self._apply_search_settings()
 
     def _apply_search_settings(self) -> None:
-        inner = _inner(self._index)
-        if hasattr(inner, "hnsw") and self.meta.get("ef_search"):
-            inner.hnsw.efSearch = int(self.meta["ef_search"])
+        name = search_setting(self._index)
+        if name and self.meta.get(name):
+            _apply_setting(self._index, name, self.meta[name])
 
     # -- search
     def _search(self, q, k, filters, mask):
