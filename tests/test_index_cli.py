@@ -82,8 +82,9 @@ def test_build_add_remove_info(setup, tmp_path):
     reopened = open_index(out)
     assert len(reopened) == 22 and reopened.has(101)
     assert reopened.attributes_of(101) == {"category": "Shirts", "gender": "Women", "baseColour": "Red"}
-    got, _ = reopened.search(np.asarray(emb.vectors["fused"][1:2]), 1)
-    assert got == [[101]]
+    got, scores = reopened.search(np.asarray(emb.vectors["fused"][1:2]), 1)
+    # embedded as `index build` embedded it (same precision, same path): the very vector it had
+    assert got == [[101]] and abs(scores[0, 0] - 1) < 1e-6
 
     code, output = invoke("add", "--index", out, "--model", model, "--catalog", catalog, "-q")  # the rest
     assert code == 0 and len(open_index(out)) == 24, output

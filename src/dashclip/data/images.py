@@ -170,3 +170,19 @@ def load_image(path: str | os.PathLike, max_side: int | None = None, max_pixels:
 def read_image_bytes(path: str | os.PathLike) -> bytes:
     """The bytes of an image file, with a typed ImageError when it is missing or unreadable."""
     return _read(path)
+
+
+def read_ahead(load, items):
+    """Yield `load(item)` for each of `items` in order, loading the next one in a thread while the caller
+    works on this one: image decoding and preprocessing (Pillow, numpy) release the GIL, so they overlap
+    with the tower on another core. One item ahead, so memory holds at most two loaded batches."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = list(items)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dashclip-read-ahead") as loader:
+        pending = loader.submit(load, items[0]) if items else None
+        for i in range(len(items)):
+            loaded = pending.result()
+            if i + 1 < len(items):
+                pending = loader.submit(load, items[i + 1])
+            yield loaded

@@ -130,7 +130,8 @@ def add(
     import numpy as np
 
     from ..clihelp import progress
-    from ..models.embeddings import embed_rows
+    from ..models.embeddings import CachedImageFeatures, embed_batches
+    from ..settings import image_cache_dir
     from . import open_index, read_meta
 
     with user_errors():
@@ -155,16 +156,18 @@ def add(
             console.print(f"nothing to add: every product of {catalog} is already in {index_dir}")
             return
         rows = np.array([cat.row_of[pid] for pid in wanted])
-        texts = cat.product_texts()
-        parts = []
+        # as `dashclip embed-catalog` embeds for `index build`: same precision, Stage 1's image features
+        # where its cache has them, so an added product gets the vector a rebuild would give it
+        cached = CachedImageFeatures.find(net, cat, image_cache_dir())
+        vectors = np.zeros((len(rows), net.embed_dim), np.float32)
         with progress(disable=quiet) as bar:
             task = bar.add_task("embedding products", total=len(rows))
-            for start in range(0, len(rows), batch_size):
-                vecs, _ = embed_rows(net, cat, texts, rows[start:start + batch_size], kinds=(EMBEDDING_KIND,))
-                parts.append(vecs[EMBEDDING_KIND])
-                bar.advance(task, len(rows[start:start + batch_size]))
+            for batch, vecs, _ in embed_batches(net.eval(), cat, cat.product_texts(), rows, batch_size,
+                                                (EMBEDDING_KIND,), cached):
+                vectors[batch] = vecs[EMBEDDING_KIND]
+                bar.advance(task, len(batch))
         attrs = catalog_attributes(cat).iloc[rows]
-        index.add(wanted, np.concatenate(parts), attrs)
+        index.add(wanted, vectors, attrs)
         index.meta["updated_at"] = _now()
         index.save()
     console.print(f"[green]added[/] {len(wanted)} products; the index at {index_dir} has {len(index)}")
