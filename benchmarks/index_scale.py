@@ -1,4 +1,5 @@
-"""Scale benchmark: 1,000,000 random 256-d unit vectors in the FAISS HNSW index (`dashclip.index`).
+"""Scale benchmark: 1,000,000 random 256-d unit vectors in FAISS indexes (`dashclip.index`): HNSW, and a
+compressed scan re-ranked exactly.
 
 For each index it measures the build (time, RSS growth, bytes on disk) and sweeps the setting that trades
 speed for recall: recall@10 against exact search (FAISS IndexFlatIP) and single-query latency (p50/p99, one
@@ -176,7 +177,8 @@ def index_spec(spec: str) -> dict:
             "values": ARGS.ef, "build": {"ef_construction": efc, "ef_search": 64}}
 
 
-def sweep(index: FaissIndex, setting: str, values: list[int], queries: np.ndarray, truth: np.ndarray) -> list[dict]:
+def sweep(index: FaissIndex, setting: str, values: list[int], queries: np.ndarray,
+          truth: np.ndarray) -> list[dict]:
     faiss.omp_set_num_threads(1)
     raw = index._index
     rows = []
@@ -221,8 +223,9 @@ def bench_config(spec: dict, vectors, queries, truth, work: Path) -> dict:
     index.save()
     save_s = time.perf_counter() - t0
     result = {k: v for k, v in spec.items() if k not in ("values", "build")}
-    result.update({"started_at": started, "build_seconds_incl_save": round(build_s, 1), "save_seconds": round(save_s, 1),
-                   "rss_delta_bytes": rss_delta, "index_file_bytes": (out / INDEX_FILE).stat().st_size,
+    result.update({"started_at": started, "build_seconds_incl_save": round(build_s, 1),
+                   "save_seconds": round(save_s, 1), "rss_delta_bytes": rss_delta,
+                   "index_file_bytes": (out / INDEX_FILE).stat().st_size,
                    "vectors_bytes": int(vectors.nbytes), "loadavg_before_build": load_before,
                    "loadavg_after_build": load()})
     if "pq_M" in spec:  # the codes are M 4-bit nibbles a vector, and a search reads all of them

@@ -264,6 +264,32 @@ def test_category_test_products_of_unseen_classes_are_counted_not_scored():
     assert m["fused"]["category"]["knn"]["accuracy"] == 1.0
 
 
+def test_category_knn_shares_neighbours_across_columns_and_equals_knn_per_column():
+    """Columns with the same training products reuse one neighbour search; a column with other training
+    products (a missing label) or fewer test products (an unseen class) still gets plain kNN's answer."""
+    rng = np.random.default_rng(0)
+    ids = list(range(400))
+    x = rng.normal(size=(400, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = {"a": [f"a{v}" for v in rng.integers(0, 5, 400)], "b": [f"b{v}" for v in rng.integers(0, 3, 400)]}
+    labels["c"] = list(labels["a"])
+    labels["c"][3] = None                                   # another training set
+    test_ids = [i for i in ids if is_test_product(i, 0.2)]
+    labels["b"][test_ids[0]] = "only-in-test"               # a smaller test set
+    ev = CategoryEvaluator(ids, labels, kinds=("fused",))
+    ev(SimpleNamespace(ids=ids, vectors={"fused": x}))
+    is_test = np.array([is_test_product(i, 0.2) for i in ids])
+    for column, values in labels.items():
+        known = np.array([v is not None for v in values])
+        train = known & ~is_test
+        classes = sorted({v for v, t in zip(values, train) if t})
+        y = np.array([classes.index(v) if v in classes else -1 for v in values])
+        test = known & is_test & (y >= 0)
+        want = knn_predict(x[train], y[train], x[test], 10, len(classes))
+        y_true, got, _ = ev.predictions[("fused", column, "knn")]
+        assert np.array_equal(got, want) and np.array_equal(y_true, y[test]), column
+
+
 # --- grocery -----------------------------------------------------------------------------------------
 
 def test_topk_hits_counts_distinct_labels():

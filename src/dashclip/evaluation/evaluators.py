@@ -102,23 +102,37 @@ def is_test_product(pid, test_fraction: float) -> bool:
     return h < test_fraction * 0x100000000
 
 
+def knn_neighbours(train_x: np.ndarray, test_x: np.ndarray, k: int = 10,
+                   batch: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, cosine similarities) of the k nearest training vectors of each test vector (vectors
+    L2-normalised), nearest first; equal similarities go to the lower index."""
+    k = min(k, len(train_x))
+    tiebreak = tiebreak_order(len(train_x))
+    indices = np.empty((len(test_x), k), dtype=np.int64)
+    sims = np.empty((len(test_x), k), dtype=np.float32)
+    for i in range(0, len(test_x), batch):
+        s = test_x[i:i + batch] @ train_x.T
+        nearest = top_k(s, k, tiebreak)
+        indices[i:i + batch], sims[i:i + batch] = nearest, np.take_along_axis(s, nearest, 1)
+    return indices, sims
+
+
+def knn_vote(neighbours: tuple[np.ndarray, np.ndarray], train_y: np.ndarray, n_classes: int) -> np.ndarray:
+    """The class with the largest summed similarity among each row's neighbours (`knn_neighbours`);
+    equal sums go to the lower class index."""
+    indices, sims = neighbours
+    votes = np.zeros((len(indices), n_classes))
+    rows = np.broadcast_to(np.arange(len(indices))[:, None], indices.shape)
+    np.add.at(votes, (rows, train_y[indices]), sims)
+    return votes.argmax(1)
+
+
 def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k: int = 10,
                 n_classes: int | None = None, batch: int = 2048) -> np.ndarray:
     """Cosine kNN (vectors L2-normalised): the class with the largest summed similarity among the
     k nearest training products; equal sums go to the lower class index."""
     n_classes = int(n_classes or train_y.max() + 1)
-    k = min(k, len(train_x))
-    tiebreak = tiebreak_order(len(train_x))
-    out = np.empty(len(test_x), dtype=np.int64)
-    for i in range(0, len(test_x), batch):
-        sims = test_x[i:i + batch] @ train_x.T
-        nearest = top_k(sims, k, tiebreak)
-        votes = np.zeros((len(sims), n_classes))
-        rows = np.arange(len(sims))[:, None]
-        np.add.at(votes, (np.broadcast_to(rows, nearest.shape), train_y[nearest]),
-                  np.take_along_axis(sims, nearest, 1))
-        out[i:i + batch] = votes.argmax(1)
-    return out
+    return knn_vote(knn_neighbours(train_x, test_x, k, batch), train_y, n_classes)
 
 
 class CategoryEvaluator:
@@ -158,6 +172,10 @@ class CategoryEvaluator:
         is_test = np.array([pid in self.test_ids if self.test_ids is not None
                             else is_test_product(pid, self.test_fraction) for pid in ids], dtype=bool)
         out: dict = {"n_products": len(ids), "n_without_embedding": len(missing)}
+        # The nearest training products of every test product, per kind and training set: label columns
+        # with the same training products share them (most of the kNN time); `test` rows are looked up.
+        all_test = np.flatnonzero(is_test)
+        neighbours: dict[tuple, tuple] = {}
         for column, values in self.labels.items():
             y_all = values[keep]
             known = np.array([v is not None and not (isinstance(v, float) and np.isnan(v)) for v in y_all])
@@ -180,7 +198,11 @@ class CategoryEvaluator:
                     if method == "logreg":
                         pred = self._logreg(x[sub], y[sub], x[test])
                     else:
-                        pred = knn_predict(x[train], y[train], x[test], self.knn_k, len(classes))
+                        key = (kind, train.tobytes())
+                        if key not in neighbours:
+                            neighbours[key] = knn_neighbours(x[train], x[all_test], self.knn_k)
+                        at = np.searchsorted(all_test, np.flatnonzero(test))
+                        pred = knn_vote(tuple(a[at] for a in neighbours[key]), y[train], len(classes))
                     res[method] = _classification_scores(y[test], pred)
                     self.predictions[(kind, column, method)] = (y[test], pred, classes)
                 out.setdefault(kind, {})[column] = {**info, **res}

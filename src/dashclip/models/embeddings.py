@@ -160,16 +160,23 @@ def embed_batches(model, catalog, texts: list[str], rows: np.ndarray, batch_size
                   cached: CachedImageFeatures | None = None, amp: str | None = "auto"):
     """Embed the catalog products at `rows` batch by batch, under `amp` (dashclip.precision); yields
     (positions in `rows`, embeddings by kind, has-image flags). A batch holds products of similar text
-    length, so it pads little, and the next batch's images are decoded while the towers run on this one.
-    On 2 CPU cores, where the towers use both, that saves ~3% (4,096 fashion products without a feature
-    cache, medians of 6 runs: 30.9 s against 31.8 s, 2026-12-02); it is there for a GPU, where the towers
-    are fast and decoding on the main thread would leave them waiting (not measured here)."""
+    length, so it pads little, and where images must be decoded the next batch's are decoded while the
+    towers run on this one. On 2 CPU cores, where the towers use both, that saves ~3% (4,096 fashion
+    products without a feature cache, medians of 6 runs: 30.9 s against 31.8 s, 2026-12-02); it is there
+    for a GPU, where the towers are fast and decoding on the main thread would leave them waiting (not
+    measured here)."""
     from ..data.images import read_ahead
     from ..precision import autocast
 
     rows = np.asarray(rows)
     batches = length_batches([len(texts[r]) for r in rows], batch_size)
-    prepared = read_ahead(lambda batch: image_inputs(model, catalog, rows[batch], cached), batches)
+
+    def load(batch):
+        return image_inputs(model, catalog, rows[batch], cached)
+    # On CPU, with Stage 1's features cached, there is little left to load, and a loader thread only
+    # competes with the towers' own threads: 7% slower on 8,192 products, so those are loaded in turn.
+    ahead = cached is None or torch.device(model.device).type != "cpu"
+    prepared = read_ahead(load, batches) if ahead else map(load, batches)
     for batch, inputs in zip(batches, prepared):
         with autocast(model.device, amp):
             vecs, ok = embed_rows(model, catalog, texts, rows[batch], kinds, cached, inputs)
