@@ -15,6 +15,8 @@ EMBEDDING_KIND = "fused"  # the product embedding (title grounded in the image)
 MODEL = typer.Option(..., "--model", help="Model dir (`dashclip pretrain` / `dashclip align` output).")
 CATALOG = typer.Option(..., "--catalog", help="Catalog dir (`dashclip catalog import` output).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+IMAGE_CACHE = typer.Option(None, "--image-cache", help="Where `pretrain --freeze-image` kept image features "
+                           "(default runs/cache/image-features): read instead of running the image tower again.")
 
 
 def _load_model(path: Path):
@@ -97,9 +99,7 @@ def build(
                                           "HNSW); default: exact below 200,000 products, HNSW above."),
     uri: Optional[str] = typer.Option(None, "--uri", help="Milvus: a cluster URI (http://host:19530, token "
                                       "from $MILVUS_TOKEN) or a Milvus Lite .db file (default OUT/milvus.db)."),
-    image_cache: Optional[Path] = typer.Option(None, "--image-cache", help="Where `pretrain --freeze-image` "
-                                               "kept image features (default runs/cache/image-features): "
-                                               "read instead of running the image tower again."),
+    image_cache: Optional[Path] = IMAGE_CACHE,
     quiet: bool = QUIET,
 ):
     """Embed the catalog with a model and build a vector index of its products."""
@@ -124,6 +124,7 @@ def add(
     ids: list[str] = typer.Option([], "--ids", help="Product ids to add (repeatable or comma-separated); "
                                   "default: every catalog product not yet in the index."),
     batch_size: int = typer.Option(64, "--batch-size", help="Products per encoder batch."),
+    image_cache: Optional[Path] = IMAGE_CACHE,
     quiet: bool = QUIET,
 ):
     """Embed catalog products and add them to an index (saved atomically)."""
@@ -158,7 +159,7 @@ def add(
         rows = np.array([cat.row_of[pid] for pid in wanted])
         # as `dashclip embed-catalog` embeds for `index build`: same precision, Stage 1's image features
         # where its cache has them, so an added product gets the vector a rebuild would give it
-        cached = CachedImageFeatures.find(net, cat, image_cache_dir())
+        cached = CachedImageFeatures.find(net, cat, image_cache or image_cache_dir())
         vectors = np.zeros((len(rows), net.embed_dim), np.float32)
         with progress(disable=quiet) as bar:
             task = bar.add_task("embedding products", total=len(rows))
