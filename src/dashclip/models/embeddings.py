@@ -127,12 +127,10 @@ def image_inputs(model, catalog, rows: np.ndarray, cached: CachedImageFeatures |
 
 
 @torch.inference_mode()
-def embed_rows(model, catalog, texts: list[str], rows: np.ndarray, kinds=KINDS,
-               cached: CachedImageFeatures | None = None, inputs: tuple | None = None) -> tuple[dict, list[bool]]:
-    """Embeddings of the catalog products at `rows`: one pass of each tower serves every kind.
-    With `cached`, image features come from the Stage 1 cache; the tower runs only on the rest.
-    `inputs`: `image_inputs(model, catalog, rows, cached)`, when prepared ahead."""
-    patches, pooled, todo, pixels, ok = inputs or image_inputs(model, catalog, rows, cached)
+def embed_rows(model, texts: list[str], rows: np.ndarray, inputs: tuple, kinds=KINDS) -> tuple[dict, list[bool]]:
+    """Embeddings of the catalog products at `rows`: one pass of each tower serves every kind. `inputs`:
+    their `image_inputs`; the image tower runs only on the rows those leave to it."""
+    patches, pooled, todo, pixels, ok = inputs
     if patches is not None:
         patches, pooled = patches.to(model.device), pooled.to(model.device)
     if pixels is not None:
@@ -175,11 +173,11 @@ def embed_batches(model, catalog, texts: list[str], rows: np.ndarray, batch_size
         return image_inputs(model, catalog, rows[batch], cached)
     # On CPU, with Stage 1's features cached, there is little left to load, and a loader thread only
     # competes with the towers' own threads: 7% slower on 8,192 products, so those are loaded in turn.
-    ahead = cached is None or torch.device(model.device).type != "cpu"
+    ahead = cached is None or model.device.type != "cpu"
     prepared = read_ahead(load, batches) if ahead else map(load, batches)
     for batch, inputs in zip(batches, prepared):
         with autocast(model.device, amp):
-            vecs, ok = embed_rows(model, catalog, texts, rows[batch], kinds, cached, inputs)
+            vecs, ok = embed_rows(model, texts, rows[batch], inputs, kinds)
         yield batch, vecs, ok
 
 
