@@ -46,6 +46,7 @@ import os
 import re
 import string
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -151,7 +152,9 @@ class Mapping:
 
 
 def _did_you_mean(name: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    choices = list(choices)
+    # difflib over a very wide header would take seconds: only the case-insensitive match there
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6) if len(choices) <= 5000 else []
     if not close:
         lowered = {c.lower(): c for c in choices}
         if name.lower() in lowered:
@@ -168,6 +171,7 @@ class RawRow:
     number: int                           # line (CSV/JSONL) or row (Parquet) number in the user's file
     values: dict[str, Any]
     non_utf8: list[str] = field(default_factory=list)   # fields whose bytes were not UTF-8 (now U+FFFD)
+    nul_bytes: dict[str, int] = field(default_factory=dict)  # field -> NUL characters removed from it
     malformed: str | None = None          # why the row could not be parsed (the row is dropped)
 
 
@@ -191,6 +195,26 @@ def _fix_utf8(s: str) -> tuple[str, bool]:
     return _SURROGATES.sub("\ufffd", s), True
 
 
+def _clean_text(s: str) -> tuple[str, bool, int]:
+    """-> (text with U+FFFD for undecodable bytes and NUL characters removed, whether any byte was not
+    UTF-8, how many NULs were removed)."""
+    s, bad = _fix_utf8(s)
+    nuls = s.count("\0")
+    return (s.replace("\0", "") if nuls else s), bad, nuls
+
+
+def _clean_cell(row: "RawRow", name: str, value: Any) -> Any:
+    """A text cell cleaned (see _clean_text), with what was changed noted on the row."""
+    if not isinstance(value, str):
+        return value
+    value, bad, nuls = _clean_text(value)
+    if bad:
+        row.non_utf8.append(name)
+    if nuls:
+        row.nul_bytes[name] = nuls
+    return value
+
+
 def read_table(path: str | os.PathLike, fmt: str | None = None, encoding: str = "utf-8") -> Table:
     """Read a CSV, Parquet or JSONL file (format from `fmt`, else from the extension). Text files are
     decoded as `encoding`; bytes that do not decode are flagged per row and field (see RawRow.non_utf8)."""
@@ -210,41 +234,103 @@ def read_table(path: str | os.PathLike, fmt: str | None = None, encoding: str = 
     return (_read_csv if fmt == "csv" else _read_jsonl)(path, encoding)
 
 
+class _Lines:
+    """An iterator over physical lines from a start index, so that the CSV reader's records map to lines."""
+
+    def __init__(self, lines: list[str], start: int):
+        self.lines, self.pos = lines, start
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if self.pos >= len(self.lines):
+            raise StopIteration
+        self.pos += 1
+        return self.lines[self.pos - 1]
+
+
+def _parse_strict(text: str, delimiter: str) -> list[list[str]] | None:
+    """`text` parsed as strict CSV (quotes must close, and close before a delimiter or a line end); None if
+    it is not."""
+    try:
+        return list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True))
+    except csv.Error:
+        return None
+
+
+def _quoted_span_problem(lines: list[str], first: int, last: int, cells: list[str], width: int,
+                         delimiter: str) -> str | None:
+    """Why the record on lines first..last (0-based, last > first) is not a real multi-line quoted field but
+    a quote left open that swallowed the lines after it; None when it reads as a real one.
+
+    A real one is strict CSV, has the header's width, and its inner lines do not each read as a row of
+    that width (as the rows a stray quote swallows do)."""
+    span = "".join(lines[first:last + 1])
+    if _parse_strict(span, delimiter) != [cells]:
+        return ("a quoted field opened on this line is not closed properly"
+                + (" (it runs to the end of the file)" if last == len(lines) - 1
+                   and _parse_strict(span + '"', delimiter) is not None else ""))
+    if len(cells) != width:
+        return f"a quoted field opened on this line spans lines and leaves {len(cells)} fields, not {width}"
+    inner = lines[first + 1:last]
+    if inner and width >= 3 and all(len((_parse_strict(l, delimiter) or [[]])[0]) == width for l in inner):
+        return "a quoted field opened on this line spans lines that each read as a row"
+    return None
+
+
 def _read_csv(path: Path, encoding: str = "utf-8") -> Table:
+    """Read a CSV/TSV file into rows; every non-blank line after the header is accounted for.
+
+    A quoted field may span lines. A quote left open would swallow the lines after it into one field (up to
+    the next quote, or the end of the file): such a record (see `_quoted_span_problem`) is reported as a
+    malformed row at its first line, and reading starts again on the line after it, so each swallowed line
+    is read as the row it is."""
     # Decode with surrogateescape so one bad byte never stops the file: each field is checked below.
     text = path.read_bytes().decode(encoding, "surrogateescape")
     if text.startswith("\ufeff"):
         text = text[1:]
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    lines = list(io.StringIO(text, newline=""))  # splits at \n, \r\n and \r only, as the csv module does
     try:
-        header = next(reader)
-    except StopIteration:
+        header = next(csv.reader(lines[:1], delimiter=delimiter))
+    except (StopIteration, csv.Error):
         raise UserError(f"{path}: empty file (no header line)") from None
-    header = [_fix_utf8(h)[0].strip() for h in header]
-    rows, last_line = [], reader.line_num
+    header = [_clean_text(h)[0].strip() for h in header]
+    width = len(header)
+    rows: list[RawRow] = []
+    src = _Lines(lines, 1)
+    reader = csv.reader(src, delimiter=delimiter)
     while True:
+        first = src.pos          # 0-based index of the record's first line
         try:
             cells = next(reader)
         except StopIteration:
             break
-        except csv.Error as e:
-            rows.append(RawRow(last_line + 1, {}, malformed=f"cannot parse CSV ({e})"))
-            last_line = reader.line_num
+        except csv.Error as e:   # e.g. a field over the size limit: report the first line, read on after it
+            rows.append(RawRow(first + 1, {}, malformed=f"cannot parse CSV ({e}: a quote left open on this line?); "
+                                                         f"this line dropped, the lines after it read on their own"))
+            src.pos = first + 1
+            reader = csv.reader(src, delimiter=delimiter)
             continue
-        number, last_line = last_line + 1, reader.line_num
+        last = src.pos - 1
+        if last > first:
+            why = _quoted_span_problem(lines, first, last, cells, width, delimiter)
+            if why:
+                rows.append(RawRow(first + 1, {}, malformed=f"{why} (lines {first + 1}-{last + 1}); this line "
+                                                            f"dropped, the lines after it read on their own"))
+                src.pos = first + 1
+                reader = csv.reader(src, delimiter=delimiter)
+                continue
         if not cells or (len(cells) == 1 and not cells[0].strip()):
             continue  # blank line: not a row
-        row = RawRow(number, {})
-        if len(cells) > len(header):
-            row.malformed = f"{len(cells)} fields but the header has {len(header)}"
+        row = RawRow(first + 1, {})
+        if len(cells) > width:
+            row.malformed = f"{len(cells)} fields but the header has {width}"
         for name, cell in zip(header, cells):
             if name in row.values:
                 continue  # a repeated header name: the first column wins (reported as duplicate_column)
-            value, bad = _fix_utf8(cell)
-            row.values[name] = value
-            if bad:
-                row.non_utf8.append(name)
+            row.values[name] = _clean_cell(row, name, cell)
         rows.append(row)
     return Table(str(path), header, rows, "line")
 
@@ -262,10 +348,8 @@ def _read_parquet(path: Path) -> Table:
         row = RawRow(i, {})
         for name, v in rec.items():
             if isinstance(v, bytes):  # binary column: decode, flag bad bytes
-                v, bad = _fix_utf8(v.decode("utf-8", "surrogateescape"))
-                if bad:
-                    row.non_utf8.append(name)
-            row.values[name] = v
+                v = v.decode("utf-8", "surrogateescape")
+            row.values[name] = _clean_cell(row, name, v)
         rows.append(row)
     return Table(str(path), columns, rows, "row")
 
@@ -276,6 +360,8 @@ def _read_jsonl(path: Path, encoding: str = "utf-8") -> Table:
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             line = raw.decode(encoding, "surrogateescape")
+            if number == 1 and line.startswith("\ufeff"):
+                line = line[1:]  # a byte-order mark
             if not line.strip():
                 continue
             try:
@@ -288,12 +374,8 @@ def _read_jsonl(path: Path, encoding: str = "utf-8") -> Table:
                 continue
             row = RawRow(number, {})
             for name, v in obj.items():
-                name = _fix_utf8(name)[0]
-                if isinstance(v, str):
-                    v, bad = _fix_utf8(v)
-                    if bad:
-                        row.non_utf8.append(name)
-                row.values[name] = v
+                name = _clean_text(name)[0]
+                row.values[name] = _clean_cell(row, name, v)
                 columns.setdefault(name)
             rows.append(row)
     return Table(str(path), list(columns), rows, "line")
@@ -596,19 +678,21 @@ def _check_columns(table: Table, mapping: Mapping, report: Report) -> Mapping:
         required["image"] = mapping.image
     for col in mapping.pattern_columns():
         required[f"image_pattern {mapping.image_pattern!r}"] = col
-    have = table.columns
-    for col in sorted({c for c in have if have.count(c) > 1}):
+    times = Counter(table.columns)   # linear: a header may have 200,000 columns
+    have = list(times)               # the distinct names, in header order
+    for col in sorted(c for c, n in times.items() if n > 1):
         report.add("duplicate_column", COLUMN, table.file, None, repr(col),
-                   f"column {col!r} appears {have.count(col)} times in the header; the first one is used")
+                   f"column {col!r} appears {times[col]} times in the header; the first one is used")
     for role, col in required.items():
-        if col not in have:
+        if col not in times:
+            shown = ", ".join(have[:30]) + (f", ... ({len(have):,} columns in all)" if len(have) > 30 else "")
             raise MissingColumnError(
                 f"{table.file}: required column {col!r} (role {role}) not found{_did_you_mean(col, have)}. "
-                f"The file has columns: {', '.join(have) or '(none)'}. "
+                f"The file has columns: {shown or '(none)'}. "
                 f"Map the right one with --{role.split()[0].replace('_', '-')} COLUMN or a mapping file.")
     for label in ("category",):
         col = getattr(mapping, label)
-        if col and col not in have:
+        if col and col not in times:
             report.add("unknown_column", COLUMN, table.file, None, label,
                        f"mapping names column {col!r} which is not in the file{_did_you_mean(col, have)}; "
                        f"ignored")
@@ -616,7 +700,7 @@ def _check_columns(table: Table, mapping: Mapping, report: Report) -> Mapping:
     for key in ("text", "attrs"):
         kept = []
         for col in getattr(mapping, key):
-            if col in have:
+            if col in times:
                 kept.append(col)
             else:
                 report.add("unknown_column", COLUMN, table.file, None, key,
@@ -721,6 +805,10 @@ def _rows_to_products(table: Table, mapping: Mapping, images_dir: Path, report: 
                 add(row, "non_utf8", KEPT, _field(col, role_of),
                     f"text is not valid {encoding.upper()}; the bad bytes were replaced with U+FFFD and the "
                     f"row kept (if the whole file is in another encoding, give --encoding)")
+        for col, n in row.nul_bytes.items():
+            if col in role_of or col in mapping.pattern_columns():
+                add(row, "nul_bytes", KEPT, _field(col, role_of),
+                    f"text held {n} NUL character{'s' if n != 1 else ''} (\\0); removed, row kept")
         pid = _text(row.values.get(mapping.id))
         if pid is None:
             add(row, "missing_id", DROPPED, _field(mapping.id, role_of), "empty id; row dropped")
