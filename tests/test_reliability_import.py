@@ -46,6 +46,11 @@ def accounted(report) -> int:
     return report.products + report.rows_dropped
 
 
+def flat(text: str) -> str:
+    """CLI output with Rich's line wrapping undone."""
+    return " ".join(text.split())
+
+
 def codes(report, code):
     return [p for p in report.problems if p.code == code]
 
@@ -136,3 +141,62 @@ def test_nul_bytes_are_removed_and_noted(tmp_path):
     report = import_catalog(jsonl, out=tmp_path / "cat-j").report
     assert [p.row for p in codes(report, "nul_bytes")] == [1]
     assert Catalog.open(tmp_path / "cat-j").product(1)["title"] == "Mug"
+
+
+# --- 2. --out pointing at an existing directory deletes its contents -----------------------------------------
+
+def snapshot(root):
+    """Every file under root with its bytes: what must survive a refused import."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_out_dir_never_deletes_user_files(tmp_path, monkeypatch):
+    src = tmp_path / "shop"
+    (src / "photos").mkdir(parents=True)
+    (src / "photos" / "a.jpg").write_bytes(jpeg())
+    (src / "notes.txt").write_text("mine")
+    csv_path = src / "products.csv"
+    csv_path.write_text("sku,name,img\n1,Mug,a.jpg\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "thesis.tex").write_text("mine too")
+    mapping = {"id": "sku", "title": "name", "image": "img", "images_dir": str(src / "photos")}
+    before = snapshot(tmp_path)
+    hostile = {  # out -> words of the error
+        src: "holds the input", src / "photos": "is the input", csv_path: "is the input",
+        src / "photos" / "cat": "inside the input folder", other: "not a dashclip catalog output",
+        tmp_path: "holds the input", other / "thesis.tex": "not a directory",
+    }
+    for out, words in hostile.items():
+        with pytest.raises(UserError, match=words):
+            import_catalog(csv_path, out=out, mapping=mapping)
+    # `--out .` is a clear error, not an OSError traceback
+    monkeypatch.chdir(other)
+    runner = CliRunner()
+    args = ["catalog", "import", str(csv_path), "--id", "sku", "--title", "name", "--image", "img",
+            "--images-dir", str(src / "photos"), "-q"]
+    for out in (".", str(other), ".."):
+        res = runner.invoke(app, args + ["--out", out])
+        assert res.exit_code == 2 and "current directory" in flat(res.output)
+        assert isinstance(res.exception, SystemExit)            # not an OSError traceback
+    res = runner.invoke(app, args + ["--out", str(src), "--overwrite"])   # --overwrite never deletes an input
+    assert res.exit_code == 2 and "holds the input" in flat(res.output)
+    assert snapshot(tmp_path) == before            # nothing written, nothing deleted
+    # A catalog dir, an empty dir and a new path are fine; a catalog is re-imported over itself.
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "new" / "cat", tmp_path / "empty", tmp_path / "new" / "cat"):
+        assert import_catalog(csv_path, out=out, mapping=mapping).report.products == 1
+    assert json.loads((tmp_path / "new" / "cat" / "dashclip-output.json").read_text())["kind"] == "catalog"
+    # --overwrite replaces a folder that is not a catalog (and only then)
+    assert runner.invoke(app, args + ["--out", str(tmp_path / "junk"), "--overwrite"]).exit_code == 0
+    (tmp_path / "junk2").mkdir()
+    (tmp_path / "junk2" / "x").write_text("x")
+    res = runner.invoke(app, args + ["--out", str(tmp_path / "junk2"), "--overwrite"])
+    assert res.exit_code == 0 and not (tmp_path / "junk2" / "x").exists()
+    assert snapshot(src) == {k[len("shop/"):]: v for k, v in before.items() if k.startswith("shop/")}
+    # the outputs of another kind are not a catalog's to replace
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    (idx / "dashclip-output.json").write_text('{"kind": "index"}')
+    with pytest.raises(UserError, match="holds a dashclip index"):
+        import_catalog(csv_path, out=idx, mapping=mapping)

@@ -63,6 +63,8 @@ def import_(
     max_pixels: int = typer.Option(89_478_485, "--max-pixels",
                                    help="Images with more pixels are rejected as decompression bombs."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Threads validating images."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even when it is a non-empty folder "
+                                   "that is not a catalog (its contents are deleted). Never an input's folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Import a catalog (CSV, Parquet or JSONL) into the canonical form every stage reads."""
@@ -86,7 +88,8 @@ def import_(
         try:
             result = import_catalog(source, out=out, mapping=mapping, fmt=fmt, name=name, encoding=encoding,
                                     max_side=max_side,
-                                    max_pixels=max_pixels, workers=workers, progress=on_progress)
+                                    max_pixels=max_pixels, workers=workers, progress=on_progress,
+                                    overwrite=overwrite)
         finally:
             bar.stop()
     r = result.report

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..clihelp import UserError
-from ..io import atomic_dir, write_json, write_text
+from ..io import atomic_dir, mark_output_dir, prepare_output_dir, write_json, write_text
 from ..settings import runs_dir
 from .catalog import CATALOG_FILE, CORE_COLUMNS, IMAGES_FILE, MANIFEST_FILE
 from .images import MAX_PIXELS, ImageError, check_image, decode_image, read_image_bytes
@@ -720,16 +720,22 @@ def import_catalog(source: str | os.PathLike | None, out: str | os.PathLike | No
                    max_pixels: int = MAX_PIXELS,
                    workers: int | None = None, fetch_timeout: float = 10.0,
                    max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
-                   progress: Callable[[int, int], None] | None = None) -> ImportResult:
+                   progress: Callable[[int, int], None] | None = None, overwrite: bool = False) -> ImportResult:
     """Import `source` (a CSV/Parquet/JSONL file, or a preset name) into the catalog dir `out`.
 
     Returns the ImportResult (with the report). Raises MissingColumnError when a required column is missing
     and NothingToImportError when no usable product is left; every other problem goes into the report.
-    `progress(done, total)` is called as images are validated."""
+    `out` is checked by `dashclip.io.prepare_output_dir` before anything is read: a non-empty folder that
+    is not a catalog needs `overwrite=True`, and `out` may never be or hold an input (nor lie inside an
+    `images_dir` the mapping names). `progress(done, total)` is called as images are validated."""
     started = time.perf_counter()
     table, mapping, images_dir, preset, extras = _resolve_source(source, mapping, preset, fmt, encoding)
     name = name or preset or Path(table.file).stem
-    out = Path(out) if out is not None else runs_dir() / "catalogs" / name
+    inputs = [table.file, *sorted({e.file for e in extras})]
+    if mapping.images_dir and (mapping.image or mapping.image_pattern or extras):
+        inputs.append(images_dir)  # the folder the user named; the default (the file's own folder) may hold out
+    out = prepare_output_dir(out if out is not None else runs_dir() / "catalogs" / name, "catalog",
+                             inputs=inputs, overwrite=overwrite)
     report = Report(source=table.file, row_label=table.row_label, rows_read=len(table.rows))
     mapping = _check_columns(table, mapping, report)
 
@@ -781,6 +787,7 @@ def import_catalog(source: str | os.PathLike | None, out: str | os.PathLike | No
             "content_hash": content_hash,
         }
         write_json(tmp / MANIFEST_FILE, manifest)
+        mark_output_dir(tmp, "catalog")
         report.seconds = time.perf_counter() - started
         write_json(tmp / "report.json", report.to_dict())
         write_text(tmp / "report.md", report.to_markdown())
