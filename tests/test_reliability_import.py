@@ -200,3 +200,162 @@ def test_out_dir_never_deletes_user_files(tmp_path, monkeypatch):
     (idx / "dashclip-output.json").write_text('{"kind": "index"}')
     with pytest.raises(UserError, match="holds a dashclip index"):
         import_catalog(csv_path, out=idx, mapping=mapping)
+
+
+# --- 3. image paths escape --images-dir; image URLs reach private addresses --------------------------------
+
+def test_image_paths_stay_inside_images_dir(tmp_path):
+    photos = tmp_path / "shop" / "photos"
+    photos.mkdir(parents=True)
+    (photos / "ok.jpg").write_bytes(jpeg())
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "s.jpg").write_bytes(jpeg((0, 0, 255)))
+    os.symlink(secret / "s.jpg", photos / "link.jpg")       # a symlink to a file outside
+    os.symlink(secret, photos / "dirlink")                  # a symlink to a folder outside
+    os.symlink(photos / "ok.jpg", photos / "inner.jpg")     # a symlink that stays inside: fine
+    hostile = ["../../secret/s.jpg", str(secret / "s.jpg"), "/etc/passwd", "link.jpg", "dirlink/s.jpg",
+               "../../secret/nope.jpg", "/etc/no-such-file", "~/x.jpg", "ok.jpg/../../../secret/s.jpg"]
+    rows = "".join(f"{i},Item {i},{ref}\n" for i, ref in enumerate(hostile, 1))
+    src = tmp_path / "shop" / "products.csv"
+    src.write_text("sku,name,img\n" + rows + "98,Fine,ok.jpg\n99,Inner,inner.jpg\n")
+    mapping = {"id": "sku", "title": "name", "image": "img", "images_dir": str(photos)}
+    outside_before = snapshot(secret)
+    result = import_catalog(src, out=tmp_path / "cat", mapping=mapping)
+    r = result.report
+    refused = codes(r, "image_outside_images_dir")
+    assert [p.row for p in refused] == list(range(2, 2 + len(hostile)))
+    # The same words whether the target exists or not: nothing about it shows.
+    for p, ref in zip(refused, hostile):
+        assert p.message.endswith(f"field image (column 'img'): image path outside the images dir: {ref!r}; kept without image")
+    assert (r.products, r.products_with_image, r.products + r.rows_dropped) == (len(hostile) + 2, 2, data_lines(src))
+    cat = Catalog.open(result.out)
+    for rel in cat.products["image"].dropna():
+        assert cat.image_path(rel).read_bytes() == (photos / "ok.jpg").read_bytes()   # nothing from outside
+    assert snapshot(secret) == outside_before
+    # An image pattern built from an id cannot leave the images dir either.
+    src2 = tmp_path / "shop" / "ids.csv"
+    src2.write_text("sku,name\n../../secret/s,Evil\nok,Fine\n")
+    r2 = import_catalog(src2, out=tmp_path / "cat2", mapping={"id": "sku", "title": "name",
+                                                            "image_pattern": "{sku}.jpg", "images_dir": str(photos)})
+    assert [p.row for p in codes(r2.report, "image_outside_images_dir")] == [2]
+    assert r2.report.products_with_image == 1
+
+
+def _serve(directory, handler_extra=None):
+    import http.server
+    import threading
+
+    hits = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(directory), **kw)
+
+        def do_GET(self):
+            hits.append(self.path)
+            if handler_extra and handler_extra(self):
+                return
+            super().do_GET()
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, hits
+
+
+def test_private_image_urls_are_refused(tmp_path, monkeypatch):
+    import dashclip.data.importer as importer
+
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "a.jpg").write_bytes(jpeg())
+    target, target_hits = _serve(www)
+    tport = target.server_address[1]
+
+    def redirect(handler):
+        handler.send_response(302)
+        handler.send_header("Location", f"http://127.0.0.1:{tport}/a.jpg")
+        handler.end_headers()
+        return True
+
+    redirector, redirector_hits = _serve(www, redirect)
+    rport = redirector.server_address[1]
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    cport = closed.getsockname()[1]
+    closed.close()                                            # a port where nothing listens
+    try:
+        hostile = [f"http://127.0.0.1:{tport}/a.jpg", f"http://127.0.0.1:{cport}/a.jpg",
+                   f"http://localhost:{tport}/a.jpg", f"http://[::1]:{tport}/a.jpg", "http://169.254.169.254/x.jpg",
+                   "http://10.0.0.1/x.jpg", "http://192.168.1.1/x.jpg", f"http://0.0.0.0:{tport}/a.jpg",
+                   f"http://[::ffff:127.0.0.1]:{tport}/a.jpg"]
+        rows = "".join(f"{i},Item {i},{u}\n" for i, u in enumerate(hostile, 1))
+        src = tmp_path / "p.csv"
+        src.write_text("sku,name,img\n" + rows)
+        mapping = {"id": "sku", "title": "name", "image": "img"}
+        r = import_catalog(src, out=tmp_path / "cat", mapping=mapping, fetch_timeout=2).report
+        refused = codes(r, "image_url_refused")
+        assert [p.row for p in refused] == list(range(2, 2 + len(hostile))) and not target_hits
+        # an open port and a closed one read the same: the report does not probe the network
+        same = [p.message.replace(str(tport), "PORT").replace(str(cport), "PORT") for p in refused[:2]]
+        assert same[0].replace("line 2", "line N") == same[1].replace("line 3", "line N")
+        assert r.products == len(hostile) and r.products_with_image == 0
+        # every address a host resolves to is checked, and so is every redirect hop
+        real_getaddrinfo = socket.getaddrinfo
+
+        def two_addresses(host, *a, **kw):
+            if host == "shop.example":
+                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", 80)),
+                        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 80))]
+            return real_getaddrinfo(host, *a, **kw)
+
+        monkeypatch.setattr(socket, "getaddrinfo", two_addresses)
+        real_check = importer._private_address
+        monkeypatch.setattr(importer, "_private_address",           # the redirector plays a public host
+                            lambda host, port: None if port == rport else real_check(host, port))
+        src.write_text(f"sku,name,img\n1,Multi,http://shop.example/a.jpg\n2,Hop,http://127.0.0.1:{rport}/a.jpg\n")
+        r = import_catalog(src, out=tmp_path / "cat2", mapping=mapping, fetch_timeout=2).report
+        assert [p.row for p in codes(r, "image_url_refused")] == [2, 3]
+        assert redirector_hits and not target_hits
+        monkeypatch.undo()
+        # opting in fetches from a local server
+        src.write_text(f"sku,name,img\n1,Local,http://127.0.0.1:{tport}/a.jpg\n")
+        r = import_catalog(src, out=tmp_path / "cat3", mapping=mapping, allow_private_urls=True).report
+        assert r.products_with_image == 1 and target_hits
+    finally:
+        target.shutdown()
+        redirector.shutdown()
+
+
+# --- 5. memory: file size and pixel caps ----------------------------------------------------------------------
+
+def test_image_size_caps_before_reading(tmp_path):
+    import tracemalloc
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    with open(photos / "huge.jpg", "wb") as f:     # 600 MB, sparse: costs no disk, only a read would cost memory
+        f.truncate(600 * 1024 * 1024)
+    (photos / "small.jpg").write_bytes(jpeg())
+    (photos / "wide.png").write_bytes(png_claiming(9000, 9000))     # 81 MP claimed in a few bytes
+    src = tmp_path / "p.csv"
+    src.write_text("sku,name,img\n1,Huge,huge.jpg\n2,Small,small.jpg\n3,Wide,wide.png\n")
+    mapping = {"id": "sku", "title": "name", "image": "img", "images_dir": str(photos)}
+    tracemalloc.start()
+    try:
+        r = import_catalog(src, out=tmp_path / "cat", mapping=mapping, workers=1).report
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 1024 * 1024
+    (big,) = codes(r, "image_too_large")
+    assert big.row == 2 and "629,145,600 bytes, over the limit of 20,971,520" in big.message
+    (bomb,) = codes(r, "image_decompression_bomb")
+    assert bomb.row == 4 and "over the limit of 40,000,000" in bomb.message
+    assert (r.products, r.products_with_image) == (3, 1)
+    # the cap is a setting
+    r = import_catalog(src, out=tmp_path / "cat2", mapping=mapping, max_image_bytes=len(jpeg()) - 1).report
+    assert [p.row for p in codes(r, "image_too_large")] == [2, 3] and r.products_with_image == 0

@@ -17,7 +17,12 @@ Bad input is normal input. Every input row ends up either in the catalog or in t
     image_<kind>            kept without image: image_missing, image_zero_byte, image_not_an_image,
                             image_truncated, image_corrupt, image_decompression_bomb, image_unreadable,
                             image_fetch_failed (URL)
+                            image_too_large (over max_image_bytes), image_decompression_bomb (over max_pixels,
+                            40 MP by default, refused from the header), image_outside_images_dir (a path that
+                            leaves the images dir: "../", absolute, or a symlink out), image_url_refused (a URL
+                            whose host resolves to a loopback, link-local or private address; allow_private_urls)
     image_downscaled        kept; the image was larger than `max_side` and was downscaled when copied
+    nul_bytes               kept; NUL characters were removed from that field
     unknown_column          (mapping) an optional column named in the mapping is not in the file: ignored
     duplicate_column        (header) a column name appears twice: the first one is used
     unknown_product         (extra images) the product id of an extra image is not in the catalog: dropped
@@ -36,6 +41,7 @@ input twice gives a byte-identical catalog.parquet and the same content_hash.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
 import hashlib
@@ -45,6 +51,7 @@ import math
 import os
 import re
 import string
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -56,13 +63,18 @@ from ..clihelp import UserError
 from ..io import atomic_dir, mark_output_dir, prepare_output_dir, write_json, write_text
 from ..settings import runs_dir
 from .catalog import CATALOG_FILE, CORE_COLUMNS, IMAGES_FILE, MANIFEST_FILE
-from .images import MAX_PIXELS, ImageError, check_image, decode_image, read_image_bytes
+from .images import ImageError, check_image, decode_image, probe_image, read_image_bytes
 
 FORMATS = ("csv", "parquet", "jsonl")
 EXTENSION_FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet",
                      ".jsonl": "jsonl", ".ndjson": "jsonl"}
 DEFAULT_MAX_SIDE = 1024
-DEFAULT_MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024   # one cap for a local image file (checked by stat) and a download
+# Import refuses larger images before decoding: a 40 MP RGB image is 120 MB decoded (9000 x 9000 would be 243 MB,
+# times the worker threads). Photos of today's phones (12-24 MP) pass. load_image's own default is Pillow's.
+IMPORT_MAX_PIXELS = 40_000_000
+LARGE_DECODE_PIXELS = 4_000_000   # images above this decode one at a time, so the threads never hold many
+MAX_REDIRECTS = 5
 REPORT_ROWS = 20  # examples kept per problem in the report
 DROPPED, KEPT, COLUMN = "dropped", "kept", "column"  # what a problem did to its row
 INT64_MAX = 2**63 - 1
@@ -534,49 +546,95 @@ def _is_url(ref: str) -> bool:
     return ref.lower().startswith(("http://", "https://"))
 
 
-def _fetch(client, url: str, max_bytes: int) -> bytes:
+def _inside(images_root: Path, ref: str) -> Path | None:
+    """The real path of `ref` (relative to the images dir, symlinks followed) when it lies inside the
+    images dir `images_root` (itself a real path); None when it leaves it: "../", an absolute path, or a
+    symlink pointing out. Nothing is read, so the answer never says whether the target exists."""
+    if os.path.isabs(ref) or ref.startswith("~"):
+        return None
+    real = Path(os.path.realpath(images_root / ref))
+    return real if real == images_root or images_root in real.parents else None
+
+
+def _private_address(host: str, port: int) -> str | None:
+    """The first address of `host` that is loopback, link-local, private or otherwise not public; None when
+    every address it resolves to is public. Raises ImageError when it does not resolve."""
+    import ipaddress
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, OSError) as e:
+        raise ImageError("fetch_failed", f"download failed: cannot resolve host {host!r} ({e})") from None
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if not ip.is_global or ip.is_multicast:
+            return str(ip)
+    return None
+
+
+def _check_url(url, allow_private: bool) -> None:
+    """Refuse a URL that is not http(s), or (unless `allow_private`) whose host resolves to any address that
+    is not public: loopback, link-local, private. Checked before connecting, so a refusal says nothing about
+    what listens there."""
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ImageError("url_refused", "URL refused: only http(s) URLs with a host are fetched")
+    if allow_private:
+        return
+    address = _private_address(url.host, url.port or (443 if url.scheme == "https" else 80))
+    if address is not None:
+        raise ImageError("url_refused", f"URL refused: host {url.host!r} resolves to the non-public address "
+                                        f"{address} (give --allow-private-urls to fetch from a local network)")
+
+
+def _fetch(client, url: str, max_bytes: int, allow_private: bool = False) -> bytes:
+    """Download `url` (at most `max_bytes`), following redirects by hand so every hop's host is checked."""
     import httpx
 
     try:
-        with client.stream("GET", url) as r:
-            if r.status_code != 200:
-                raise ImageError("fetch_failed", f"download failed: HTTP {r.status_code}", url)
-            declared = r.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise ImageError("fetch_failed", f"download refused: {int(declared):,} bytes is over the "
-                                                 f"limit of {max_bytes:,}", url)
-            chunks, size = [], 0
-            for chunk in r.iter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise ImageError("fetch_failed", f"download stopped: over the limit of {max_bytes:,} bytes",
-                                     url)
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except httpx.HTTPError as e:
+        target = httpx.URL(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            _check_url(target, allow_private)
+            with client.stream("GET", target) as r:
+                if r.is_redirect and "location" in r.headers:
+                    target = target.join(r.headers["location"])
+                    continue
+                if r.status_code != 200:
+                    raise ImageError("fetch_failed", f"download failed: HTTP {r.status_code}")
+                declared = r.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > max_bytes:
+                    raise ImageError("fetch_failed", f"download refused: {int(declared):,} bytes is over the "
+                                                     f"limit of {max_bytes:,}")
+                chunks, size = [], 0
+                for chunk in r.iter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ImageError("fetch_failed", f"download stopped: over the limit of {max_bytes:,} bytes")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        raise ImageError("fetch_failed", f"download failed: more than {MAX_REDIRECTS} redirects")
+    except ImageError as e:
+        raise ImageError(e.kind, e.reason, url) from None
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as e:
         raise ImageError("fetch_failed", f"download failed ({type(e).__name__}: {e})", url) from None
 
 
 def _process_image(job: ImageJob, out_root: Path, max_side: int, max_pixels: int, client,
-                   max_download_bytes: int) -> ImageOutcome:
-    """Read (or download), validate and copy one image. Fine images keep their original bytes."""
+                   max_image_bytes: int, allow_private_urls: bool = False,
+                   large_decode: threading.Lock | None = None) -> ImageOutcome:
+    """Read (or download), validate and copy one image. Fine images keep their original bytes.
+    The file size and pixel count are checked before decoding; an image over LARGE_DECODE_PIXELS decodes
+    under `large_decode`, so the threads never hold more than one large image at a time."""
     outcome = ImageOutcome(job)
     try:
-        data = (_fetch(client, job.ref, max_download_bytes) if job.path is None
-                else read_image_bytes(job.path))
-        info = check_image(data, job.ref, max_pixels=max_pixels)
-        ext = info.extension
-        if max(info.width, info.height) > max_side:
-            im = decode_image(data, job.ref, max_side=max_side, max_pixels=max_pixels)
-            buf = io.BytesIO()
-            if info.format in ("JPEG", "MPO"):
-                im.save(buf, "JPEG", quality=90)
-                ext = ".jpg"
-            else:
-                im.save(buf, "PNG")
-                ext = ".png"
-            data = buf.getvalue()
-            outcome.downscaled = (info.width, info.height, *im.size)
+        data = (_fetch(client, job.ref, max_image_bytes, allow_private_urls) if job.path is None
+                else read_image_bytes(job.path, max_bytes=max_image_bytes))
+        info = probe_image(data, job.ref, max_pixels=max_pixels)
+        large = info.width * info.height > LARGE_DECODE_PIXELS and large_decode is not None
+        with (large_decode if large else contextlib.nullcontext()):
+            data, ext = _validated(data, info, job, max_side, max_pixels, outcome)
     except ImageError as e:
         outcome.error = e
         return outcome
@@ -585,6 +643,25 @@ def _process_image(job: ImageJob, out_root: Path, max_side: int, max_pixels: int
     outcome.rel = rel
     outcome.digest = hashlib.sha256(data).hexdigest()
     return outcome
+
+
+def _validated(data: bytes, info, job: ImageJob, max_side: int, max_pixels: int, outcome: ImageOutcome):
+    """Decode once: -> (the bytes to copy, their extension); downscaled above `max_side`."""
+    ext = info.extension
+    if max(info.width, info.height) <= max_side:
+        check_image(data, job.ref, max_pixels=max_pixels)
+    else:
+        im = decode_image(data, job.ref, max_side=max_side, max_pixels=max_pixels)
+        buf = io.BytesIO()
+        if info.format in ("JPEG", "MPO"):
+            im.save(buf, "JPEG", quality=90)
+            ext = ".jpg"
+        else:
+            im.save(buf, "PNG")
+            ext = ".png"
+        data = buf.getvalue()
+        outcome.downscaled = (info.width, info.height, *im.size)
+    return data, ext
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -717,17 +794,21 @@ def _check_columns(table: Table, mapping: Mapping, report: Report) -> Mapping:
 def import_catalog(source: str | os.PathLike | None, out: str | os.PathLike | None = None,
                    mapping: Mapping | dict | None = None, preset: str | None = None, fmt: str | None = None,
                    name: str | None = None, encoding: str = "utf-8", max_side: int = DEFAULT_MAX_SIDE,
-                   max_pixels: int = MAX_PIXELS,
+                   max_pixels: int = IMPORT_MAX_PIXELS,
                    workers: int | None = None, fetch_timeout: float = 10.0,
-                   max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
-                   progress: Callable[[int, int], None] | None = None, overwrite: bool = False) -> ImportResult:
+                   max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+                   progress: Callable[[int, int], None] | None = None, overwrite: bool = False,
+                   allow_private_urls: bool = False) -> ImportResult:
     """Import `source` (a CSV/Parquet/JSONL file, or a preset name) into the catalog dir `out`.
 
     Returns the ImportResult (with the report). Raises MissingColumnError when a required column is missing
     and NothingToImportError when no usable product is left; every other problem goes into the report.
     `out` is checked by `dashclip.io.prepare_output_dir` before anything is read: a non-empty folder that
     is not a catalog needs `overwrite=True`, and `out` may never be or hold an input (nor lie inside an
-    `images_dir` the mapping names). `progress(done, total)` is called as images are validated."""
+    `images_dir` the mapping names). Local image paths must stay inside the images dir; image URLs whose
+    host is loopback, link-local or private are refused unless `allow_private_urls`. An image file (or
+    download) over `max_image_bytes`, or an image over `max_pixels`, is refused before it is decoded.
+    `progress(done, total)` is called as images are validated."""
     started = time.perf_counter()
     table, mapping, images_dir, preset, extras = _resolve_source(source, mapping, preset, fmt, encoding)
     name = name or preset or Path(table.file).stem
@@ -752,7 +833,7 @@ def import_catalog(source: str | os.PathLike | None, out: str | os.PathLike | No
     with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
         outcomes = _run_image_jobs(jobs, tmp, max_side, max_pixels, workers, fetch_timeout,
-                                   max_download_bytes, progress)
+                                   max_image_bytes, progress, allow_private_urls)
         image_rows = []
         digests = []
         for o in outcomes:
@@ -783,7 +864,7 @@ def import_catalog(source: str | os.PathLike | None, out: str | os.PathLike | No
             "id_type": "int64" if is_int else "string",
             "counts": {"products": report.products, "with_image": report.products_with_image,
                        "images": len(image_rows), "extra_images": report.extra_images},
-            "settings": {"max_side": max_side, "max_pixels": max_pixels},
+            "settings": {"max_side": max_side, "max_pixels": max_pixels, "max_image_bytes": max_image_bytes},
             "content_hash": content_hash,
         }
         write_json(tmp / MANIFEST_FILE, manifest)
@@ -858,6 +939,7 @@ def _extra_image_jobs(extras: list[ExtraImage], products: dict, stems: dict, is_
                       report: Report) -> list[ImageJob]:
     """Extra images (from presets) of known products, in a fixed order, numbered per product."""
     report.extra_images_read = len(extras)
+    images_root = Path(os.path.realpath(images_dir))
     by_product: dict[Any, list[ImageJob]] = {}
     for e in extras:
         key = _coerce_key(e.product_id, is_int)
@@ -866,8 +948,13 @@ def _extra_image_jobs(extras: list[ExtraImage], products: dict, stems: dict, is_
                        f"extra image {e.path!r} names product id {e.product_id!r}, which is not in the catalog; "
                        f"dropped", row_label="line")
             continue
+        path = _inside(images_root, e.path)
+        if path is None:
+            report.add("image_outside_images_dir", DROPPED, e.file, e.row, "image",
+                       f"image path outside the images dir: {e.path!r}; extra image dropped", row_label="line")
+            continue
         by_product.setdefault(key, []).append(ImageJob(
-            key, e.path, images_dir / e.path, "extra", e.split, e.file, e.row, "image", "line"))
+            key, e.path, path, "extra", e.split, e.file, e.row, "image", "line"))
     jobs = []
     for key in sorted(by_product):
         js = sorted(by_product[key], key=lambda j: (j.split or "", j.ref))
@@ -904,7 +991,13 @@ def _image_job(row: RawRow, key, mapping: Mapping, images_dir: Path, table: Tabl
     if ref is None:
         report.add("no_image", KEPT, table.file, row.number, field_, "image cell is empty; kept without image")
         return None
-    path = None if _is_url(ref) else images_dir / ref
+    path = None
+    if not _is_url(ref):
+        path = _inside(Path(os.path.realpath(images_dir)), ref)
+        if path is None:
+            report.add("image_outside_images_dir", KEPT, table.file, row.number, field_,
+                       f"image path outside the images dir: {ref!r}; kept without image")
+            return None
     return ImageJob(key, ref, path, "primary", None, table.file, row.number, field_, table.row_label)
 
 
@@ -923,16 +1016,17 @@ def _unique_stems(keys: Iterable) -> dict:
     return stems
 
 
-def _run_image_jobs(jobs, out_root, max_side, max_pixels, workers, fetch_timeout, max_download_bytes,
-                    progress) -> list[ImageOutcome]:
+def _run_image_jobs(jobs, out_root, max_side, max_pixels, workers, fetch_timeout, max_image_bytes,
+                    progress, allow_private_urls=False) -> list[ImageOutcome]:
     """Validate and copy images on a thread pool (Pillow decodes with the GIL released)."""
     import httpx
 
     workers = workers or min(16, 2 * (os.cpu_count() or 2))
     client = None
     if any(j.path is None for j in jobs):
-        client = httpx.Client(timeout=fetch_timeout, follow_redirects=True,
+        client = httpx.Client(timeout=fetch_timeout, follow_redirects=False,  # each hop is checked: _fetch
                               limits=httpx.Limits(max_connections=workers))
+    large_decode = threading.Lock()
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             outcomes = []
@@ -940,7 +1034,8 @@ def _run_image_jobs(jobs, out_root, max_side, max_pixels, workers, fetch_timeout
             for start in range(0, len(jobs), chunk):
                 batch = jobs[start:start + chunk]
                 outcomes.extend(pool.map(lambda j: _process_image(j, out_root, max_side, max_pixels, client,
-                                                                   max_download_bytes), batch))
+                                                                   max_image_bytes, allow_private_urls,
+                                                                   large_decode), batch))
                 if progress:
                     progress(len(outcomes), len(jobs))
     finally:
