@@ -359,3 +359,45 @@ def test_image_size_caps_before_reading(tmp_path):
     # the cap is a setting
     r = import_catalog(src, out=tmp_path / "cat2", mapping=mapping, max_image_bytes=len(jpeg()) - 1).report
     assert [p.row for p in codes(r, "image_too_large")] == [2, 3] and r.products_with_image == 0
+
+
+# --- 5. query files: a Latin-1 byte; qid "1" and qid 1 ---------------------------------------------------------
+
+def _query_readers():
+    from dashclip.evaluation.qrels import load_queries
+    from dashclip.labeling.queries import read_queries as labeling_read_queries
+    from dashclip.serving.cli import read_queries as serving_read_queries
+
+    return {"serving": serving_read_queries, "evaluation": load_queries, "labeling": labeling_read_queries}
+
+
+def test_query_file_latin1_byte_names_file_and_line(tmp_path):
+    p = tmp_path / "q.jsonl"
+    p.write_bytes(b'{"qid": "a1", "query": "red shirt"}\n\n{"qid": "a2", "query": "caf\xe9 mug"}\n')
+    for name, read in _query_readers().items():
+        with pytest.raises(UserError, match=r"q\.jsonl:3: not UTF-8 text \(byte 0xe9 at column 28\)"):
+            read(p)
+    txt = tmp_path / "q.txt"                    # the labeling reader's plain-text form
+    txt.write_bytes(b"red shirt\ncaf\xe9 mug\n")
+    with pytest.raises(UserError, match=r"q\.txt:2: not UTF-8"):
+        _query_readers()["labeling"](txt)
+    # and the command line says so without a traceback
+    res = CliRunner().invoke(app, ["search", "--model", str(tmp_path), "--index", str(tmp_path), "--queries",
+                                   str(p), "--output", str(tmp_path / "out.jsonl"), "-q"])
+    assert res.exit_code == 2 and "q.jsonl:3: not UTF-8" in flat(res.output)
+
+
+def test_duplicate_qids_after_normalisation(tmp_path):
+    p = tmp_path / "q.jsonl"
+    p.write_text('{"qid": "1", "query": "red shirt"}\n{"qid": "2", "query": "mug"}\n{"qid": 1, "query": "hat"}\n')
+    readers = _query_readers()
+    with pytest.raises(UserError, match=r"q\.jsonl:3: duplicate qid: qid 1 repeats line 1 \(1 and '1' are the same"):
+        readers["serving"](p)
+    with pytest.raises(UserError, match=r"q\.jsonl:3: duplicate qid: qid 1 repeats line 1"):
+        readers["labeling"](p)
+    p.write_text('{"qid": "dev1", "query": "red shirt"}\n{"qid": " dev1 ", "query": "hat"}\n')
+    for name, read in readers.items():
+        with pytest.raises(UserError, match=r"q\.jsonl:2: duplicate qid: qid ' dev1 ' repeats line 1"):
+            read(p)
+    p.write_text('{"qid": "1", "query": "red shirt"}\n{"qid": 2, "query": "hat"}\n')
+    assert [q["qid"] for q in readers["serving"](p)] == ["1", 2]

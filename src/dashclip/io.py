@@ -139,8 +139,7 @@ def check_unique_qids(qids: Iterable[tuple[int, Any]], path: str | os.PathLike, 
         if key in seen:
             first_line, first = seen[key]
             same = "" if first == qid else f" ({qid!r} and {first!r} are the same qid)"
-            raise InputFileError(f"{path}:{lineno}: duplicate qid {qid!r}: {label} {lineno} repeats the qid of "
-                                 f"{label} {first_line}{same}")
+            raise InputFileError(f"{path}:{lineno}: duplicate qid: qid {qid!r} repeats {label} {first_line}{same}")
         seen[key] = (lineno, qid)
 
 
