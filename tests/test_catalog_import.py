@@ -316,7 +316,8 @@ def test_image_urls_fetched_from_local_server(tmp_path):
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         result, source = run(tmp_path, f"sku,name,img,aisle\n1,Good,{base}/a.jpg,X\n2,Gone,{base}/nope.jpg,X\n"
-                                       f"3,Big,{base}/big.jpg,X\n", max_download_bytes=3000)
+                                       f"3,Big,{base}/big.jpg,X\n", max_image_bytes=3000,
+                             allow_private_urls=True)
     finally:
         server.shutdown()
     ps = only(result.report, "image_fetch_failed")

@@ -180,7 +180,7 @@ def test_load_queries_validates_and_filters_heldout(tmp_path):
     p.write_text('{"qid": "dev001", "query": "a"}\n{"qid": "dev003", "query": "b"}\n')
     assert [q["qid"] for q in load_queries(p, heldout_only=True)] == ["dev003"]
     p.write_text('{"qid": "dev001", "query": "a"}\n{"qid": "dev001", "query": "b"}\n')
-    with pytest.raises(ValueError, match="query 2: duplicate qid"):
+    with pytest.raises(ValueError, match="q.jsonl:2: duplicate qid: qid 'dev001' repeats line 1"):
         load_queries(p)
     p.write_text('{"qid": "dev001"}\n')
     with pytest.raises(ValueError, match="field 'query'"):

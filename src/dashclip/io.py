@@ -1,10 +1,13 @@
-"""Atomic file writes and small JSON helpers, shared by every stage.
+"""Atomic file writes, output dirs and small JSON helpers, shared by every stage.
 
 A long job that is killed, or a disk that fills up, must never leave a half-written file under
 the real name: each writer here writes a temporary sibling, fsyncs it and renames it into place.
+An output dir is (re)written only where `prepare_output_dir` says it is safe: it never replaces a
+folder of the user's own files, an input, or a folder holding one.
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import os
@@ -12,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
+
+from .clihelp import UserError
 
 
 def _current_umask() -> int:
@@ -90,18 +95,52 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
             f.write(json.dumps(r, default=str) + "\n")
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL file; a bad line is an error naming the file and line."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+class InputFileError(UserError, ValueError):
+    """A bad line in an input file; the message names the file and the line. (A ValueError too, for
+    callers that caught read_jsonl's ValueError.)"""
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for each non-blank line of a UTF-8 JSONL file (a BOM at the start is skipped).
+    A line that is not UTF-8 or not JSON is an InputFileError naming the file and the line."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputFileError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                     f"{e.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-    return rows
+                raise InputFileError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSONL file; a bad line is an error naming the file and line (see iter_jsonl)."""
+    return [row for _, row in iter_jsonl(path)]
+
+
+def qid_key(qid: Any) -> str:
+    """The one form of a query id: a string, stripped ("1" and 1 are the same qid)."""
+    return str(qid).strip()
+
+
+def check_unique_qids(qids: Iterable[tuple[int, Any]], path: str | os.PathLike, label: str = "line") -> None:
+    """`qids` are (line, qid) pairs of one file; two qids that are the same after `qid_key` are an
+    InputFileError naming both lines."""
+    seen: dict[str, tuple[int, Any]] = {}
+    for lineno, qid in qids:
+        key = qid_key(qid)
+        if key in seen:
+            first_line, first = seen[key]
+            same = "" if first == qid else f" ({qid!r} and {first!r} are the same qid)"
+            raise InputFileError(f"{path}:{lineno}: duplicate qid: qid {qid!r} repeats {label} {first_line}{same}")
+        seen[key] = (lineno, qid)
 
 
 def append_jsonl(path: str | os.PathLike, row: dict) -> None:
@@ -115,3 +154,90 @@ def save_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
     """Atomically write `path` with a writer that takes a path (e.g. DataFrame.to_parquet)."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Output dirs: where a command may write
+# ---------------------------------------------------------------------------------------------------------
+
+OUTPUT_MARKER = "dashclip-output.json"
+# Outputs written before the marker existed are recognised by their files (all must be there).
+LEGACY_OUTPUT_FILES = {"catalog": ("manifest.json", "catalog.parquet", "images.parquet"),
+                       "index": ("meta.json", "ids.parquet")}
+
+
+class OutputDirError(UserError):
+    """An output dir that must not be written (it holds the user's files, an input, or another output)."""
+
+
+def output_kind(path: str | os.PathLike) -> str | None:
+    """The kind of dashclip output in the dir `path` ("catalog", "index", ...), or None when it is not one."""
+    path = Path(path)
+    try:
+        marker = json.loads((path / OUTPUT_MARKER).read_text(encoding="utf-8"))
+        if isinstance(marker, dict) and isinstance(marker.get("kind"), str):
+            return marker["kind"]
+    except (OSError, ValueError):
+        pass
+    for kind, files in LEGACY_OUTPUT_FILES.items():
+        if all((path / f).is_file() for f in files):
+            return kind
+    return None
+
+
+def mark_output_dir(path: str | os.PathLike, kind: str) -> None:
+    """Write the marker that makes `path` a dashclip output of `kind` (call it inside the atomic_dir)."""
+    write_json(Path(path) / OUTPUT_MARKER, {"kind": kind, "written_by": "dashclip"})
+
+
+def _is_within(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def prepare_output_dir(path: str | os.PathLike, kind: str, inputs: Iterable[str | os.PathLike] = (),
+                       overwrite: bool = False) -> Path:
+    """Check that the dir `path` may be (re)written whole as a dashclip output of `kind`; return it resolved.
+
+    One rule for every command that replaces an output dir (`atomic_dir`), so no command deletes what it
+    should not. The dir may be written when it does not exist yet, is empty, or is a dashclip output of the
+    same `kind` (`mark_output_dir` writes its marker; older outputs are known by LEGACY_OUTPUT_FILES).
+    `overwrite=True` also allows replacing any other directory, which deletes its contents. Never allowed,
+    even with `overwrite`: a path that is a file; the current directory or a folder holding it; a path that
+    is one of `inputs` (files or dirs the command reads) or holds one; a path inside an input dir.
+    Raises OutputDirError (a UserError) saying why."""
+    given = path
+    if str(given).strip() == "":
+        raise OutputDirError("output dir: empty path")
+    path = Path(os.path.abspath(os.path.expanduser(given)))
+    real = Path(os.path.realpath(path))
+    if real.parent == real:
+        raise OutputDirError(f"output dir {given}: is the file system root; give a new folder")
+    cwd = Path(os.path.realpath(os.getcwd()))
+    if _is_within(cwd, real):
+        raise OutputDirError(f"output dir {given}: is the current directory"
+                             f"{'' if real == cwd else ' or holds it'}, which would be replaced; give a new folder, "
+                             f"e.g. --out runs/{kind}")
+    for inp in inputs:
+        inp_real = Path(os.path.realpath(os.path.abspath(inp)))
+        if _is_within(inp_real, real):
+            what = "is" if inp_real == real else "holds"
+            raise OutputDirError(f"output dir {given}: {what} the input {inp}, which would be deleted; "
+                                 f"give another folder")
+        if inp_real.is_dir() and _is_within(real, inp_real):
+            raise OutputDirError(f"output dir {given}: is inside the input folder {inp}; give a folder "
+                                 f"outside it")
+    if not os.path.lexists(path):
+        return path
+    if not real.is_dir():
+        raise OutputDirError(f"output dir {given}: exists and is not a directory")
+    if not any(real.iterdir()):
+        return path
+    found = output_kind(real)
+    if found == kind or overwrite:
+        return path
+    if found is not None:
+        raise OutputDirError(f"output dir {given}: holds a dashclip {found}, not a {kind}; give another folder "
+                             f"(or --overwrite to replace it)")
+    raise OutputDirError(f"output dir {given}: is a non-empty folder that is not a dashclip {kind} output; "
+                         f"its contents would be deleted. Give a new or empty folder, or --overwrite to "
+                         f"replace it")

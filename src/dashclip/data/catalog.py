@@ -15,6 +15,8 @@ A catalog directory, written by `dashclip catalog import` (see `importer.py`):
     images/           the image files that passed validation, copied in
     manifest.json     name, source, preset, attributes, text_fields, counts, content_hash
     report.json/.md   the import report: counts per problem and the first rows of each
+    dashclip-output.json   {"kind": "catalog"}: the marker that lets a re-import replace this dir
+                      (`dashclip.io.prepare_output_dir`)
 """
 from __future__ import annotations
 

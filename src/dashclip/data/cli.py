@@ -60,9 +60,18 @@ def import_(
     name: Optional[str] = typer.Option(None, "--name", help="Catalog name (default: preset or file name)."),
     encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of a CSV/JSONL file."),
     max_side: int = typer.Option(1024, "--max-side", help="Larger images are downscaled to this side."),
-    max_pixels: int = typer.Option(89_478_485, "--max-pixels",
-                                   help="Images with more pixels are rejected as decompression bombs."),
+    max_pixels: int = typer.Option(40_000_000, "--max-pixels",
+                                   help="Images with more pixels are refused before decoding (decompression "
+                                        "bombs, and memory: 40 MP is 120 MB decoded)."),
+    max_image_bytes: int = typer.Option(20 * 1024 * 1024, "--max-image-bytes",
+                                        help="Image files and downloads larger than this are refused (a local "
+                                             "file from its size, before it is read)."),
+    allow_private_urls: bool = typer.Option(False, "--allow-private-urls",
+                                            help="Fetch image URLs whose host is loopback, link-local or private "
+                                                 "(refused by default)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Threads validating images."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even when it is a non-empty folder "
+                                   "that is not a catalog (its contents are deleted). Never an input's folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Import a catalog (CSV, Parquet or JSONL) into the canonical form every stage reads."""
@@ -86,7 +95,9 @@ def import_(
         try:
             result = import_catalog(source, out=out, mapping=mapping, fmt=fmt, name=name, encoding=encoding,
                                     max_side=max_side,
-                                    max_pixels=max_pixels, workers=workers, progress=on_progress)
+                                    max_pixels=max_pixels, workers=workers, progress=on_progress,
+                                    overwrite=overwrite, max_image_bytes=max_image_bytes,
+                                    allow_private_urls=allow_private_urls)
         finally:
             bar.stop()
     r = result.report

@@ -29,8 +29,10 @@ SAFE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG covers MPO 
 # File extension written for each format when an image is copied into a catalog.
 EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
               "TIFF": ".tif"}
-IMAGE_ERROR_KINDS = ("missing", "unreadable", "zero_byte", "not_an_image", "truncated", "corrupt",
-                     "decompression_bomb", "fetch_failed")  # fetch_failed: URLs, in the importer
+IMAGE_ERROR_KINDS = ("missing", "unreadable", "zero_byte", "too_large", "not_an_image", "truncated", "corrupt",
+                     "decompression_bomb", "fetch_failed",
+                     # in the importer only: URLs, and paths that leave the images dir
+                     "url_refused", "outside_images_dir")
 
 # Pillow *warns* (and only errors at twice its limit) about oversized images; make the warning an
 # exception so it can never be missed. Set once here, because warnings.catch_warnings is not thread-safe.
@@ -125,16 +127,37 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _read(path: str | os.PathLike) -> bytes:
+def _too_large(size: int, max_bytes: int, path) -> ImageError:
+    return ImageError("too_large", f"file is {size:,} bytes, over the limit of {max_bytes:,}", path)
+
+
+def _read(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
+    """The file's bytes. With `max_bytes`, a larger file is refused from its size (stat) before it is read,
+    and the read stops there even if the file grows meanwhile."""
     p = Path(path)
     if not p.exists():
         raise ImageError("missing", "image file not found", path)
     if not p.is_file():
         raise ImageError("unreadable", "not a regular file", path)
     try:
-        return p.read_bytes()
+        if max_bytes is None:
+            return p.read_bytes()
+        size = p.stat().st_size
+        if size > max_bytes:
+            raise _too_large(size, max_bytes, path)
+        with open(p, "rb") as f:
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise _too_large(len(data), max_bytes, path)
+        return data
     except OSError as e:
         raise ImageError("unreadable", f"cannot read file ({e.strerror or e})", path) from None
+
+
+def probe_image(data: bytes, path: str | os.PathLike | None = None, max_pixels: int = MAX_PIXELS) -> ImageInfo:
+    """Format and size from the header only (format and pixel limit checked, nothing decoded)."""
+    with _open(data, path, max_pixels) as im:
+        return ImageInfo(format=im.format or "", width=im.size[0], height=im.size[1])
 
 
 def check_image(data: bytes, path: str | os.PathLike | None = None, max_pixels: int = MAX_PIXELS) -> ImageInfo:
@@ -161,15 +184,18 @@ def decode_image(data: bytes, path: str | os.PathLike | None = None, max_side: i
     return rgb
 
 
-def load_image(path: str | os.PathLike, max_side: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Load an image file as RGB, safely. Raises ImageError (missing, zero-byte, not an image, truncated,
-    corrupt, decompression bomb, unreadable). `max_side` downscales large images while decoding."""
-    return decode_image(_read(path), path, max_side=max_side, max_pixels=max_pixels)
+def load_image(path: str | os.PathLike, max_side: int | None = None, max_pixels: int = MAX_PIXELS,
+               max_bytes: int | None = None) -> Image.Image:
+    """Load an image file as RGB, safely. Raises ImageError (missing, zero-byte, too large, not an image,
+    truncated, corrupt, decompression bomb, unreadable). `max_side` downscales large images while decoding;
+    `max_bytes` refuses a larger file before reading it."""
+    return decode_image(_read(path, max_bytes), path, max_side=max_side, max_pixels=max_pixels)
 
 
-def read_image_bytes(path: str | os.PathLike) -> bytes:
-    """The bytes of an image file, with a typed ImageError when it is missing or unreadable."""
-    return _read(path)
+def read_image_bytes(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
+    """The bytes of an image file, with a typed ImageError when it is missing, unreadable or (with
+    `max_bytes`) larger than that: checked with stat before reading."""
+    return _read(path, max_bytes)
 
 
 def read_ahead(load, items):

@@ -17,7 +17,12 @@ Bad input is normal input. Every input row ends up either in the catalog or in t
     image_<kind>            kept without image: image_missing, image_zero_byte, image_not_an_image,
                             image_truncated, image_corrupt, image_decompression_bomb, image_unreadable,
                             image_fetch_failed (URL)
+                            image_too_large (over max_image_bytes), image_decompression_bomb (over max_pixels,
+                            40 MP by default, refused from the header), image_outside_images_dir (a path that
+                            leaves the images dir: "../", absolute, or a symlink out), image_url_refused (a URL
+                            whose host resolves to a loopback, link-local or private address; allow_private_urls)
     image_downscaled        kept; the image was larger than `max_side` and was downscaled when copied
+    nul_bytes               kept; NUL characters were removed from that field
     unknown_column          (mapping) an optional column named in the mapping is not in the file: ignored
     duplicate_column        (header) a column name appears twice: the first one is used
     unknown_product         (extra images) the product id of an extra image is not in the catalog: dropped
@@ -36,6 +41,7 @@ input twice gives a byte-identical catalog.parquet and the same content_hash.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
 import hashlib
@@ -45,23 +51,30 @@ import math
 import os
 import re
 import string
+import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..clihelp import UserError
-from ..io import atomic_dir, write_json, write_text
+from ..io import atomic_dir, mark_output_dir, prepare_output_dir, write_json, write_text
 from ..settings import runs_dir
 from .catalog import CATALOG_FILE, CORE_COLUMNS, IMAGES_FILE, MANIFEST_FILE
-from .images import MAX_PIXELS, ImageError, check_image, decode_image, read_image_bytes
+from .images import ImageError, check_image, decode_image, probe_image, read_image_bytes
 
 FORMATS = ("csv", "parquet", "jsonl")
 EXTENSION_FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet",
                      ".jsonl": "jsonl", ".ndjson": "jsonl"}
 DEFAULT_MAX_SIDE = 1024
-DEFAULT_MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024   # one cap for a local image file (checked by stat) and a download
+# Import refuses larger images before decoding: a 40 MP RGB image is 120 MB decoded (9000 x 9000 would be 243 MB,
+# times the worker threads). Photos of today's phones (12-24 MP) pass. load_image's own default is Pillow's.
+IMPORT_MAX_PIXELS = 40_000_000
+LARGE_DECODE_PIXELS = 4_000_000   # images above this decode one at a time, so the threads never hold many
+MAX_REDIRECTS = 5
 REPORT_ROWS = 20  # examples kept per problem in the report
 DROPPED, KEPT, COLUMN = "dropped", "kept", "column"  # what a problem did to its row
 INT64_MAX = 2**63 - 1
@@ -151,7 +164,9 @@ class Mapping:
 
 
 def _did_you_mean(name: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    choices = list(choices)
+    # difflib over a very wide header would take seconds: only the case-insensitive match there
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6) if len(choices) <= 5000 else []
     if not close:
         lowered = {c.lower(): c for c in choices}
         if name.lower() in lowered:
@@ -168,6 +183,7 @@ class RawRow:
     number: int                           # line (CSV/JSONL) or row (Parquet) number in the user's file
     values: dict[str, Any]
     non_utf8: list[str] = field(default_factory=list)   # fields whose bytes were not UTF-8 (now U+FFFD)
+    nul_bytes: dict[str, int] = field(default_factory=dict)  # field -> NUL characters removed from it
     malformed: str | None = None          # why the row could not be parsed (the row is dropped)
 
 
@@ -191,6 +207,26 @@ def _fix_utf8(s: str) -> tuple[str, bool]:
     return _SURROGATES.sub("\ufffd", s), True
 
 
+def _clean_text(s: str) -> tuple[str, bool, int]:
+    """-> (text with U+FFFD for undecodable bytes and NUL characters removed, whether any byte was not
+    UTF-8, how many NULs were removed)."""
+    s, bad = _fix_utf8(s)
+    nuls = s.count("\0")
+    return (s.replace("\0", "") if nuls else s), bad, nuls
+
+
+def _clean_cell(row: "RawRow", name: str, value: Any) -> Any:
+    """A text cell cleaned (see _clean_text), with what was changed noted on the row."""
+    if not isinstance(value, str):
+        return value
+    value, bad, nuls = _clean_text(value)
+    if bad:
+        row.non_utf8.append(name)
+    if nuls:
+        row.nul_bytes[name] = nuls
+    return value
+
+
 def read_table(path: str | os.PathLike, fmt: str | None = None, encoding: str = "utf-8") -> Table:
     """Read a CSV, Parquet or JSONL file (format from `fmt`, else from the extension). Text files are
     decoded as `encoding`; bytes that do not decode are flagged per row and field (see RawRow.non_utf8)."""
@@ -210,41 +246,103 @@ def read_table(path: str | os.PathLike, fmt: str | None = None, encoding: str = 
     return (_read_csv if fmt == "csv" else _read_jsonl)(path, encoding)
 
 
+class _Lines:
+    """An iterator over physical lines from a start index, so that the CSV reader's records map to lines."""
+
+    def __init__(self, lines: list[str], start: int):
+        self.lines, self.pos = lines, start
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if self.pos >= len(self.lines):
+            raise StopIteration
+        self.pos += 1
+        return self.lines[self.pos - 1]
+
+
+def _parse_strict(text: str, delimiter: str) -> list[list[str]] | None:
+    """`text` parsed as strict CSV (quotes must close, and close before a delimiter or a line end); None if
+    it is not."""
+    try:
+        return list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True))
+    except csv.Error:
+        return None
+
+
+def _quoted_span_problem(lines: list[str], first: int, last: int, cells: list[str], width: int,
+                         delimiter: str) -> str | None:
+    """Why the record on lines first..last (0-based, last > first) is not a real multi-line quoted field but
+    a quote left open that swallowed the lines after it; None when it reads as a real one.
+
+    A real one is strict CSV, has the header's width, and its inner lines do not each read as a row of
+    that width (as the rows a stray quote swallows do)."""
+    span = "".join(lines[first:last + 1])
+    if _parse_strict(span, delimiter) != [cells]:
+        return ("a quoted field opened on this line is not closed properly"
+                + (" (it runs to the end of the file)" if last == len(lines) - 1
+                   and _parse_strict(span + '"', delimiter) is not None else ""))
+    if len(cells) != width:
+        return f"a quoted field opened on this line spans lines and leaves {len(cells)} fields, not {width}"
+    inner = lines[first + 1:last]
+    if inner and width >= 3 and all(len((_parse_strict(l, delimiter) or [[]])[0]) == width for l in inner):
+        return "a quoted field opened on this line spans lines that each read as a row"
+    return None
+
+
 def _read_csv(path: Path, encoding: str = "utf-8") -> Table:
+    """Read a CSV/TSV file into rows; every non-blank line after the header is accounted for.
+
+    A quoted field may span lines. A quote left open would swallow the lines after it into one field (up to
+    the next quote, or the end of the file): such a record (see `_quoted_span_problem`) is reported as a
+    malformed row at its first line, and reading starts again on the line after it, so each swallowed line
+    is read as the row it is."""
     # Decode with surrogateescape so one bad byte never stops the file: each field is checked below.
     text = path.read_bytes().decode(encoding, "surrogateescape")
     if text.startswith("\ufeff"):
         text = text[1:]
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    lines = list(io.StringIO(text, newline=""))  # splits at \n, \r\n and \r only, as the csv module does
     try:
-        header = next(reader)
-    except StopIteration:
+        header = next(csv.reader(lines[:1], delimiter=delimiter))
+    except (StopIteration, csv.Error):
         raise UserError(f"{path}: empty file (no header line)") from None
-    header = [_fix_utf8(h)[0].strip() for h in header]
-    rows, last_line = [], reader.line_num
+    header = [_clean_text(h)[0].strip() for h in header]
+    width = len(header)
+    rows: list[RawRow] = []
+    src = _Lines(lines, 1)
+    reader = csv.reader(src, delimiter=delimiter)
     while True:
+        first = src.pos          # 0-based index of the record's first line
         try:
             cells = next(reader)
         except StopIteration:
             break
-        except csv.Error as e:
-            rows.append(RawRow(last_line + 1, {}, malformed=f"cannot parse CSV ({e})"))
-            last_line = reader.line_num
+        except csv.Error as e:   # e.g. a field over the size limit: report the first line, read on after it
+            rows.append(RawRow(first + 1, {}, malformed=f"cannot parse CSV ({e}: a quote left open on this line?); "
+                                                         f"this line dropped, the lines after it read on their own"))
+            src.pos = first + 1
+            reader = csv.reader(src, delimiter=delimiter)
             continue
-        number, last_line = last_line + 1, reader.line_num
+        last = src.pos - 1
+        if last > first:
+            why = _quoted_span_problem(lines, first, last, cells, width, delimiter)
+            if why:
+                rows.append(RawRow(first + 1, {}, malformed=f"{why} (lines {first + 1}-{last + 1}); this line "
+                                                            f"dropped, the lines after it read on their own"))
+                src.pos = first + 1
+                reader = csv.reader(src, delimiter=delimiter)
+                continue
         if not cells or (len(cells) == 1 and not cells[0].strip()):
             continue  # blank line: not a row
-        row = RawRow(number, {})
-        if len(cells) > len(header):
-            row.malformed = f"{len(cells)} fields but the header has {len(header)}"
+        row = RawRow(first + 1, {})
+        if len(cells) > width:
+            row.malformed = f"{len(cells)} fields but the header has {width}"
         for name, cell in zip(header, cells):
             if name in row.values:
                 continue  # a repeated header name: the first column wins (reported as duplicate_column)
-            value, bad = _fix_utf8(cell)
-            row.values[name] = value
-            if bad:
-                row.non_utf8.append(name)
+            row.values[name] = _clean_cell(row, name, cell)
         rows.append(row)
     return Table(str(path), header, rows, "line")
 
@@ -262,10 +360,8 @@ def _read_parquet(path: Path) -> Table:
         row = RawRow(i, {})
         for name, v in rec.items():
             if isinstance(v, bytes):  # binary column: decode, flag bad bytes
-                v, bad = _fix_utf8(v.decode("utf-8", "surrogateescape"))
-                if bad:
-                    row.non_utf8.append(name)
-            row.values[name] = v
+                v = v.decode("utf-8", "surrogateescape")
+            row.values[name] = _clean_cell(row, name, v)
         rows.append(row)
     return Table(str(path), columns, rows, "row")
 
@@ -276,6 +372,8 @@ def _read_jsonl(path: Path, encoding: str = "utf-8") -> Table:
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             line = raw.decode(encoding, "surrogateescape")
+            if number == 1 and line.startswith("\ufeff"):
+                line = line[1:]  # a byte-order mark
             if not line.strip():
                 continue
             try:
@@ -288,12 +386,8 @@ def _read_jsonl(path: Path, encoding: str = "utf-8") -> Table:
                 continue
             row = RawRow(number, {})
             for name, v in obj.items():
-                name = _fix_utf8(name)[0]
-                if isinstance(v, str):
-                    v, bad = _fix_utf8(v)
-                    if bad:
-                        row.non_utf8.append(name)
-                row.values[name] = v
+                name = _clean_text(name)[0]
+                row.values[name] = _clean_cell(row, name, v)
                 columns.setdefault(name)
             rows.append(row)
     return Table(str(path), list(columns), rows, "line")
@@ -452,49 +546,95 @@ def _is_url(ref: str) -> bool:
     return ref.lower().startswith(("http://", "https://"))
 
 
-def _fetch(client, url: str, max_bytes: int) -> bytes:
+def _inside(images_root: Path, ref: str) -> Path | None:
+    """The real path of `ref` (relative to the images dir, symlinks followed) when it lies inside the
+    images dir `images_root` (itself a real path); None when it leaves it: "../", an absolute path, or a
+    symlink pointing out. Nothing is read, so the answer never says whether the target exists."""
+    if os.path.isabs(ref) or ref.startswith("~"):
+        return None
+    real = Path(os.path.realpath(images_root / ref))
+    return real if real == images_root or images_root in real.parents else None
+
+
+def _private_address(host: str, port: int) -> str | None:
+    """The first address of `host` that is loopback, link-local, private or otherwise not public; None when
+    every address it resolves to is public. Raises ImageError when it does not resolve."""
+    import ipaddress
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, OSError) as e:
+        raise ImageError("fetch_failed", f"download failed: cannot resolve host {host!r} ({e})") from None
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if not ip.is_global or ip.is_multicast:
+            return str(ip)
+    return None
+
+
+def _check_url(url, allow_private: bool) -> None:
+    """Refuse a URL that is not http(s), or (unless `allow_private`) whose host resolves to any address that
+    is not public: loopback, link-local, private. Checked before connecting, so a refusal says nothing about
+    what listens there."""
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ImageError("url_refused", "URL refused: only http(s) URLs with a host are fetched")
+    if allow_private:
+        return
+    address = _private_address(url.host, url.port or (443 if url.scheme == "https" else 80))
+    if address is not None:
+        raise ImageError("url_refused", f"URL refused: host {url.host!r} resolves to the non-public address "
+                                        f"{address} (give --allow-private-urls to fetch from a local network)")
+
+
+def _fetch(client, url: str, max_bytes: int, allow_private: bool = False) -> bytes:
+    """Download `url` (at most `max_bytes`), following redirects by hand so every hop's host is checked."""
     import httpx
 
     try:
-        with client.stream("GET", url) as r:
-            if r.status_code != 200:
-                raise ImageError("fetch_failed", f"download failed: HTTP {r.status_code}", url)
-            declared = r.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise ImageError("fetch_failed", f"download refused: {int(declared):,} bytes is over the "
-                                                 f"limit of {max_bytes:,}", url)
-            chunks, size = [], 0
-            for chunk in r.iter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise ImageError("fetch_failed", f"download stopped: over the limit of {max_bytes:,} bytes",
-                                     url)
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except httpx.HTTPError as e:
+        target = httpx.URL(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            _check_url(target, allow_private)
+            with client.stream("GET", target) as r:
+                if r.is_redirect and "location" in r.headers:
+                    target = target.join(r.headers["location"])
+                    continue
+                if r.status_code != 200:
+                    raise ImageError("fetch_failed", f"download failed: HTTP {r.status_code}")
+                declared = r.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > max_bytes:
+                    raise ImageError("fetch_failed", f"download refused: {int(declared):,} bytes is over the "
+                                                     f"limit of {max_bytes:,}")
+                chunks, size = [], 0
+                for chunk in r.iter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ImageError("fetch_failed", f"download stopped: over the limit of {max_bytes:,} bytes")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        raise ImageError("fetch_failed", f"download failed: more than {MAX_REDIRECTS} redirects")
+    except ImageError as e:
+        raise ImageError(e.kind, e.reason, url) from None
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as e:
         raise ImageError("fetch_failed", f"download failed ({type(e).__name__}: {e})", url) from None
 
 
 def _process_image(job: ImageJob, out_root: Path, max_side: int, max_pixels: int, client,
-                   max_download_bytes: int) -> ImageOutcome:
-    """Read (or download), validate and copy one image. Fine images keep their original bytes."""
+                   max_image_bytes: int, allow_private_urls: bool = False,
+                   large_decode: threading.Lock | None = None) -> ImageOutcome:
+    """Read (or download), validate and copy one image. Fine images keep their original bytes.
+    The file size and pixel count are checked before decoding; an image over LARGE_DECODE_PIXELS decodes
+    under `large_decode`, so the threads never hold more than one large image at a time."""
     outcome = ImageOutcome(job)
     try:
-        data = (_fetch(client, job.ref, max_download_bytes) if job.path is None
-                else read_image_bytes(job.path))
-        info = check_image(data, job.ref, max_pixels=max_pixels)
-        ext = info.extension
-        if max(info.width, info.height) > max_side:
-            im = decode_image(data, job.ref, max_side=max_side, max_pixels=max_pixels)
-            buf = io.BytesIO()
-            if info.format in ("JPEG", "MPO"):
-                im.save(buf, "JPEG", quality=90)
-                ext = ".jpg"
-            else:
-                im.save(buf, "PNG")
-                ext = ".png"
-            data = buf.getvalue()
-            outcome.downscaled = (info.width, info.height, *im.size)
+        data = (_fetch(client, job.ref, max_image_bytes, allow_private_urls) if job.path is None
+                else read_image_bytes(job.path, max_bytes=max_image_bytes))
+        info = probe_image(data, job.ref, max_pixels=max_pixels)
+        large = info.width * info.height > LARGE_DECODE_PIXELS and large_decode is not None
+        with (large_decode if large else contextlib.nullcontext()):
+            data, ext = _validated(data, info, job, max_side, max_pixels, outcome)
     except ImageError as e:
         outcome.error = e
         return outcome
@@ -503,6 +643,25 @@ def _process_image(job: ImageJob, out_root: Path, max_side: int, max_pixels: int
     outcome.rel = rel
     outcome.digest = hashlib.sha256(data).hexdigest()
     return outcome
+
+
+def _validated(data: bytes, info, job: ImageJob, max_side: int, max_pixels: int, outcome: ImageOutcome):
+    """Decode once: -> (the bytes to copy, their extension); downscaled above `max_side`."""
+    ext = info.extension
+    if max(info.width, info.height) <= max_side:
+        check_image(data, job.ref, max_pixels=max_pixels)
+    else:
+        im = decode_image(data, job.ref, max_side=max_side, max_pixels=max_pixels)
+        buf = io.BytesIO()
+        if info.format in ("JPEG", "MPO"):
+            im.save(buf, "JPEG", quality=90)
+            ext = ".jpg"
+        else:
+            im.save(buf, "PNG")
+            ext = ".png"
+        data = buf.getvalue()
+        outcome.downscaled = (info.width, info.height, *im.size)
+    return data, ext
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -596,19 +755,21 @@ def _check_columns(table: Table, mapping: Mapping, report: Report) -> Mapping:
         required["image"] = mapping.image
     for col in mapping.pattern_columns():
         required[f"image_pattern {mapping.image_pattern!r}"] = col
-    have = table.columns
-    for col in sorted({c for c in have if have.count(c) > 1}):
+    times = Counter(table.columns)   # linear: a header may have 200,000 columns
+    have = list(times)               # the distinct names, in header order
+    for col in sorted(c for c, n in times.items() if n > 1):
         report.add("duplicate_column", COLUMN, table.file, None, repr(col),
-                   f"column {col!r} appears {have.count(col)} times in the header; the first one is used")
+                   f"column {col!r} appears {times[col]} times in the header; the first one is used")
     for role, col in required.items():
-        if col not in have:
+        if col not in times:
+            shown = ", ".join(have[:30]) + (f", ... ({len(have):,} columns in all)" if len(have) > 30 else "")
             raise MissingColumnError(
                 f"{table.file}: required column {col!r} (role {role}) not found{_did_you_mean(col, have)}. "
-                f"The file has columns: {', '.join(have) or '(none)'}. "
+                f"The file has columns: {shown or '(none)'}. "
                 f"Map the right one with --{role.split()[0].replace('_', '-')} COLUMN or a mapping file.")
     for label in ("category",):
         col = getattr(mapping, label)
-        if col and col not in have:
+        if col and col not in times:
             report.add("unknown_column", COLUMN, table.file, None, label,
                        f"mapping names column {col!r} which is not in the file{_did_you_mean(col, have)}; "
                        f"ignored")
@@ -616,7 +777,7 @@ def _check_columns(table: Table, mapping: Mapping, report: Report) -> Mapping:
     for key in ("text", "attrs"):
         kept = []
         for col in getattr(mapping, key):
-            if col in have:
+            if col in times:
                 kept.append(col)
             else:
                 report.add("unknown_column", COLUMN, table.file, None, key,
@@ -633,19 +794,29 @@ def _check_columns(table: Table, mapping: Mapping, report: Report) -> Mapping:
 def import_catalog(source: str | os.PathLike | None, out: str | os.PathLike | None = None,
                    mapping: Mapping | dict | None = None, preset: str | None = None, fmt: str | None = None,
                    name: str | None = None, encoding: str = "utf-8", max_side: int = DEFAULT_MAX_SIDE,
-                   max_pixels: int = MAX_PIXELS,
+                   max_pixels: int = IMPORT_MAX_PIXELS,
                    workers: int | None = None, fetch_timeout: float = 10.0,
-                   max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
-                   progress: Callable[[int, int], None] | None = None) -> ImportResult:
+                   max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+                   progress: Callable[[int, int], None] | None = None, overwrite: bool = False,
+                   allow_private_urls: bool = False) -> ImportResult:
     """Import `source` (a CSV/Parquet/JSONL file, or a preset name) into the catalog dir `out`.
 
     Returns the ImportResult (with the report). Raises MissingColumnError when a required column is missing
     and NothingToImportError when no usable product is left; every other problem goes into the report.
+    `out` is checked by `dashclip.io.prepare_output_dir` before anything is read: a non-empty folder that
+    is not a catalog needs `overwrite=True`, and `out` may never be or hold an input (nor lie inside an
+    `images_dir` the mapping names). Local image paths must stay inside the images dir; image URLs whose
+    host is loopback, link-local or private are refused unless `allow_private_urls`. An image file (or
+    download) over `max_image_bytes`, or an image over `max_pixels`, is refused before it is decoded.
     `progress(done, total)` is called as images are validated."""
     started = time.perf_counter()
     table, mapping, images_dir, preset, extras = _resolve_source(source, mapping, preset, fmt, encoding)
     name = name or preset or Path(table.file).stem
-    out = Path(out) if out is not None else runs_dir() / "catalogs" / name
+    inputs = [table.file, *sorted({e.file for e in extras})]
+    if mapping.images_dir and (mapping.image or mapping.image_pattern or extras):
+        inputs.append(images_dir)  # the folder the user named; the default (the file's own folder) may hold out
+    out = prepare_output_dir(out if out is not None else runs_dir() / "catalogs" / name, "catalog",
+                             inputs=inputs, overwrite=overwrite)
     report = Report(source=table.file, row_label=table.row_label, rows_read=len(table.rows))
     mapping = _check_columns(table, mapping, report)
 
@@ -662,7 +833,7 @@ def import_catalog(source: str | os.PathLike | None, out: str | os.PathLike | No
     with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
         outcomes = _run_image_jobs(jobs, tmp, max_side, max_pixels, workers, fetch_timeout,
-                                   max_download_bytes, progress)
+                                   max_image_bytes, progress, allow_private_urls)
         image_rows = []
         digests = []
         for o in outcomes:
@@ -693,10 +864,11 @@ def import_catalog(source: str | os.PathLike | None, out: str | os.PathLike | No
             "id_type": "int64" if is_int else "string",
             "counts": {"products": report.products, "with_image": report.products_with_image,
                        "images": len(image_rows), "extra_images": report.extra_images},
-            "settings": {"max_side": max_side, "max_pixels": max_pixels},
+            "settings": {"max_side": max_side, "max_pixels": max_pixels, "max_image_bytes": max_image_bytes},
             "content_hash": content_hash,
         }
         write_json(tmp / MANIFEST_FILE, manifest)
+        mark_output_dir(tmp, "catalog")
         report.seconds = time.perf_counter() - started
         write_json(tmp / "report.json", report.to_dict())
         write_text(tmp / "report.md", report.to_markdown())
@@ -721,6 +893,10 @@ def _rows_to_products(table: Table, mapping: Mapping, images_dir: Path, report: 
                 add(row, "non_utf8", KEPT, _field(col, role_of),
                     f"text is not valid {encoding.upper()}; the bad bytes were replaced with U+FFFD and the "
                     f"row kept (if the whole file is in another encoding, give --encoding)")
+        for col, n in row.nul_bytes.items():
+            if col in role_of or col in mapping.pattern_columns():
+                add(row, "nul_bytes", KEPT, _field(col, role_of),
+                    f"text held {n} NUL character{'s' if n != 1 else ''} (\\0); removed, row kept")
         pid = _text(row.values.get(mapping.id))
         if pid is None:
             add(row, "missing_id", DROPPED, _field(mapping.id, role_of), "empty id; row dropped")
@@ -763,6 +939,7 @@ def _extra_image_jobs(extras: list[ExtraImage], products: dict, stems: dict, is_
                       report: Report) -> list[ImageJob]:
     """Extra images (from presets) of known products, in a fixed order, numbered per product."""
     report.extra_images_read = len(extras)
+    images_root = Path(os.path.realpath(images_dir))
     by_product: dict[Any, list[ImageJob]] = {}
     for e in extras:
         key = _coerce_key(e.product_id, is_int)
@@ -771,8 +948,13 @@ def _extra_image_jobs(extras: list[ExtraImage], products: dict, stems: dict, is_
                        f"extra image {e.path!r} names product id {e.product_id!r}, which is not in the catalog; "
                        f"dropped", row_label="line")
             continue
+        path = _inside(images_root, e.path)
+        if path is None:
+            report.add("image_outside_images_dir", DROPPED, e.file, e.row, "image",
+                       f"image path outside the images dir: {e.path!r}; extra image dropped", row_label="line")
+            continue
         by_product.setdefault(key, []).append(ImageJob(
-            key, e.path, images_dir / e.path, "extra", e.split, e.file, e.row, "image", "line"))
+            key, e.path, path, "extra", e.split, e.file, e.row, "image", "line"))
     jobs = []
     for key in sorted(by_product):
         js = sorted(by_product[key], key=lambda j: (j.split or "", j.ref))
@@ -809,7 +991,13 @@ def _image_job(row: RawRow, key, mapping: Mapping, images_dir: Path, table: Tabl
     if ref is None:
         report.add("no_image", KEPT, table.file, row.number, field_, "image cell is empty; kept without image")
         return None
-    path = None if _is_url(ref) else images_dir / ref
+    path = None
+    if not _is_url(ref):
+        path = _inside(Path(os.path.realpath(images_dir)), ref)
+        if path is None:
+            report.add("image_outside_images_dir", KEPT, table.file, row.number, field_,
+                       f"image path outside the images dir: {ref!r}; kept without image")
+            return None
     return ImageJob(key, ref, path, "primary", None, table.file, row.number, field_, table.row_label)
 
 
@@ -828,16 +1016,17 @@ def _unique_stems(keys: Iterable) -> dict:
     return stems
 
 
-def _run_image_jobs(jobs, out_root, max_side, max_pixels, workers, fetch_timeout, max_download_bytes,
-                    progress) -> list[ImageOutcome]:
+def _run_image_jobs(jobs, out_root, max_side, max_pixels, workers, fetch_timeout, max_image_bytes,
+                    progress, allow_private_urls=False) -> list[ImageOutcome]:
     """Validate and copy images on a thread pool (Pillow decodes with the GIL released)."""
     import httpx
 
     workers = workers or min(16, 2 * (os.cpu_count() or 2))
     client = None
     if any(j.path is None for j in jobs):
-        client = httpx.Client(timeout=fetch_timeout, follow_redirects=True,
+        client = httpx.Client(timeout=fetch_timeout, follow_redirects=False,  # each hop is checked: _fetch
                               limits=httpx.Limits(max_connections=workers))
+    large_decode = threading.Lock()
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             outcomes = []
@@ -845,7 +1034,8 @@ def _run_image_jobs(jobs, out_root, max_side, max_pixels, workers, fetch_timeout
             for start in range(0, len(jobs), chunk):
                 batch = jobs[start:start + chunk]
                 outcomes.extend(pool.map(lambda j: _process_image(j, out_root, max_side, max_pixels, client,
-                                                                   max_download_bytes), batch))
+                                                                   max_image_bytes, allow_private_urls,
+                                                                   large_decode), batch))
                 if progress:
                     progress(len(outcomes), len(jobs))
     finally:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..io import read_jsonl
+from ..io import check_unique_qids, iter_jsonl
 from ..settings import is_heldout_qid
 
 
@@ -23,18 +23,17 @@ def load_queries(path: str | Path, heldout_only: bool = False) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"query file not found: {path}")
-    queries, seen = [], set()
-    for i, q in enumerate(read_jsonl(path), 1):
-        where = f"{path}: query {i}"
+    queries, lines = [], []
+    for i, q in iter_jsonl(path):
+        where = f"{path}:{i}"
         if not isinstance(q, dict):
             raise ValueError(f"{where}: a query must be a JSON object")
         for key in ("qid", "query"):
             if not isinstance(q.get(key), str) or not q[key].strip():
                 raise ValueError(f"{where}: field {key!r} must be a non-empty string")
-        if q["qid"] in seen:
-            raise ValueError(f"{where}: duplicate qid {q['qid']!r}")
-        seen.add(q["qid"])
+        lines.append(i)
         queries.append(q)
+    check_unique_qids(zip(lines, (q["qid"] for q in queries)), path)
     if not queries:
         raise ValueError(f"{path}: no queries")
     if heldout_only:

@@ -454,34 +454,43 @@ def read_queries(path) -> pd.DataFrame:
     (one query per line). Missing qids become q000001...; a blank query is an error naming the line."""
     from pathlib import Path
 
-    from ..io import read_jsonl
+    from ..io import InputFileError, check_unique_qids, iter_jsonl
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such query file")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        rows = read_jsonl(path)
-        for i, r in enumerate(rows, 1):
+        numbered = list(iter_jsonl(path))
+        for i, r in numbered:
             if not isinstance(r, dict) or not str(r.get("query") or "").strip():
-                raise ValueError(f"{path}: line {i}: no 'query' field")
+                raise InputFileError(f"{path}: line {i}: no 'query' field")
+        rows = [r for _, r in numbered]
         df = pd.DataFrame(rows)
+        line_numbers = [i for i, _ in numbered]
     elif suffix in (".csv", ".tsv", ".parquet"):
         df = (pd.read_parquet(path) if suffix == ".parquet"
               else pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str))
         if "query" not in df.columns:
             raise ValueError(f"{path}: no 'query' column (columns: {', '.join(df.columns)})")
+        line_numbers = list(range(1, len(df) + 1) if suffix == ".parquet" else range(2, len(df) + 2))  # CSV: header
         blank = df["query"].isna() | (df["query"].str.strip() == "")
         if blank.any():
             raise ValueError(f"{path}: row {int(np.flatnonzero(blank.to_numpy())[0]) + 2}: empty 'query'")
     else:
-        lines = [l.strip() for l in path.read_text(encoding="utf-8").splitlines()]
+        try:
+            lines = [l.strip() for l in path.read_text(encoding="utf-8-sig").splitlines()]
+        except UnicodeDecodeError as e:
+            lineno = path.read_bytes()[:e.start].count(b"\n") + 1
+            raise InputFileError(f"{path}:{lineno}: not UTF-8 text; save the file as UTF-8") from None
         df = pd.DataFrame({"query": [l for l in lines if l]})
+        line_numbers = [i for i, l in enumerate(lines, 1) if l]
     if "qid" not in df.columns:
         df["qid"] = [f"q{i:06d}" for i in range(1, len(df) + 1)]
-    df["qid"] = df["qid"].astype(str)
-    if df["qid"].duplicated().any():
-        raise ValueError(f"{path}: duplicate qid {df.loc[df['qid'].duplicated(), 'qid'].iloc[0]!r}")
+    if "qid" in df.columns:
+        check_unique_qids(zip(line_numbers, df["qid"].tolist()), path,
+                          label="line" if suffix != ".parquet" else "row")
+    df["qid"] = df["qid"].astype(str).str.strip()
     if df.empty:
         raise ValueError(f"{path}: no queries")
     return df

@@ -1,7 +1,6 @@
 """CLI for search and the HTTP service: `dashclip search` and `dashclip serve`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -18,34 +17,28 @@ CATALOG = typer.Option(None, "--catalog", help="Catalog dir for titles and image
 def read_queries(path: Path) -> list[dict]:
     """The batch contract's input: one {"qid": ..., "query": ...} object per line.
 
-    A bad line is an error naming the file and the line; so is a repeated qid (its results would clash)."""
+    A bad line (not UTF-8, not JSON) is an error naming the file and the line; so is a repeated qid, "1"
+    and 1 being the same qid (its results would clash), which names both lines."""
+    from ..io import check_unique_qids, iter_jsonl
     from .search import normalise_query
 
-    rows, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{where}: expected an object like {{\"qid\": \"q1\", \"query\": \"red dress\"}}")
-            missing = [key for key in ("qid", "query") if key not in row]
-            if missing:
-                raise UserError(f"{where}: missing field {missing[0]!r}")
-            if not isinstance(row["qid"], (str, int)) or isinstance(row["qid"], bool):
-                raise UserError(f"{where}: field 'qid' must be a string or a number, got {row['qid']!r}")
-            try:
-                query = normalise_query(row["query"])
-            except ValueError as e:
-                raise UserError(f"{where}: field 'query': {e}") from None
-            if row["qid"] in seen:
-                raise UserError(f"{where}: qid {row['qid']!r} repeats line {seen[row['qid']]}")
-            seen[row["qid"]] = lineno
-            rows.append({"qid": row["qid"], "query": query})
+    rows, lines = [], []
+    for lineno, row in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: expected an object like {{\"qid\": \"q1\", \"query\": \"red dress\"}}")
+        missing = [key for key in ("qid", "query") if key not in row]
+        if missing:
+            raise UserError(f"{where}: missing field {missing[0]!r}")
+        if not isinstance(row["qid"], (str, int)) or isinstance(row["qid"], bool):
+            raise UserError(f"{where}: field 'qid' must be a string or a number, got {row['qid']!r}")
+        try:
+            query = normalise_query(row["query"])
+        except ValueError as e:
+            raise UserError(f"{where}: field 'query': {e}") from None
+        lines.append(lineno)
+        rows.append({"qid": row["qid"], "query": query})
+    check_unique_qids(zip(lines, (r["qid"] for r in rows)), path)
     if not rows:
         raise UserError(f"{path}: no queries (expected lines like {{\"qid\": \"q1\", \"query\": \"red dress\"}})")
     return rows
