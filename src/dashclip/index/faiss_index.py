@@ -19,8 +19,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from ..io import atomic_dir, write_json
-from .base import META_FILE, REBUILD_HINT, VectorIndex, read_table, write_table
+from .base import IDS_FILE, REBUILD_HINT, VectorIndex, read_table
 
 INDEX_FILE = "index.faiss"
 EXACT_MAX = 200_000           # below this many vectors the default is exact search
@@ -156,8 +155,8 @@ class FaissIndex(VectorIndex):
         return self
 
     @classmethod
-    def open(cls, path: Path, meta: dict) -> "FaissIndex":
-        index_path = path / INDEX_FILE
+    def open(cls, path: Path, meta: dict, data_dir: Path) -> "FaissIndex":
+        index_path = data_dir / INDEX_FILE
         if not index_path.exists():
             raise FileNotFoundError(f"{index_path}: missing; the index at {path} is incomplete, {REBUILD_HINT}")
         try:
@@ -166,21 +165,18 @@ class FaissIndex(VectorIndex):
             raise ValueError(f"{index_path}: corrupt ({str(e).strip().splitlines()[-1]}); {REBUILD_HINT}") from None
         if not isinstance(index, faiss.IndexIDMap2) or index.d != int(meta["dim"]):
             raise ValueError(f"{index_path}: not a {meta['dim']}-d dashclip FAISS index; {REBUILD_HINT}")
-        table, extra = read_table(path, meta.get("id_type", "str"))
+        table, extra = read_table(data_dir, meta.get("id_type", "str"))
         if "label" not in extra.columns:
-            raise ValueError(f"{path / 'ids.parquet'}: no `label` column; {REBUILD_HINT}")
+            raise ValueError(f"{data_dir / IDS_FILE}: no `label` column; {REBUILD_HINT}")
         if index.ntotal < len(table):
             raise ValueError(f"{index_path}: holds {index.ntotal} vectors but ids.parquet lists "
                              f"{len(table)} products; {REBUILD_HINT}")
         return cls(path, meta, table, index, extra["label"].to_numpy())
 
-    def save(self) -> None:
-        """Write the whole dir atomically: readers see the old index or the new one, never a mix."""
-        self.meta["n"] = len(self)
-        with atomic_dir(self.path) as tmp:
-            faiss.write_index(self._index, str(tmp / INDEX_FILE))
-            write_table(tmp, self._table, {"label": self._labels})
-            write_json(tmp / META_FILE, self.meta)
+    def _write_data(self, directory: Path) -> dict:
+        """index.faiss into a new data subdir (the base saves ids, attributes and meta.json)."""
+        faiss.write_index(self._index, str(directory / INDEX_FILE))
+        return {"label": self._labels}
 
     @property
     def index_bytes(self) -> int:

@@ -92,6 +92,10 @@ def register(app: typer.Typer) -> None:
                 raise UserError("--queries needs --output FILE for the results")
             if queries is None and output is not None:
                 raise UserError("--output goes with --queries (batch mode)")
+            if output is not None:  # a bad output fails now, not after every query was searched
+                from ..io import check_output_file
+
+                check_output_file(output, "--output")
             filter_dict = parse_filter_args(filters, separators="=")
             batch = read_queries(queries) if queries is not None else None
             searcher = _open_searcher(model, index, catalog)
