@@ -188,14 +188,16 @@ def _overlaps(inner: Path, outer: Path) -> bool:
 
 
 def prepare_output_dir(path: str | os.PathLike, kind: str, inputs: Iterable[str | os.PathLike | None] = (),
-                       overwrite: bool = False, is_kind: Callable[[Path], bool] | None = None) -> Path:
+                       overwrite: bool = False, is_kind: Callable[[Path], bool] | None = None,
+                       check_only: bool = False) -> Path:
     """Check that `path` may be written as a `kind` output, before any work is done; return it.
 
     - an output may not be, or contain, one of its `inputs` (ValueError);
     - a missing or empty dir, or one that already is a `kind` output (`is_kind(path)`; default: its
       meta.json says `"kind": kind`), may be written (replaced by the writer, atomically);
     - any other existing dir, or a file, is refused unless `overwrite`; with `overwrite` a dir's
-      contents are deleted here (the user asked for it), a file is an error still.
+      contents are deleted here (the user asked for it), a file is an error still. `check_only`: check
+      now, before long work, and delete nothing (call again to write).
     """
     path = Path(path)
     real = path.resolve()
@@ -217,6 +219,8 @@ def prepare_output_dir(path: str | os.PathLike, kind: str, inputs: Iterable[str 
         shown = ", ".join(sorted(p.name for p in entries)[:5]) + (" ..." if len(entries) > 5 else "")
         raise ValueError(f"{path}: not empty and not a dashclip {kind} ({shown}); refusing to write over it "
                          f"(choose another output dir, or pass --overwrite to replace its contents)")
+    if check_only:
+        return path
     for p in entries:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
