@@ -80,18 +80,23 @@ def build_catalog_index(model, model_dir: Path, catalog, out: Path, embeddings: 
 
     `out` is checked before any embedding: it may be missing, empty or an index; another dir only with
     `overwrite`; never one of the inputs or a dir that holds one."""
-    from ..io import prepare_output_dir
     from . import build_index
-    from .base import KIND, is_index_dir
 
-    inputs = [catalog.root, model_dir, embeddings]
-    prepare_output_dir(out, KIND, inputs, overwrite, is_kind=is_index_dir, check_only=True)
+    _check_out(out, [catalog.root, model_dir, embeddings], overwrite)
     emb_dir, emb = _catalog_embeddings(model, catalog, out, embeddings, quiet, image_cache)
     meta = {"model_id": model.model_id, "model_dir": str(model_dir), "catalog_hash": catalog.content_hash,
             "catalog_dir": str(catalog.root), "embeddings_dir": str(emb_dir), "embedding": EMBEDDING_KIND}
     return build_index(emb.vectors[EMBEDDING_KIND], emb.ids, out, meta=meta, backend=backend,
                        factory=factory, attributes=catalog_attributes(catalog), uri=uri, progress=not quiet,
                        overwrite=overwrite)
+
+
+def _check_out(out: Path, inputs: list, overwrite: bool) -> None:
+    """Refuse a bad --out now, before any long work (build_index checks again, then writes)."""
+    from ..io import prepare_output_dir
+    from .base import KIND, is_index_dir
+
+    prepare_output_dir(out, KIND, inputs, overwrite, is_kind=is_index_dir, check_only=True)
 
 
 @index_app.command("build")
@@ -120,6 +125,7 @@ def build(
     with user_errors():
         if backend not in ("faiss", "milvus"):
             raise UserError(f"--backend {backend!r}: choose faiss or milvus")
+        _check_out(out, [catalog, model, embeddings], overwrite)  # before the model loads
         cat = _open_catalog(catalog)
         net = _load_model(model)
         t0 = time.time()

@@ -171,7 +171,8 @@ class FaissIndex(VectorIndex):
         if index.ntotal < len(table):
             raise ValueError(f"{index_path}: holds {index.ntotal} vectors but ids.parquet lists "
                              f"{len(table)} products; {REBUILD_HINT}")
-        return cls(path, meta, table, index, extra["label"].to_numpy())
+        labels = _check_labels(extra["label"], index, meta, data_dir / IDS_FILE)
+        return cls(path, meta, table, index, labels)
 
     def _write_data(self, directory: Path) -> dict:
         """index.faiss into a new data subdir (the base saves ids, attributes and meta.json)."""
@@ -275,6 +276,29 @@ class FaissIndex(VectorIndex):
 
     def _after_remove(self, keep):
         self._labels = self._labels[keep]
+
+
+def _check_labels(column: pd.Series, index: faiss.Index, meta: dict, where: Path) -> np.ndarray:
+    """The label map (product row -> FAISS label) must be whole: unique ints below meta's next_label, each one
+    a vector in the index. A damaged one is an error here, naming the file, not an IndexError in a search."""
+    try:
+        labels = np.asarray(column, dtype=np.int64)
+        next_label = int(meta.get("next_label", -1))
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{where}: `label` is not whole numbers; {REBUILD_HINT}") from None
+    stored = faiss.vector_to_array(index.id_map)
+    bad = None
+    if len(labels) and (labels.min() < 0 or labels.max() >= next_label):
+        bad = f"labels must be in [0, next_label={next_label})"
+    elif len(np.unique(labels)) != len(labels):
+        bad = "a label repeats"
+    elif not np.isin(labels, stored).all():
+        bad = "a label has no vector in index.faiss"
+    elif len(stored) and stored.max() >= next_label:
+        bad = f"index.faiss holds a label >= next_label={next_label}"
+    if bad:
+        raise ValueError(f"{where}: the label map is corrupt ({bad}); {REBUILD_HINT}")
+    return labels
 
 
 def _add_in_chunks(index: faiss.Index, vectors: np.ndarray, labels: np.ndarray, progress: bool,
