@@ -128,10 +128,11 @@ def test_index_build_out_existing_dir_keeps_user_files(tmp_path):
 
 def test_index_build_cli_refuses_non_index_out_before_embedding(tmp_path, monkeypatch):
     """`dashclip index build --out DIR`: a user dir is refused before the model embeds anything."""
-    from test_index_cli import invoke, make_catalog, save_tiny_model
+    from test_index_cli import invoke, make_catalog
 
     catalog = make_catalog(tmp_path / "catalog")
-    model = save_tiny_model(tmp_path / "model", 0)
+    model = tmp_path / "model"          # never loaded: --out is refused first
+    model.mkdir()
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "keep.txt").write_text("x")

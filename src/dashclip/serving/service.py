@@ -336,7 +336,11 @@ def create_app(searcher: Searcher | Callable[[], Searcher] | None = None, *,
                  "description": "The product's primary image"}})
     def product_image(product_id: str, request: Request):
         pid, image = _request_id(request, product_id)
-        return image_response(pid) if image else product_response(pid)
+        if image:
+            return image_response(pid)
+        from fastapi.encoders import jsonable_encoder  # e.g. product "x/image": JSON, not a file
+
+        return JSONResponse(jsonable_encoder(product_response(pid)))
 
     @app.get("/products/{product_id:path}", response_model=Product, responses=ERRORS, tags=["products"],
              dependencies=secured)
