@@ -70,6 +70,7 @@ import numpy as np  # noqa: E402
 
 from dashclip.index import build_index  # noqa: E402
 from dashclip.index.base import now_iso  # noqa: E402
+from dashclip.index.base import data_dir  # noqa: E402
 from dashclip.index.faiss_index import INDEX_FILE, FaissIndex, recall_at_k  # noqa: E402
 from dashclip.io import read_json, write_json, write_text  # noqa: E402
 
@@ -225,7 +226,7 @@ def bench_config(spec: dict, vectors, queries, truth, work: Path) -> dict:
     result = {k: v for k, v in spec.items() if k not in ("values", "build")}
     result.update({"started_at": started, "build_seconds_incl_save": round(build_s, 1),
                    "save_seconds": round(save_s, 1), "rss_delta_bytes": rss_delta,
-                   "index_file_bytes": (out / INDEX_FILE).stat().st_size,
+                   "index_file_bytes": (data_dir(out, index.meta) / INDEX_FILE).stat().st_size,
                    "vectors_bytes": int(vectors.nbytes), "loadavg_before_build": load_before,
                    "loadavg_after_build": load()})
     if "pq_M" in spec:  # the codes are M 4-bit nibbles a vector, and a search reads all of them

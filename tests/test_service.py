@@ -264,7 +264,7 @@ def test_serve_command(shop, monkeypatch):
     from dashclip.cli import app as cli
 
     ran = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: ran.update(app=app, host=host, port=port))
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level, **kw: ran.update(app=app, host=host, port=port, **kw))
     result = CliRunner().invoke(cli, ["serve", "--model", str(shop.model_dir), "--index", str(shop.index_dir),
                                       "--port", "8123"], terminal_width=200)
     output = result.output + (result.stderr if result.stderr_bytes is not None else "")

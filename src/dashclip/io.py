@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -156,6 +158,70 @@ def save_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
+# ----------------------------------------------------------------------------- output dirs and writers
+
+LOCK_FILE = ".lock"
+LOCK_TIMEOUT = 600.0        # seconds a writer waits for another one before giving up
+_held = threading.local()   # resolved dirs this thread holds the lock of (dir_lock is re-entrant)
+
+
+class DirLocked(ValueError):
+    """Another process is writing the directory (a user error: try again when it is done)."""
+
+
+@contextlib.contextmanager
+def dir_lock(path: str | os.PathLike, what: str = "dir", timeout: float = LOCK_TIMEOUT) -> Iterator[Path]:
+    """Hold the write lock of a directory (`fcntl.flock` on `<path>/.lock`, made if missing).
+
+    Writers of one dir take it around their whole read-modify-write, so that two of them serialize
+    instead of one losing the other's changes. Re-entrant within a thread; waits up to `timeout` seconds,
+    then raises DirLocked naming the dir and the pid of the holder. Readers never need it.
+    """
+    import fcntl
+
+    path = Path(path)
+    key = str(path.resolve())
+    held = getattr(_held, "paths", None)
+    if held is None:
+        held = _held.paths = {}
+    if held.get(key):
+        held[key] += 1
+        try:
+            yield path
+        finally:
+            held[key] -= 1
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    lock_path = path / LOCK_FILE
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    try:
+                        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                    except OSError:
+                        holder = "unknown"
+                    raise DirLocked(f"{what} {path} is being written by another process (pid {holder}); "
+                                    f"waited {timeout:.0f} s, try again when it is done") from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        held[key] = 1
+        try:
+            yield path
+        finally:
+            held.pop(key, None)
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Output dirs: where a command may write
 # ---------------------------------------------------------------------------------------------------------
@@ -166,7 +232,7 @@ LEGACY_OUTPUT_FILES = {"catalog": ("manifest.json", "catalog.parquet", "images.p
                        "index": ("meta.json", "ids.parquet")}
 
 
-class OutputDirError(UserError):
+class OutputDirError(UserError, ValueError):
     """An output dir that must not be written (it holds the user's files, an input, or another output)."""
 
 
@@ -177,6 +243,12 @@ def output_kind(path: str | os.PathLike) -> str | None:
         marker = json.loads((path / OUTPUT_MARKER).read_text(encoding="utf-8"))
         if isinstance(marker, dict) and isinstance(marker.get("kind"), str):
             return marker["kind"]
+    except (OSError, ValueError):
+        pass
+    try:  # an index names its kind in its own meta.json
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        if isinstance(meta, dict) and isinstance(meta.get("kind"), str):
+            return meta["kind"]
     except (OSError, ValueError):
         pass
     for kind, files in LEGACY_OUTPUT_FILES.items():
@@ -194,17 +266,19 @@ def _is_within(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def prepare_output_dir(path: str | os.PathLike, kind: str, inputs: Iterable[str | os.PathLike] = (),
-                       overwrite: bool = False) -> Path:
-    """Check that the dir `path` may be (re)written whole as a dashclip output of `kind`; return it resolved.
+def prepare_output_dir(path: str | os.PathLike, kind: str, inputs: Iterable[str | os.PathLike | None] = (),
+                       overwrite: bool = False, is_kind: Callable[[Path], bool] | None = None,
+                       check_only: bool = False) -> Path:
+    """Check that the dir `path` may be (re)written as a dashclip output of `kind`, before any work; return it.
 
-    One rule for every command that replaces an output dir (`atomic_dir`), so no command deletes what it
-    should not. The dir may be written when it does not exist yet, is empty, or is a dashclip output of the
-    same `kind` (`mark_output_dir` writes its marker; older outputs are known by LEGACY_OUTPUT_FILES).
-    `overwrite=True` also allows replacing any other directory, which deletes its contents. Never allowed,
-    even with `overwrite`: a path that is a file; the current directory or a folder holding it; a path that
-    is one of `inputs` (files or dirs the command reads) or holds one; a path inside an input dir.
-    Raises OutputDirError (a UserError) saying why."""
+    One rule for every command that writes an output dir, so no command deletes what it should not. The dir
+    may be written when it does not exist yet, is empty, or already is a dashclip output of the same `kind`
+    (`is_kind(path)`; default: `output_kind(path) == kind`). `overwrite=True` also allows any other
+    directory: its contents are deleted here (the user asked for it), unless `check_only` (check now, before
+    long work, and delete nothing; a writer that replaces the dir whole, like `atomic_dir`, needs no more).
+    Never allowed, even with `overwrite`: a path that is a file; the file system root; the current directory
+    or a folder holding it; a path that is one of `inputs` (files or dirs the command reads; None entries are
+    skipped) or holds one; a path inside an input dir. Raises OutputDirError (a UserError) saying why."""
     given = path
     if str(given).strip() == "":
         raise OutputDirError("output dir: empty path")
@@ -218,6 +292,8 @@ def prepare_output_dir(path: str | os.PathLike, kind: str, inputs: Iterable[str 
                              f"{'' if real == cwd else ' or holds it'}, which would be replaced; give a new folder, "
                              f"e.g. --out runs/{kind}")
     for inp in inputs:
+        if inp is None:
+            continue
         inp_real = Path(os.path.realpath(os.path.abspath(inp)))
         if _is_within(inp_real, real):
             what = "is" if inp_real == real else "holds"
@@ -230,14 +306,35 @@ def prepare_output_dir(path: str | os.PathLike, kind: str, inputs: Iterable[str 
         return path
     if not real.is_dir():
         raise OutputDirError(f"output dir {given}: exists and is not a directory")
-    if not any(real.iterdir()):
+    entries = [p for p in real.iterdir() if p.name != LOCK_FILE]
+    if not entries or (is_kind(real) if is_kind is not None else output_kind(real) == kind):
         return path
-    found = output_kind(real)
-    if found == kind or overwrite:
-        return path
-    if found is not None:
-        raise OutputDirError(f"output dir {given}: holds a dashclip {found}, not a {kind}; give another folder "
-                             f"(or --overwrite to replace it)")
-    raise OutputDirError(f"output dir {given}: is a non-empty folder that is not a dashclip {kind} output; "
-                         f"its contents would be deleted. Give a new or empty folder, or --overwrite to "
-                         f"replace it")
+    if not overwrite:
+        found = output_kind(real)
+        if found is not None and found != kind:
+            raise OutputDirError(f"output dir {given}: holds a dashclip {found}, not a {kind}; give another "
+                                 f"folder (or --overwrite to replace it)")
+        shown = ", ".join(sorted(p.name for p in entries)[:5]) + (" ..." if len(entries) > 5 else "")
+        raise OutputDirError(f"output dir {given}: is a non-empty folder that is not a dashclip {kind} output "
+                             f"({shown}); its contents would be deleted. Give a new or empty folder, or "
+                             f"--overwrite to replace it")
+    if not check_only:
+        for p in entries:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    return path
+
+
+def check_output_file(path: str | os.PathLike, what: str = "--output") -> Path:
+    """Check up front that `path` can be written as a file (before the work that produces it)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path}: is a directory; give a file path")
+    parent = path.parent
+    if not parent.is_dir():
+        raise ValueError(f"{what} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"{what} {path}: not writable")
+    return path

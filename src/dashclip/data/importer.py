@@ -816,7 +816,7 @@ def import_catalog(source: str | os.PathLike | None, out: str | os.PathLike | No
     if mapping.images_dir and (mapping.image or mapping.image_pattern or extras):
         inputs.append(images_dir)  # the folder the user named; the default (the file's own folder) may hold out
     out = prepare_output_dir(out if out is not None else runs_dir() / "catalogs" / name, "catalog",
-                             inputs=inputs, overwrite=overwrite)
+                             inputs=inputs, overwrite=overwrite, check_only=True)  # atomic_dir replaces it whole
     report = Report(source=table.file, row_label=table.row_label, rows_read=len(table.rows))
     mapping = _check_columns(table, mapping, report)
 

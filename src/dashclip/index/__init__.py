@@ -5,6 +5,6 @@
     ids, scores = open_index("runs/index", model_id=model.model_id).search(queries, k=10,
                                                                            filters={"gender": ["Women"]})
 """
-from .base import VectorIndex, build_index, open_index, read_meta
+from .base import VectorIndex, build_index, is_index_dir, open_index, read_meta, updating
 
-__all__ = ["VectorIndex", "build_index", "open_index", "read_meta"]
+__all__ = ["VectorIndex", "build_index", "is_index_dir", "open_index", "read_meta", "updating"]

@@ -2,12 +2,19 @@
 
 An index dir holds:
 
-    meta.json            model_id, model hash, catalog_hash (from the caller) + dim, metric, n, backend,
-                         factory, built_at, id_type, attributes, and backend settings (ef_search, k_factor, uri, ...)
-    index.faiss          the FAISS index (FAISS backend); the Milvus backend keeps vectors in a collection
-                         named in meta.json instead
-    ids.parquet          product id of every vector (`id`, and the FAISS label `label`)
-    attributes.parquet   `id` + one string column per attribute, for filters
+    meta.json            kind "index", model_id, model hash, catalog_hash (from the caller) + dim, metric, n,
+                         backend, factory, built_at, id_type, attributes, backend settings (ef_search,
+                         k_factor, uri, ...) and `data`: the name of the subdir that holds the files below.
+                         meta.json is the commit point: every save writes a new data subdir, then replaces
+                         meta.json in one `os.replace`, so a reader sees the old or the new index, whole.
+    data.<stamp>/        index.faiss (FAISS backend; the Milvus backend keeps vectors in a collection named in
+                         meta.json instead), ids.parquet (product id of every vector: `id`, and the FAISS
+                         label `label`), attributes.parquet (`id` + one string column per attribute)
+    .lock                the writers' lock (`dashclip.io.dir_lock`): add/remove/build serialize on it
+
+The previous data subdir is kept until the next save (a reader that read the old meta.json can still open
+it); older ones and those of a killed writer are deleted by the next save. A dir written before format 2
+(no `data` in meta.json: the files next to meta.json) still opens, and its next save moves it to this layout.
 
 Vectors are L2-normalised float32 and scored by inner product (= cosine), best first.
 Product ids are the catalog's ids: all ints or all strings, never mixed.
@@ -15,18 +22,29 @@ Product ids are the catalog's ids: all ints or all strings, never mixed.
 from __future__ import annotations
 
 import abc
+import contextlib
 import datetime as dt
 import json
+import re
+import shutil
+import time
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
+from ..io import LOCK_FILE, dir_lock, prepare_output_dir, write_json
+
 META_FILE = "meta.json"
 IDS_FILE = "ids.parquet"
 ATTRIBUTES_FILE = "attributes.parquet"
-FORMAT_VERSION = 1
+PATH_KEYS = ("catalog_dir", "embeddings_dir", "model_dir")  # stored relative to the index dir (see meta_path)
+FORMAT_VERSION = 2            # 2: data files in a `data.<stamp>` subdir named by meta.json; 1: flat
+KIND = "index"                # meta.json's `kind`: what `dashclip.io.prepare_output_dir` recognises
+DATA_PREFIX = "data."
+FLAT_FILES = ("index.faiss", IDS_FILE, ATTRIBUTES_FILE)   # where a format-1 dir keeps its data
 METRIC = "inner_product"
 BACKENDS = ("faiss", "milvus")
 REBUILD_HINT = "rebuild it with `dashclip index build`"
@@ -121,14 +139,15 @@ def as_vectors(vectors: Any, n: int, dim: int | None = None, what: str = "vector
 class VectorIndex(abc.ABC):
     """Nearest products by inner product, with attribute filters.
 
-    The shared part keeps the table of live products (`id` + attributes) in memory; a backend stores the
-    vectors and implements `_search`, `_add`, `_remove` and `save`.
+    The shared part keeps the table of live products (`id` + attributes) in memory, and saves (lock, data
+    subdir, atomic switch of meta.json, clean-up); a backend stores the vectors and implements `_search`,
+    `_add`, `_remove` and `_write_data` (its own files in a new data subdir).
     """
 
     backend: str = ""
 
     def __init__(self, path: str | Path, meta: dict, table: pd.DataFrame):
-        self.path = Path(path)
+        self.path = Path(path)                  # the index dir (meta.json); data files are in data_dir
         self.meta = meta
         self._table = table  # one row per live product: `id` + attribute columns
         self._row_of = {pid: i for i, pid in enumerate(table["id"].tolist())}
@@ -288,9 +307,31 @@ class VectorIndex(abc.ABC):
     def _remove(self, ids: list, rows: np.ndarray) -> None:
         ...
 
-    @abc.abstractmethod
+    def _write_data(self, directory: Path) -> dict:
+        """Write the backend's own files into a new data subdir; return extra ids.parquet columns."""
+        return {}
+
     def save(self) -> None:
-        """Persist adds/removes atomically to `self.path`."""
+        """Persist the index atomically: readers see the old index or the new one, never a mix or none.
+
+        Under the dir's write lock: write a new data subdir, switch meta.json to it (one os.replace), then
+        delete data subdirs older than the previous one (and any a killed writer left)."""
+        with dir_lock(self.path, "index"):
+            previous = _data_name(_read_meta_quiet(self.path))
+            name = f"{DATA_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}.{uuid.uuid4().hex[:8]}"
+            directory = self.path / name
+            directory.mkdir()
+            meta = dict(self.meta, kind=KIND, format_version=FORMAT_VERSION, n=len(self), data=name)
+            try:
+                extra = self._write_data(directory)
+                write_table(directory, self._table, extra)
+                _fsync_dir(directory)
+                _switch(self.path, meta)
+            except BaseException:
+                _discard(directory)
+                raise
+            self.meta = meta
+            clean_index_dir(self.path, keep=(name, previous))
 
 
 # ----------------------------------------------------------------------------- build / open
@@ -298,8 +339,14 @@ class VectorIndex(abc.ABC):
 def build_index(vectors: np.ndarray, ids: Sequence, out_dir: str | Path, meta: dict | None = None,
                 backend: str = "faiss", factory: str | None = None,
                 attributes: pd.DataFrame | None = None, uri: str | None = None,
-                progress: bool = False, **options) -> VectorIndex:
+                progress: bool = False, overwrite: bool = False, inputs: Sequence = (),
+                **options) -> VectorIndex:
     """Build an index of `vectors` (row i is product `ids[i]`) at `out_dir`, atomically.
+
+    `out_dir` may be missing, empty or an index (replaced atomically, under its write lock); another
+    non-empty dir is refused unless `overwrite` (its contents are deleted then), and it may not be or
+    contain one of `inputs` (the catalog, embeddings, model dirs). Paths in `meta` (catalog_dir,
+    embeddings_dir, model_dir) are stored relative to the index dir, so it opens from any working dir.
 
     backend "faiss": exact `Flat` below `EXACT_MAX` vectors, `HNSW32,Flat` above (efSearch tuned at build
     and stored in meta), or any FAISS factory string. backend "milvus": a Milvus collection at `uri`
@@ -313,16 +360,136 @@ def build_index(vectors: np.ndarray, ids: Sequence, out_dir: str | Path, meta: d
     if not ids:
         raise ValueError("cannot build an index of 0 products")
     table = attribute_frame(ids, attributes)
+    out_dir = Path(out_dir)
     full_meta = dict(meta or {})
-    full_meta.update(format_version=FORMAT_VERSION, backend=backend, dim=int(vectors.shape[1]),
+    inputs = [*inputs, *(full_meta[k] for k in PATH_KEYS if full_meta.get(k))]
+    prepare_output_dir(out_dir, KIND, inputs, overwrite, is_kind=is_index_dir)
+    for key in PATH_KEYS:
+        if full_meta.get(key):
+            full_meta[key] = stored_path(full_meta[key], out_dir)
+    full_meta.update(kind=KIND, format_version=FORMAT_VERSION, backend=backend, dim=int(vectors.shape[1]),
                      metric=METRIC, n=len(ids), id_type=kind, built_at=now_iso(),
                      attributes=[c for c in table.columns if c != "id"])
-    if backend == "faiss":
-        from .faiss_index import FaissIndex
-        return FaissIndex.build(vectors, table, out_dir, full_meta, factory=factory, progress=progress, **options)
-    from .milvus_index import MilvusIndex
-    return MilvusIndex.build(vectors, table, out_dir, full_meta, factory=factory, uri=uri, progress=progress,
-                             **options)
+    created = not out_dir.exists()
+    try:
+        with dir_lock(out_dir, "index"):
+            if backend == "faiss":
+                from .faiss_index import FaissIndex
+                return FaissIndex.build(vectors, table, out_dir, full_meta, factory=factory,
+                                        progress=progress, **options)
+            from .milvus_index import MilvusIndex
+            return MilvusIndex.build(vectors, table, out_dir, full_meta, factory=factory, uri=uri,
+                                     progress=progress, **options)
+    except BaseException:
+        if created:  # a failed first build leaves no dir behind (only its lock file was written)
+            (out_dir / LOCK_FILE).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
+
+
+def is_index_dir(path: str | Path) -> bool:
+    """Whether `path` holds a dashclip index (its meta.json says so; format 1 had no `kind`: dim + backend)."""
+    meta = _read_meta_quiet(Path(path))
+    return bool(meta) and (meta.get("kind") == KIND or ("kind" not in meta and "dim" in meta and "backend" in meta))
+
+
+def stored_path(value: str | Path, index_dir: Path) -> str:
+    """How meta.json records an input dir: relative to the index dir (both can move together, and any
+    working dir works); absolute where no relative path exists (another drive)."""
+    import os
+
+    absolute = Path(value).resolve()
+    try:
+        return os.path.relpath(absolute, index_dir.resolve())
+    except ValueError:
+        return str(absolute)
+
+
+def meta_path(meta: dict, key: str, index_dir: str | Path) -> Path | None:
+    """An input dir recorded in meta.json (`catalog_dir`, ...), resolved against the index dir.
+
+    Indexes built before paths were stored relative to the index dir recorded them relative to the working
+    dir of the build: such a path is used as is when it exists from here and nothing exists next to the index."""
+    value = meta.get(key)
+    if not value:
+        return None
+    path = Path(value)
+    if path.is_absolute():
+        return path
+    beside = Path(index_dir) / path
+    if not beside.exists() and path.exists():
+        return path
+    return Path(_normpath(beside))
+
+
+def _normpath(path: Path) -> str:
+    import os
+
+    return os.path.normpath(str(path))
+
+
+@contextlib.contextmanager
+def updating(path: str | Path, model_id: str | None = None, timeout: float | None = None):
+    """Open an index for a read-modify-write (`add`/`remove`, then `save()`), holding the dir's write lock
+    from the read to the end of the block: concurrent writers serialize and none loses another's changes.
+    Another process holding it longer than `timeout` s (default `dashclip.io.LOCK_TIMEOUT`) is a DirLocked
+    error naming its pid."""
+    path = Path(path)
+    read_meta(path)  # a missing index is an error here, not a new dir made by the lock
+    kw = {} if timeout is None else {"timeout": timeout}
+    with dir_lock(path, "index", **kw):
+        yield open_index(path, model_id)
+
+
+def _read_meta_quiet(path: Path) -> dict | None:
+    try:
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _data_name(meta: dict | None) -> str | None:
+    return meta.get("data") if meta else None
+
+
+def _fsync_dir(path: Path) -> None:
+    import os
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _switch(path: Path, meta: dict) -> None:
+    """The commit point of a save: meta.json, naming the new data subdir, replaces the old one at once."""
+    write_json(path / META_FILE, meta)
+
+
+def _discard(directory: Path) -> None:
+    """Delete the data subdir of a failed save (a killed one is cleaned by the next save)."""
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def clean_index_dir(path: Path, keep: Sequence[str | None]) -> list[str]:
+    """Delete data subdirs other than `keep` (left by older saves or by a killed writer), and the flat files
+    of a format-1 dir once no kept version uses them. Only names this module writes are touched."""
+    keep = {k for k in keep if k}
+    removed = []
+    for entry in path.iterdir():
+        if entry.name.startswith(DATA_PREFIX) and entry.is_dir() and not entry.is_symlink() \
+                and entry.name not in keep:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    if all(k.startswith(DATA_PREFIX) for k in keep) and len(keep) >= 2:  # the previous save was format 2 too
+        for name in FLAT_FILES:
+            if (path / name).is_file():
+                (path / name).unlink()
+                removed.append(name)
+    return removed
 
 
 def read_meta(path: str | Path) -> dict:
@@ -340,7 +507,16 @@ def read_meta(path: str | Path) -> dict:
         raise ValueError(f"{meta_path}: corrupt ({e}); {REBUILD_HINT}") from None
     if not isinstance(meta, dict) or "dim" not in meta or "backend" not in meta:
         raise ValueError(f"{meta_path}: not index metadata (no dim/backend); {REBUILD_HINT}")
+    data = meta.get("data")
+    if data is not None and (not isinstance(data, str) or not re.fullmatch(r"data\.[A-Za-z0-9_.-]+", data)
+                             or data in (".", "..")):
+        raise ValueError(f"{meta_path}: bad data dir name {data!r}; {REBUILD_HINT}")
     return meta
+
+
+def data_dir(path: str | Path, meta: dict) -> Path:
+    """Where the index's files are: the data subdir meta.json names, or the dir itself (format 1)."""
+    return Path(path) / meta["data"] if meta.get("data") else Path(path)
 
 
 def read_table(path: Path, id_type: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -382,15 +558,22 @@ def write_table(directory: Path, table: pd.DataFrame, extra_id_columns: dict | N
 def open_index(path: str | Path, model_id: str | None = None) -> VectorIndex:
     """Open an index dir. With `model_id`, an index built with another model is a clear ValueError."""
     path = Path(path)
-    meta = read_meta(path)
-    built_with = meta.get("model_id")
-    if model_id is not None and built_with is not None and str(built_with) != str(model_id):
-        raise ValueError(f"{path}: index was built with model {built_with}, not {model_id}; "
-                         f"{REBUILD_HINT}")
-    if meta["backend"] == "faiss":
-        from .faiss_index import FaissIndex
-        return FaissIndex.open(path, meta)
-    if meta["backend"] == "milvus":
-        from .milvus_index import MilvusIndex
-        return MilvusIndex.open(path, meta)
-    raise ValueError(f"{path / META_FILE}: unknown backend {meta['backend']!r}; {REBUILD_HINT}")
+    for attempt in range(3):
+        meta = read_meta(path)
+        built_with = meta.get("model_id")
+        if model_id is not None and built_with is not None and str(built_with) != str(model_id):
+            raise ValueError(f"{path}: index was built with model {built_with}, not {model_id}; "
+                             f"{REBUILD_HINT}")
+        try:
+            if meta["backend"] == "faiss":
+                from .faiss_index import FaissIndex
+                return FaissIndex.open(path, meta, data_dir(path, meta))
+            if meta["backend"] == "milvus":
+                from .milvus_index import MilvusIndex
+                return MilvusIndex.open(path, meta, data_dir(path, meta))
+        except FileNotFoundError:
+            # saved twice while we read: the data subdir our meta.json named is gone; read meta.json again
+            if attempt == 2 or _read_meta_quiet(path) == meta:
+                raise
+            continue
+        raise ValueError(f"{path / META_FILE}: unknown backend {meta['backend']!r}; {REBUILD_HINT}")

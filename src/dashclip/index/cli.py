@@ -1,6 +1,7 @@
 """CLI for vector indexes: `dashclip index build | add | remove | info`."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -73,23 +74,39 @@ def _catalog_embeddings(model, catalog, out: Path, embeddings: Optional[Path], q
 
 def build_catalog_index(model, model_dir: Path, catalog, out: Path, embeddings: Optional[Path] = None,
                         backend: str = "faiss", factory: Optional[str] = None, uri: Optional[str] = None,
-                        quiet: bool = False, image_cache: Optional[Path] = None):
+                        quiet: bool = False, image_cache: Optional[Path] = None, overwrite: bool = False):
     """The index of `catalog`'s product embeddings by `model` (loaded from `model_dir`), with the metadata
-    and catalog attributes search needs: `dashclip index build` and the demo both build through here."""
+    and catalog attributes search needs: `dashclip index build` and the demo both build through here.
+
+    `out` is checked before any embedding: it may be missing, empty or an index; another dir only with
+    `overwrite`; never one of the inputs or a dir that holds one."""
     from . import build_index
 
+    _check_out(out, [catalog.root, model_dir, embeddings], overwrite)
     emb_dir, emb = _catalog_embeddings(model, catalog, out, embeddings, quiet, image_cache)
     meta = {"model_id": model.model_id, "model_dir": str(model_dir), "catalog_hash": catalog.content_hash,
             "catalog_dir": str(catalog.root), "embeddings_dir": str(emb_dir), "embedding": EMBEDDING_KIND}
     return build_index(emb.vectors[EMBEDDING_KIND], emb.ids, out, meta=meta, backend=backend,
-                       factory=factory, attributes=catalog_attributes(catalog), uri=uri, progress=not quiet)
+                       factory=factory, attributes=catalog_attributes(catalog), uri=uri, progress=not quiet,
+                       overwrite=overwrite)
+
+
+def _check_out(out: Path, inputs: list, overwrite: bool) -> None:
+    """Refuse a bad --out now, before any long work (build_index checks again, then writes)."""
+    from ..io import prepare_output_dir
+    from .base import KIND, is_index_dir
+
+    prepare_output_dir(out, KIND, inputs, overwrite, is_kind=is_index_dir, check_only=True)
 
 
 @index_app.command("build")
 def build(
     model: Path = MODEL,
     catalog: Path = CATALOG,
-    out: Path = typer.Option(..., "--out", "-o", help="Index dir to write (replaced atomically)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index dir to write (replaced atomically if it is an "
+                             "index; a missing or empty dir is fine; any other dir needs --overwrite)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the contents of a non-empty --out dir "
+                                   "that is not a dashclip index, then build there."),
     embeddings: Optional[Path] = typer.Option(None, "--embeddings", help="Product embeddings of --model "
                                               "(`dashclip embed-catalog`); default: embed into OUT-embeddings."),
     backend: str = typer.Option("faiss", "--backend", help="faiss (embedded) or milvus."),
@@ -108,10 +125,12 @@ def build(
     with user_errors():
         if backend not in ("faiss", "milvus"):
             raise UserError(f"--backend {backend!r}: choose faiss or milvus")
+        _check_out(out, [catalog, model, embeddings], overwrite)  # before the model loads
         cat = _open_catalog(catalog)
         net = _load_model(model)
         t0 = time.time()
-        index = build_catalog_index(net, model, cat, out, embeddings, backend, factory, uri, quiet, image_cache)
+        index = build_catalog_index(net, model, cat, out, embeddings, backend, factory, uri, quiet, image_cache,
+                                    overwrite=overwrite)
     console.print(f"[green]built[/] {backend} index of {len(index)} products "
                   f"({index.meta.get('factory')}, dim {index.dim}) at {out} in {time.time() - t0:.1f} s")
 
@@ -133,13 +152,14 @@ def add(
     from ..clihelp import progress
     from ..models.embeddings import CachedImageFeatures, embed_batches
     from ..settings import image_cache_dir
-    from . import open_index, read_meta
+    from . import read_meta, updating
 
-    with user_errors():
+    with user_errors(), contextlib.ExitStack() as stack:
         read_meta(index_dir)  # a missing index fails before the model loads
         cat = _open_catalog(catalog)
         net = _load_model(model)
-        index = open_index(index_dir, model_id=net.model_id)
+        # the write lock is held from reading the index to saving it: concurrent adds/removes wait their turn
+        index = stack.enter_context(updating(index_dir, model_id=net.model_id))
         if ids:
             wanted = []
             for raw in _split_ids(ids):
@@ -180,16 +200,16 @@ def remove(
     ids: list[str] = typer.Option(..., "--ids", help="Product ids to remove (repeatable or comma-separated)."),
 ):
     """Remove products from an index (saved atomically)."""
-    from . import open_index
+    from . import updating
 
     with user_errors():
-        index = open_index(index_dir)
         wanted = _split_ids(ids)
         if not wanted:
             raise UserError("--ids: give at least one product id")
-        index.remove(wanted)
-        index.meta["updated_at"] = _now()
-        index.save()
+        with updating(index_dir) as index:  # locked from read to save
+            index.remove(wanted)
+            index.meta["updated_at"] = _now()
+            index.save()
     console.print(f"[green]removed[/] {len(wanted)} products; the index at {index_dir} has {len(index)}")
 
 

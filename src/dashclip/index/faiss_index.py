@@ -19,8 +19,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from ..io import atomic_dir, write_json
-from .base import META_FILE, REBUILD_HINT, VectorIndex, read_table, write_table
+from .base import IDS_FILE, REBUILD_HINT, VectorIndex, read_table
 
 INDEX_FILE = "index.faiss"
 EXACT_MAX = 200_000           # below this many vectors the default is exact search
@@ -156,8 +155,8 @@ class FaissIndex(VectorIndex):
         return self
 
     @classmethod
-    def open(cls, path: Path, meta: dict) -> "FaissIndex":
-        index_path = path / INDEX_FILE
+    def open(cls, path: Path, meta: dict, data_dir: Path) -> "FaissIndex":
+        index_path = data_dir / INDEX_FILE
         if not index_path.exists():
             raise FileNotFoundError(f"{index_path}: missing; the index at {path} is incomplete, {REBUILD_HINT}")
         try:
@@ -166,21 +165,19 @@ class FaissIndex(VectorIndex):
             raise ValueError(f"{index_path}: corrupt ({str(e).strip().splitlines()[-1]}); {REBUILD_HINT}") from None
         if not isinstance(index, faiss.IndexIDMap2) or index.d != int(meta["dim"]):
             raise ValueError(f"{index_path}: not a {meta['dim']}-d dashclip FAISS index; {REBUILD_HINT}")
-        table, extra = read_table(path, meta.get("id_type", "str"))
+        table, extra = read_table(data_dir, meta.get("id_type", "str"))
         if "label" not in extra.columns:
-            raise ValueError(f"{path / 'ids.parquet'}: no `label` column; {REBUILD_HINT}")
+            raise ValueError(f"{data_dir / IDS_FILE}: no `label` column; {REBUILD_HINT}")
         if index.ntotal < len(table):
             raise ValueError(f"{index_path}: holds {index.ntotal} vectors but ids.parquet lists "
                              f"{len(table)} products; {REBUILD_HINT}")
-        return cls(path, meta, table, index, extra["label"].to_numpy())
+        labels = _check_labels(extra["label"], index, meta, data_dir / IDS_FILE)
+        return cls(path, meta, table, index, labels)
 
-    def save(self) -> None:
-        """Write the whole dir atomically: readers see the old index or the new one, never a mix."""
-        self.meta["n"] = len(self)
-        with atomic_dir(self.path) as tmp:
-            faiss.write_index(self._index, str(tmp / INDEX_FILE))
-            write_table(tmp, self._table, {"label": self._labels})
-            write_json(tmp / META_FILE, self.meta)
+    def _write_data(self, directory: Path) -> dict:
+        """index.faiss into a new data subdir (the base saves ids, attributes and meta.json)."""
+        faiss.write_index(self._index, str(directory / INDEX_FILE))
+        return {"label": self._labels}
 
     @property
     def index_bytes(self) -> int:
@@ -279,6 +276,29 @@ class FaissIndex(VectorIndex):
 
     def _after_remove(self, keep):
         self._labels = self._labels[keep]
+
+
+def _check_labels(column: pd.Series, index: faiss.Index, meta: dict, where: Path) -> np.ndarray:
+    """The label map (product row -> FAISS label) must be whole: unique ints below meta's next_label, each one
+    a vector in the index. A damaged one is an error here, naming the file, not an IndexError in a search."""
+    try:
+        labels = np.asarray(column, dtype=np.int64)
+        next_label = int(meta.get("next_label", -1))
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{where}: `label` is not whole numbers; {REBUILD_HINT}") from None
+    stored = faiss.vector_to_array(index.id_map)
+    bad = None
+    if len(labels) and (labels.min() < 0 or labels.max() >= next_label):
+        bad = f"labels must be in [0, next_label={next_label})"
+    elif len(np.unique(labels)) != len(labels):
+        bad = "a label repeats"
+    elif not np.isin(labels, stored).all():
+        bad = "a label has no vector in index.faiss"
+    elif len(stored) and stored.max() >= next_label:
+        bad = f"index.faiss holds a label >= next_label={next_label}"
+    if bad:
+        raise ValueError(f"{where}: the label map is corrupt ({bad}); {REBUILD_HINT}")
+    return labels
 
 
 def _add_in_chunks(index: faiss.Index, vectors: np.ndarray, labels: np.ndarray, progress: bool,

@@ -9,7 +9,8 @@ Atomic builds: every build writes a new collection; only when it is complete doe
 commit point) name it. A crash mid-build leaves the old `meta.json` pointing at the old, complete
 collection. The replaced collection is kept until the next build, so a server still searching it keeps
 answering until it reopens the index; older ones (and those left by crashed builds) are dropped. `add`/`remove` write to Milvus at once (each
-insert/delete is atomic in Milvus); `save()` then rewrites meta.json and the snapshot.
+insert/delete is atomic in Milvus); `save()` (the base's) then writes the snapshot and switches meta.json.
+A Lite database stays in the index dir itself (`milvus.db`), shared by every data subdir.
 
 Attribute filters are pushed down as a Milvus boolean expression; every value is a quoted, escaped
 string literal, and field names come from the index's own schema, never from the request.
@@ -22,7 +23,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -30,9 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import atomic_path, write_json
-from .base import (ATTRIBUTES_FILE, IDS_FILE, META_FILE, REBUILD_HINT, VectorIndex, attribute_frame,
-                   write_table)
+from .base import META_FILE, REBUILD_HINT, VectorIndex, attribute_frame
 
 LITE_FILE = "milvus.db"
 PK, VECTOR = "pk", "vector"
@@ -143,7 +141,7 @@ class MilvusIndex(VectorIndex):
         return self
 
     @classmethod
-    def open(cls, path: Path, meta: dict) -> "MilvusIndex":
+    def open(cls, path: Path, meta: dict, data_dir: Path | None = None) -> "MilvusIndex":
         for key in ("uri", "collection", "milvus_fields"):
             if key not in meta:
                 raise ValueError(f"{path / META_FILE}: no {key!r} for the Milvus backend; {REBUILD_HINT}")
@@ -159,18 +157,6 @@ class MilvusIndex(VectorIndex):
         client.load_collection(collection)
         table = _read_collection(client, collection, meta)
         return cls(path, meta, table, client)
-
-    def save(self) -> None:
-        """Write the snapshot files, then meta.json (the commit point). Milvus already holds the changes."""
-        self.meta["n"] = len(self)
-        self.path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.path, prefix=".snapshot.") as tmp:
-            write_table(Path(tmp), self._table)
-            for name in (IDS_FILE, ATTRIBUTES_FILE):
-                with atomic_path(self.path / name) as dest:
-                    os.replace(Path(tmp) / name, dest)
-        write_json(self.path / META_FILE, self.meta)
-        (self.path / "index.faiss").unlink(missing_ok=True)  # left by an earlier FAISS build here
 
     def _drop_replaced(self, old: dict | None, uri: str, prefix: str, out_dir: Path) -> None:
         """Drop this index dir's earlier collections except the one just replaced (see the module doc)."""

@@ -85,6 +85,10 @@ def register(app: typer.Typer) -> None:
                 raise UserError("--queries needs --output FILE for the results")
             if queries is None and output is not None:
                 raise UserError("--output goes with --queries (batch mode)")
+            if output is not None:  # a bad output fails now, not after every query was searched
+                from ..io import check_output_file
+
+                check_output_file(output, "--output")
             filter_dict = parse_filter_args(filters, separators="=")
             batch = read_queries(queries) if queries is not None else None
             searcher = _open_searcher(model, index, catalog)
@@ -105,13 +109,27 @@ def register(app: typer.Typer) -> None:
         watch_seconds: float = typer.Option(2.0, "--watch-seconds", help="How often to check the index dir for "
                                             "a rebuild to swap in (0: never)."),
         log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
+        api_key: Optional[str] = typer.Option(None, "--api-key", envvar="DASHCLIP_API_KEY", show_envvar=True,
+                                              help="Require this key in header X-API-Key for /search, /filters "
+                                              "and /products (the page: open /#key=KEY); /healthz stays open. "
+                                              "Prefer the environment variable: a flag shows in `ps`."),
+        cors_origins: list[str] = typer.Option([], "--cors-origin", help="A browser origin allowed to call the "
+                                               "API from another site (repeatable, e.g. https://shop.example); "
+                                               "none by default."),
+        max_concurrency: int = typer.Option(MAX_CONCURRENCY, "--max-concurrency", min=1, help="Connections and "
+                                            "requests served at once; more get HTTP 503."),
     ):
         """Serve search over HTTP, with a web page at / and the API schema at /docs."""
-        serve_app(model, index, catalog, host=host, port=port, watch_seconds=watch_seconds, log_level=log_level)
+        serve_app(model, index, catalog, host=host, port=port, watch_seconds=watch_seconds, log_level=log_level,
+                  api_key=api_key, cors_origins=cors_origins, max_concurrency=max_concurrency)
+
+
+MAX_CONCURRENCY = 64
 
 
 def serve_app(model: Path, index: Path, catalog: Optional[Path] = None, host: str = "127.0.0.1", port: int = 8000,
-              watch_seconds: float = 2.0, log_level: str = "warning") -> None:
+              watch_seconds: float = 2.0, log_level: str = "warning", api_key: Optional[str] = None,
+              cors_origins: tuple = (), max_concurrency: int = MAX_CONCURRENCY) -> None:
     """Load the model and index, then serve until Ctrl+C (`dashclip serve` and `dashclip demo` both end here)."""
     import uvicorn
 
@@ -120,11 +138,17 @@ def serve_app(model: Path, index: Path, catalog: Optional[Path] = None, host: st
     with user_errors():
         console.print(f"loading model {model} and index {index}")
         searcher = _open_searcher(model, index, catalog)
-        app_ = create_app(searcher, catalog_dir=catalog, watch_seconds=watch_seconds)
+        if api_key is not None and not api_key.strip():
+            raise UserError("--api-key / DASHCLIP_API_KEY is empty")
+        app_ = create_app(searcher, catalog_dir=catalog, watch_seconds=watch_seconds, api_key=api_key,
+                          cors_origins=cors_origins)
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
     console.print(f"[green]serving[/] {len(searcher.index)} products at [bold]http://{shown}:{port}/[/] "
                   f"(API docs: http://{shown}:{port}/docs); Ctrl+C stops")
-    uvicorn.run(app_, host=host, port=port, log_level=log_level)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        console.print(f"[yellow]warning:[/] listening on {host} without an API key: anyone who can reach it "
+                      f"can search (set DASHCLIP_API_KEY, or put a reverse proxy in front)")
+    uvicorn.run(app_, host=host, port=port, log_level=log_level, limit_concurrency=max_concurrency)
 
 
 def _print_table(query: str, hits, hybrid: bool) -> None:

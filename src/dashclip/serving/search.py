@@ -348,7 +348,9 @@ def resolve_catalog_dir(meta: dict, catalog_dir: str | Path | None, index_dir: s
     if catalog_dir is not None:
         path = Path(catalog_dir)
     elif meta.get("catalog_dir"):
-        path = Path(meta["catalog_dir"])
+        from ..index.base import meta_path
+
+        path = meta_path(meta, "catalog_dir", index_dir)  # relative to the index dir: any working dir works
     else:
         raise ValueError(f"{index_dir}: the index does not record its catalog (no catalog_dir in meta.json); "
                          f"give the catalog dir with --catalog")

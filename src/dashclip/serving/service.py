@@ -6,28 +6,34 @@
 Endpoints (OpenAPI schema at /openapi.json, docs at /docs):
     GET /                        the web page (serving/static, no CDN)
     GET /search?q=&k=&filter=field:value&hybrid=   ranked products
-    GET /products/{id}           one product
+    GET /products/{id}           one product (the id percent-encoded as one path segment: AB%2F123)
     GET /products/{id}/image     its image, from the catalog's own record (never a path from the request)
     GET /filters                 every filter field and its values (the page's chips)
-    GET /healthz                 model id, index size, when the index was built
+    GET /healthz                 model id, index size, when the index was built; 503 after a failed reload
 
-Input limits: q is 1..256 characters, 1 <= k <= 100; an empty query, a bad filter or an unknown id is a
-4xx whose `detail` says what is wrong. Hot swap: a background thread watches the index dir's meta.json; when
+Input limits: q is 1..256 characters, 1 <= k <= 100, at most 32 filters, no request body; an empty query, a
+bad filter or an unknown id is a 4xx whose `detail` says what is wrong (a 422 echoes at most 200 characters
+of the input). Optional API key (`api_key`: clients send `X-API-Key`; /, /static, /healthz and the docs stay
+open) and CORS origins (`cors_origins`; none by default). Per-client rate limits belong in a reverse proxy. Hot swap: a background thread watches the index dir's meta.json; when
 the index is rebuilt it loads the new one next to the old and swaps the reference in one assignment, so
 requests keep being answered by the old index until the new one is ready.
 """
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
+import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional, Union
-from urllib.parse import quote
+from typing import Callable, Optional, Sequence, Union
+from urllib.parse import quote, unquote
 
-from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
@@ -41,6 +47,10 @@ STATIC_DIR = Path(__file__).parent / "static"
 IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
                ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff"}
 WATCH_SECONDS = 2.0
+MAX_ECHO_CHARS = 200        # of a bad input echoed back in a 422
+MAX_BODY_BYTES = 0          # every endpoint is a GET: a request body is refused (413)
+API_KEY_HEADER = "X-API-Key"
+API_KEY_ENV = "DASHCLIP_API_KEY"
 
 
 # ---------------------------------------------------------------------------------------------- schema
@@ -87,10 +97,42 @@ class Health(BaseModel):
     index_backend: Optional[str] = None
     index_generation: int = Field(description="How many times the index was swapped since start (0 = none).")
     catalog: str
+    error: Optional[str] = Field(None, description="Why the last reload of a changed index failed (status "
+                                                   "'degraded', HTTP 503; the previous index is still served).")
 
 
 ERRORS = {400: {"model": Problem, "description": "Bad input (empty query, bad filter, ...)"},
+          401: {"model": Problem, "description": "Missing or wrong API key (only when the service has one)"},
           404: {"model": Problem, "description": "No such product or image"}}
+
+
+def product_path(pid) -> str:
+    """The URL path of a product: its id percent-encoded as one segment ("/" -> %2F, "%" -> %25, ...)."""
+    return f"/products/{quote(str(pid), safe='')}"
+
+
+def _product_request(request: Request) -> tuple[str, bool]:
+    """(product id, whether the image is asked for) from the request's raw path.
+
+    The decoded path cannot tell `/products/a%2Fimage` (product "a/image") from `/products/a/image` (the
+    image of "a"); the raw path can: only a literal "/" separates segments."""
+    raw = request.scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else quote(request.url.path, safe="/")
+    rest = path.split("/products/", 1)[1] if "/products/" in path else ""
+    image = rest.endswith("/image")
+    if image:
+        rest = rest[:-len("/image")]
+    return unquote(rest, errors="strict"), image
+
+
+def _truncate(value, limit: int = MAX_ECHO_CHARS):
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + f"... ({len(value)} characters)"
+    if isinstance(value, (list, tuple)):
+        return [_truncate(v, limit) for v in value[:10]]
+    if isinstance(value, dict):
+        return {k: _truncate(v, limit) for k, v in list(value.items())[:10]}
+    return value
 
 
 # ---------------------------------------------------------------------------------------------- hot swap
@@ -183,10 +225,15 @@ class SearcherHolder:
 # ---------------------------------------------------------------------------------------------- the app
 def create_app(searcher: Searcher | Callable[[], Searcher] | None = None, *,
                model_dir: str | Path | None = None, index_dir: str | Path | None = None,
-               catalog_dir: str | Path | None = None, watch_seconds: float = WATCH_SECONDS) -> FastAPI:
+               catalog_dir: str | Path | None = None, watch_seconds: float = WATCH_SECONDS,
+               api_key: str | None = None, cors_origins: Sequence[str] = ()) -> FastAPI:
     """The FastAPI app over a Searcher, a function that makes one, or the model/index/catalog dirs.
 
-    The index dir is watched for rebuilds every `watch_seconds` while the app runs (0 turns it off)."""
+    The index dir is watched for rebuilds every `watch_seconds` while the app runs (0 turns it off).
+    `api_key` (default: $DASHCLIP_API_KEY, if set): /search, /filters and /products/* then need header
+    X-API-Key; `cors_origins`: the browser origins allowed to call the API from other sites (none by default)."""
+    if api_key is None:
+        api_key = os.environ.get(API_KEY_ENV) or None
     if searcher is None:
         if model_dir is None or index_dir is None:
             raise ValueError("create_app: give a Searcher, or model_dir and index_dir")
@@ -211,10 +258,50 @@ def create_app(searcher: Searcher | Callable[[], Searcher] | None = None, *,
                   description="Multimodal product search (DashCLIP): query text -> nearest products.")
     app.state.holder = holder
 
-    def image_url(pid, rel) -> str | None:
-        return f"/products/{quote(str(pid), safe='')}/image" if rel else None  # string ids may hold "/" or "?"
+    key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
+                              description="The service's API key, when it has one (`dashclip serve --api-key`).")
+    expected = api_key.encode("utf-8") if api_key else None
 
-    @app.get("/search", response_model=SearchResponse, responses=ERRORS, tags=["search"])
+    def require_key(given: Optional[str] = Depends(key_header)) -> None:
+        if expected is None:
+            return
+        if given is None or not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
+            raise HTTPException(401, f"missing or wrong API key (send header {API_KEY_HEADER})",
+                                headers={"WWW-Authenticate": API_KEY_HEADER})
+
+    secured = [Depends(require_key)]
+
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET"],
+                           allow_headers=[API_KEY_HEADER], allow_credentials=False, max_age=600)
+
+    @app.middleware("http")
+    async def refuse_bodies(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if (length not in (None, "0") or "transfer-encoding" in request.headers) and request.method != "OPTIONS":
+            return JSONResponse({"detail": f"request bodies are not accepted (limit {MAX_BODY_BYTES} bytes); "
+                                           f"every endpoint is a GET"}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        """A 422 names the bad field; the input it echoes is cut to MAX_ECHO_CHARS (never a 100 KB echo)."""
+        errors = []
+        for e in exc.errors()[:10]:
+            e = {k: v for k, v in e.items() if k not in ("url", "ctx")}
+            if "input" in e:
+                e["input"] = _truncate(e["input"])
+            errors.append(e)
+        from fastapi.encoders import jsonable_encoder
+
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+    def image_url(pid, rel) -> str | None:
+        return f"{product_path(pid)}/image" if rel else None  # string ids may hold "/", "%", "?", "#", ...
+
+    @app.get("/search", response_model=SearchResponse, responses=ERRORS, tags=["search"], dependencies=secured)
     def search(q: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS, description="What the shopper typed."),
                k: int = Query(10, ge=1, le=MAX_K_HTTP, description="How many products to return."),
                filter: list[str] = Query([], description="field:value, repeatable; values of one field are "
@@ -241,8 +328,33 @@ def create_app(searcher: Searcher | Callable[[], Searcher] | None = None, *,
         except KeyError:
             raise HTTPException(404, f"unknown product id {product_id!r}") from None
 
-    @app.get("/products/{product_id}", response_model=Product, responses=ERRORS, tags=["products"])
-    def product(product_id: str):
+    # Routes take the id as a `path` (it may hold "/", sent as %2F and decoded before routing); the handlers
+    # read the id from the raw path, where "a%2Fimage" (an id) and "a/image" (an image) differ.
+    @app.get("/products/{product_id:path}/image", response_class=FileResponse, tags=["products"],
+             dependencies=secured, responses={**ERRORS, 200: {
+                 "content": {t: {} for t in sorted(set(IMAGE_TYPES.values()))},
+                 "description": "The product's primary image"}})
+    def product_image(product_id: str, request: Request):
+        pid, image = _request_id(request, product_id)
+        if image:
+            return image_response(pid)
+        from fastapi.encoders import jsonable_encoder  # e.g. product "x/image": JSON, not a file
+
+        return JSONResponse(jsonable_encoder(product_response(pid)))
+
+    @app.get("/products/{product_id:path}", response_model=Product, responses=ERRORS, tags=["products"],
+             dependencies=secured)
+    def product(product_id: str, request: Request):
+        pid, image = _request_id(request, product_id)
+        return image_response(pid) if image else product_response(pid)
+
+    def _request_id(request: Request, product_id: str) -> tuple[str, bool]:
+        try:
+            return _product_request(request)
+        except UnicodeDecodeError:
+            raise HTTPException(404, "unknown product id (not valid UTF-8 once percent-decoded)") from None
+
+    def product_response(product_id: str):
         current = holder.current
         p = lookup(current, product_id)
         attributes = {a: (None if p.get(a) is None else str(p[a])) for a in current.catalog.attributes if a in p}
@@ -250,10 +362,7 @@ def create_app(searcher: Searcher | Callable[[], Searcher] | None = None, *,
                        image_url=image_url(p["id"], p.get("image")), attributes=attributes,
                        in_index=current.index.has(p["id"]))
 
-    @app.get("/products/{product_id}/image", response_class=FileResponse, tags=["products"],
-             responses={**ERRORS, 200: {"content": {t: {} for t in sorted(set(IMAGE_TYPES.values()))},
-                                        "description": "The product's primary image"}})
-    def product_image(product_id: str):
+    def image_response(product_id: str):
         current = holder.current
         p = lookup(current, product_id)
         # The path comes from the catalog's record of this product, never from the request; it must
@@ -268,19 +377,26 @@ def create_app(searcher: Searcher | Callable[[], Searcher] | None = None, *,
         return FileResponse(path, media_type=IMAGE_TYPES[path.suffix.lower()],
                             headers={"Cache-Control": "public, max-age=3600"})
 
-    @app.get("/filters", response_model=dict[str, list[str]], tags=["search"])
+    @app.get("/filters", response_model=dict[str, list[str]], tags=["search"], dependencies=secured)
     def filters():
         """Every filter field of the index with its values, for the page's filter chips."""
         current = holder.current
         return {f: current.filter_values(f) for f in current.fields}
 
-    @app.get("/healthz", response_model=Health, tags=["service"])
+    @app.get("/healthz", response_model=Health, tags=["service"],
+             responses={503: {"model": Health, "description": "The index changed but could not be reloaded; "
+                                                               "the previous one is still served"}})
     def healthz():
         current = holder.current
         meta = current.index.meta
-        return Health(status="ok", model_id=current.model_id, index_size=len(current.index), index_built_at=meta.get("built_at"),
-                      index_updated_at=meta.get("updated_at"), index_backend=meta.get("backend"),
-                      index_generation=holder.generation, catalog=str(current.catalog.root))
+        health = Health(status="degraded" if holder.last_error else "ok", model_id=current.model_id,
+                        index_size=len(current.index), index_built_at=meta.get("built_at"),
+                        index_updated_at=meta.get("updated_at"), index_backend=meta.get("backend"),
+                        index_generation=holder.generation, catalog=str(current.catalog.root),
+                        error=holder.last_error)
+        if holder.last_error:
+            return JSONResponse(health.model_dump(), status_code=503)
+        return health
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page():
@@ -291,7 +407,6 @@ def create_app(searcher: Searcher | Callable[[], Searcher] | None = None, *,
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):  # pragma: no cover - the last line of defence
-        from fastapi.responses import JSONResponse
         log.exception("error serving %s", request.url.path)
         return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
 

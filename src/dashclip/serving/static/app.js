@@ -11,6 +11,30 @@ const $ = (id) => document.getElementById(id);
 const state = { query: "", filters: {}, hybrid: false, fields: {}, results: [], allFields: false };
 let inflight = null;
 
+// API key, only when the service has one (`dashclip serve --api-key`): open the page as /#key=..., it is kept
+// in sessionStorage (the fragment never reaches the server or its logs) and sent as the X-API-Key header.
+// Images then load through fetch too, since an <img> sends no header.
+const API_KEY = (() => {
+  const m = location.hash.match(/(?:^#|&)key=([^&]*)/);
+  if (m) {
+    sessionStorage.setItem("dashclip-key", decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem("dashclip-key") || "";
+})();
+
+function api(url, options = {}) {
+  if (API_KEY) options.headers = { ...(options.headers || {}), "X-API-Key": API_KEY };
+  return fetch(url, options);
+}
+
+function setImage(img, url) {
+  if (!API_KEY || !url) { img.src = url || ""; return; }
+  api(url).then((r) => (r.ok ? r.blob() : Promise.reject(new Error(`HTTP ${r.status}`))))
+    .then((b) => { img.src = URL.createObjectURL(b); })
+    .catch(() => img.dispatchEvent(new Event("error")));
+}
+
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
@@ -66,7 +90,7 @@ async function runSearch() {
   const params = new URLSearchParams([["q", state.query], ["k", PAGE_SIZE], ...filterParams()]);
   if (state.hybrid) params.set("hybrid", "true");
   try {
-    const response = await fetch(`/search?${params}`, { signal: inflight.signal });
+    const response = await api(`/search?${params}`, { signal: inflight.signal });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) throw new Error(describeError(body, response.status));
     state.results = body.results;
@@ -133,9 +157,10 @@ function renderResults(body) {
 function card(r, top, hybrid) {
   const photo = el("div", { class: "photo" }, el("span", { class: "rank" }, `#${r.rank}`));
   if (r.image_url) {
-    const img = el("img", { src: r.image_url, alt: r.title, loading: "lazy", decoding: "async" });
+    const img = el("img", { alt: r.title, loading: "lazy", decoding: "async" });
     img.addEventListener("load", () => img.classList.add("loaded"));
     img.addEventListener("error", () => img.replaceWith(el("span", { class: "no-photo" }, "image unavailable")));
+    setImage(img, r.image_url);
     photo.append(img);
   } else {
     photo.append(el("span", { class: "no-photo" }, "no photo"));
@@ -155,7 +180,7 @@ function card(r, top, hybrid) {
 // ------------------------------------------------------------------ filters
 async function loadFilters() {
   try {
-    const response = await fetch("/filters");
+    const response = await api("/filters");
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     state.fields = await response.json();
   } catch (err) {
@@ -244,12 +269,12 @@ function clearFilters() {
 async function openProduct(id) {
   const dialog = $("product-dialog");
   try {
-    const response = await fetch(`/products/${encodeURIComponent(id)}`);
+    const response = await api(`/products/${encodeURIComponent(id)}`);
     const p = await response.json();
     if (!response.ok) throw new Error(describeError(p, response.status));
     $("dialog-title").textContent = p.title;
     $("dialog-category").textContent = p.category || "";
-    $("dialog-image").src = p.image_url || "";
+    setImage($("dialog-image"), p.image_url);
     $("dialog-image").alt = p.title;
     $("dialog-image").hidden = !p.image_url;
     $("dialog-attributes").replaceChildren(...Object.entries(p.attributes).filter(([, v]) => v)
