@@ -214,3 +214,14 @@ def test_adamw_uses_the_fused_kernel_on_cpu_and_makes_the_same_update():
     for a, b in zip(model.parameters(), twin.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
     assert (model[0].weight - start).abs().max() > 1e-3     # it did train
+
+
+def test_pick_device_gives_a_bare_cuda_its_rank_index():
+    """`--device cuda` must name one GPU: torch.cuda.set_device raises on a cuda device without an index
+    (seen on an H200 machine on 2026-12-04), so a bare "cuda" becomes this rank's GPU."""
+    from dashclip.training.loop import pick_device
+
+    assert pick_device("cuda") == torch.device("cuda", 0)
+    assert pick_device("cuda", local_rank=3) == torch.device("cuda", 3)
+    assert pick_device("cuda:1", local_rank=3) == torch.device("cuda", 1)
+    assert pick_device("cpu", local_rank=3) == torch.device("cpu")

@@ -122,9 +122,11 @@ def init_distributed() -> tuple[int, int, int]:
 
 
 def pick_device(device: str | None = None, local_rank: int = 0) -> torch.device:
-    """`device` when given, else cuda:<local rank> when a GPU is there, else cpu."""
+    """`device` when given, else cuda:<local rank> when a GPU is there, else cpu. A bare "cuda" means this
+    rank's GPU: torch.cuda.set_device refuses a cuda device without an index."""
     if device:
-        return torch.device(device)
+        picked = torch.device(device)
+        return torch.device("cuda", local_rank) if picked.type == "cuda" and picked.index is None else picked
     return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
 
 
