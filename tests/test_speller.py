@@ -85,6 +85,7 @@ def test_what_keeps_an_unknown_word_as_typed():
     assert QuerySpeller(words, lexicon={"cooker"}).correct("cooker") == "cooker"
     assert QuerySpeller(words, lexicon={"cooker"}).correct("cookers") == "cookers"   # its plural too
     assert sp.correct("hooper") == "hooper"                    # "cooper": one edit, but another first letter
+    assert sp.correct("ocoper") == "cooper"                    # unless the first two letters are swapped
     assert sp.correct("macbook") == "macbook"                  # "facebook": two edits for 7 letters
     assert sp.correct("blazet") == "blazet"                    # blazer 10 vs blazed 8: unsure
     assert QuerySpeller({**words, "blazed": 1}, lexicon=set()).correct("blazet") == "blazer"   # clear margin

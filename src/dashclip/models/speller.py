@@ -13,7 +13,7 @@ most typos), so a word is corrected only when nobody knows it and the correction
 - nor is a short word (under 5 letters: "kada" is not "kama"), a token with a digit ("ps5", "2x4"), or a
   brand-like token typed with an inner capital ("MacBook", "KitchenAid", "LG");
 - candidates are shop words within one edit (Damerau-Levenshtein) for words up to 8 letters, two for
-  longer ones, and keep the word's first letter ("macbook" is not "facebook");
+  longer ones, and keep the word's first letter ("macbook" is not "facebook"; "tsone" may be "stone");
 - the closest candidate wins only when it is the one candidate at that distance, or is at least
   `MARGIN` times as frequent in the shop list as the runner-up; otherwise the word stays as typed.
 
@@ -135,7 +135,7 @@ class QuerySpeller:
         found: dict[str, int] = {}
         for d in _deletes(word, budget):
             for cand in self._index.get(d, ()):
-                if cand not in found and cand[0] == word[0]:
+                if cand not in found and (cand[0] == word[0] or cand[:2] == word[1::-1]):
                     found[cand] = edit_distance(word, cand)
         ranked = sorted((dist, -self.words[c], c) for c, dist in found.items() if dist <= budget)
         if not ranked:
