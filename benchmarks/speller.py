@@ -129,6 +129,9 @@ def main():
         if t and t != w:
             typos.append((t, str(w)))
 
+    t1 = time.time()
+    speller_after.english_lexicon()
+    lexicon_s = time.time() - t1
     results = {}
     for name, mod in modules.items():
         t1 = time.time()
@@ -140,6 +143,10 @@ def main():
         other = [q["query"] for q in dev if q["style"] != "misspelling"]
         t2 = time.time()
         typo_out = [(t, w, fashion.correct(t)) for t, w in typos]
+        t3 = time.perf_counter()
+        for q in hd_dev:
+            home.correct(q)
+        ms_per_query = (time.perf_counter() - t3) * 1000 / len(hd_dev)
         r = {
             "fashion_misspellings": {"n": len(miss), "fixed": sum(c == INTENDED[q] for q, c in fixed),
                                      "changed": sum(c != q for q, c in fixed),
@@ -152,6 +159,7 @@ def main():
                                 "wrong_word": sum(c not in (w, t) for t, w, c in typo_out),
                                 "wrong_examples": [(t, w, c) for t, w, c in typo_out if c not in (w, t)][:20]},
             "seconds": {"build_both": round(build_s, 1), "typos": round(time.time() - t2, 2)},
+            "ms_per_query_homedepot_dev": round(ms_per_query, 4),
         }
         results[name] = r
         print(name, {k: (v.get("fixed"), len(v["changed"]) if isinstance(v.get("changed"), list) else v.get("changed"))
@@ -163,7 +171,7 @@ def main():
               "vocabularies": {"fashion": f"{len(fashion_texts)} catalog texts + {len(pool)} synthesized queries",
                                "homedepot": f"{len(hd_texts)} titles + {len(hd_train)} train queries",
                                "wands": "the Home Depot speller (no WANDS catalog here)"},
-              "results": results, "seconds": round(time.time() - t0, 1)}
+              "results": results, "lexicon_load_s": round(lexicon_s, 3), "seconds": round(time.time() - t0, 1)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS / "speller.json", record)
     write_text(RESULTS / "speller.md", markdown(record))
@@ -186,7 +194,22 @@ def markdown(rec: dict) -> str:
     for key, label in (("fixed", "fixed"), ("left_as_typed", "left as typed"), ("wrong_word", "changed to a wrong word")):
         lines.append(f"| synthetic one-edit typos of catalog words (of {a['synthetic_typos']['n']}): {label} "
                      f"| {b['synthetic_typos'][key]} | {a['synthetic_typos'][key]} |")
-    lines += ["", "## Fashion dev misspellings", "", "| query | intended | before | after |", "|---|---|---|---|"]
+    lines.append(f"| mean time per query, Home Depot dev (ms) | {b['ms_per_query_homedepot_dev']} "
+                 f"| {a['ms_per_query_homedepot_dev']} |")
+    lines += ["", f"The English lexicon loads once per process, on the first word no shop list knows: "
+                  f"{rec['lexicon_load_s']} s here.", ""]
+    for key, label in (("homedepot_dev", "Home Depot"), ("wands", "WANDS")):
+        before, after = dict(map(tuple, b[key]["changed"])), dict(map(tuple, a[key]["changed"]))
+        kept = [q for q in before if q not in after]
+        other = [q for q in after if q in before and after[q] != before[q]]
+        new = [q for q in after if q not in before]
+        lines += [f"{label}: {len(kept)} queries changed before are now left as typed, {len(new)} are changed "
+                  f"now and were not before, {len(other)} are changed differently. Now left as typed:", ""]
+        lines += [f"- {q} (before: {before[q]})" for q in kept] + [""]
+        if new or other:
+            lines += ["Changed now, not before or differently:", ""]
+            lines += [f"- {q} -> {after[q]} (before: {before.get(q, q)})" for q in new + other] + [""]
+    lines += ["## Fashion dev misspellings", "", "| query | intended | before | after |", "|---|---|---|---|"]
     for rb, ra in zip(b["fashion_misspellings"]["rows"], a["fashion_misspellings"]["rows"]):
         lines.append(f"| {rb['query']} | {rb['intended']} | {rb['corrected']} | {ra['corrected']} |")
     for key, label in (("homedepot_dev", "Home Depot dev queries"), ("wands", "WANDS queries"),
