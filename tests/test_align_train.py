@@ -142,3 +142,67 @@ def test_unfreeze_product_trains_every_fusion_weight(fusion_weights):
         assert fusion_path & {id(p) for p in model.text_tower.parameters()}   # shared, really
     assert fusion_path <= trained and not fusion_path & frozen
     assert {id(p) for p in model.fused_proj.parameters()} <= trained
+
+
+def test_align_cli_never_trains_on_the_excluded_queries(tmp_path, monkeypatch):
+    """`dashclip align --exclude-queries FILE`: the queries in FILE (case and spacing aside) reach no
+    training batch (not as positives, graded negatives or mined hard negatives); the others do. A
+    line without a query is a user error naming the line."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from dashclip.cli import app
+    from dashclip.data.catalog import Catalog
+    from dashclip.models.embeddings import embed_catalog
+    from dashclip.training.align import GradeTable
+    from toy_catalog import COLORS, KINDS, make_catalog
+
+    monkeypatch.setenv("DASHCLIP_RUNS", str(tmp_path / "runs"))
+    cat_dir = make_catalog(tmp_path / "toy")
+    torch.manual_seed(0)
+    dashclip.create_model("tiny", pretrained=False).save(tmp_path / "model")
+    embed_catalog(dashclip.load(tmp_path / "model"), Catalog.open(cat_dir), tmp_path / "emb", progress=False)
+    # Toy ids: 100 + 6 * colour index + kind index. Query "<colour> <kind>" is relevant to its product.
+    rows = []
+    for c, colour in enumerate(list(COLORS)[:4]):
+        for k, kind in enumerate(KINDS[:4]):
+            pid, qid = 100 + 6 * c + k, f"q{c}{k}"
+            rows += [(qid, f"{colour} {kind}", pid, 2, 1.0), (qid, f"{colour} {kind}", (pid + 7) % 48 + 100, 0, 1.0)]
+    grades = pd.DataFrame(rows, columns=["qid", "query", "product_id", "grade", "confidence"])
+    grades.assign(labeler="seed", labeler_version="1").to_parquet(tmp_path / "g.parquet")
+    excluded = {"red shirt", "blue bag", "yellow watch"}
+    (tmp_path / "ex.jsonl").write_text('{"qid": "h1", "query": "Red  Shirt"}\n{"qid": "h2", "query": "blue bag"}\n'
+                                       '{"qid": "h3", "query": "yellow watch ", "style": "keyword"}\n')
+
+    seen: set[str] = set()
+    real_make_batch = GradeTable.make_batch
+
+    def recording(self, *args, **kwargs):
+        b = real_make_batch(self, *args, **kwargs)
+        seen.update(self.queries[j] for j in b.query_index)
+        return b
+    monkeypatch.setattr(GradeTable, "make_batch", recording)
+
+    def run(out, *extra):
+        seen.clear()
+        return CliRunner().invoke(app, ["align", "--model", str(tmp_path / "model"), "--grades",
+                                        str(tmp_path / "g.parquet"), "--embeddings", str(tmp_path / "emb"),
+                                        "--out", str(out), "--epochs", "2", "--batch-size", "8",
+                                        "--pairs-per-query", "2", "--amp", "none", "--device", "cpu",
+                                        "--no-progress", *extra])
+
+    res = run(tmp_path / "all")
+    assert res.exit_code == 0, res.output
+    assert excluded <= seen                                  # without the file, they are trained on
+    res = run(tmp_path / "held", "--exclude-queries", str(tmp_path / "ex.jsonl"))
+    assert res.exit_code == 0, res.output
+    assert seen and not seen & excluded, seen & excluded
+    assert {"red bag", "blue shirt"} <= seen                 # the other queries still are
+    summary = json.loads((tmp_path / "held" / "align.json").read_text())
+    assert summary["grades"]["dropped_heldout_query"] == 6   # 3 queries x 2 graded products
+    assert summary["table"]["trainable_queries"] == 16 - 3
+
+    (tmp_path / "bad.jsonl").write_text('{"query": "red shirt"}\n{"qid": "h2"}\n')
+    res = run(tmp_path / "bad", "--exclude-queries", str(tmp_path / "bad.jsonl"))
+    assert res.exit_code == 2 and "bad.jsonl: line 2: no 'query' field" in " ".join(res.output.split())

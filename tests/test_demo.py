@@ -5,9 +5,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from dashclip.settings import dataset_dir
+from dashclip.settings import data_dir
 
-pytestmark = pytest.mark.skipif(not (dataset_dir("fashion-product-images-small") / "catalog.csv").exists(),
+pytestmark = pytest.mark.skipif(not (data_dir() / "fashion-product-images-small" / "catalog.csv").exists(),
                                 reason="needs ../shared/data/fashion-product-images-small")
 
 

@@ -2,6 +2,8 @@
 `embed_catalog`, the toy catalog, a query file with labels, grocery transfer with Stage 1 on the
 train photos. Checks that the report's numbers are the benchmark path's numbers."""
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -108,11 +110,47 @@ def test_dashclip_eval_end_to_end(setup):
         pytest.approx({k: before[k] for k in ("ndcg@10", "recall@100", "mrr")})
 
 
-def test_run_eval_returns_the_headline_and_reuses_grocery_stage1(setup):
+@pytest.fixture(scope="module")
+def stage1(setup):
+    """The grocery Stage 1 run dir: the end-to-end test's (1 epoch, reused here), or made now when that
+    test was not run."""
+    from dashclip.evaluation.grocery import pretrain_on_split
+
+    s = setup
+    stage1 = s["tmp"] / "report" / "grocery-stage1"
+    pretrain_on_split(s["grocery"], stage1, config="tiny", image_size=32, epochs=1,
+                      cache_dir=str(s["tmp"] / "cache" / "image-features"))
+    return stage1
+
+
+def _no_training(monkeypatch):
+    """Stage 1 must not run: calling it fails the test."""
+    import dashclip.training.pretrain as pretrain_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Stage 1 was trained again instead of reused")
+    monkeypatch.setattr(pretrain_module, "pretrain", refuse)
+
+
+def _stamps(run_dir: Path) -> dict:
+    return {p.relative_to(run_dir): p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+
+
+def test_run_eval_returns_the_headline_and_reuses_grocery_stage1(setup, stage1, monkeypatch):
     s = setup
     out = s["tmp"] / "report2"
+    shutil.copytree(stage1, out / "grocery-stage1")        # a finished Stage 1 run in the report dir
+    before = _stamps(out / "grocery-stage1")
+    _no_training(monkeypatch)
+    lines = []
     paths = report.run_eval(s["model_dir"], s["cat"], out, queries_path=s["qfile"], qrels_path=s["qrels"],
-                            heldout_only=True, baselines=False, log=lambda m: None)
+                            heldout_only=True, baselines=False, log=lines.append,
+                            grocery_catalog_dir=s["grocery"], grocery_stage1_epochs=1,
+                            cache_dir=s["tmp"] / "cache")
+    assert _stamps(out / "grocery-stage1") == before      # reused: not a file rewritten
+    metrics = json.loads(paths["metrics"].read_text())
+    assert set(metrics["grocery"]) == {"zero-shot", "after Stage 1 on grocery train"}
+    assert metrics["meta"]["grocery_model_dir"] == str(out / "grocery-stage1" / "model")
     assert list(paths["headline"]) == ["dashclip text tower (before Stage 2)"]
     row = paths["headline"]["dashclip text tower (before Stage 2)"]
     assert set(row) == {"ndcg@10", "recall@100", "mrr"} and all(0.0 <= v <= 1.0 for v in row.values())
@@ -131,12 +169,14 @@ def test_embeddings_of_another_model_are_a_clear_error(setup, tmp_path):
     assert res.exit_code == 2 and "embeddings are from model" in text and "Traceback" not in text
 
 
-def test_grocery_only_eval_reuses_the_stage1_run_and_refuses_other_settings(setup):
+def test_grocery_only_eval_reuses_the_stage1_run_and_refuses_other_settings(setup, stage1, monkeypatch):
     from dashclip.evaluation.grocery import pretrain_on_split
 
     s = setup
-    stage1 = s["tmp"] / "report" / "grocery-stage1"  # trained by the end-to-end test (1 epoch)
+    before = _stamps(stage1)
+    _no_training(monkeypatch)
     assert pretrain_on_split(s["grocery"], stage1, config="tiny", image_size=32, epochs=1) == stage1 / "model"
+    assert _stamps(stage1) == before
     with pytest.raises(ValueError, match="other settings"):
         pretrain_on_split(s["grocery"], stage1, config="tiny", image_size=32, epochs=2)
     out = s["tmp"] / "grocery-only"

@@ -59,10 +59,23 @@ def test_synthesis_excludes_given_queries_and_is_deterministic(cat):
 
 
 def test_typo_changes_one_long_word():
+    """Exactly one word of 5+ letters gets one edit (a dropped, doubled or swapped letter); the
+    other words are kept; a text without such a word gets no typo."""
+    from dashclip.models.speller import edit_distance
+
     rng = np.random.default_rng(0)
-    typos = {make_typo("black sandals", rng) for _ in range(30)}
-    assert "black sandals" not in typos or len(typos) > 1
-    assert all(t.split()[0] == "black" or t.split()[1] == "sandals" for t in typos)
+    typos = [make_typo("a black sandals", rng) for _ in range(30)]
+    changed = set()
+    for t in typos:
+        words = t.split()
+        assert len(words) == 3 and words[0] == "a"                  # a short word is never touched
+        diff = [i for i, (w, orig) in enumerate(zip(words, ["a", "black", "sandals"])) if w != orig]
+        assert len(diff) == 1, t                                    # one word changed, never none, never two
+        i = diff[0]
+        assert edit_distance(words[i], ["a", "black", "sandals"][i]) == 1, t
+        changed.add(i)
+    assert changed == {1, 2}                                        # either long word can get the typo
+    assert len({len(t) for t in typos}) == 3                        # dropped, swapped and doubled letters all occur
     assert make_typo("a red hat", rng) is None
 
 

@@ -236,12 +236,22 @@ def test_pretrain_frozen_image_cached_end_to_end(catalog_dir, tmp_path):
     from dashclip.training.pretrain import pretrain
 
     out = tmp_path / "run"
-    result = pretrain(catalog_dir, out, tiny_config(epochs=3, freeze_image=True, cache_dir=str(tmp_path / "cache")))
+    result = pretrain(catalog_dir, out, tiny_config(epochs=10, lr=1e-2, freeze_image=True,
+                                                    cache_dir=str(tmp_path / "cache")))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r["kind"] == "eval"]
-    assert [e["epoch"] for e in evals] == [1, 2, 3]
+    assert [e["epoch"] for e in evals] == list(range(1, 11))
     for key in ("t2i_r@1", "t2i_r@5", "t2i_r@10", "i2t_r@1", "i2t_r@5", "i2t_r@10", "loss"):
-        assert all(0 <= e[key] for e in evals) and key in evals[0]
+        assert all(0 <= e[key] <= (1 if "@" in key else np.inf) for e in evals) and key in evals[0]
+    # It learns to match the held-out products' texts and images, well above chance (k / n held out).
+    # On seeds 0-15 (4 to 17 held-out products) the last epoch had R@1 (both ways, mean) >= 2.5x chance
+    # and R@5 >= min(1, chance + 0.38) each way; this seed (13 held out): R@1 0.31 / 0.54,
+    # R@5 0.85 / 0.77, chance 0.08 / 0.38. (3 epochs at lr 3e-3 stayed at chance.)
+    n = result.split["heldout_products"]
+    last = evals[-1]
+    assert (last["t2i_r@1"] + last["i2t_r@1"]) / 2 >= 2 / n, last
+    for way in ("t2i", "i2t"):
+        assert last[f"{way}_r@5"] >= min(1.0, 5 / n + 0.25), last
     train_rows = [r for r in rows if r["kind"] == "train"]
     assert {"itc", "itm", "itm_acc", "temperature", "pairs_per_s", "product_itc"} <= set(train_rows[-1])
     assert result.split["heldout_products"] > 0 and result.split["image_cache"]["failed_images"] == 0

@@ -58,3 +58,52 @@ def test_the_speller_travels_in_the_model_dir(tmp_path):
     assert torch.allclose(loaded.encode_query(["black jaket"]), before, atol=1e-5)
     assert loaded.model_id == model.model_id         # the query side is not part of the product space
     assert dashclip.create_model("tiny", pretrained=False).correct_queries(["jaket"]) == ["jaket"]
+
+
+# The wrong targets the old speller picked on another shop's real queries, all in the shop list.
+WRONG_TARGETS = ["Rice Cooper Pot", "Facebook Case", "Killed Bugs Spray", "Blended Wool Rug", "Kama Brass Bangle",
+                 "Nike Running Sneakers", "Cast Iron Pan", "Case for Phone", "Bangle for Him"]
+
+
+def test_real_words_stay_as_typed_and_typos_are_still_corrected():
+    """Queries the old speller broke ("rice cooker" -> "rice cooper", ...) stay as typed with a shop
+    list that holds those targets; a real misspelling of a shop word is still corrected."""
+    sp = QuerySpeller.build(WRONG_TARGETS)
+    for q in ("rice cooker", "macbook case", "cast iron skillet", "blender", "kada for him"):
+        assert sp.correct(q) == q
+    assert sp.correct("snaekers") == "sneakers"
+    assert sp.correct("nike snaekers for him") == "nike sneakers for him"
+
+
+def test_what_keeps_an_unknown_word_as_typed():
+    """With an empty English lexicon, one rule at a time: a word in the lexicon, the first letter, a
+    close rival, a short word, a digit, a brand-like capital."""
+    words = {"cooper": 10, "facebook": 10, "kama": 10, "blazer": 10, "blazed": 8, "glazer": 1,
+             "sneakers": 10, "controller": 10}
+    sp = QuerySpeller(words, lexicon=set())
+    assert sp.correct("cooker") == "cooper"                    # no lexicon: the old mistake comes back
+    assert QuerySpeller(words, lexicon={"cooker"}).correct("cooker") == "cooker"
+    assert QuerySpeller(words, lexicon={"cooker"}).correct("cookers") == "cookers"   # its plural too
+    assert sp.correct("hooper") == "hooper"                    # "cooper": one edit, but another first letter
+    assert sp.correct("ocoper") == "cooper"                    # unless the first two letters are swapped
+    assert sp.correct("macbook") == "macbook"                  # "facebook": two edits for 7 letters
+    assert sp.correct("blazet") == "blazet"                    # blazer 10 vs blazed 8: unsure
+    assert QuerySpeller({**words, "blazed": 1}, lexicon=set()).correct("blazet") == "blazer"   # clear margin
+    assert sp.correct("kada") == "kada"                        # under 5 letters
+    assert QuerySpeller(words, lexicon=set(), min_length=4).correct("kada") == "kama"
+    assert sp.correct("snaekers 2x") == "sneakers 2x" and sp.correct("snaekers2") == "snaekers2"   # a digit
+    assert sp.correct("SnaeKers") == "snaekers" and sp.correct("Snaekers") == "sneakers"  # brand-like capitals
+
+
+def test_a_speller_saved_before_the_lexicon_rules_still_loads(tmp_path):
+    """query_speller.json of format 1 ({"words", "min_length": 4}) loads and follows today's rules."""
+    import json
+
+    path = tmp_path / "query_speller.json"
+    path.write_text(json.dumps({"words": {"jacket": 5, "cooper": 3, "kama": 2}, "min_length": 4}))
+    sp = QuerySpeller.load(path)
+    assert sp.correct("black jaket") == "black jacket"
+    assert sp.correct("rice cooker") == "rice cooker" and sp.correct("kada") == "kada"
+    sp.save(tmp_path / "again.json")
+    again = QuerySpeller.load(tmp_path / "again.json")
+    assert again.words == sp.words and again.min_length == sp.min_length == 5

@@ -110,9 +110,30 @@ def test_max_steps_stops_early_and_evaluates(tmp_path):
     assert [e["step"] for e in result.evals] == [3]
 
 
+def _linear_output_dtypes(out: Path, **overrides) -> tuple[set, object]:
+    """Run the toy job, recording (grad enabled, dtype) of every nn.Linear output it computes."""
+    seen: set = set()
+
+    def hook(module, args, output):
+        if isinstance(module, nn.Linear):
+            seen.add((torch.is_grad_enabled(), output.dtype))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        _, result = run_toy(out, **overrides)
+    finally:
+        handle.remove()
+    return seen, result
+
+
 def test_bf16_autocast_runs_on_cpu(tmp_path):
-    _, result = run_toy(tmp_path, epochs=1, amp="bf16")
+    """With amp="bf16" the forward passes of training and evaluation compute in bfloat16 (the same
+    hook sees float32 when amp is off), and the loss stays finite."""
+    seen, result = _linear_output_dtypes(tmp_path / "bf16", epochs=1, amp="bf16")
+    assert seen == {(True, torch.bfloat16), (False, torch.bfloat16)}     # training steps, then evaluation
     assert math.isfinite(result.last["loss"])
+    seen_fp32, _ = _linear_output_dtypes(tmp_path / "fp32", epochs=1, amp=None)
+    assert seen_fp32 == {(True, torch.float32), (False, torch.float32)}
 
 
 def test_fp16_uses_a_grad_scaler_and_checkpoints_it(tmp_path):
