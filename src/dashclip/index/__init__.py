@@ -5,6 +5,7 @@
     ids, scores = open_index("runs/index", model_id=model.model_id).search(queries, k=10,
                                                                            filters={"gender": ["Women"]})
 """
-from .base import VectorIndex, build_index, open_index, read_meta
+from .backends import build_index, open_index
+from .base import VectorIndex, read_meta
 
 __all__ = ["VectorIndex", "build_index", "open_index", "read_meta"]

@@ -35,7 +35,6 @@ import pandas as pd
 from ..text import stem_plural
 from .vocabulary import Vocabulary
 
-ROLE_PATTERNS = {"colour": ("colour", "color"), "gender": ("gender", "sex"), "usage": ("usage", "occasion")}
 # How shoppers say who a product is for; keys are lowercase catalog values. A vocabulary adds to these.
 GENDER_PHRASES = {
     "men": (["men", "mens", "men's", "male"], ["for men", "for him", "for my husband", "for boyfriend"]),
@@ -59,17 +58,6 @@ STYLES = ("keyword", "synonym", "intent", "long", "misspelling")
 # embedding model must learn something new, so they get most of the pool.
 DEFAULT_MIX = {"keyword": 0.3, "synonym": 0.25, "intent": 0.2, "long": 0.1, "misspelling": 0.15}
 LEAD_INS = ("", "", "", "a ", "looking for ", "i need ", "i want ", "best ", "show me ")
-
-
-def attribute_roles(columns) -> dict[str, str]:
-    """Role -> column name for the attribute columns whose names say what they are."""
-    roles = {}
-    for col in columns:
-        low = col.lower()
-        for role, pats in ROLE_PATTERNS.items():
-            if role not in roles and any(p in low for p in pats):
-                roles[role] = col
-    return roles
 
 
 def _clean(v) -> str | None:

@@ -187,7 +187,7 @@ class DashCLIP(nn.Module):
         return h.hexdigest()
 
     def save(self, path: str | Path) -> Path:
-        from .factory import save_model
+        from .model_dir import save_model
         return save_model(self, path)
 
 
