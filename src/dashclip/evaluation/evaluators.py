@@ -253,7 +253,7 @@ class GroceryEvaluator:
     product's category; a ranking of products becomes a ranking of its distinct categories).
 
     With `feature_cache_dir`, the photos' image-tower features go through the Stage 1 feature cache
-    (`training.feature_cache`, float16): models that share an image tower (a model before and after
+    (`models.feature_cache`, float16): models that share an image tower (a model before and after
     Stage 1 with a frozen tower) and later runs encode the photos once. Photos that cannot be read
     are left out and counted (`n_photos_unreadable`)."""
 
@@ -286,7 +286,7 @@ class GroceryEvaluator:
 
         rels = self.photos["image"].tolist()
         if self.feature_cache_dir is not None and hasattr(model, "image_tower") and hasattr(model, "project_image"):
-            from ..training.feature_cache import build_or_open
+            from ..models.feature_cache import build_or_open
 
             cache = build_or_open(model, [self.catalog.image_path(r) for r in rels], self.feature_cache_dir,
                                   batch_size=self.batch_size, device=next(model.parameters()).device,
