@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ..clihelp import UserError, console, user_errors
+from .server import open_searcher, serve_app
 
 MODEL = typer.Option(..., "--model", help="Model dir (`dashclip pretrain` / `dashclip align` output).")
 INDEX = typer.Option(..., "--index", help="Index dir built with that model (`dashclip index build`).")
@@ -51,19 +52,6 @@ def read_queries(path: Path) -> list[dict]:
     return rows
 
 
-def _open_searcher(model: Path, index: Path, catalog: Optional[Path]):
-    import warnings
-
-    from .search import Searcher
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        searcher = Searcher.open(model, index, catalog)
-    for w in caught:
-        console.print(f"[yellow]warning:[/] {w.message}")
-    return searcher
-
-
 def register(app: typer.Typer) -> None:
     @app.command("search")
     def search(
@@ -94,7 +82,7 @@ def register(app: typer.Typer) -> None:
                 raise UserError("--output goes with --queries (batch mode)")
             filter_dict = parse_filter_args(filters, separators="=")
             batch = read_queries(queries) if queries is not None else None
-            searcher = _open_searcher(model, index, catalog)
+            searcher = open_searcher(model, index, catalog)
             filter_dict = searcher.check_filters(filter_dict)
             if batch is None:
                 hits = searcher.search(query, k=k, filters=filter_dict, hybrid=hybrid)
@@ -115,23 +103,6 @@ def register(app: typer.Typer) -> None:
     ):
         """Serve search over HTTP, with a web page at / and the API schema at /docs."""
         serve_app(model, index, catalog, host=host, port=port, watch_seconds=watch_seconds, log_level=log_level)
-
-
-def serve_app(model: Path, index: Path, catalog: Optional[Path] = None, host: str = "127.0.0.1", port: int = 8000,
-              watch_seconds: float = 2.0, log_level: str = "warning") -> None:
-    """Load the model and index, then serve until Ctrl+C (`dashclip serve` and `dashclip demo` both end here)."""
-    import uvicorn
-
-    from .service import create_app
-
-    with user_errors():
-        console.print(f"loading model {model} and index {index}")
-        searcher = _open_searcher(model, index, catalog)
-        app_ = create_app(searcher, catalog_dir=catalog, watch_seconds=watch_seconds)
-    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
-    console.print(f"[green]serving[/] {len(searcher.index)} products at [bold]http://{shown}:{port}/[/] "
-                  f"(API docs: http://{shown}:{port}/docs); Ctrl+C stops")
-    uvicorn.run(app_, host=host, port=port, log_level=log_level)
 
 
 def _print_table(query: str, hits, hybrid: bool) -> None:
