@@ -23,10 +23,10 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from ..ranking import HYBRID_DEPTH, RRF_K, rrf_fuse  # noqa: F401  (RRF_K: also public here)
+
 MAX_QUERY_CHARS = 256      # longer queries are refused, not cut: a truncated query is a different query
 MAX_K = 1000               # the service bounds k further (MAX_K_HTTP in service.py)
-RRF_K = 60                 # reciprocal-rank fusion constant (Cormack et al. 2009)
-HYBRID_DEPTH = 100         # each list contributes its top max(k, HYBRID_DEPTH) to the fusion
 ENCODE_BATCH = 64          # queries per encoder call in search_batch
 
 _SPACES = re.compile(r"\s+")
@@ -324,23 +324,6 @@ class QueryBatcher:
             for texts, future in jobs:
                 future.set_result(vectors[start:start + len(texts)])
                 start += len(texts)
-
-
-def rrf_fuse(vector_ids: list, keyword_ids: list) -> tuple[list, list[float]]:
-    """Reciprocal-rank fusion of a vector-search list and a BM25 list, each best first: (ids, scores),
-    best first (module docstring: scores). `--hybrid` search and the evaluation's hybrid system both
-    fuse through here."""
-    fused: dict[Any, list] = {}  # id -> [score, best rank, vector rank]
-    for source, ranked in (("vector", vector_ids), ("bm25", keyword_ids)):
-        for rank, pid in enumerate(ranked, 1):
-            entry = fused.setdefault(pid, [0.0, rank, len(vector_ids) + 1])
-            entry[0] += 1.0 / (RRF_K + rank)
-            entry[1] = min(entry[1], rank)
-            if source == "vector":
-                entry[2] = rank
-    # Ties (same fused score) go to the better single-list rank, then to the vector list.
-    order = sorted(fused, key=lambda pid: (-fused[pid][0], fused[pid][1], fused[pid][2]))
-    return order, [fused[pid][0] for pid in order]
 
 
 def resolve_catalog_dir(meta: dict, catalog_dir: str | Path | None, index_dir: str | Path) -> Path:
