@@ -42,6 +42,12 @@ def stem_plural(tok: str) -> str:
     return tok[:-1]
 
 
+def query_key(text: str) -> str:
+    """Queries are the same query when they differ only in case and spacing: the key that says so
+    (held-out queries kept out of training, the query pool deduplicated, the speller's query words)."""
+    return " ".join(str(text).lower().split())
+
+
 def tokenize(text: str) -> list[str]:
     return [stem_plural(t) for t in _TOKEN.findall(str(text).lower()) if t not in STOPWORDS]
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -31,6 +33,12 @@ CATALOG_FILE = "catalog.parquet"
 IMAGES_FILE = "images.parquet"
 MANIFEST_FILE = "manifest.json"
 CORE_COLUMNS = ("id", "title", "text", "category", "image")
+
+
+def is_missing(value) -> bool:
+    """Whether a catalog value is missing: None, NaN (pandas' float null) or pd.NA. The one test, so every
+    stage agrees on what a missing value is."""
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 @dataclass
@@ -85,7 +93,7 @@ class Catalog:
         if pid not in self.row_of:
             raise KeyError(f"unknown product id {pid!r}")
         row = self.products.iloc[self.row_of[pid]].to_dict()
-        return {k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in row.items()}
+        return {k: (None if is_missing(v) else v) for k, v in row.items()}
 
     @cached_property
     def integer_ids(self) -> bool:
@@ -132,7 +140,7 @@ class ImageIndex:
         primary = np.full(len(catalog.products), -1, dtype=np.int64)
         roles = images["role"] if "role" in images else pd.Series(["primary"] * len(images))
         for pid, rel, role in zip(images["product_id"].tolist(), images["image"].tolist(), roles.tolist()):
-            if rel is None or (isinstance(rel, float) and pd.isna(rel)):
+            if is_missing(rel):
                 skipped["no image path"] += 1
                 continue
             row = row_of.get(catalog.coerce_id(pid)) if pid is not None else None
@@ -175,7 +183,7 @@ def product_text(row: dict, attributes: list[str] | tuple = ()) -> str:
     seen = {parts[0].lower()}
     for key in ("category", *attributes):
         v = row.get(key)
-        if v is None or (isinstance(v, float) and pd.isna(v)):
+        if is_missing(v):
             continue
         s = str(v).strip()
         if s and s.lower() not in seen:

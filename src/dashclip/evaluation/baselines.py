@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..io import atomic_path
+from ..models.model import to_numpy
 from ..ranking import HYBRID_DEPTH, cosine_scores, rrf_fuse, tiebreak_order, top_k
 from .metrics import TOP
 
@@ -118,13 +119,6 @@ def sentence_scorer(name: str, texts: Sequence[str], product_ids: Sequence, enco
     key = f"{getattr(encoder, 'path', type(encoder).__name__)}|{getattr(encoder, 'max_length', '')}"
     vectors = cached_encode(lambda t: encoder.encode(t, progress=progress), texts, key, cache_dir)
     return EmbeddingScorer(name, lambda q: encoder.encode(q), vectors, product_ids)
-
-
-def to_numpy(x) -> np.ndarray:
-    """A Tensor (or array) as float32 numpy, detached."""
-    if hasattr(x, "detach"):
-        x = x.detach().float().cpu().numpy()
-    return np.asarray(x, dtype=np.float32)
 
 
 def model_query_encoder(model, method: str = "encode_query", batch_size: int = 256) -> Callable:

@@ -23,6 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from ..data.catalog import is_missing as _missing
+
 META_FILE = "meta.json"
 IDS_FILE = "ids.parquet"
 ATTRIBUTES_FILE = "attributes.parquet"
@@ -82,10 +84,6 @@ def attribute_frame(ids: list, attributes: pd.DataFrame | None, what: str = "att
         values = attributes[col]
         frame[str(col)] = pd.Series([None if _missing(v) else str(v) for v in values], dtype=object)
     return frame
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
 
 
 def now_iso() -> str:

@@ -192,4 +192,5 @@ class DashCLIP(nn.Module):
 
 
 def to_numpy(x) -> np.ndarray:
+    """A Tensor (or array) as float32 numpy, detached: the one conversion of encoder outputs."""
     return x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from ..data.catalog import is_missing
 from ..ranking import HYBRID_DEPTH, RRF_K, rrf_fuse  # noqa: F401  (RRF_K: also public here)
 
 MAX_QUERY_CHARS = 256      # longer queries are refused, not cut: a truncated query is a different query
@@ -84,7 +85,7 @@ def parse_filter_args(args: Iterable[str], separators: str = "=:") -> dict[str, 
 
 def _attribute_strings(values: pd.Series) -> pd.Series:
     """Attribute values as the index stores them: strings, None where missing."""
-    return pd.Series([None if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA else str(v)
+    return pd.Series([None if is_missing(v) else str(v)
                       for v in values], index=values.index, dtype=object)
 
 
@@ -363,6 +364,6 @@ def _plain(value):
 
 
 def _text_or_none(value) -> str | None:
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+    if is_missing(value):
         return None
     return str(value)
