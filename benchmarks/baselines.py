@@ -1,6 +1,6 @@
 """Retrieval baselines on the 120 fashion-queries, checked against the reference table of
 ../shared/data/fashion-queries/README.md, through the same code as `dashclip eval`
-(report.baseline_scorers + report.evaluate_queries; metrics.top_k ranks every system).
+(report.baseline_scorers + report.evaluate_queries; ranking.top_k ranks every system).
 
     python benchmarks/baselines.py [--catalog runs/catalogs/fashion]
                                    [--model DIR --embeddings DIR] [--cache-dir runs/cache/eval]

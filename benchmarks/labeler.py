@@ -34,7 +34,8 @@ from dashclip.labeling.grading import grade_pairs
 from dashclip.labeling.labelers import pairs_from
 from dashclip.labeling.labelers.cosine import CosineLabeler
 from dashclip.labeling.labelers.cross_encoder import CrossEncoderConfig, CrossEncoderLabeler, train_from_seed
-from dashclip.labeling.queries import normalize, read_queries, synthesize_queries
+from dashclip.labeling.queries import read_queries, synthesize_queries
+from dashclip.text import query_key
 from dashclip.labeling.seed import seed_from_labels_py
 from dashclip.settings import dataset_dir, is_heldout_qid
 from dashclip.text import BM25
@@ -146,8 +147,8 @@ def main() -> None:
     pool, pairs = pd.read_parquet(pool_path), pd.read_parquet(pairs_path)
     # The pool feeds Stage 2 training: no held-out evaluation query may be in it (compared normalised).
     dev = read_queries(qfile)
-    heldout_norm = {normalize(q) for q in dev.loc[dev["qid"].map(is_heldout_qid), "query"]}
-    leaked = sorted(set(pool["query"].map(normalize)) & heldout_norm)
+    heldout_norm = {query_key(q) for q in dev.loc[dev["qid"].map(is_heldout_qid), "query"]}
+    leaked = sorted(set(pool["query"].map(query_key)) & heldout_norm)
     if leaked:
         raise SystemExit(f"{pool_path}: holds held-out queries {leaked[:5]}; delete it and re-run")
     result["pool"] = {"queries": len(pool), "pairs": len(pairs), "target_pairs": 100 * len(seed),

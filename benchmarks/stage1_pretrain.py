@@ -159,7 +159,7 @@ def main() -> None:
 
     from dashclip.data.catalog import Catalog
     from dashclip.training.data import CatalogPairs
-    from dashclip.training.feature_cache import build_or_open
+    from dashclip.models.feature_cache import build_or_open
     from dashclip.training.pretrain import (ImageSource, PretrainConfig, build_model, freeze, pretrain)
 
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

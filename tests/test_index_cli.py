@@ -141,13 +141,12 @@ def test_build_reads_the_image_features_stage1_cached(setup, tmp_path, monkeypat
     (given by --image-cache, or in its default home) instead of running the image tower again."""
     import dashclip
     from dashclip.data.catalog import Catalog
-    from dashclip.training.data import CatalogPairs
-    from dashclip.training.feature_cache import build_or_open
+    from dashclip.models.feature_cache import build_or_open
 
     monkeypatch.setenv("DASHCLIP_RUNS", str(tmp_path / "runs"))      # the default cache home, empty
     catalog, model, _ = setup
     net = dashclip.load(model)
-    build_or_open(net, CatalogPairs.from_catalog(Catalog.open(catalog)).image_paths, tmp_path / "cache",
+    build_or_open(net, Catalog.open(catalog).image_index().paths, tmp_path / "cache",
                   show_progress=False)
     code, out = invoke("build", "--model", model, "--catalog", catalog, "--out", tmp_path / "idx",
                        "--image-cache", tmp_path / "cache", "--quiet")

@@ -297,15 +297,14 @@ def test_embed_catalog_reads_stage1_image_features_from_the_cache(tmp_path, monk
     (up to the cache's float16); a changed tower has another key, so the cache is not used."""
     from dashclip.models.embeddings import embed_catalog, load_embeddings
     from dashclip.data.catalog import Catalog
-    from dashclip.training.data import CatalogPairs
-    from dashclip.training.feature_cache import build_or_open
+    from dashclip.models.feature_cache import build_or_open
 
     monkeypatch.setenv("DASHCLIP_RUNS", str(tmp_path / "runs"))      # the default cache home, empty
     catalog_dir = make_catalog(tmp_path / "cat", extra_photos=1)
     (catalog_dir / "images" / "101.png").write_bytes(b"not an image")
     catalog = Catalog.open(catalog_dir)
     model = create_model("tiny", pretrained=False).eval()
-    build_or_open(model, CatalogPairs.from_catalog(catalog).image_paths, tmp_path / "cache", show_progress=False)
+    build_or_open(model, catalog.image_index().paths, tmp_path / "cache", show_progress=False)
 
     plain = load_embeddings(embed_catalog(model, catalog, tmp_path / "plain", batch_size=8, progress=False))
     fast = load_embeddings(embed_catalog(model, catalog, tmp_path / "fast", batch_size=8, progress=False,
@@ -322,6 +321,6 @@ def test_embed_catalog_reads_stage1_image_features_from_the_cache(tmp_path, monk
     # With no root given, the default home of caches (where `dashclip pretrain` puts them) is read.
     from dashclip.settings import image_cache_dir
 
-    build_or_open(model, CatalogPairs.from_catalog(catalog).image_paths, image_cache_dir(), show_progress=False)
+    build_or_open(model, catalog.image_index().paths, image_cache_dir(), show_progress=False)
     default = load_embeddings(embed_catalog(model, catalog, tmp_path / "default", batch_size=8, progress=False))
     assert default.meta["image_features"].startswith("cache ")

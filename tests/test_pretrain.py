@@ -80,12 +80,11 @@ def test_feature_cache_matches_tower_and_is_keyed_by_weights_and_preprocessing(c
     import dataclasses
 
     from dashclip.data.catalog import Catalog
-    from dashclip.training.data import CatalogPairs
-    from dashclip.training.feature_cache import build_or_open, cache_key, load_images
+    from dashclip.models.feature_cache import build_or_open, cache_key, load_images
     from dashclip.training.pretrain import build_model
 
     model = build_model(tiny_config()).eval()
-    paths = CatalogPairs.from_catalog(Catalog.open(catalog_dir)).image_paths
+    paths = Catalog.open(catalog_dir).image_index().paths
     cache = build_or_open(model, paths, tmp_path, batch_size=16, show_progress=False)
     assert cache.valid.all() and len(cache) == len(paths)
     patches, pooled = cache.features([3, 0, 7])
@@ -121,12 +120,11 @@ def test_feature_cache_marks_an_unreadable_image_invalid_and_names_it(catalog_di
     import shutil
 
     from dashclip.data.catalog import Catalog
-    from dashclip.training import feature_cache
-    from dashclip.training.data import CatalogPairs
+    from dashclip.models import feature_cache
     from dashclip.training.pretrain import build_model
 
     model = build_model(tiny_config()).eval()
-    paths = CatalogPairs.from_catalog(Catalog.open(catalog_dir)).image_paths[:20]
+    paths = Catalog.open(catalog_dir).image_index().paths[:20]
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     missing = tmp_path / "missing.jpg"
@@ -144,12 +142,11 @@ def test_feature_cache_marks_an_unreadable_image_invalid_and_names_it(catalog_di
 def test_feature_cache_build_resumes_after_a_kill_and_matches_an_uninterrupted_build(catalog_dir, tmp_path,
                                                                                       monkeypatch):
     from dashclip.data.catalog import Catalog
-    from dashclip.training import feature_cache
-    from dashclip.training.data import CatalogPairs
+    from dashclip.models import feature_cache
     from dashclip.training.pretrain import build_model
 
     model = build_model(tiny_config()).eval()
-    paths = CatalogPairs.from_catalog(Catalog.open(catalog_dir)).image_paths     # 54 images
+    paths = Catalog.open(catalog_dir).image_index().paths     # 54 images
     whole = feature_cache.build_or_open(model, paths, tmp_path / "a", batch_size=8, show_progress=False)
 
     real_load, loaded = feature_cache.load_images, []
@@ -182,12 +179,11 @@ def test_feature_cache_on_a_full_disk_is_a_clear_error_and_leaves_no_cache(catal
     from collections import namedtuple
 
     from dashclip.data.catalog import Catalog
-    from dashclip.training import feature_cache
-    from dashclip.training.data import CatalogPairs
+    from dashclip.models import feature_cache
     from dashclip.training.pretrain import build_model
 
     model = build_model(tiny_config()).eval()
-    paths = CatalogPairs.from_catalog(Catalog.open(catalog_dir)).image_paths
+    paths = Catalog.open(catalog_dir).image_index().paths
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 100, 100))
     with pytest.raises(OSError, match="GiB free"):
@@ -199,12 +195,11 @@ def test_feature_cache_on_a_full_disk_is_a_clear_error_and_leaves_no_cache(catal
 
 def test_feature_cache_precision_is_part_of_the_key(catalog_dir, tmp_path):
     from dashclip.data.catalog import Catalog
-    from dashclip.training.data import CatalogPairs
-    from dashclip.training.feature_cache import build_or_open, cache_key, find
+    from dashclip.models.feature_cache import build_or_open, cache_key, find
     from dashclip.training.pretrain import build_model
 
     model = build_model(tiny_config()).eval()
-    paths = CatalogPairs.from_catalog(Catalog.open(catalog_dir)).image_paths
+    paths = Catalog.open(catalog_dir).image_index().paths
     assert cache_key(model, paths, "bf16")[0] != cache_key(model, paths)[0]
     assert find(model, paths, tmp_path) is None
     half = build_or_open(model, paths, tmp_path, show_progress=False, amp="bf16")
@@ -215,7 +210,7 @@ def test_feature_cache_precision_is_part_of_the_key(catalog_dir, tmp_path):
 
 
 def test_feature_cache_marks_unreadable_images(catalog_dir, tmp_path):
-    from dashclip.training.feature_cache import build_or_open
+    from dashclip.models.feature_cache import build_or_open
     from dashclip.training.pretrain import build_model
 
     broken = tmp_path / "broken.jpg"

@@ -136,9 +136,10 @@ def test_index_build_cli_refuses_non_index_out_before_embedding(tmp_path, monkey
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "keep.txt").write_text("x")
+    import dashclip.index.catalog_index as catalog_index
     import dashclip.index.cli as index_cli
-    for slow in ("_load_model", "_catalog_embeddings"):
-        monkeypatch.setattr(index_cli, slow, lambda *a, **k: pytest.fail("work done before checking --out"))
+    for home, slow in ((index_cli, "_load_model"), (catalog_index, "catalog_embeddings")):
+        monkeypatch.setattr(home, slow, lambda *a, **k: pytest.fail("work done before checking --out"))
     code, output = invoke("build", "--model", model, "--catalog", catalog, "--out", mine, "-q")
     assert code == 2 and "non-empty folder that is not a dashclip index output" in output and "--overwrite" in output
     code, output = invoke("build", "--model", model, "--catalog", catalog, "--out", catalog, "-q")

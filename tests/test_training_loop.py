@@ -200,7 +200,7 @@ if __name__ == "__main__":   # the toy job the kill -9 test runs: 2 epochs x 32 
 def test_param_groups_scale_the_lr_of_named_parts():
     from torch import nn
 
-    from dashclip.training.loop import param_groups
+    from dashclip.optim import param_groups
 
     model = nn.ModuleDict({"text_tower": nn.Linear(3, 3), "head": nn.Linear(3, 2)})
     plain = param_groups(model, 0.05)
@@ -215,7 +215,7 @@ def test_param_groups_scale_the_lr_of_named_parts():
 
 
 def test_adamw_uses_the_fused_kernel_on_cpu_and_makes_the_same_update():
-    from dashclip.training.loop import adamw, param_groups
+    from dashclip.optim import adamw, param_groups
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 4), nn.LayerNorm(4), nn.Linear(4, 2))

@@ -270,7 +270,7 @@ def step_index(d: Demo) -> dict:
     import dashclip
 
     from .data.catalog import Catalog
-    from .index.cli import build_catalog_index
+    from .index.catalog_index import build_catalog_index
 
     model = dashclip.load(d.path("model"))
     index = build_catalog_index(model, d.path("model"), Catalog.open(d.path("catalog")), d.path("index"),
@@ -356,5 +356,5 @@ def register(app: typer.Typer) -> None:
             d = run_demo(work, quick=quick, fresh=fresh, log=lambda m: console.print(f"[bold cyan]demo[/] {m}"))
         print_headline(d, console)
         if serve:
-            from .serving.cli import serve_app
+            from .serving.server import serve_app
             serve_app(d.path("model"), d.path("index"), d.path("catalog"), host=host, port=port)

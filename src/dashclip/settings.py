@@ -1,6 +1,7 @@
 """Where dashclip finds things. One place, so every stage agrees."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -27,6 +28,18 @@ def dataset_dir(name: str) -> Path:
         raise FileNotFoundError(
             f"dataset folder not found: {path} (set DASHCLIP_DATA to the folder that holds {name!r})")
     return path
+
+
+def load_labels_module(path: str | Path):
+    """Import a dataset's own labels.py (e.g. ../shared/data/fashion-queries/labels.py) by path: the
+    evaluation and the seed grades both grade through it, never through a copy."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"labels module not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"_dashclip_labels_{abs(hash(str(path)))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def runs_dir() -> Path:

@@ -10,6 +10,8 @@ import re
 
 import numpy as np
 
+from .ranking import tiebreak_order, top_k
+
 # NLTK's English stopword list (copied so that nltk and its data download are not needed).
 STOPWORDS = frozenset("""
 a about above after again against ain all am an and any are aren aren't as at be because been before being
@@ -40,6 +42,12 @@ def stem_plural(tok: str) -> str:
     return tok[:-1]
 
 
+def query_key(text: str) -> str:
+    """Queries are the same query when they differ only in case and spacing: the key that says so
+    (held-out queries kept out of training, the query pool deduplicated, the speller's query words)."""
+    return " ".join(str(text).lower().split())
+
+
 def tokenize(text: str) -> list[str]:
     return [stem_plural(t) for t in _TOKEN.findall(str(text).lower()) if t not in STOPWORDS]
 
@@ -47,8 +55,8 @@ def tokenize(text: str) -> list[str]:
 class BM25:
     """BM25 over a list of documents. `search` returns (row indices, scores), best first.
 
-    Equal scores are ordered by a fixed random permutation of the rows (seeded), so ties never
-    favour catalog order."""
+    Equal scores are ordered by a fixed random permutation of the rows (seeded: `ranking.top_k`'s
+    rule), so ties never favour catalog order."""
 
     def __init__(self, docs: list[str], k1: float = 1.5, b: float = 0.75, seed: int = 0):
         import bm25s
@@ -56,7 +64,7 @@ class BM25:
         self.n = len(docs)
         self._bm25 = bm25s.BM25(method="lucene", k1=k1, b=b)
         self._bm25.index([tokenize(d) for d in docs], show_progress=False)
-        self._tiebreak = np.random.default_rng(seed).permutation(self.n)
+        self._tiebreak = tiebreak_order(self.n, seed)
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of every document for one query (float32, length n)."""
@@ -69,6 +77,5 @@ class BM25:
         """Top-k rows; `allowed` (a boolean mask over the rows) restricts them, e.g. to attribute filters."""
         s = self.scores(query)
         rows = np.arange(self.n) if allowed is None else np.flatnonzero(allowed)
-        # Sort by score desc, then by the fixed permutation for ties.
-        order = rows[np.lexsort((self._tiebreak[rows], -s[rows]))[:k]]
+        order = rows[top_k(s[rows], k, self._tiebreak[rows])]  # ties: the one rule (dashclip.ranking)
         return order, s[order]

@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import math
+
+import numpy as np
 import pandas as pd
 
 from ..io import read_json
@@ -32,6 +35,12 @@ CATALOG_FILE = "catalog.parquet"
 IMAGES_FILE = "images.parquet"
 MANIFEST_FILE = "manifest.json"
 CORE_COLUMNS = ("id", "title", "text", "category", "image")
+
+
+def is_missing(value) -> bool:
+    """Whether a catalog value is missing: None, NaN (pandas' float null) or pd.NA. The one test, so every
+    stage agrees on what a missing value is."""
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 @dataclass
@@ -86,7 +95,7 @@ class Catalog:
         if pid not in self.row_of:
             raise KeyError(f"unknown product id {pid!r}")
         row = self.products.iloc[self.row_of[pid]].to_dict()
-        return {k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in row.items()}
+        return {k: (None if is_missing(v) else v) for k, v in row.items()}
 
     @cached_property
     def integer_ids(self) -> bool:
@@ -102,9 +111,68 @@ class Catalog:
                 raise KeyError(f"unknown product id {pid!r}") from None
         return str(pid)
 
+    def image_index(self) -> "ImageIndex":
+        """Every image of the catalog in one fixed order, with its products: see `ImageIndex`."""
+        return ImageIndex.of(self)
+
     def product_texts(self) -> list[str]:
         """The text of every product as the text models read it: see `product_text`."""
         return [product_text(r, self.attributes) for r in self.products.to_dict("records")]
+
+
+@dataclass
+class ImageIndex:
+    """A catalog's images numbered in one fixed order (images.parquet's, each file once), and which
+    product each belongs to. Products are numbered by their row in `catalog.products`.
+
+    The order is what Stage 1's pairs and the image-feature caches (models/feature_cache.py, keyed by
+    this list of paths) number images by, so it must not change."""
+
+    paths: list[Path]               # per image: absolute path
+    pair_product: np.ndarray        # [pairs] product row of each (image, product) pair
+    pair_image: np.ndarray          # [pairs] image number of each pair
+    primary: np.ndarray             # [products] one image number per product (-1: none)
+    skipped: dict                   # reason -> count of image rows that made no pair
+
+    @classmethod
+    def of(cls, catalog: Catalog) -> "ImageIndex":
+        row_of, images = catalog.row_of, catalog.images
+        skipped = {"no image path": 0, "unknown product id": 0}
+        pair_product, pair_image, paths, index_of_path = [], [], [], {}
+        primary = np.full(len(catalog.products), -1, dtype=np.int64)
+        roles = images["role"] if "role" in images else pd.Series(["primary"] * len(images))
+        for pid, rel, role in zip(images["product_id"].tolist(), images["image"].tolist(), roles.tolist()):
+            if is_missing(rel):
+                skipped["no image path"] += 1
+                continue
+            row = row_of.get(catalog.coerce_id(pid)) if pid is not None else None
+            if row is None:
+                skipped["unknown product id"] += 1
+                continue
+            if rel not in index_of_path:
+                index_of_path[rel] = len(paths)
+                paths.append(catalog.image_path(rel))
+            img = index_of_path[rel]
+            pair_product.append(row)
+            pair_image.append(img)
+            if primary[row] < 0 or role == "primary":
+                primary[row] = img
+        return cls(paths, np.asarray(pair_product, dtype=np.int64), np.asarray(pair_image, dtype=np.int64),
+                   primary, {k: v for k, v in skipped.items() if v})
+
+    def without_images(self, bad: np.ndarray) -> "ImageIndex":
+        """Drop the pairs whose image number is marked True in `bad` (images that failed to load); a
+        product whose primary image is dropped gets another of its images, when it has one."""
+        keep = ~bad[self.pair_image]
+        primary = self.primary.copy()
+        primary[(primary >= 0) & bad[np.maximum(primary, 0)]] = -1
+        for row, img in zip(self.pair_product[keep], self.pair_image[keep]):  # another photo stands in
+            if primary[row] < 0:
+                primary[row] = img
+        skipped = dict(self.skipped)
+        if (~keep).sum():
+            skipped["image failed to load"] = int((~keep).sum())
+        return ImageIndex(self.paths, self.pair_product[keep], self.pair_image[keep], primary, skipped)
 
 
 def product_text(row: dict, attributes: list[str] | tuple = ()) -> str:
@@ -117,7 +185,7 @@ def product_text(row: dict, attributes: list[str] | tuple = ()) -> str:
     seen = {parts[0].lower()}
     for key in ("category", *attributes):
         v = row.get(key)
-        if v is None or (isinstance(v, float) and pd.isna(v)):
+        if is_missing(v):
             continue
         s = str(v).strip()
         if s and s.lower() not in seen:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..settings import dataset_dir
-from .importer import ExtraImage, Mapping, RawRow, Table
+from .rows import ExtraImage, Mapping, RawRow, Table
 
 
 @dataclass

@@ -2,7 +2,7 @@
 encoder (MiniLM), and a dashclip model (its query encoder, or its text tower, against product embeddings).
 
 A *scorer* has `name`, `product_ids` (the columns) and `scores(queries) -> float32 [Q, N]`. Every
-scorer is ranked by `rank` (`metrics.top_k`: one tie rule), so BM25, MiniLM and the model share one
+scorer is ranked by `rank` (`ranking.top_k`: one tie rule), so BM25, MiniLM and the model share one
 ranking. `baseline_scorers` are the report's reference systems; `bm25_rankings` / `minilm_rankings`
 give their rankings directly (the benchmark scripts use them), through the same scorers.
 """
@@ -15,7 +15,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..io import atomic_path
-from .metrics import TOP, tiebreak_order, top_k
+from ..models.model import to_numpy
+from ..ranking import HYBRID_DEPTH, cosine_scores, rrf_fuse, tiebreak_order, top_k
+from .metrics import TOP
 
 
 class EmbeddingScorer:
@@ -30,8 +32,7 @@ class EmbeddingScorer:
         self.product_ids = list(product_ids)
 
     def scores(self, queries: list[str]) -> np.ndarray:
-        q = np.asarray(self.encode_queries(list(queries)), dtype=np.float32)
-        return q @ self.product_vectors.T
+        return cosine_scores(self.encode_queries(list(queries)), self.product_vectors)
 
 
 class BM25Scorer:
@@ -52,7 +53,7 @@ class BM25Scorer:
 
 class HybridScorer:
     """BM25 and a vector system fused by reciprocal rank, as `dashclip search --hybrid` ranks: each
-    list's top `depth` (BM25: products sharing a word with the query), fused by `serving.search.rrf_fuse`.
+    list's top `depth` (BM25: products sharing a word with the query), fused by `ranking.rrf_fuse`.
     Its scores only order the fused list (higher first; -1 for products in neither list), so it is
     a ranking-only system: the relevance (ROC-AUC) evaluation leaves it out."""
 
@@ -60,8 +61,6 @@ class HybridScorer:
 
     def __init__(self, name: str, vector: EmbeddingScorer, keyword: BM25Scorer, depth: int | None = None,
                  correct: Callable[[list[str]], list[str]] | None = None):
-        from ..serving.search import HYBRID_DEPTH
-
         if list(vector.product_ids) != list(keyword.product_ids):
             raise ValueError(f"{name}: the vector and BM25 systems rank different products")
         self.name, self.vector, self.keyword = name, vector, keyword
@@ -70,8 +69,6 @@ class HybridScorer:
         self.correct = correct        # the model's spelling correction, which BM25 reads the query through
 
     def scores(self, queries: list[str]) -> np.ndarray:
-        from ..serving.search import rrf_fuse
-
         tiebreak = tiebreak_order(len(self.product_ids))
         vec = self.vector.scores(queries)
         kw = self.keyword.scores(self.correct(list(queries)) if self.correct is not None else queries)
@@ -124,13 +121,6 @@ def sentence_scorer(name: str, texts: Sequence[str], product_ids: Sequence, enco
     return EmbeddingScorer(name, lambda q: encoder.encode(q), vectors, product_ids)
 
 
-def to_numpy(x) -> np.ndarray:
-    """A Tensor (or array) as float32 numpy, detached."""
-    if hasattr(x, "detach"):
-        x = x.detach().float().cpu().numpy()
-    return np.asarray(x, dtype=np.float32)
-
-
 def model_query_encoder(model, method: str = "encode_query", batch_size: int = 256) -> Callable:
     """texts -> float32 [N, D] with one of the model's text encoders (`encode_query`, `encode_text`)."""
     fn = getattr(model, method)
@@ -166,7 +156,7 @@ def model_scorers(model, product_vectors: np.ndarray, product_ids: Sequence,
 
 
 def rank(scorer, texts: Sequence[str], k: int = TOP, batch: int = 64) -> list[list]:
-    """The top-k product ids of each query text, best first (ties: `metrics.top_k`'s fixed rule)."""
+    """The top-k product ids of each query text, best first (ties: `ranking.top_k`'s fixed rule)."""
     ids = np.asarray(scorer.product_ids, dtype=object)
     tiebreak = tiebreak_order(len(ids))
     out = []

@@ -19,7 +19,9 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .metrics import TOP, evaluate_rankings, tiebreak_order, top_k
+from ..data.catalog import is_missing
+from ..ranking import tiebreak_order, top_k
+from .metrics import TOP, evaluate_rankings
 
 RECALL_KS = (1, 5, 10, 20, 50, 100)
 
@@ -178,7 +180,7 @@ class CategoryEvaluator:
         neighbours: dict[tuple, tuple] = {}
         for column, values in self.labels.items():
             y_all = values[keep]
-            known = np.array([v is not None and not (isinstance(v, float) and np.isnan(v)) for v in y_all])
+            known = np.array([not is_missing(v) for v in y_all])
             train = known & ~is_test
             classes = np.array(sorted({str(v) for v in y_all[train]}))
             class_index = {c: i for i, c in enumerate(classes)}
@@ -253,7 +255,7 @@ class GroceryEvaluator:
     product's category; a ranking of products becomes a ranking of its distinct categories).
 
     With `feature_cache_dir`, the photos' image-tower features go through the Stage 1 feature cache
-    (`training.feature_cache`, float16): models that share an image tower (a model before and after
+    (`models.feature_cache`, float16): models that share an image tower (a model before and after
     Stage 1 with a frozen tower) and later runs encode the photos once. Photos that cannot be read
     are left out and counted (`n_photos_unreadable`)."""
 
@@ -282,11 +284,11 @@ class GroceryEvaluator:
         """(photo embeddings of the readable photos, mask of readable photos)."""
         import torch
 
-        from .baselines import to_numpy
+        from ..models.model import to_numpy
 
         rels = self.photos["image"].tolist()
         if self.feature_cache_dir is not None and hasattr(model, "image_tower") and hasattr(model, "project_image"):
-            from ..training.feature_cache import build_or_open
+            from ..models.feature_cache import build_or_open
 
             cache = build_or_open(model, [self.catalog.image_path(r) for r in rels], self.feature_cache_dir,
                                   batch_size=self.batch_size, device=next(model.parameters()).device,
@@ -305,7 +307,7 @@ class GroceryEvaluator:
     def __call__(self, model, progress=None) -> dict:
         import torch
 
-        from .baselines import to_numpy
+        from ..models.model import to_numpy
 
         products = self.catalog.products
         texts = self.catalog.product_texts()

@@ -1,4 +1,4 @@
-"""Ranking metrics and the one ranking function, after ../shared/data/fashion-queries/README.md.
+"""Ranking metrics, after ../shared/data/fashion-queries/README.md.
 
 Definitions (exact, so that numbers compare with the README's reference table):
 
@@ -11,9 +11,9 @@ Definitions (exact, so that numbers compare with the README's reference table):
 - P@10: products with label >= 1 among the top 10, divided by 10;
 - every metric is averaged over queries, and per query style.
 
-Ties: `top_k` orders equal scores by a fixed random permutation of the candidates (seeded, the
-same rule as `dashclip.text.BM25`), so ties never favour catalog order and the same scores always
-give the same ranking. Every system (BM25, MiniLM, the model) is ranked by `top_k`.
+Ties: `top_k` (dashclip.ranking, the one tie rule) orders equal scores by a fixed random permutation
+of the candidates (seeded), so ties never favour catalog order and the same scores always give the
+same ranking. Every system (BM25, MiniLM, the model) is ranked by `top_k`.
 """
 from __future__ import annotations
 
@@ -22,37 +22,10 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..ranking import tiebreak_order, top_k  # noqa: F401  (the metrics' tie rule; also public here)
+
 HIGHLY_RELEVANT = 2
 TOP = 100  # rankings are cut here (README)
-
-
-def tiebreak_order(n: int, seed: int = 0) -> np.ndarray:
-    """The fixed permutation that orders equal scores (same as dashclip.text.BM25's)."""
-    return np.random.default_rng(seed).permutation(n)
-
-
-def top_k(scores: np.ndarray, k: int, tiebreak: np.ndarray | None = None) -> np.ndarray:
-    """Indices of the k best columns of `scores` ([N] or [Q, N]), best first.
-
-    Equal scores are ordered by `tiebreak` (lower first; default: `tiebreak_order(N)`).
-    Runs in O(N) per row plus a sort of the few candidates at or above the k-th score."""
-    scores = np.asarray(scores)
-    single = scores.ndim == 1
-    scores = np.atleast_2d(scores)
-    n = scores.shape[1]
-    k = min(k, n)
-    if tiebreak is None:
-        tiebreak = tiebreak_order(n)
-    out = np.empty((scores.shape[0], k), dtype=np.int64)
-    for i, row in enumerate(scores):
-        if k < n:
-            kth = np.partition(row, n - k)[n - k]  # the k-th largest score
-            cand = np.flatnonzero(row >= kth)    # every row tied with it too
-        else:
-            cand = np.arange(n)
-        order = np.lexsort((tiebreak[cand], -row[cand]))[:k]
-        out[i] = cand[order]
-    return out[0] if single else out
 
 
 def dedupe(ids: Iterable) -> list:

@@ -7,13 +7,12 @@ query's predicate through the dataset's own labels.py (imported by path, never c
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
 
 from ..io import check_unique_qids, iter_jsonl
-from ..settings import is_heldout_qid
+from ..settings import is_heldout_qid, load_labels_module  # noqa: F401  (also public here)
 
 
 
@@ -39,17 +38,6 @@ def load_queries(path: str | Path, heldout_only: bool = False) -> list[dict]:
     if heldout_only:
         queries = [q for q in queries if is_heldout_qid(q["qid"])]
     return queries
-
-
-def load_labels_module(path: str | Path):
-    """Import a labels.py (e.g. ../shared/data/fashion-queries/labels.py) by path."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"labels module not found: {path}")
-    spec = importlib.util.spec_from_file_location(f"_dashclip_labels_{abs(hash(str(path)))}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def labels_frame(products: pd.DataFrame) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""The vector index interface shared by every backend, and `build_index` / `open_index`.
+"""The vector index interface shared by every backend (`build_index`, `open_index`, `updating`: backends.py).
 
 An index dir holds:
 
@@ -22,7 +22,6 @@ Product ids are the catalog's ids: all ints or all strings, never mixed.
 from __future__ import annotations
 
 import abc
-import contextlib
 import datetime as dt
 import json
 import re
@@ -35,7 +34,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..io import LOCK_FILE, dir_lock, prepare_output_dir, write_json
+from ..data.catalog import is_missing as _missing
+from ..io import dir_lock, write_json
 
 META_FILE = "meta.json"
 IDS_FILE = "ids.parquet"
@@ -100,10 +100,6 @@ def attribute_frame(ids: list, attributes: pd.DataFrame | None, what: str = "att
         values = attributes[col]
         frame[str(col)] = pd.Series([None if _missing(v) else str(v) for v in values], dtype=object)
     return frame
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
 
 
 def now_iso() -> str:
@@ -334,59 +330,7 @@ class VectorIndex(abc.ABC):
             clean_index_dir(self.path, keep=(name, previous))
 
 
-# ----------------------------------------------------------------------------- build / open
-
-def build_index(vectors: np.ndarray, ids: Sequence, out_dir: str | Path, meta: dict | None = None,
-                backend: str = "faiss", factory: str | None = None,
-                attributes: pd.DataFrame | None = None, uri: str | None = None,
-                progress: bool = False, overwrite: bool = False, inputs: Sequence = (),
-                **options) -> VectorIndex:
-    """Build an index of `vectors` (row i is product `ids[i]`) at `out_dir`, atomically.
-
-    `out_dir` may be missing, empty or an index (replaced atomically, under its write lock); another
-    non-empty dir is refused unless `overwrite` (its contents are deleted then), and it may not be or
-    contain one of `inputs` (the catalog, embeddings, model dirs). Paths in `meta` (catalog_dir,
-    embeddings_dir, model_dir) are stored relative to the index dir, so it opens from any working dir.
-
-    backend "faiss": exact `Flat` below `EXACT_MAX` vectors, `HNSW32,Flat` above (efSearch tuned at build
-    and stored in meta), or any FAISS factory string. backend "milvus": a Milvus collection at `uri`
-    (default: Milvus Lite in `<out_dir>/milvus.db`); `factory` is then a Milvus index type (FLAT, HNSW, ...).
-    `options` go to the backend (FAISS: `ef_construction`; `ef_search` or `k_factor` to skip tuning).
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown index backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    ids, kind = normalise_ids(ids)
-    vectors = as_vectors(vectors, len(ids))
-    if not ids:
-        raise ValueError("cannot build an index of 0 products")
-    table = attribute_frame(ids, attributes)
-    out_dir = Path(out_dir)
-    full_meta = dict(meta or {})
-    inputs = [*inputs, *(full_meta[k] for k in PATH_KEYS if full_meta.get(k))]
-    prepare_output_dir(out_dir, KIND, inputs, overwrite, is_kind=is_index_dir)
-    for key in PATH_KEYS:
-        if full_meta.get(key):
-            full_meta[key] = stored_path(full_meta[key], out_dir)
-    full_meta.update(kind=KIND, format_version=FORMAT_VERSION, backend=backend, dim=int(vectors.shape[1]),
-                     metric=METRIC, n=len(ids), id_type=kind, built_at=now_iso(),
-                     attributes=[c for c in table.columns if c != "id"])
-    created = not out_dir.exists()
-    try:
-        with dir_lock(out_dir, "index"):
-            if backend == "faiss":
-                from .faiss_index import FaissIndex
-                return FaissIndex.build(vectors, table, out_dir, full_meta, factory=factory,
-                                        progress=progress, **options)
-            from .milvus_index import MilvusIndex
-            return MilvusIndex.build(vectors, table, out_dir, full_meta, factory=factory, uri=uri,
-                                     progress=progress, **options)
-    except BaseException:
-        if created:  # a failed first build leaves no dir behind (only its lock file was written)
-            (out_dir / LOCK_FILE).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                out_dir.rmdir()
-        raise
-
+# ----------------------------------------------------------------------------- the index dir
 
 def is_index_dir(path: str | Path) -> bool:
     """Whether `path` holds a dashclip index (its meta.json says so; format 1 had no `kind`: dim + backend)."""
@@ -427,19 +371,6 @@ def _normpath(path: Path) -> str:
     import os
 
     return os.path.normpath(str(path))
-
-
-@contextlib.contextmanager
-def updating(path: str | Path, model_id: str | None = None, timeout: float | None = None):
-    """Open an index for a read-modify-write (`add`/`remove`, then `save()`), holding the dir's write lock
-    from the read to the end of the block: concurrent writers serialize and none loses another's changes.
-    Another process holding it longer than `timeout` s (default `dashclip.io.LOCK_TIMEOUT`) is a DirLocked
-    error naming its pid."""
-    path = Path(path)
-    read_meta(path)  # a missing index is an error here, not a new dir made by the lock
-    kw = {} if timeout is None else {"timeout": timeout}
-    with dir_lock(path, "index", **kw):
-        yield open_index(path, model_id)
 
 
 def _read_meta_quiet(path: Path) -> dict | None:
@@ -553,27 +484,3 @@ def write_table(directory: Path, table: pd.DataFrame, extra_id_columns: dict | N
             attrs[col] = attrs[col].astype(object)
     attrs["id"] = table["id"].tolist()
     attrs.to_parquet(directory / ATTRIBUTES_FILE, index=False)
-
-
-def open_index(path: str | Path, model_id: str | None = None) -> VectorIndex:
-    """Open an index dir. With `model_id`, an index built with another model is a clear ValueError."""
-    path = Path(path)
-    for attempt in range(3):
-        meta = read_meta(path)
-        built_with = meta.get("model_id")
-        if model_id is not None and built_with is not None and str(built_with) != str(model_id):
-            raise ValueError(f"{path}: index was built with model {built_with}, not {model_id}; "
-                             f"{REBUILD_HINT}")
-        try:
-            if meta["backend"] == "faiss":
-                from .faiss_index import FaissIndex
-                return FaissIndex.open(path, meta, data_dir(path, meta))
-            if meta["backend"] == "milvus":
-                from .milvus_index import MilvusIndex
-                return MilvusIndex.open(path, meta, data_dir(path, meta))
-        except FileNotFoundError:
-            # saved twice while we read: the data subdir our meta.json named is gone; read meta.json again
-            if attempt == 2 or _read_meta_quiet(path) == meta:
-                raise
-            continue
-        raise ValueError(f"{path / META_FILE}: unknown backend {meta['backend']!r}; {REBUILD_HINT}")

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ..ranking import cosine_scores, tiebreak_order, top_k
 from ..text import BM25
 from .queries import reading_of
 
@@ -34,16 +35,13 @@ class DenseRetriever:
     name: str = "embedding"
 
     def search(self, queries: list[str], k: int, batch_size: int = 256) -> list[np.ndarray]:
-        """Top-k product ids per query, best first."""
+        """Top-k product ids per query, best first (exact; ties as the evaluation ranks: `ranking.top_k`)."""
         out = []
-        k = min(k, len(self.product_ids))
+        tiebreak = tiebreak_order(len(self.product_ids))
         for i in range(0, len(queries), batch_size):
             q = np.asarray(self.encode_query(list(queries[i:i + batch_size])), dtype=np.float32)
             q /= np.linalg.norm(q, axis=1, keepdims=True).clip(1e-12)
-            scores = q @ self.vectors.T
-            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            for row, idx in zip(scores, top):
-                out.append(self.product_ids[idx[np.argsort(-row[idx], kind="stable")]])
+            out += [self.product_ids[rows] for rows in top_k(cosine_scores(q, self.vectors), k, tiebreak)]
         return out
 
     @classmethod

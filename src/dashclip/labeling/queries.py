@@ -32,10 +32,10 @@ import string
 import numpy as np
 import pandas as pd
 
-from ..text import stem_plural
+from ..data.catalog import is_missing
+from ..text import query_key, stem_plural
 from .vocabulary import Vocabulary
 
-ROLE_PATTERNS = {"colour": ("colour", "color"), "gender": ("gender", "sex"), "usage": ("usage", "occasion")}
 # How shoppers say who a product is for; keys are lowercase catalog values. A vocabulary adds to these.
 GENDER_PHRASES = {
     "men": (["men", "mens", "men's", "male"], ["for men", "for him", "for my husband", "for boyfriend"]),
@@ -61,19 +61,8 @@ DEFAULT_MIX = {"keyword": 0.3, "synonym": 0.25, "intent": 0.2, "long": 0.1, "mis
 LEAD_INS = ("", "", "", "a ", "looking for ", "i need ", "i want ", "best ", "show me ")
 
 
-def attribute_roles(columns) -> dict[str, str]:
-    """Role -> column name for the attribute columns whose names say what they are."""
-    roles = {}
-    for col in columns:
-        low = col.lower()
-        for role, pats in ROLE_PATTERNS.items():
-            if role not in roles and any(p in low for p in pats):
-                roles[role] = col
-    return roles
-
-
 def _clean(v) -> str | None:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
+    if is_missing(v):
         return None
     s = " ".join(str(v).split())
     return s.lower() if s and s.lower() not in ("na", "nan", "none", "null") else None
@@ -155,10 +144,6 @@ def title_fragment(title: str, rng) -> str | None:
     if not any(len(w) >= 3 and w.isalpha() and w not in GENDER_WORDS for w in frag):
         return None
     return " ".join(frag)
-
-
-def normalize(text: str) -> str:
-    return " ".join(str(text).lower().split())
 
 
 class QueryFiller:
@@ -416,7 +401,7 @@ def synthesize_queries(catalog, n: int = 1000, seed: int = 0, exclude=(), typo_r
     # excluded query never changes the queries that follow it.
     made_of = {s: 0 for s in styles}
     rng = np.random.default_rng(seed)
-    excluded = {normalize(q) for q in exclude}
+    excluded = {query_key(q) for q in exclude}
     seen, rows = set(), []
     records = products.to_dict("records")
     tries, max_tries = 0, max_tries or 50 * n
@@ -426,7 +411,7 @@ def synthesize_queries(catalog, n: int = 1000, seed: int = 0, exclude=(), typo_r
         style = styles[int(rng.choice(len(styles), p=weights / weights.sum()))]
         row, need = filler.pick(style, records, rng)
         made = filler.fill(row, style, rng, need) if row is not None else None
-        key = normalize(made[0]) if made else ""
+        key = query_key(made[0]) if made else ""
         if not made or not key or key in seen or key in excluded:
             failures[style] += 1
             if failures[style] > 200 * (made_of[style] + 1):   # this catalog cannot make more of it
@@ -444,7 +429,7 @@ def synthesize_queries(catalog, n: int = 1000, seed: int = 0, exclude=(), typo_r
 
 def reading_of(value) -> dict:
     """A pool row's reading as a dict ({} when the pool has none, e.g. search-log queries)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
+    if is_missing(value) or value == "":
         return {}
     return json.loads(value) if isinstance(value, str) else dict(value)
 

@@ -48,7 +48,7 @@ def seed_from_qrels(catalog, queries: pd.DataFrame, qrels: pd.DataFrame, version
 def seed_from_labels_py(catalog, queries_path, labels_py=None, **candidate_options) -> pd.DataFrame:
     """Seed grades for the queries of a fashion-queries style file, graded by its labels.py (default:
     the one beside the file) over the dataset's own catalog; candidates as in `seed_from_qrels`."""
-    from ..evaluation.qrels import load_labels_module
+    from ..settings import load_labels_module
 
     queries_path = Path(queries_path)
     labels = load_labels_module(labels_py or queries_path.parent / "labels.py")

@@ -49,6 +49,21 @@ def _words(entry) -> tuple[list[str], list[str]]:
     raise ValueError(f"expected a list of words or {{'words': [...], 'for': [...]}}, got {type(entry).__name__}")
 
 
+# Attribute columns whose names say their role (the vocabulary's `roles` can name any column instead).
+ROLE_PATTERNS = {"colour": ("colour", "color"), "gender": ("gender", "sex"), "usage": ("usage", "occasion")}
+
+
+def attribute_roles(columns) -> dict[str, str]:
+    """Role -> column name for the attribute columns whose names say what they are."""
+    roles = {}
+    for col in columns:
+        low = col.lower()
+        for role, pats in ROLE_PATTERNS.items():
+            if role not in roles and any(p in low for p in pats):
+                roles[role] = col
+    return roles
+
+
 @dataclass
 class Need:
     """A need or occasion ("gym wear"), the categories that answer it and the constraints it implies."""
@@ -150,8 +165,6 @@ class Vocabulary:
             return self.roles[role]
         if role == "category":
             return "category"
-        from .queries import attribute_roles
-
         return attribute_roles(catalog_attributes).get(role)
 
     def widen(self, role: str, values) -> list[str]:

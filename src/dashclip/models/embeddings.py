@@ -78,7 +78,7 @@ def _product_images(catalog, rows):
 
 class CachedImageFeatures:
     """Image-tower outputs of a catalog's primary images from a Stage 1 feature cache
-    (training/feature_cache.py), when one exists for this model's image tower and preprocessing.
+    (models/feature_cache.py), when one exists for this model's image tower and preprocessing.
     With the image tower frozen in Stage 1 (the CPU mode) the tower's output is the same as at
     training time, so embedding the catalog need not run the tower again: on the fashion catalog
     that is most of the embedding time."""
@@ -88,14 +88,13 @@ class CachedImageFeatures:
 
     @classmethod
     def find(cls, model, catalog, cache_root) -> "CachedImageFeatures | None":
-        from ..training.data import CatalogPairs
-        from ..training.feature_cache import find
+        from .feature_cache import find
 
-        pairs = CatalogPairs.from_catalog(catalog)
-        cache = find(model, pairs.image_paths, cache_root)   # keyed by the tower's weights: never stale
+        images = catalog.image_index()
+        cache = find(model, images.paths, cache_root)   # keyed by the tower's weights: never stale
         if cache is None:
             return None
-        return cls(cache, pairs.without_images(~cache.valid).primary_image)
+        return cls(cache, images.without_images(~cache.valid).primary)
 
     def features(self, rows: np.ndarray):
         """(patches, pooled, cached mask) for product `rows`; rows without a cached image get zeros."""

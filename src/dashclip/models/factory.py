@@ -22,14 +22,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..io import atomic_dir
 from .config import ModelConfig, get_config
 from .model import DashCLIP
+from .model_dir import FORMAT, save_model  # noqa: F401  (save_model: its public home was here)
 from .speller import SPELLER_FILE, QuerySpeller, tokenizer_words
 from .towers import BertTextTower, EfficientNetLiteTower, FusionEncoder, TinyConvTower, clone
 
-FORMAT = "dashclip-model"
-FORMAT_VERSION = 1
 
 
 def _quiet_transformers():
@@ -124,25 +122,6 @@ def create_model(config="default", pretrained: bool = True, tokenizer=None, **ov
 # Save / load
 
 
-def save_model(model: DashCLIP, path: str | Path) -> Path:
-    """Write the model directory atomically (a crash leaves any previous one intact)."""
-    from safetensors.torch import save_model as save_weights
-
-    path = Path(path)
-    model_id = model.model_id
-    with atomic_dir(path) as tmp:
-        (tmp / "config.json").write_text(json.dumps({
-            "format": FORMAT, "format_version": FORMAT_VERSION, "model_id": model_id,
-            "has_query_encoder": model.has_query_encoder, "config": model.config.to_dict()},
-            indent=2, default=list) + "\n")
-        save_weights(model, str(tmp / "model.safetensors"))
-        model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        if model.query_speller is not None:
-            model.query_speller.save(tmp / SPELLER_FILE)
-        (tmp / "README.md").write_text(_model_card(model, model_id))
-    return path
-
-
 def load(path: str | Path, device: str | torch.device | None = None) -> DashCLIP:
     """Open a model directory written by `save_model` (`dashclip pretrain`, `dashclip align`)."""
     from safetensors.torch import load_model as load_weights
@@ -174,13 +153,3 @@ def load(path: str | Path, device: str | torch.device | None = None) -> DashCLIP
         model.query_speller = QuerySpeller.load(path / SPELLER_FILE, known=tokenizer_words(model.tokenizer))
     model.eval()
     return model.to(device) if device is not None else model
-
-
-def _model_card(model: DashCLIP, model_id: str) -> str:
-    c = model.config
-    return (f"# dashclip model `{c.name}` ({model_id})\n\n"
-            f"kind {c.kind}, embedding dim {c.embed_dim}, image size {c.image_size}, "
-            f"query encoder: {'yes (Stage 2)' if model.has_query_encoder else 'no (text tower serves queries)'}\n\n"
-            "```python\nimport dashclip\nmodel = dashclip.load(\"<this directory>\")\n"
-            "q = model.encode_query([\"red summer dress\"])          # [1, D], L2-normalised\n"
-            "p = model.encode_product([\"Red floral dress\"], [pil_image])  # the product embedding\n```\n")

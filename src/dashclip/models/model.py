@@ -187,9 +187,10 @@ class DashCLIP(nn.Module):
         return h.hexdigest()
 
     def save(self, path: str | Path) -> Path:
-        from .factory import save_model
+        from .model_dir import save_model
         return save_model(self, path)
 
 
 def to_numpy(x) -> np.ndarray:
+    """A Tensor (or array) as float32 numpy, detached: the one conversion of encoder outputs."""
     return x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)

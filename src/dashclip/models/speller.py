@@ -32,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-from ..text import stem_plural
+from ..text import query_key, stem_plural
 
 SPELLER_FILE = "query_speller.json"
 FORMAT = 2            # 1 (no "format" key): saved before the lexicon rules, with min_length 4
@@ -114,7 +114,7 @@ class QuerySpeller:
         for t in texts:
             counts.update(w for w in re.findall(r"[a-z]+", str(t).lower()))
         in_queries: Counter = Counter()
-        for q in set(" ".join(str(q).lower().split()) for q in query_texts):
+        for q in set(query_key(q) for q in query_texts):
             in_queries.update(set(re.findall(r"[a-z]+", q)))
         for w, n in in_queries.items():
             if n >= min_queries:

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from ..clihelp import UserError, console, user_errors
+from .server import MAX_CONCURRENCY, open_searcher, serve_app
 
 MODEL = typer.Option(..., "--model", help="Model dir (`dashclip pretrain` / `dashclip align` output).")
 INDEX = typer.Option(..., "--index", help="Index dir built with that model (`dashclip index build`).")
@@ -44,19 +45,6 @@ def read_queries(path: Path) -> list[dict]:
     return rows
 
 
-def _open_searcher(model: Path, index: Path, catalog: Optional[Path]):
-    import warnings
-
-    from .search import Searcher
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        searcher = Searcher.open(model, index, catalog)
-    for w in caught:
-        console.print(f"[yellow]warning:[/] {w.message}")
-    return searcher
-
-
 def register(app: typer.Typer) -> None:
     @app.command("search")
     def search(
@@ -91,7 +79,7 @@ def register(app: typer.Typer) -> None:
                 check_output_file(output, "--output")
             filter_dict = parse_filter_args(filters, separators="=")
             batch = read_queries(queries) if queries is not None else None
-            searcher = _open_searcher(model, index, catalog)
+            searcher = open_searcher(model, index, catalog)
             filter_dict = searcher.check_filters(filter_dict)
             if batch is None:
                 hits = searcher.search(query, k=k, filters=filter_dict, hybrid=hybrid)
@@ -122,33 +110,6 @@ def register(app: typer.Typer) -> None:
         """Serve search over HTTP, with a web page at / and the API schema at /docs."""
         serve_app(model, index, catalog, host=host, port=port, watch_seconds=watch_seconds, log_level=log_level,
                   api_key=api_key, cors_origins=cors_origins, max_concurrency=max_concurrency)
-
-
-MAX_CONCURRENCY = 64
-
-
-def serve_app(model: Path, index: Path, catalog: Optional[Path] = None, host: str = "127.0.0.1", port: int = 8000,
-              watch_seconds: float = 2.0, log_level: str = "warning", api_key: Optional[str] = None,
-              cors_origins: tuple = (), max_concurrency: int = MAX_CONCURRENCY) -> None:
-    """Load the model and index, then serve until Ctrl+C (`dashclip serve` and `dashclip demo` both end here)."""
-    import uvicorn
-
-    from .service import create_app
-
-    with user_errors():
-        console.print(f"loading model {model} and index {index}")
-        searcher = _open_searcher(model, index, catalog)
-        if api_key is not None and not api_key.strip():
-            raise UserError("--api-key / DASHCLIP_API_KEY is empty")
-        app_ = create_app(searcher, catalog_dir=catalog, watch_seconds=watch_seconds, api_key=api_key,
-                          cors_origins=cors_origins)
-    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
-    console.print(f"[green]serving[/] {len(searcher.index)} products at [bold]http://{shown}:{port}/[/] "
-                  f"(API docs: http://{shown}:{port}/docs); Ctrl+C stops")
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        console.print(f"[yellow]warning:[/] listening on {host} without an API key: anyone who can reach it "
-                      f"can search (set DASHCLIP_API_KEY, or put a reverse proxy in front)")
-    uvicorn.run(app_, host=host, port=port, log_level=log_level, limit_concurrency=max_concurrency)
 
 
 def _print_table(query: str, hits, hybrid: bool) -> None:

@@ -23,10 +23,11 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from ..data.catalog import is_missing
+from ..ranking import HYBRID_DEPTH, RRF_K, rrf_fuse  # noqa: F401  (RRF_K: also public here)
+
 MAX_QUERY_CHARS = 256      # longer queries are refused, not cut: a truncated query is a different query
 MAX_K = 1000               # the service bounds k further (MAX_K_HTTP in service.py)
-RRF_K = 60                 # reciprocal-rank fusion constant (Cormack et al. 2009)
-HYBRID_DEPTH = 100         # each list contributes its top max(k, HYBRID_DEPTH) to the fusion
 ENCODE_BATCH = 64          # queries per encoder call in search_batch
 
 _SPACES = re.compile(r"\s+")
@@ -84,7 +85,7 @@ def parse_filter_args(args: Iterable[str], separators: str = "=:") -> dict[str, 
 
 def _attribute_strings(values: pd.Series) -> pd.Series:
     """Attribute values as the index stores them: strings, None where missing."""
-    return pd.Series([None if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA else str(v)
+    return pd.Series([None if is_missing(v) else str(v)
                       for v in values], index=values.index, dtype=object)
 
 
@@ -326,23 +327,6 @@ class QueryBatcher:
                 start += len(texts)
 
 
-def rrf_fuse(vector_ids: list, keyword_ids: list) -> tuple[list, list[float]]:
-    """Reciprocal-rank fusion of a vector-search list and a BM25 list, each best first: (ids, scores),
-    best first (module docstring: scores). `--hybrid` search and the evaluation's hybrid system both
-    fuse through here."""
-    fused: dict[Any, list] = {}  # id -> [score, best rank, vector rank]
-    for source, ranked in (("vector", vector_ids), ("bm25", keyword_ids)):
-        for rank, pid in enumerate(ranked, 1):
-            entry = fused.setdefault(pid, [0.0, rank, len(vector_ids) + 1])
-            entry[0] += 1.0 / (RRF_K + rank)
-            entry[1] = min(entry[1], rank)
-            if source == "vector":
-                entry[2] = rank
-    # Ties (same fused score) go to the better single-list rank, then to the vector list.
-    order = sorted(fused, key=lambda pid: (-fused[pid][0], fused[pid][1], fused[pid][2]))
-    return order, [fused[pid][0] for pid in order]
-
-
 def resolve_catalog_dir(meta: dict, catalog_dir: str | Path | None, index_dir: str | Path) -> Path:
     """The catalog to show results from: the one given, else the one the index was built from."""
     if catalog_dir is not None:
@@ -382,6 +366,6 @@ def _plain(value):
 
 
 def _text_or_none(value) -> str | None:
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+    if is_missing(value):
         return None
     return str(value)

@@ -41,6 +41,7 @@ from torch import nn
 
 from ..losses.qcc import UNLABELED, VARIANTS, QCCLoss
 from ..models.model import PRODUCT_TRAINABLE, QUERY_ENCODER_PREFIXES
+from ..text import query_key
 
 GRADE_COLUMNS = ("qid", "query", "product_id", "grade", "confidence")
 
@@ -100,11 +101,6 @@ class AlignConfig:
         return asdict(self)
 
 
-def normalize_query(text: str) -> str:
-    """Queries are the same query when they differ only in case and spacing."""
-    return " ".join(str(text).lower().split())
-
-
 def select_grades(grades: pd.DataFrame, min_confidence: float = 0.5,
                   exclude_queries: set[str] | frozenset = frozenset(), source: str = "grades") -> tuple[pd.DataFrame, dict]:
     """The grade rows Stage 2 trains on, and counts of what was left out and why.
@@ -118,12 +114,12 @@ def select_grades(grades: pd.DataFrame, min_confidence: float = 0.5,
 
     df = check_grades(grades, source, required=GRADE_COLUMNS)
     df = df[list(GRADE_COLUMNS) + [c for c in ("labeler",) if c in df.columns]].copy()
-    df["key"] = df["query"].map(normalize_query)
+    df["key"] = df["query"].map(query_key)
     stats = {"rows_in": int(len(df))}
     low = df["confidence"] < min_confidence
     stats["dropped_low_confidence"] = int(low.sum())
     df = df[~low]
-    excluded = df["key"].isin({normalize_query(q) for q in exclude_queries})
+    excluded = df["key"].isin({query_key(q) for q in exclude_queries})
     stats["dropped_heldout_query"] = int(excluded.sum())
     df = df[~excluded]
     n = len(df)

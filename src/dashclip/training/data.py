@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-
-from ..data.catalog import Catalog
+from ..data.catalog import Catalog, ImageIndex
 
 
 def heldout_mask(product_ids, frac: float, seed: int = 0) -> np.ndarray:
@@ -31,7 +29,7 @@ def heldout_mask(product_ids, frac: float, seed: int = 0) -> np.ndarray:
 
 @dataclass
 class CatalogPairs:
-    """All (image, text) pairs of a catalog.
+    """All (image, text) pairs of a catalog: its `image_index()` with the product texts and the held-out split.
 
     Products are numbered by their row in `catalog.products` ("product rows"); that row number is
     the id the losses compare. Images are numbered by position in `image_paths`.
@@ -48,51 +46,26 @@ class CatalogPairs:
 
     @classmethod
     def from_catalog(cls, catalog: Catalog, heldout_frac: float = 0.1, seed: int = 0) -> "CatalogPairs":
-        products = catalog.products
-        row_of = catalog.row_of
-        images = catalog.images
-        skipped = {"no image path": 0, "unknown product id": 0}
-        pair_product, pair_image, paths, index_of_path = [], [], [], {}
-        primary = np.full(len(products), -1, dtype=np.int64)
-        roles = images["role"] if "role" in images else pd.Series(["primary"] * len(images))
-        for pid, rel, role in zip(images["product_id"].tolist(), images["image"].tolist(), roles.tolist()):
-            if rel is None or (isinstance(rel, float) and pd.isna(rel)):
-                skipped["no image path"] += 1
-                continue
-            row = row_of.get(catalog.coerce_id(pid)) if pid is not None else None
-            if row is None:
-                skipped["unknown product id"] += 1
-                continue
-            if rel not in index_of_path:
-                index_of_path[rel] = len(paths)
-                paths.append(catalog.image_path(rel))
-            img = index_of_path[rel]
-            pair_product.append(row)
-            pair_image.append(img)
-            if primary[row] < 0 or role == "primary":
-                primary[row] = img
-        return cls(catalog=catalog, texts=catalog.product_texts(), image_paths=paths,
-                   pair_product=np.asarray(pair_product, dtype=np.int64),
-                   pair_image=np.asarray(pair_image, dtype=np.int64),
-                   heldout=heldout_mask(products["id"].tolist(), heldout_frac, seed),
-                   primary_image=primary, skipped={k: v for k, v in skipped.items() if v})
+        return cls._of(catalog, catalog.product_texts(), catalog.image_index(),
+                       heldout_mask(catalog.products["id"].tolist(), heldout_frac, seed))
+
+    @classmethod
+    def _of(cls, catalog: Catalog, texts: list[str], images: ImageIndex, heldout: np.ndarray) -> "CatalogPairs":
+        return cls(catalog=catalog, texts=texts, image_paths=images.paths, pair_product=images.pair_product,
+                   pair_image=images.pair_image, heldout=heldout, primary_image=images.primary,
+                   skipped=images.skipped)
+
+    @property
+    def images(self) -> ImageIndex:
+        """The images these pairs use, as the catalog numbers them."""
+        return ImageIndex(self.image_paths, self.pair_product, self.pair_image, self.primary_image, self.skipped)
 
     def __len__(self) -> int:
         return len(self.pair_product)
 
     def without_images(self, bad: np.ndarray) -> "CatalogPairs":
         """Drop the pairs whose image index is marked True in `bad` (images that failed to load)."""
-        keep = ~bad[self.pair_image]
-        primary = self.primary_image.copy()
-        primary[(primary >= 0) & bad[np.maximum(primary, 0)]] = -1
-        for row, img in zip(self.pair_product[keep], self.pair_image[keep]):  # another photo stands in
-            if primary[row] < 0:
-                primary[row] = img
-        skipped = dict(self.skipped)
-        if (~keep).sum():
-            skipped["image failed to load"] = int((~keep).sum())
-        return CatalogPairs(self.catalog, self.texts, self.image_paths, self.pair_product[keep],
-                            self.pair_image[keep], self.heldout, primary, skipped)
+        return CatalogPairs._of(self.catalog, self.texts, self.images.without_images(bad), self.heldout)
 
     def train_pairs(self) -> np.ndarray:
         """Indices of the pairs whose product is not held out."""

@@ -32,7 +32,7 @@ from ..losses import itc_loss, itm_loss
 from ..losses.gather import local_slice
 from ..settings import image_cache_dir
 from .data import CatalogPairs
-from .feature_cache import ImageFeatureCache, build_or_open, load_images
+from ..models.feature_cache import ImageFeatureCache, build_or_open, load_images
 from .loop import LoopConfig, TrainResult, init_distributed, pick_device, train
 
 CONFIG_FILE = "pretrain_config.json"

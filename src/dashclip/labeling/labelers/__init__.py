@@ -70,9 +70,7 @@ def get_labeler(name: str, **options) -> Labeler:
 
 def pairs_from(catalog, queries, product_ids) -> list[Pair]:
     """Pairs for parallel lists of query texts and product ids, with each product's row and text."""
-    import pandas as pd
-
-    from ...data.catalog import product_text
+    from ...data.catalog import is_missing, product_text
 
     product_ids = [catalog.coerce_id(p) for p in product_ids]
     unknown = [p for p in product_ids if p not in catalog.row_of]
@@ -82,6 +80,6 @@ def pairs_from(catalog, queries, product_ids) -> list[Pair]:
     rows = catalog.products.iloc[[catalog.row_of[p] for p in wanted]].to_dict("records")
     by_id = {}
     for pid, row in zip(wanted, rows):
-        row = {k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in row.items()}
+        row = {k: (None if is_missing(v) else v) for k, v in row.items()}
         by_id[pid] = (row, product_text(row, catalog.attributes))
     return [Pair(str(q), by_id[p][1], by_id[p][0]) for q, p in zip(queries, product_ids)]

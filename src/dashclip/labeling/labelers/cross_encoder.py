@@ -127,7 +127,7 @@ def train_cross_encoder(queries: list[str], texts: list[str], grades, out_dir, b
     from ...io import atomic_dir, write_json
     from ...models.sentence import minilm_path
     from ...precision import autocast
-    from ...training.loop import adamw
+    from ...optim import adamw, linear_schedule
 
     config = config or CrossEncoderConfig()
     grades = np.asarray(grades, dtype=np.int64)
@@ -150,8 +150,7 @@ def train_cross_encoder(queries: list[str], texts: list[str], grades, out_dir, b
     total = steps_per_epoch * config.epochs
     optim = adamw(model.parameters(), "cpu", lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(1, int(config.warmup_ratio * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optim, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, linear_schedule(total, warmup))
     t0, step, losses = time.time(), 0, []
     for _ in range(config.epochs):
         order = rng.permutation(len(grades))

@@ -1,0 +1,48 @@
+"""Running the HTTP service: `dashclip serve` and `dashclip demo` both end in `serve_app` (library code,
+apart from the CLI modules that call it)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ..clihelp import UserError, console, user_errors
+
+MAX_CONCURRENCY = 64  # connections and requests served at once (`dashclip serve --max-concurrency`)
+
+
+def open_searcher(model: Path, index: Path, catalog: Optional[Path]):
+    """The Searcher of a model and index dir, its warnings (e.g. another catalog) printed."""
+    import warnings
+
+    from .search import Searcher
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        searcher = Searcher.open(model, index, catalog)
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {w.message}")
+    return searcher
+
+
+def serve_app(model: Path, index: Path, catalog: Optional[Path] = None, host: str = "127.0.0.1", port: int = 8000,
+              watch_seconds: float = 2.0, log_level: str = "warning", api_key: Optional[str] = None,
+              cors_origins: tuple = (), max_concurrency: int = MAX_CONCURRENCY) -> None:
+    """Load the model and index, then serve until Ctrl+C (`dashclip serve` and `dashclip demo` both end here)."""
+    import uvicorn
+
+    from .service import create_app
+
+    with user_errors():
+        console.print(f"loading model {model} and index {index}")
+        searcher = open_searcher(model, index, catalog)
+        if api_key is not None and not api_key.strip():
+            raise UserError("--api-key / DASHCLIP_API_KEY is empty")
+        app_ = create_app(searcher, catalog_dir=catalog, watch_seconds=watch_seconds, api_key=api_key,
+                          cors_origins=cors_origins)
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
+    console.print(f"[green]serving[/] {len(searcher.index)} products at [bold]http://{shown}:{port}/[/] "
+                  f"(API docs: http://{shown}:{port}/docs); Ctrl+C stops")
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        console.print(f"[yellow]warning:[/] listening on {host} without an API key: anyone who can reach it "
+                      f"can search (set DASHCLIP_API_KEY, or put a reverse proxy in front)")
+    uvicorn.run(app_, host=host, port=port, log_level=log_level, limit_concurrency=max_concurrency)
