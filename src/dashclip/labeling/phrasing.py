@@ -49,6 +49,12 @@ def content_tokens(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def phrase_tokens(text: str) -> tuple[str, ...]:
+    """Lowercase, plural-stemmed tokens of `text` without stop words and filler, recipient words kept
+    ("for my dad" -> ("dad",)): what `PhraseMatcher` compares, so a held-out "for my nephew" is phrasing too."""
+    return tuple(stem_plural(t) for t in _TOKEN.findall(str(text).lower()) if t not in STOPWORDS and t not in FILLER)
+
+
 def vocabulary_phrases(data: dict) -> list[dict]:
     """Every phrase of a vocabulary's JSON (`Vocabulary.data`) with its group and kind:
     {"phrase", "kind" (category, word, for, adjective, need), "group" (e.g. "category:Tshirts",
@@ -113,15 +119,30 @@ def buildable(query: str, phrases) -> bool:
     return ok[n]
 
 
+class PhraseMatcher:
+    """Finds which of a set of phrases a text contains, by `phrase_tokens` (contiguous, in order); a phrase
+    of stop words only ("for him") is never found."""
+
+    def __init__(self, phrases):
+        self.pieces: dict[tuple, list[str]] = {}
+        for p in phrases:
+            piece = phrase_tokens(p)
+            if piece:
+                self.pieces.setdefault(piece, []).append(p)
+        self.longest = max((len(k) for k in self.pieces), default=0)
+
+    def find(self, text: str) -> list[str]:
+        target = phrase_tokens(text)
+        found = set()
+        for i in range(len(target)):
+            for n in range(1, min(self.longest, len(target) - i) + 1):
+                found.update(self.pieces.get(target[i:i + n], ()))
+        return sorted(found)
+
+
 def contains_phrase(query: str, phrases) -> list[str]:
-    """The phrases (with at least one content token) whose content tokens occur contiguously in the query's."""
-    target = content_tokens(query)
-    found = []
-    for p in phrases:
-        piece = content_tokens(p)
-        if piece and any(target[i:i + len(piece)] == piece for i in range(len(target) - len(piece) + 1)):
-            found.append(p)
-    return sorted(set(found))
+    """The phrases whose `phrase_tokens` occur contiguously in the query's."""
+    return PhraseMatcher(phrases).find(query)
 
 
 def taken_from(phrase: str, query: str, own=()) -> bool:
@@ -230,3 +251,9 @@ def reading_to_predicate(reading, qid: str, query: str, style: str) -> dict:
     if not q["related_types"]:
         q.pop("related_types")
     return q
+
+
+def predicate_to_reading(q: dict) -> dict:
+    """The inverse of `reading_to_predicate`: a fashion-queries query's predicate as a reading."""
+    back = {v: k for k, v in READING_KEYS.items()}
+    return {back[k]: list(v) for k, v in q.items() if k in back and v}
