@@ -79,6 +79,13 @@ def phrasing_sets(catalog, vocab, seed: int, n_train: int, n_candidates: int, pe
     cand = synthesize_queries(catalog, n=n_candidates, seed=seed + 1000,
                               exclude=list(exclude) + pool["query"].tolist(), vocabulary=heldout_vocab)
     trained, novel = PhraseMatcher(train_phrases), PhraseMatcher(heldout_phrases)
+    # The label rule grades only products with an image: a value that only image-less products have
+    # ("Suits") cannot be asked for.
+    imaged = catalog.products[catalog.products["image"].notna()]
+    known = {"types": set(imaged["category"].dropna().astype(str)),
+             "related_types": set(imaged["category"].dropna().astype(str)),
+             **{k: set(imaged[c].dropna().astype(str)) for k, c in (("gender", "gender"), ("colour", "baseColour"),
+                                                                    ("usage", "usage")) if c in imaged}}
     kept, left = [], Counter()
     for r in cand.itertuples():
         shared = trained.find(r.query)
@@ -90,6 +97,9 @@ def phrasing_sets(catalog, vocab, seed: int, n_train: int, n_candidates: int, pe
             left[f"{r.style}: no held-out phrase beyond catalog words"] += 1
             continue
         q = reading_to_predicate(r.reading, f"ph-{r.qid[4:]}", r.query, r.style)
+        if any(v not in known[k] for k in known for v in q.get(k, [])):
+            left[f"{r.style}: asks for a value no product with an image has"] += 1
+            continue
         kept.append({**q, "_novel": new})
     by_style: dict[str, list] = {}
     for q in kept:
