@@ -14,10 +14,12 @@ For each of the 120 queries of ../shared/data/fashion-queries/dev_queries.jsonl:
 
 Counts for all 120 and the 40 held out (qid number divisible by 3), per style.
 
-    python benchmarks/vocabulary_audit.py [--catalog runs/catalogs/fashion] [--apply]
+    python benchmarks/vocabulary_audit.py [--catalog runs/catalogs/fashion] [--apply | --vocabulary-commit REV]
 
 --apply removes every taken phrase from src/dashclip/labeling/vocabularies/fashion.json (a text edit, so the
-file keeps its layout; checked against `phrasing.remove_phrases`) and audits again. Writes
+file keeps its layout; checked against `phrasing.remove_phrases`) and audits again; --vocabulary-commit
+audits the file as it was at a commit (the one before the removal: 89eb9c6) and checks that the file now
+is its "after". Writes
 benchmarks/results/vocabulary_audit.md and .json (before, removed, after).
 """
 from __future__ import annotations
@@ -107,7 +109,9 @@ def markdown(out: dict) -> str:
     m = out["meta"]
     lines = ["# Vocabulary overlap audit: the fashion vocabulary vs the 120 dev queries", "",
              f"`python {m['command']}` at commit {m['commit']}, {m['date']} on {m['cpu']}. Vocabulary: "
-             f"`{m['vocabulary']}`; queries: `{m['queries']}`.", "",
+             f"`{m['vocabulary']}`; queries: `{m['queries']}`."
+             + (f" The file as committed now is this vocabulary after the removal: "
+                f"{m['shipped_vocabulary_is_after']}." if "shipped_vocabulary_is_after" in m else ""), "",
              "Definitions (benchmarks/vocabulary_audit.py, `dashclip.labeling.phrasing`): *verbatim*: the query is a "
              "vocabulary phrase. *buildable*: its content tokens (lowercase, plural-stemmed, without NLTK stop words, "
              "\"something\" and words that only say who it is for: men, ladies, my husband, ...) split entirely into "
@@ -158,6 +162,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--catalog", type=Path, default=runs_dir() / "catalogs" / "fashion")
     ap.add_argument("--vocabulary", type=Path, default=VOCAB)
+    ap.add_argument("--vocabulary-commit", metavar="REV", help="audit the vocabulary file as it was at a git "
+                    "commit (e.g. before the removal), read with `git show REV:path`")
     ap.add_argument("--apply", action="store_true", help="remove the taken phrases from the vocabulary file")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -167,11 +173,20 @@ def main(argv=None) -> int:
     qpath = dataset_dir("fashion-queries") / "dev_queries.jsonl"
     queries = [json.loads(line) for line in open(qpath, encoding="utf-8") if line.strip()]
     own = catalog_words(args.catalog)
-    text = args.vocabulary.read_text(encoding="utf-8")
+    if args.vocabulary_commit:
+        if args.apply:
+            ap.error("--apply edits the file on disk; it does not go with --vocabulary-commit")
+        rel = args.vocabulary.resolve().relative_to(REPO)
+        text = subprocess.run(["git", "show", f"{args.vocabulary_commit}:{rel}"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout
+    else:
+        text = args.vocabulary.read_text(encoding="utf-8")
     data = json.loads(text)
     out = {"meta": {"command": " ".join(["benchmarks/vocabulary_audit.py", *(argv or sys.argv[1:])]),
                     "commit": commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "cpu": cpu_model(), "vocabulary": str(args.vocabulary.relative_to(REPO)), "queries": str(qpath),
+                    "cpu": cpu_model(), "queries": str(qpath),
+                    "vocabulary": str(args.vocabulary.resolve().relative_to(REPO)) +
+                    (f" at commit {args.vocabulary_commit}" if args.vocabulary_commit else ""),
                     "catalog_words": len(own)},
            "before": audit(data, queries, own)}
     removed = {}
@@ -195,7 +210,12 @@ def main(argv=None) -> int:
         args.vocabulary.write_text(new_text, encoding="utf-8")
         data = new
     if removed:
-        out["after"] = audit(remove_phrases(data, list(removed)), queries, own)
+        after = remove_phrases(data, list(removed))
+        out["after"] = audit(after, queries, own)
+        if args.vocabulary_commit:     # an earlier version: is the file on disk its "after"?
+            shipped = json.loads(args.vocabulary.read_text(encoding="utf-8"))
+            out["meta"]["shipped_vocabulary_is_after"] = all(
+                shipped.get(k) == after.get(k) for k in ("category", "attributes", "adjectives", "needs"))
     (args.out / "vocabulary_audit.json").write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     (args.out / "vocabulary_audit.md").write_text(markdown(out), encoding="utf-8")
     for label in ("before", "after"):
