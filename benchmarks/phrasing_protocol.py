@@ -26,7 +26,7 @@ the share whose top 10 holds >= 6 products of an aisle it names; per role for co
     python benchmarks/phrasing_protocol.py [--catalog runs/catalogs/fashion] [--model DIR ... --embeddings DIR]
         [--seed 0] [--work runs/phrasing] [--cache-dir runs/cache/eval]
 
-Writes benchmarks/results/phrasing_protocol.json and .md (--out).
+Writes benchmarks/results/phrasing_protocol.json and .md (--out, --name).
 """
 from __future__ import annotations
 
@@ -54,6 +54,13 @@ def commit() -> str:
                               text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def _rel(path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def log(msg: str) -> None:
@@ -174,6 +181,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=runs_dir() / "phrasing")
     ap.add_argument("--cache-dir", type=Path, default=runs_dir() / "cache" / "eval")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--name", default="phrasing_protocol", help="results file name (<out>/<name>.json and .md)")
     args = ap.parse_args(argv)
     if args.model and len(args.embeddings) not in (1, len(args.model)):
         ap.error("give one --embeddings for all models, or one per --model")
@@ -191,7 +199,7 @@ def main(argv=None) -> int:
                                                                               *(argv or sys.argv[1:])]),
             "commit": commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "cpu": cpu_model(), "catalog": str(args.catalog), "catalog_hash": catalog.content_hash,
-            "vocabulary": vocab.source}
+            "vocabulary": _rel(vocab.source)}
 
     log("synthesizing the training pool and the phrasing-held-out candidates ...")
     exclude = [q["query"] for q in dev]
@@ -254,8 +262,8 @@ def main(argv=None) -> int:
            "vocabulary_check": {k: {kk: vv for kk, vv in v.items() if kk != "words"} for k, v in vcheck.items()},
            "phrasing_queries": [{k: q[k] for k in ("qid", "query", "style", "_novel")} for q in phrasing]}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "phrasing_protocol.json").write_text(json.dumps(out, indent=1, default=str) + "\n", encoding="utf-8")
-    (args.out / "phrasing_protocol.md").write_text(markdown(out), encoding="utf-8")
+    (args.out / f"{args.name}.json").write_text(json.dumps(out, indent=1, default=str) + "\n", encoding="utf-8")
+    (args.out / f"{args.name}.md").write_text(markdown(out), encoding="utf-8")
     print(markdown(out))
     return 0
 
