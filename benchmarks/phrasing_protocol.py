@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-queries", type=int, default=2000, help="size of the training pool written to --work")
     ap.add_argument("--candidates", type=int, default=3000, help="held-out-half queries synthesized before filtering")
-    ap.add_argument("--per-style", type=int, default=40, help="phrasing-held-out queries scored per style")
+    ap.add_argument("--per-style", type=int, default=100, help="phrasing-held-out queries scored per style")
     ap.add_argument("--model", type=Path, action="append", default=[], help="a dashclip model dir (repeatable)")
     ap.add_argument("--embeddings", type=Path, action="append", default=[],
                     help="fused product embeddings dir: one for every --model, or one per --model")
