@@ -293,11 +293,12 @@ class TimedTask:
     `warmup` steps the steps are timed until `seconds` have passed (at least `min_steps`), then `Stop` ends
     the loop (before its final checkpoint). `train_size` is made large so that no epoch ends (an epoch end
     evaluates and checkpoints); indices wrap round the real training pairs. `prepared`: serve a few batches
-    made ahead, in turn, so the step is timed without image decoding."""
+    made ahead, in turn, so the step is timed without image decoding. `threaded`: the loop makes batches
+    ahead in loader threads (LoopConfig.loader_workers), so steps are marked where each loss starts instead."""
 
     def __init__(self, task, clock: Clock, warmup: int, seconds: float, min_steps: int, max_steps: int,
-                 batch_size: int, prepared: int = 0):
-        self.task, self.clock = task, clock
+                 batch_size: int, prepared: int = 0, threaded: bool = False):
+        self.task, self.clock, self.threaded = task, clock, threaded
         self.warmup, self.seconds, self.min_steps, self.max_steps = warmup, seconds, min_steps, max_steps
         self.n, self.batch_size = task.train_size(), batch_size
         self.marks: list[float] = []
@@ -309,19 +310,28 @@ class TimedTask:
         return (self.warmup + self.max_steps + 2) * self.batch_size
 
     def make_batch(self, indices):
+        if self.threaded:
+            return self.task.make_batch([i % self.n for i in indices])
+        self.mark()
+        t = time.perf_counter()
+        batch = self.ready[(len(self.marks) - 1) % len(self.ready)] if self.ready else \
+            self.task.make_batch([i % self.n for i in indices])
+        if len(self.marks) - 1 >= self.warmup:
+            self.data_seconds += time.perf_counter() - t
+        return batch
+
+    def mark(self):
+        """The previous step has ended: note the time, and Stop once enough steps are timed."""
         now = self.clock()
         self.marks.append(now)
         k = len(self.marks) - 1                      # steps finished so far
         timed = k - self.warmup
         if timed >= self.max_steps or (timed >= self.min_steps and now - self.marks[self.warmup] >= self.seconds):
             raise Stop
-        t = time.perf_counter()
-        batch = self.ready[k % len(self.ready)] if self.ready else self.task.make_batch([i % self.n for i in indices])
-        if timed >= 0:
-            self.data_seconds += time.perf_counter() - t
-        return batch
 
     def loss(self, model, batch, gather: bool = True):
+        if self.threaded:
+            self.mark()
         return self.task.loss(model, batch, gather)
 
     def train_mode(self, model):
@@ -335,7 +345,8 @@ class TimedTask:
         return steps, (self.marks[-1] - self.marks[self.warmup]) if steps > 0 else 0.0
 
 
-def measure_stage1(model, catalog, device, amp, batch_size, plan, work: Path, prepared: int = 0) -> dict:
+def measure_stage1(model, catalog, device, amp, batch_size, plan, work: Path, prepared: int = 0,
+                   workers: int = 0) -> dict:
     from dashclip.training.data import CatalogPairs
     from dashclip.training.loop import train
     from dashclip.training.pretrain import PretrainConfig, PretrainTask
@@ -345,11 +356,11 @@ def measure_stage1(model, catalog, device, amp, batch_size, plan, work: Path, pr
     pairs = CatalogPairs.from_catalog(catalog, cfg.heldout_frac, cfg.seed)
     task = PretrainTask(model, pairs, cfg, cache=None)
     timed = TimedTask(task, Clock(device), plan["warmup"], plan["seconds"], plan["min_steps"], plan["max_steps"],
-                      batch_size, prepared)
+                      batch_size, prepared, threaded=workers > 0)
     loop = dataclasses.replace(cfg.loop_config(), epochs=1, max_steps=None, eval_every_epoch=False,
-                               progress=False, ckpt_every=0)
+                               progress=False, ckpt_every=0, loader_workers=workers)
     try:
-        train(model, timed, loop, work / f"stage1-{batch_size}-{prepared}")
+        train(model, timed, loop, work / f"stage1-{batch_size}-{prepared}-{workers}")
         raise RuntimeError("the training loop ended before the measurement did")
     except Stop:
         pass
@@ -357,7 +368,8 @@ def measure_stage1(model, catalog, device, amp, batch_size, plan, work: Path, pr
     pairs_n = steps * batch_size
     return {"steps": steps, "pairs": pairs_n, "seconds": round(seconds, 3),
             "pairs_per_s": round(pairs_n / seconds, 1) if seconds else None,
-            "batch_making_share": round(timed.data_seconds / seconds, 3) if seconds else None,
+            "batch_making_share": round(timed.data_seconds / seconds, 3) if seconds and not workers else None,
+            "loader_workers": workers,
             "train_pairs_in_sample": int(len(task.train_idx)), "warmup_steps": plan["warmup"]}
 
 
@@ -515,6 +527,10 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=215.0,
                     help="seconds for the whole run: a measurement that would not fit is skipped")
     ap.add_argument("--stage1-batch", type=int, nargs="+", default=[256, 128])
+    ap.add_argument("--stage1-workers", type=int, nargs="*", default=[8],
+                    help="also time Stage 1 (first batch size) with this many loader threads (LoopConfig.loader_workers)")
+    ap.add_argument("--only", nargs="+", choices=["stage1", "embed", "grade"], default=None,
+                    help="measure only these (default: all)")
     ap.add_argument("--embed-batch", type=int, default=512)
     ap.add_argument("--grade-batch", type=int, default=512)
     ap.add_argument("--amp", default="default", choices=["default", "bf16", "fp16", "auto", "none"],
@@ -580,13 +596,19 @@ def main(argv=None) -> int:
         print(f"catalog {len(catalog)} products, model {n_params / 1e6:.1f}M parameters, "
               f"setup {time.perf_counter() - started:.1f} s", flush=True)
 
-        todo = [("stage1", b, 0) for b in stage1_batches[:1]] + [("embed", embed_batch, 0), ("grade", grade_batch, 0)]
-        todo += [("stage1", b, 0) for b in stage1_batches[1:]] + [("stage1", stage1_batches[0], 4)]
+        workers = [min(w, 2) for w in args.stage1_workers[:1]] if tiny else args.stage1_workers
+        todo = [("stage1", b, 0, 0) for b in stage1_batches[:1]]
+        todo += [("stage1", stage1_batches[0], 0, w) for w in workers]
+        todo += [("embed", embed_batch, 0, 0), ("grade", grade_batch, 0, 0)]
+        todo += [("stage1", b, 0, 0) for b in stage1_batches[1:]] + [("stage1", stage1_batches[0], 4, 0)]
+        todo = [t for t in todo if args.only is None or t[0] in args.only]
         # the order is the priority: what the issue asks first, the GPU-only Stage 1 step last
-        for kind, batch, prepared in todo:
-            name = {"stage1": "stage1" + ("-prepared" if prepared else ""), "embed": "embed", "grade": "grade"}[kind]
+        for kind, batch, prepared, nworkers in todo:
+            name = {"stage1": "stage1" + ("-prepared" if prepared else "") + (f"-loader{nworkers}" if nworkers else ""),
+                    "embed": "embed", "grade": "grade"}[kind]
             path = {"stage1": "training.loop.train + pretrain.PretrainTask (ITC+ITM+product)"
-                              + (f", {prepared} batches made ahead, in turn" if prepared else ""),
+                              + (f", {prepared} batches made ahead, in turn" if prepared else "")
+                              + (f", {nworkers} loader threads" if nworkers else ""),
                     "embed": "models.embeddings.embed_batches (fused+image+text)",
                     "grade": "labeling.grading.grade_pairs + CrossEncoderLabeler"}[kind]
             elapsed = time.perf_counter() - started
@@ -604,7 +626,8 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             try:
                 if kind == "stage1":
-                    row.update(measure_stage1(model, catalog, device, amp, batch, plan["stage1"], work, prepared))
+                    row.update(measure_stage1(model, catalog, device, amp, batch, plan["stage1"], work, prepared,
+                                              nworkers))
                 elif kind == "embed":
                     row.update(measure_embed(model, catalog, device, amp, batch, plan["embed"]))
                 else:

@@ -246,3 +246,36 @@ def test_pick_device_gives_a_bare_cuda_its_rank_index():
     assert pick_device("cuda", local_rank=3) == torch.device("cuda", 3)
     assert pick_device("cuda:1", local_rank=3) == torch.device("cuda", 1)
     assert pick_device("cpu", local_rank=3) == torch.device("cpu")
+
+
+def test_loader_workers_train_the_same_run(tmp_path):
+    """Batches made ahead in threads are the batches the loop would make itself, in the same order: the
+    same weights, across epochs, gradient accumulation and a stop in the middle of an epoch."""
+    base, a = run_toy(tmp_path / "inline", epochs=3, accum_steps=2, max_steps=9, log_every=100)
+    threaded, b = run_toy(tmp_path / "threads", epochs=3, accum_steps=2, max_steps=9, log_every=100,
+                          loader_workers=3)
+    assert a.step == b.step == 9
+    assert_same_weights(state(base), state(threaded), atol=0)
+    with pytest.raises(ValueError, match="loader_workers"):
+        LoopConfig(loader_workers=-1)
+
+
+def test_read_ahead_keeps_order_and_stops_early():
+    import threading
+
+    from dashclip.data.images import read_ahead
+
+    seen, lock = [], threading.Lock()
+
+    def load(i):
+        with lock:
+            seen.append(i)
+        return i * i
+
+    assert list(read_ahead(load, range(20), workers=4)) == [i * i for i in range(20)]
+    assert list(read_ahead(load, [], workers=4)) == []
+    seen.clear()
+    stream = read_ahead(load, range(1000), workers=2)
+    assert [next(stream) for _ in range(3)] == [0, 1, 4]
+    stream.close()                     # the caller stops: nothing past the few in flight is loaded
+    assert len(seen) <= 3 + 2

@@ -198,17 +198,25 @@ def read_image_bytes(path: str | os.PathLike, max_bytes: int | None = None) -> b
     return _read(path, max_bytes)
 
 
-def read_ahead(load, items):
-    """Yield `load(item)` for each of `items` in order, loading the next one in a thread while the caller
-    works on this one: image decoding and preprocessing (Pillow, numpy) release the GIL, so they overlap
-    with the tower on another core. One item ahead, so memory holds at most two loaded batches."""
+def read_ahead(load, items, workers: int = 1):
+    """Yield `load(item)` for each of `items` in order, loading the next `workers` items in threads while
+    the caller works on this one: image decoding and preprocessing (Pillow, numpy) release the GIL, so they
+    overlap with the tower on other cores. Memory holds at most `workers + 1` loaded items; `load` must be
+    safe to call from several threads when `workers` > 1."""
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
+    from itertools import islice
 
-    items = list(items)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dashclip-read-ahead") as loader:
-        pending = loader.submit(load, items[0]) if items else None
-        for i in range(len(items)):
-            loaded = pending.result()
-            if i + 1 < len(items):
-                pending = loader.submit(load, items[i + 1])
-            yield loaded
+    items = iter(items)
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="dashclip-read-ahead") as loader:
+        pending = deque(loader.submit(load, item) for item in islice(items, max(1, workers)))
+        try:
+            while pending:
+                loaded = pending.popleft().result()
+                for item in items:             # keep `workers` loads in flight
+                    pending.append(loader.submit(load, item))
+                    break
+                yield loaded
+        finally:       # the caller stopped early: drop what has not started
+            for f in pending:
+                f.cancel()

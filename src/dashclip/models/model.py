@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -25,6 +26,10 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 from .preprocess import preprocess_images
+
+# A fast (Rust) tokenizer sets its padding state on every call and refuses a second thread meanwhile
+# ("Already borrowed"), so batches made in loader threads tokenize one at a time.
+_TOKENIZE_LOCK = threading.Lock()
 from .towers import clone
 
 # Parts of the product side that Stage 2 may unfreeze (`dashclip align --unfreeze-product`).
@@ -65,8 +70,9 @@ class DashCLIP(nn.Module):
 
     # ---- inputs
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict:
-        tok = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt",
-                             max_length=max_length or self.config.max_length)
+        with _TOKENIZE_LOCK:
+            tok = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt",
+                                 max_length=max_length or self.config.max_length)
         return {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"]}
 
     def preprocess(self, images) -> torch.Tensor:

@@ -38,6 +38,9 @@ def register(app: typer.Typer) -> None:
         cache_dir: Optional[Path] = typer.Option(None, help="Where image-feature caches live "
                                                  "(default: runs/cache/image-features)."),
         device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if available)."),
+        loader_workers: Optional[int] = typer.Option(
+            None, help="Threads that decode the next batches' images while the model trains (default: up to "
+            "8 on a GPU when images are decoded, else 0)."),
         tensorboard: bool = typer.Option(False, help="Also log to OUT/tensorboard (needs tensorboard)."),
         progress: bool = typer.Option(True, help="Show progress bars."),
     ):
@@ -55,7 +58,7 @@ def register(app: typer.Typer) -> None:
                 product_against=product_against,
                 heldout_frac=heldout_frac,
                 max_steps=max_steps, seed=seed, warmup_steps=warmup_steps,
-                cache_dir=str(cache_dir) if cache_dir else None, device=device,
+                cache_dir=str(cache_dir) if cache_dir else None, device=device, loader_workers=loader_workers,
                 tensorboard=tensorboard, progress=progress)
             result = run_pretrain(catalog, out, cfg)
         if result.train.evals:

@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..data.images import read_ahead
 from ..io import append_jsonl, atomic_path, read_jsonl, write_jsonl
 from ..optim import adamw, cosine_schedule, param_groups
 from ..precision import AMP_CHOICES, autocast, resolve_amp
@@ -86,6 +87,11 @@ class LoopConfig:
     device: str | None = None       # default: cuda:<local rank> when available, else cpu
     find_unused_parameters: bool = False   # DDP: set when the loss leaves some trainable parameters unused
     lr_scales: dict | None = None   # parameter-name prefix -> lr multiplier (see param_groups)
+    # Threads that make the next micro-batches while the model computes this one (0: each batch is made
+    # when it is needed). For tasks whose make_batch is a pure function of its indices, as Stage 1's is,
+    # so the run and its resume stay the same. On a GPU, decoding images on the main thread left it idle
+    # 75% of the time (benchmarks/results/gpu.md).
+    loader_workers: int = 0
 
     def __post_init__(self):
         if self.amp not in (None, *AMP_CHOICES):
@@ -93,6 +99,8 @@ class LoopConfig:
         for name in ("epochs", "batch_size", "accum_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.loader_workers < 0:
+            raise ValueError(f"loader_workers must be >= 0, not {self.loader_workers}")
 
 
 @dataclass
@@ -324,12 +332,14 @@ def train(model: nn.Module, task: Task, cfg: LoopConfig, out_dir: str | Path) ->
     try:
         while step < total_steps and epoch < cfg.epochs:
             order = epoch_order(n, cfg.seed, epoch)
+            last_micro = min(steps_per_epoch, step_in_epoch + total_steps - step) * cfg.accum_steps
+            micros = range(step_in_epoch * cfg.accum_steps, last_micro)
+            make = lambda micro: task.make_batch(rank_batch(order, micro, cfg.batch_size, rank, world))  # noqa: E731
+            batches = read_ahead(make, micros, cfg.loader_workers) if cfg.loader_workers else map(make, micros)
             while step_in_epoch < steps_per_epoch and step < total_steps:
                 metrics_sum: dict[str, float] = {}
                 for a in range(cfg.accum_steps):
-                    micro = step_in_epoch * cfg.accum_steps + a
-                    batch = to_device(task.make_batch(rank_batch(order, micro, cfg.batch_size, rank, world)),
-                                      device)
+                    batch = to_device(next(batches), device)
                     sync = world == 1 or a == cfg.accum_steps - 1
                     with (nullcontext() if sync else step_module.no_sync()):
                         with autocast(device, amp):

@@ -19,6 +19,7 @@ itself (checkpoints, resume, AMP, DDP) is `loop.py`, shared with Stage 2.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -90,6 +91,10 @@ class PretrainConfig:
     progress: bool = True
     tensorboard: bool = False
     device: str | None = None
+    # Threads that decode and preprocess the next batches while the model trains on this one (LoopConfig.
+    # loader_workers). None: up to 8 on a GPU when images are decoded (not cached), else 0 (on 2 CPU cores
+    # the threads only take cores from the model).
+    loader_workers: int | None = None
 
     def __post_init__(self):
         parts = self.product_against.split("+")
@@ -104,7 +109,8 @@ class PretrainConfig:
                           tensorboard=self.tensorboard, device=self.device,
                           # with product_weight 0 the fused projection is unused; ITM off too: the fusion
                           find_unused_parameters=True,
-                          lr_scales={"text_tower.": self.text_lr_scale} if self.text_lr_scale != 1.0 else None)
+                          lr_scales={"text_tower.": self.text_lr_scale} if self.text_lr_scale != 1.0 else None,
+                          loader_workers=self.loader_workers or 0)
 
 
 @dataclass
@@ -329,7 +335,10 @@ def pretrain(catalog: str | Path | Catalog, out: str | Path, cfg: PretrainConfig
         write_json(out / CONFIG_FILE, {**asdict(cfg), "split": split, "model_config": cfg.config,
                                        "world_size": world})
     task = PretrainTask(model, pairs, cfg, cache)
-    result = train(model, task, cfg.loop_config(), out)
+    loop = cfg.loop_config()
+    if cfg.loader_workers is None and cache is None and device.type == "cuda":
+        loop = dataclasses.replace(loop, loader_workers=min(8, max(1, (os.cpu_count() or 2) - 1)))
+    result = train(model, task, loop, out)
     if rank == 0:
         model.save(out / MODEL_DIR)
     if world > 1:
