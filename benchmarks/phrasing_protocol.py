@@ -72,7 +72,8 @@ def phrasing_sets(catalog, vocab, seed: int, n_train: int, n_candidates: int, pe
     """(training pool, evaluation queries (fashion-queries format + novel/left-out info), record)."""
     from dashclip.labeling.phrasing import PhraseMatcher, reading_to_predicate, split_sides, split_vocabulary, \
         vocabulary_phrases
-    from dashclip.labeling.queries import normalize, synthesize_queries
+    from dashclip.labeling.queries import synthesize_queries
+    from dashclip.text import query_key as normalize
 
     train_vocab, heldout_vocab = split_vocabulary(vocab, seed)
     side = split_sides(vocab.data, seed)

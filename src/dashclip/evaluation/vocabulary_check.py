@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..labeling.queries import normalize
+from ..text import query_key
 from ..labeling.vocabulary import Vocabulary
 from .baselines import EmbeddingScorer, rank, retrieval_products
 
@@ -43,7 +43,7 @@ def vocabulary_words(vocabulary: Vocabulary, roles: Sequence[str] = ("category",
         by_word: dict[str, list[str]] = {}
         for value, ws in vocabulary.words[role].items():
             for w in ws:
-                by_word.setdefault(normalize(w), []).append(value)
+                by_word.setdefault(query_key(w), []).append(value)
         out += [{"role": role, "word": w, "column": column, "values": vocabulary.widen(role, sorted(vs))}
                 for w, vs in sorted(by_word.items())]
     return out

@@ -22,7 +22,8 @@ import json
 import re
 
 from ..text import STOPWORDS, stem_plural
-from .queries import FOR_USAGE, GENDER_PHRASES, GENDER_WORDS, USAGE_PHRASES, normalize
+from ..text import query_key
+from .queries import FOR_USAGE, GENDER_PHRASES, GENDER_WORDS, USAGE_PHRASES
 from .vocabulary import Vocabulary
 
 _TOKEN = re.compile(r"[a-z0-9]+")
@@ -154,7 +155,7 @@ def taken_from(phrase: str, query: str, own=()) -> bool:
     p = content_tokens(phrase)
     if p in {content_tokens(o) for o in own}:
         return False
-    if normalize(phrase) == normalize(query):
+    if query_key(phrase) == query_key(query):
         return True
     return len(p) >= 2 and p == content_tokens(query)
 
@@ -162,8 +163,8 @@ def taken_from(phrase: str, query: str, own=()) -> bool:
 def remove_phrases(data: dict, remove) -> dict:
     """A copy of a vocabulary's JSON without the phrases in `remove` (compared case-insensitively).
     A need left with nothing to say is dropped."""
-    gone = {normalize(p) for p in remove}
-    keep = lambda ws: [w for w in ws if normalize(w) not in gone]
+    gone = {query_key(p) for p in remove}
+    keep = lambda ws: [w for w in ws if query_key(w) not in gone]
     out = copy.deepcopy(data)
     out["category"] = {c: keep(ws) for c, ws in (data.get("category") or {}).items()}
     for column, values in (out.get("attributes") or {}).items():
@@ -185,7 +186,7 @@ def remove_phrases(data: dict, remove) -> dict:
 
 
 def _rank(phrase: str, seed: int) -> str:
-    return hashlib.sha256(f"{seed}\0{normalize(phrase)}".encode()).hexdigest()
+    return hashlib.sha256(f"{seed}\0{query_key(phrase)}".encode()).hexdigest()
 
 
 def split_sides(data: dict, seed: int = 0) -> dict[str, str]:
@@ -203,11 +204,11 @@ def split_sides(data: dict, seed: int = 0) -> dict[str, str]:
         phrases = groups[g]
         counts = {"train": 0, "heldout": 0}
         for p in phrases:
-            if normalize(p) in side:
-                counts[side[normalize(p)]] += 1
-        for p in sorted((p for p in phrases if normalize(p) not in side), key=lambda p: _rank(p, seed)):
+            if query_key(p) in side:
+                counts[side[query_key(p)]] += 1
+        for p in sorted((p for p in phrases if query_key(p) not in side), key=lambda p: _rank(p, seed)):
             s = "train" if counts["train"] <= counts["heldout"] else "heldout"
-            side[normalize(p)] = s
+            side[query_key(p)] = s
             counts[s] += 1
     return side
 
