@@ -60,7 +60,7 @@ def catalog_words(catalog_dir: Path) -> set[str]:
 
 def audit(data: dict, queries: list[dict], own: set[str]) -> dict:
     from dashclip.labeling.phrasing import buildable, content_tokens, taken_from, vocabulary_phrases
-    from dashclip.labeling.queries import normalize
+    from dashclip.text import query_key as normalize
     from dashclip.settings import is_heldout_qid
 
     phrases = vocabulary_phrases(data)
