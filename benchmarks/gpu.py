@@ -180,7 +180,8 @@ def build_catalog(assets: Path, work: Path, n_products: int | None):
     import pandas as pd
 
     from dashclip.data.catalog import Catalog
-    from dashclip.data.importer import Mapping, import_catalog
+    from dashclip.data.importer import import_catalog
+    from dashclip.data.rows import Mapping
 
     rows = pd.read_csv(assets / "fashion" / "catalog.csv", dtype={"id": str})
     if n_products:

@@ -2,8 +2,6 @@
 (Pillow-drawn images, hand-written CSV/JSONL/Parquet). Each test checks the message and the report counts."""
 import io
 import json
-import struct
-import zlib
 
 import pandas as pd
 import pytest
@@ -12,8 +10,10 @@ from typer.testing import CliRunner
 
 from dashclip.cli import app
 from dashclip.data.catalog import Catalog
-from dashclip.data.importer import MissingColumnError, NothingToImportError, import_catalog
+from dashclip.data.importer import NothingToImportError, import_catalog
+from dashclip.data.mapping import MissingColumnError
 from dashclip.clihelp import UserError
+from image_bytes import png_claiming
 
 
 def drawn(fmt="JPEG", size=(32, 24), color=(200, 30, 30)) -> bytes:
@@ -22,14 +22,6 @@ def drawn(fmt="JPEG", size=(32, 24), color=(200, 30, 30)) -> bytes:
     buf = io.BytesIO()
     im.save(buf, fmt)
     return buf.getvalue()
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
-            + chunk(b"IEND", b""))
 
 
 def make_source(tmp_path, csv_text: str | bytes, images: dict[str, bytes] = (), name="products.csv"):

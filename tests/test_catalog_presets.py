@@ -6,8 +6,9 @@ import pytest
 from PIL import Image
 
 from dashclip.data.catalog import Catalog
-from dashclip.data.importer import import_catalog, read_table
+from dashclip.data.importer import import_catalog
 from dashclip.data.presets import PRESETS, get_preset, readable_class_name
+from dashclip.data.tables import read_table
 from dashclip.settings import data_dir
 
 

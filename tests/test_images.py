@@ -1,13 +1,12 @@
 """load_image: the one safe way to open an image. Every fixture is drawn here with Pillow."""
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
 from dashclip.data.images import ImageError, check_image, load_image
+from image_bytes import png_claiming
 
 
 def encoded(fmt: str, size=(64, 48), mode="RGB") -> bytes:
@@ -17,15 +16,6 @@ def encoded(fmt: str, size=(64, 48), mode="RGB") -> bytes:
     buf = io.BytesIO()
     im.save(buf, fmt)
     return buf.getvalue()
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A tiny, valid PNG header that claims width x height pixels: a decompression bomb."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
-            + chunk(b"IEND", b""))
 
 
 def write(tmp_path, name, data: bytes):

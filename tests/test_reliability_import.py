@@ -6,9 +6,7 @@ import io
 import json
 import os
 import socket
-import struct
 import time
-import zlib
 
 import pytest
 from PIL import Image
@@ -18,6 +16,7 @@ from dashclip.cli import app
 from dashclip.clihelp import UserError
 from dashclip.data.catalog import Catalog
 from dashclip.data.importer import import_catalog
+from image_bytes import png_claiming
 from reliability import snapshot
 
 
@@ -25,15 +24,6 @@ def jpeg(color=(200, 30, 30), size=(16, 12)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, "JPEG")
     return buf.getvalue()
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
-            + chunk(b"IEND", b""))
 
 
 def data_lines(path) -> int:
@@ -335,7 +325,7 @@ def _serve(directory, handler_extra=None):
 def test_private_image_urls_are_refused(tmp_path, monkeypatch, reliability):
     # reads outside: requests that reached the private server (the redirector plays a public host)
     rec = reliability("4. private URLs")
-    import dashclip.data.importer as importer
+    import dashclip.data.image_copy as image_copy
 
     www = tmp_path / "www"
     www.mkdir()
@@ -386,8 +376,8 @@ def test_private_image_urls_are_refused(tmp_path, monkeypatch, reliability):
             return real_getaddrinfo(host, *a, **kw)
 
         monkeypatch.setattr(socket, "getaddrinfo", two_addresses)
-        real_check = importer._private_address
-        monkeypatch.setattr(importer, "_private_address",           # the redirector plays a public host
+        real_check = image_copy._private_address
+        monkeypatch.setattr(image_copy, "_private_address",           # the redirector plays a public host
                             lambda host, port: None if port == rport else real_check(host, port))
         src.write_text(f"sku,name,img\n1,Multi,http://shop.example/a.jpg\n2,Hop,http://127.0.0.1:{rport}/a.jpg\n")
         before, hits = snapshot(tmp_path), len(target_hits)

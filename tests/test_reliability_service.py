@@ -16,22 +16,10 @@ from typer.testing import CliRunner
 from dashclip.serving.search import Searcher
 from dashclip.serving.service import create_app
 from reliability import snapshot
-from test_search_fixtures import build_shop_index, shared_shop
+from test_search_fixtures import build_shop_index, client, shop  # noqa: F401 (fixtures)
 
 HOSTILE_IDS = ["AB/123", "50%off", "%2F", "a b", "what?", "#1", "café/ü", "x/image", "a/b/image", "..%2F..",
                "日本/靴", "plain"]
-
-
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory):
-    return shared_shop(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def client(shop):
-    app = create_app(Searcher(shop.model, shop.index, shop.catalog), watch_seconds=0)
-    with TestClient(app) as c:
-        yield c
 
 
 def invoke(*args):

@@ -1,7 +1,8 @@
 """A tiny shop for the search, service and web page tests: a hand-written CSV with Pillow-drawn images,
 imported with `import_catalog`, the tiny random model, and a FAISS index built from its product embeddings.
 
-Imported by tests/test_search*.py, tests/test_service*.py and tests/test_web_page.py (no tests here)."""
+Imported by tests/test_search*.py, tests/test_service*.py and tests/test_web_page.py (no tests here); the
+service tests take its `shop` and `client` fixtures."""
 from __future__ import annotations
 
 import csv
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
 COLOURS = {"Red": (214, 48, 49), "Blue": (9, 132, 227), "Black": (30, 30, 30), "White": (236, 236, 236),
@@ -130,3 +132,20 @@ def shared_shop(tmp_path_factory) -> Shop:
     if _SHOP is None:
         _SHOP = make_shop(tmp_path_factory.mktemp("shop"))
     return _SHOP
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    return shared_shop(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def client(shop):
+    from fastapi.testclient import TestClient
+
+    from dashclip.serving.search import Searcher
+    from dashclip.serving.service import create_app
+
+    app = create_app(Searcher(shop.model, shop.index, shop.catalog), watch_seconds=0)
+    with TestClient(app) as c:
+        yield c

@@ -10,19 +10,7 @@ from fastapi.testclient import TestClient
 
 from dashclip.serving.search import Searcher
 from dashclip.serving.service import create_app
-from test_search_fixtures import NO_IMAGE_ID, build_shop_index, shared_shop
-
-
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory):
-    return shared_shop(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def client(shop):
-    app = create_app(Searcher(shop.model, shop.index, shop.catalog), watch_seconds=0)
-    with TestClient(app) as c:
-        yield c
+from test_search_fixtures import NO_IMAGE_ID, build_shop_index, client, shop  # noqa: F401 (fixtures)
 
 
 def test_search(client, shop):

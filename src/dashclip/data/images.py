@@ -31,7 +31,7 @@ EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GI
               "TIFF": ".tif"}
 IMAGE_ERROR_KINDS = ("missing", "unreadable", "zero_byte", "too_large", "not_an_image", "truncated", "corrupt",
                      "decompression_bomb", "fetch_failed",
-                     # in the importer only: URLs, and paths that leave the images dir
+                     # in the import only (image_copy.py): URLs, and paths that leave the images dir
                      "url_refused", "outside_images_dir")
 
 # Pillow *warns* (and only errors at twice its limit) about oversized images; make the warning an
