@@ -57,12 +57,13 @@ def test_gpu_benchmark_tiny_cpu(tmp_path):
     assert doc["environment"]["efficientnet_lite_pytorch"] in ("assets copy", "installed")
     assert doc["settings"]["products"] == 24 and "running" not in doc
     by_name = {m["name"]: m for m in doc["measurements"]}
-    assert set(by_name) == {"stage1", "stage1-prepared", "embed", "grade"}
+    assert set(by_name) == {"stage1", "stage1-loader2", "stage1-prepared", "embed", "grade"}
     for m in doc["measurements"]:
         assert "error" not in m, m
         assert m["batch_size"] > 0 and m["seconds"] > 0
     assert by_name["stage1"]["pairs_per_s"] > 0 and by_name["stage1"]["steps"] >= 1
     assert by_name["stage1-prepared"]["pairs_per_s"] > 0
+    assert by_name["stage1-loader2"]["loader_workers"] == 2 and by_name["stage1-loader2"]["pairs_per_s"] > 0
     assert by_name["embed"]["products_per_s"] > 0 and by_name["embed"]["products"] > 0
     assert by_name["grade"]["pairs_per_s"] > 0 and by_name["grade"]["pairs"] > 0
 
