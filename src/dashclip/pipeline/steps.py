@@ -322,12 +322,12 @@ def _lap(seconds: dict):
     return lap
 
 
-def human_grades(r: Run, catalog, bm25) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
-    """(train grades, evaluation-only grades or None, facts), written to labels/seed.parquet and
-    labels/eval.parquet. The fashion preset's seed grades come from its labels.py rule."""
+def human_grades(r: Run, catalog, bm25, out: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
+    """(train grades, evaluation-only grades or None, facts), written to <out>/seed.parquet and
+    <out>/eval.parquet (out: labels/). The fashion preset's seed grades come from its labels.py rule."""
     from ..io import save_with, write_json
 
-    out, g = r.path("labels"), r.cfg.grades
+    g = r.cfg.grades
     seed_path, eval_path, facts_path = out / "seed.parquet", out / "eval.parquet", out / "human.json"
     if seed_path.exists() and facts_path.exists():
         facts = json.loads(facts_path.read_text())
@@ -374,12 +374,12 @@ def human_grades(r: Run, catalog, bm25) -> tuple[pd.DataFrame, pd.DataFrame | No
     return seed, evaluation, facts
 
 
-def eval_query_texts(r: Run) -> list[str]:
+def eval_query_texts(r: Run, labels_dir: Path | None = None) -> list[str]:
     """The query texts that must never be trained on: the evaluation-only grades' (or the fashion
     preset's held-out dev queries)."""
     if r.cfg.eval.kind == "fashion-queries":
         return [q["query"] for q in fashion_heldout_queries()]
-    path = r.path("labels", "eval.parquet")
+    path = Path(labels_dir or r.path("labels")) / "eval.parquet"
     return pd.read_parquet(path)["query"].drop_duplicates().tolist() if path.exists() else []
 
 
@@ -414,13 +414,14 @@ def log_queries(r: Run, seed: pd.DataFrame, exclude: list[str]) -> tuple[pd.Data
     return log[["qid", "query", "count"]], facts
 
 
-def train_labeler(r: Run, seed: pd.DataFrame, catalog, vocabulary, bm25, exclude: list[str]):
-    """The labeler, fine-tuned on the training split of the human grades (qid % 3 held out to score it)."""
+def train_labeler(r: Run, seed: pd.DataFrame, catalog, vocabulary, bm25, exclude: list[str], out: Path):
+    """The labeler, fine-tuned on the training split of the human grades (qid % 3 held out to score it)
+    into `out` (a labeler dir that exists is used as it is). Returns (labeler, human pairs it learned from)."""
     from ..labeling.consistency import reading_examples
     from ..labeling.grades import split_by_query
     from ..labeling.labelers.cross_encoder import CrossEncoderConfig, CrossEncoderLabeler, train_from_seed
 
-    lab, out = r.cfg.labeler, r.path("labels", "labeler")
+    lab = r.cfg.labeler
     if lab.kind == "llm":
         from ..labeling.labelers import get_labeler
 
@@ -430,7 +431,7 @@ def train_labeler(r: Run, seed: pd.DataFrame, catalog, vocabulary, bm25, exclude
             import os
 
             os.environ.setdefault("DASHCLIP_LLM_BASE_URL", lab.llm_base_url)
-        return get_labeler("llm", seed_examples=train.head(20), cache_dir=r.path("labels", "llm-cache"), **kw), 0
+        return get_labeler("llm", seed_examples=train.head(20), cache_dir=out.parent / "llm-cache", **kw), 0
     train, held = split_by_query(seed)
     if lab.max_pairs and len(train) > lab.max_pairs:
         train = train.sample(n=lab.max_pairs, random_state=0)
@@ -479,6 +480,16 @@ def candidate_pairs(r: Run, catalog, bm25, log: pd.DataFrame, pool: pd.DataFrame
 def step_labels(r: Run) -> dict:
     """Human grades -> labeler -> candidates of the logged queries (and a synthesized pool) -> graded
     (pool grades checked against what each query was built to mean)."""
+    return make_labels(r, r.path("catalog"), r.path("labels"))
+
+
+def make_labels(r: Run, catalog_dir: Path, out: Path, labeler_dir: Path | None = None,
+                exclude_more: list[str] = ()) -> dict:
+    """The labels step into `out`: (human grades when `out` has none yet: seed.parquet, eval.parquet),
+    the candidate pairs (pool_pairs.parquet; a synthesized pool.parquet with a vocabulary), the labeler
+    (`labeler_dir`, default out/labeler: trained unless it exists), the graded shards (grades/) and
+    what Stage 2 reads (checked.parquet). `exclude_more`: query texts neither synthesized nor taught.
+    The one labels path of the pipeline, the demo and benchmarks/stage2_labels.py. Returns its facts."""
     from ..data.catalog import Catalog
     from ..io import save_with, write_json
     from ..labeling import load_grades
@@ -489,16 +500,16 @@ def step_labels(r: Run) -> dict:
     from ..labeling.vocabulary import Vocabulary
     from ..text import BM25
 
-    lb, out = r.cfg.labels, r.path("labels")
+    lb, out = r.cfg.labels, Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    catalog = Catalog.open(r.path("catalog"))
+    catalog = Catalog.open(catalog_dir)
     vocabulary = Vocabulary.load(lb.vocabulary) if lb.vocabulary else None
     bm25 = BM25(catalog.product_texts())
     seconds = {}
     lap = _lap(seconds)
 
-    seed, _, human = human_grades(r, catalog, bm25)
-    exclude = eval_query_texts(r)
+    seed, _, human = human_grades(r, catalog, bm25, out)
+    exclude = eval_query_texts(r, out) + list(exclude_more)
     lap("human_grades")
     log, log_facts = log_queries(r, seed, exclude)
 
@@ -518,7 +529,8 @@ def step_labels(r: Run) -> dict:
     lap("candidates")
 
     lesson_exclude = exclude + (pool["query"].tolist() if pool is not None else []) + seed["query"].tolist()
-    labeler, labeler_pairs = train_labeler(r, seed, catalog, vocabulary, bm25, lesson_exclude)
+    labeler, labeler_pairs = train_labeler(r, seed, catalog, vocabulary, bm25, lesson_exclude,
+                                           Path(labeler_dir or out / "labeler"))
     lap("labeler_train")
     quality = {}
     if r.cfg.labeler.heldout_check:
