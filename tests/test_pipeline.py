@@ -143,11 +143,17 @@ def test_empty_query_log_is_an_error(tmp_path):
     assert "no training queries" in " ".join(res.output.split())
 
 
-def test_tiny_text_only_shop_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("pipeline")
+    path = tiny_shop(tmp_path / "shop")
+    return tmp_path, path, _run(path)
+
+
+def test_tiny_text_only_shop_end_to_end(tiny_run):
     import dashclip
 
-    path = tiny_shop(tmp_path / "shop")
-    res = _run(path)
+    tmp_path, path, res = tiny_run
     assert res.exit_code == 0, res.output
     out = tmp_path / "shop" / "out"
     record = json.loads((out / "pipeline.json").read_text())
@@ -176,6 +182,63 @@ def test_tiny_text_only_shop_end_to_end(tmp_path):
     assert [r["qid"] for r in rows] == ["a", "b"]
     assert all(len(r["product_ids"]) == 5 and set(r["product_ids"]) <= catalog_ids for r in rows)
 
+    # the service over a text-only catalog: search, a product without an image, and its image endpoint
+    from fastapi.testclient import TestClient
+
+    from dashclip.serving.service import create_app
+    with TestClient(create_app(model_dir=out / "model", index_dir=out / "index", catalog_dir=out / "catalog",
+                               watch_seconds=0)) as client:
+        hits = client.get("/search", params={"q": "blue faucet", "k": 3})
+        assert hits.status_code == 200, hits.text
+        first = hits.json()["results"][0]
+        assert first["image_url"] is None
+        product = client.get(f"/products/{first['id']}")
+        assert product.status_code == 200 and product.json()["image_url"] is None
+        image = client.get(f"/products/{first['id']}/image")
+        assert image.status_code == 404 and "has no image" in image.text
+        assert client.get("/").status_code == 200          # the web page
+
     again = _run(path)
     assert again.exit_code == 0, again.output
     assert again.output.count("reused") == 7
+
+
+def test_guard_ships_the_base_encoder_when_training_made_things_worse(tiny_run, monkeypatch):
+    """The eval step compares the trained query encoder with the base encoder; a worse one is not shipped."""
+    import numpy as np
+    import torch
+
+    import dashclip
+    from dashclip.pipeline import steps
+
+    tmp_path, path, res = tiny_run
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "shop" / "out"
+    record = json.loads((out / "pipeline.json").read_text())
+    del record["steps"]["eval"]
+    (out / "pipeline.json").write_text(json.dumps(record))
+    real = steps.shop_systems
+
+    class Worse:     # the trained system, made to rank at random
+        def __init__(self, scorer):
+            self.name, self.product_ids = scorer.name, scorer.product_ids
+
+        def scores(self, queries):
+            return np.random.default_rng(0).random((len(queries), len(self.product_ids))).astype(np.float32)
+
+    def rigged(r, catalog):
+        systems = real(r, catalog)
+        return [Worse(s) if s.name == steps.TRAINED else s for s in systems]
+    monkeypatch.setattr(steps, "shop_systems", rigged)
+    again = _run(path)
+    assert again.exit_code == 0, again.output
+    ev = json.loads((out / "pipeline.json").read_text())["steps"]["eval"]
+    assert ev["headline"][steps.TRAINED]["ndcg@10"] < ev["headline"][steps.BASE]["ndcg@10"]
+    assert ev["shipped"].startswith("base encoder") and "worse" in ev["warning"]
+    assert "warning" in " ".join(again.output.split())
+    assert "**Warning:**" in (out / "report" / "report.md").read_text()
+    shipped, base = dashclip.load(out / "model"), dashclip.load(out / "stage1" / "model")
+    assert shipped.model_id == base.model_id        # the index still fits
+    with torch.no_grad():
+        q = ["red drill", "green ladder"]
+        assert torch.allclose(shipped.encode_query(q), base.encode_text(q), atol=1e-6)
