@@ -423,15 +423,17 @@ def train_labeler(r: Run, seed: pd.DataFrame, catalog, vocabulary, bm25, exclude
 
     lab = r.cfg.labeler
     if lab.kind == "llm":
-        from ..labeling.labelers import get_labeler
+        import os
 
+        from ..labeling.labelers.llm import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, LLMLabeler, few_shot_examples
+
+        # An OpenAI-compatible endpoint: the config's model and URL, else $DASHCLIP_LLM_MODEL / _BASE_URL
+        # (the API key only ever from the environment). A few training grades are its examples.
         train, _ = split_by_query(seed)
-        kw = {k: v for k, v in (("model", lab.llm_model),) if v}
-        if lab.llm_base_url:
-            import os
-
-            os.environ.setdefault("DASHCLIP_LLM_BASE_URL", lab.llm_base_url)
-        return get_labeler("llm", seed_examples=train.head(20), cache_dir=out.parent / "llm-cache", **kw), 0
+        base = lab.llm_base_url or os.environ.get(ENV_BASE_URL) or "https://api.openai.com/v1"
+        labeler = LLMLabeler(base, lab.llm_model or os.environ.get(ENV_MODEL, ""), os.environ.get(ENV_API_KEY),
+                             examples=few_shot_examples(train, catalog), cache_dir=out.parent / "llm-cache")
+        return labeler, 0
     train, held = split_by_query(seed)
     if lab.max_pairs and len(train) > lab.max_pairs:
         train = train.sample(n=lab.max_pairs, random_state=0)
