@@ -242,3 +242,18 @@ def test_guard_ships_the_base_encoder_when_training_made_things_worse(tiny_run, 
     with torch.no_grad():
         q = ["red drill", "green ladder"]
         assert torch.allclose(shipped.encode_query(q), base.encode_text(q), atol=1e-6)
+
+
+def test_a_changed_config_section_redoes_that_step_and_the_ones_after_it(tiny_run):
+    tmp_path, path, res = tiny_run
+    assert res.exit_code == 0, res.output
+    before = json.loads((tmp_path / "shop" / "out" / "pipeline.json").read_text())["steps"]
+    path.write_text(path.read_text().replace("max_steps = 3", "max_steps = 2"))
+    again = _run(path)
+    assert again.exit_code == 0, again.output
+    text = " ".join(again.output.split())
+    assert "redoing stage2, index, eval" in text
+    assert again.output.count("reused") == 4          # import, stage1, embed, labels
+    record = json.loads((tmp_path / "shop" / "out" / "pipeline.json").read_text())
+    assert record["steps"]["stage2"]["config_hash"] != before["stage2"]["config_hash"]
+    assert record["steps"]["labels"] == before["labels"]

@@ -40,7 +40,7 @@ class Run:
         self.record_path = self.work / record_name
         self.record = json.loads(self.record_path.read_text()) if self.record_path.exists() else {}
         if self.record.get("mode", mode) != mode:
-            raise ConfigError(f"{work} holds a run of another config ({self.record['mode']}, not {mode}); "
+            raise ConfigError(f"{work} holds a run of {self.record['mode']!r}, not {mode!r}; "
                               f"use --fresh or another output dir")
         self.record.update(mode=mode, **(record_extra or {}))
         self.record.setdefault("steps", {})
@@ -57,16 +57,44 @@ class Run:
     def finish(self, step: str, seconds: float, **facts) -> None:
         from ..io import write_json
 
-        self.record["steps"][step] = {"seconds": round(seconds, 1), **facts}
+        self.record["steps"][step] = {"seconds": round(seconds, 1), "config_hash": step_hash(self.cfg, step), **facts}
         write_json(self.record_path, self.record)
 
+    def forget_changed(self) -> list[str]:
+        """Steps whose part of the config changed since they ran are redone, with every step after them
+        (their outputs are deleted; the image-feature cache stays). Returns the names forgotten."""
+        from ..io import write_json
 
-def config_mode(cfg: PipelineConfig) -> str:
-    """What a work dir was made by: the config's name and a hash of everything but where it was read."""
+        names = [n for n, _ in STEPS]
+        changed = [n for n in names if n in self.record["steps"]
+                   and self.record["steps"][n].get("config_hash", step_hash(self.cfg, n)) != step_hash(self.cfg, n)]
+        if not changed:
+            return []
+        forget = names[names.index(changed[0]):]
+        for n in forget:
+            self.record["steps"].pop(n, None)
+            for d in STEP_OUTPUTS[n]:
+                shutil.rmtree(self.path(d), ignore_errors=True)
+        write_json(self.record_path, self.record)
+        self.log(f"the config of step {changed[0]} changed: redoing {', '.join(forget)}")
+        return forget
+
+
+# The config sections each step reads (with those of the steps before it), and the dirs it writes.
+STEP_SECTIONS = {"import": ("catalog",), "stage1": ("model", "stage1"), "embed": (),
+                 "labels": ("grades", "queries", "labeler", "labels"), "stage2": ("stage2",), "index": (),
+                 "eval": ("eval",)}
+STEP_OUTPUTS = {"import": ("catalog", "source"), "stage1": ("stage1",), "embed": ("embeddings", "embeddings.partial"),
+                "labels": ("labels",), "stage2": ("stage2", "model"), "index": ("index", "index-embeddings"),
+                "eval": ("report",)}
+
+
+def step_hash(cfg: PipelineConfig, step: str) -> str:
+    """A hash of the config sections `step` and the steps before it read: a change redoes it."""
     d = cfg.to_dict()
-    d.pop("base_dir", None)
-    d.pop("out", None)
-    return f"{cfg.name}-{hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]}"
+    upto = list(STEP_SECTIONS)[:list(STEP_SECTIONS).index(step) + 1]
+    parts = {sec: d[sec] for name in upto for sec in STEP_SECTIONS[name]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -767,6 +795,7 @@ def run_steps(r: Run) -> Run:
     from ..io import write_json
 
     t_all = time.time()
+    r.forget_changed()
     for i, (name, fn) in enumerate(STEPS, 1):
         if r.done(name):
             r.log(f"[{i}/{len(STEPS)}] {name}: done before ({r.record['steps'][name]['seconds']:.0f}s), reused")
@@ -801,5 +830,5 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path | None = None, fresh: bool
     if fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    r = Run(work, cfg, config_mode(cfg), log, "pipeline.json", {"config": cfg.to_dict()})
+    r = Run(work, cfg, cfg.name, log, "pipeline.json", {"config": cfg.to_dict()})
     return run_steps(r)
