@@ -471,9 +471,13 @@ def train_labeler(r: Run, seed: pd.DataFrame, catalog, vocabulary, bm25, exclude
             lessons = reading_examples(catalog, vocabulary, lab.reading_queries, seed=7, bm25=bm25, exclude=exclude)
         r.log(f"training the cross-encoder labeler on {len(train)} human grades"
               + (f" and {len(lessons)} reading-graded pairs (vocabulary {vocabulary.name})" if lessons is not None else ""))
+        def progress(step, total, loss):     # long on a busy CPU: say where it is
+            if step % 50 == 0 or step == total:
+                r.log(f"labeler step {step}/{total}, loss {loss:.3f}")
+
         train_from_seed(pd.concat([train, held]), catalog, out, vocabulary=vocabulary, extra=lessons,
                         config=CrossEncoderConfig(epochs=lab.epochs, max_length=lab.max_length, lr=lab.lr,
-                                                  batch_size=lab.batch_size, amp="auto"))
+                                                  batch_size=lab.batch_size, amp="auto"), progress=progress)
     return CrossEncoderLabeler(out, batch_size=128), int(len(train))
 
 
@@ -569,7 +573,15 @@ def make_labels(r: Run, catalog_dir: Path, out: Path, labeler_dir: Path | None =
     lap("labeler_eval")
 
     r.log(f"grading {len(pairs)} (query, product) pairs of {pairs['qid'].nunique()} queries")
-    summary = grade_pairs(pairs, catalog, labeler, out / "grades", shard_size=2048)
+    done = [0, 0]
+
+    def graded_some(n):
+        done[0] += n
+        if done[0] - done[1] >= 8192 or done[0] == len(pairs):
+            done[1] = done[0]
+            r.log(f"graded {done[0]}/{len(pairs)} pairs")
+
+    summary = grade_pairs(pairs, catalog, labeler, out / "grades", shard_size=2048, progress=graded_some)
     if not summary["complete"]:
         raise RuntimeError(f"{out / 'grades'}: grading stopped before the end; re-run to continue")
     lap("grade")
