@@ -187,8 +187,9 @@ def base_text_model(config: str = "default"):
 
 
 def step_stage1(r: Run) -> dict:
-    """Stage 1: ITC + ITM on catalog image-title pairs (image tower frozen, features cached); skipped
-    for a catalog without images, whose model is then the base text encoder."""
+    """Stage 1: ITC + ITM on catalog image-title pairs, or the base text encoder for a catalog without images.
+
+    The image tower is frozen and its features cached; without images Stage 1 is skipped."""
     from ..io import atomic_dir
     from ..training.pretrain import PretrainConfig, pretrain
 
