@@ -470,7 +470,7 @@ def train_labeler(r: Run, seed: pd.DataFrame, catalog, vocabulary, bm25, exclude
         lessons = None
         if vocabulary is not None and lab.reading_queries:
             lessons = reading_examples(catalog, vocabulary, lab.reading_queries, seed=7, bm25=bm25, exclude=exclude)
-        r.log(f"training the cross-encoder labeler on {len(train)} human grades"
+        r.log(f"training the cross-encoder labeler on {len(train)} {'seed' if r.cfg.grades.seed_rule else 'human'} grades"
               + (f" and {len(lessons)} reading-graded pairs (vocabulary {vocabulary.name})" if lessons is not None else ""))
         def progress(step, total, loss):     # long on a busy CPU: say where it is
             if step % 50 == 0 or step == total:
