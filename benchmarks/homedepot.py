@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", type=Path, default=REPO / "examples" / "homedepot.toml")
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--results", type=Path, default=RESULTS / "homedepot.json")
+    ap.add_argument("--note", action="append", default=[], help="a note for the results file (repeatable)")
     args = ap.parse_args(argv)
 
     import pandas as pd
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
               "systems": headline, "shipped": steps["eval"].get("shipped"), "warning": steps["eval"].get("warning"),
               "stage1": steps["stage1"], "labels": {k: v for k, v in steps["labels"].items() if k != "human"},
               "human": steps["labels"].get("human"), "stage2": steps["stage2"], "targets": TARGETS,
-              "budget_minutes": BUDGET_MIN}
+              "budget_minutes": BUDGET_MIN, "notes": args.note}
     write_json(args.results, record)
     write_text(args.results.with_suffix(".md"), markdown(record))
     log(f"wrote {args.results} and {args.results.with_suffix('.md')}")
@@ -123,6 +124,7 @@ def markdown(r: dict) -> str:
     m = shipped_metrics
     lines.append(f"| shipped model through `dashclip search --k 100` (batch contract) | {m['ndcg@10']:.4f} | "
                  f"{m['recall@100']:.4f} | {m['mrr']:.4f} |")
+    lines += [f"\n**Note:** {n}" for n in r.get("notes", [])]
     lines += ["", f"Shipped: {r['shipped']}." + (f" Warning: {r['warning']}" if r["warning"] else ""), "",
               f"- NDCG@10 (judged) {verdict('ndcg@10')}; Recall@100 {verdict('recall@100')}.",
               f"- Whole pipeline: {minutes:.1f} min of step time (budget {r['budget_minutes']} min: "
