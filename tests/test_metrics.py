@@ -137,7 +137,10 @@ def test_judged_metrics_condense_the_list_and_recall_counts_the_whole_catalog():
     far = judged_query_metrics([f"u{i}" for i in range(100)] + ["a"], grades)
     assert far["recall@100"] == 0 and far["ndcg@10"] == 0 and far["mrr"] == 0
     # recall is averaged over queries with a grade-2 product only; a query missing from the run scores 0
-    res = evaluate_judged({"q1": ["a", "d"], "q2": ["e"]}, {"q1": grades, "q2": {"e": 1}, "q3": {"f": 2}})
-    assert res["n_queries"] == 3 and res["n_recall_queries"] == 2
+    # recall and MRR over the queries with a grade-2 product, NDCG over those with a relevant one
+    res = evaluate_judged({"q1": ["a", "d"], "q2": ["e"]},
+                          {"q1": grades, "q2": {"e": 1}, "q3": {"f": 2}, "q4": {"g": 0}})
+    assert res["n_queries"] == 4 and res["n_recall_queries"] == 2 and res["n_ndcg_queries"] == 3
     assert res["overall"]["recall@100"] == pytest.approx((1.0 + 0.0) / 2)
-    assert res["overall"]["mrr"] == pytest.approx((1.0 + 0.0 + 0.0) / 3)
+    assert res["overall"]["mrr"] == pytest.approx((1.0 + 0.0) / 2)
+    assert res["overall"]["ndcg@10"] == pytest.approx((judged_query_metrics(["a", "d"], grades)["ndcg@10"] + 1.0) / 3)

@@ -712,8 +712,9 @@ def shop_report(r: Run, results: dict, shipped: str, warning: str | None) -> str
     lines = [f"# {r.cfg.name}: search report", "",
              f"Evaluation-only grades: {results['n_queries']} queries ({results['n_pairs']} graded pairs), whole "
              f"catalog of {results['products']} products ranked exactly. NDCG@10 and MRR are judged (condensed list "
-             f"of the top 100), Recall@100 is over the whole catalog (queries with a grade-2 product: "
-             f"{results['n_recall_queries']}).", "",
+             f"of the top 100; NDCG over the {results['n_ndcg_queries']} queries with a relevant product, MRR over the "
+             f"{results['n_recall_queries']} with a grade-2 product), Recall@100 of grade-2 products is over the whole "
+             f"catalog.", "",
              "| system | NDCG@10 (judged) | Recall@100 | MRR (judged) |", "|---|---:|---:|---:|"]
     for name, m in results["systems"].items():
         lines.append(f"| {name} | {m['ndcg@10']:.4f} | {m['recall@100']:.4f} | {m['mrr']:.4f} |")
@@ -768,6 +769,7 @@ def step_eval_shop(r: Run) -> dict:
         res = evaluate_judged(dict(zip(queries["qid"], ranked)), judged)
         systems[scorer.name] = res["overall"]
         results.setdefault("n_recall_queries", res["n_recall_queries"])
+        results.setdefault("n_ndcg_queries", res["n_ndcg_queries"])
     results.update(n_queries=len(judged), n_pairs=int(len(ev)), products=len(catalog), systems=systems)
     base, trained = systems[BASE]["ndcg@10"], systems[TRAINED]["ndcg@10"]
     shipped, warning = "trained query encoder (Stage 2)", None
