@@ -57,7 +57,7 @@ def main() -> int:
            "target_minutes": TARGET_MINUTES[mode], "target_met": total <= 60 * TARGET_MINUTES[mode],
            "notes": args.note, "record": record}
     lines = [f"# `dashclip demo{' --quick' if mode == 'quick' else ''}` on this machine", "",
-             f"Collected {out['collected_utc']} from `{work}` ({os.cpu_count()} CPUs). Sizes: `{json.dumps(record['sizes'])}`.",
+             f"Collected {out['collected_utc']} from `{work}` ({os.cpu_count()} CPUs). Config: `{json.dumps(record.get('config') or record.get('sizes'))}`.",
              *[f"\n**Note:** {n}" for n in args.note], "",
              "| step | seconds | facts |", "|---|---:|---|"]
     for step, facts in steps.items():

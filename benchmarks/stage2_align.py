@@ -94,17 +94,17 @@ def main(argv=None) -> int:
                     help="the issue's table by default (about 45 min here); also: stage2_seed, stage2_full (no "
                          "WiSE-FT), stage2_full_unchecked_wise, stage2_readings_wise (each another full training), "
                          "stage2_full_symmetric, stage2_full_graded (the QCC-variant ablation)")
-    # Defaults: the demo's Stage 2 settings (demo.SIZES["full"], AlignConfig), trained longer, as the larger
+    # Defaults: the demo's Stage 2 settings (pipeline.config.fashion_config().stage2, AlignConfig), trained longer, as the larger
     # label pool of benchmarks/stage2_labels.py allows: 2,000 steps (~7 epochs of its 36,224 checked grades;
     # 400, 800, 1,200 and 2,000 steps scored 0.760, 0.781, 0.806, 0.823 on 2026-12-01). Seed-only training
     # stops at --epochs first (100 steps).
-    from dashclip.demo import SIZES
+    from dashclip.pipeline.config import fashion_config
     from dashclip.training.align import AlignConfig
-    shipped = SIZES["full"]
+    shipped = fashion_config().stage2
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--max-steps", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=shipped.align_lr)
+    ap.add_argument("--lr", type=float, default=shipped.lr)
     ap.add_argument("--wise-alpha", type=float, default=AlignConfig().wise_alpha,
                     help="alpha of the *_wise systems (WiSE-FT; default AlignConfig's, what dashclip align saves)")
     ap.add_argument("--check-queries", type=lambda v: Path(v) if v else None,

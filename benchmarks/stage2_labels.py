@@ -5,15 +5,18 @@ pay for themselves, so the Stage 2 benchmark trains on a larger pool, made here 
 (its imported catalog and its seed grades) with the labeling stage's own APIs, step by step as the
 `dashclip labels` commands make it:
 
-1. lessons   600 synthesized queries graded by their readings (`labels train --reading-queries 600`),
-             none of them a held-out dev query, a seed query or a query of the demo's pool
-2. labeler   the cross-encoder, fine-tuned on the training seed grades + those lessons (skipped with --labeler)
-3. pool      --queries synthesized queries (seed 0; never a held-out dev query or a lesson) and their
-             candidates: BM25 top 2, 6 products that fit the query's reading, 2 that nearly fit it, 1 random
+1. pool      --queries synthesized queries (seed 0; never a dev query or a query of the demo's pool) and
+             their candidates: BM25 top 2, 6 products that fit the query's reading, 2 that nearly fit it, 1 random
+2. lessons   600 synthesized queries graded by their readings (`labels train --reading-queries 600`),
+             none of them a dev query, a seed query or a query of either pool
+3. labeler   the cross-encoder, fine-tuned on the training seed grades + those lessons (skipped with --labeler)
 4. grade     every candidate pair graded by the labeler (resumable shards: re-run to continue)
 5. check     the grades that agree with their query's reading (`labels check`)
 
-Each step's output is kept in --out and reused by a re-run, so a killed run continues. Deterministic:
+The steps are the pipeline's labels step (`dashclip.pipeline.steps.make_labels`, the demo's and
+`dashclip train`'s), with these sizes: the pool is made first, and the lessons avoid it, every dev
+query and the demo's pool. Each step's output is kept in --out and reused by a re-run, so a killed
+run continues. Deterministic:
 the same demo dir and arguments give the same pool; with the same labeler, the same grades.
 
 Usage:
@@ -26,6 +29,7 @@ Writes benchmarks/results/stage2_labels.json and .md (sizes, agreement with the 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -52,21 +56,16 @@ def main(argv=None) -> int:
     ap.add_argument("--results", type=Path, default=RESULTS / "stage2_labels.json")
     args = ap.parse_args(argv)
 
+    import dataclasses
+    import shutil
+
     import pandas as pd
 
-    from dashclip.data.catalog import Catalog
-    from dashclip.demo import heldout_queries
-    from dashclip.io import save_with, write_json, write_text
-    from dashclip.labeling import load_grades
-    from dashclip.labeling.candidates import pick_candidates
-    from dashclip.labeling.consistency import keep_consistent, reading_examples
-    from dashclip.labeling.evaluate import evaluate_labeler
-    from dashclip.labeling.grading import grade_pairs
-    from dashclip.labeling.labelers.cross_encoder import CrossEncoderConfig, CrossEncoderLabeler, train_from_seed
-    from dashclip.labeling.queries import read_queries, synthesize_queries
-    from dashclip.labeling.vocabulary import Vocabulary
+    from dashclip.io import write_json, write_text
+    from dashclip.pipeline.config import fashion_config
+    from dashclip.pipeline.steps import Run, make_labels
+    from dashclip.labeling.queries import read_queries
     from dashclip.settings import dataset_dir
-    from dashclip.text import BM25
     from _machine import cpu_model
 
     out = args.out
@@ -75,74 +74,40 @@ def main(argv=None) -> int:
         if not need.exists():
             raise SystemExit(f"{need}: missing; run `dashclip demo --work {args.demo}` first (its labels step)")
     record = {"benchmark": "stage2_labels", "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": {"nproc": os.cpu_count(), "cpu": cpu_model()}, "demo": str(args.demo), "out": str(out),
-              "seconds": {}}
-    t0 = time.time()
+              "machine": {"nproc": os.cpu_count(), "cpu": cpu_model()}, "demo": str(args.demo), "out": str(out)}
 
-    def lap(name):
-        nonlocal t0
-        record["seconds"][name] = round(time.time() - t0, 1)
-        t0 = time.time()
-
-    catalog = Catalog.open(args.demo / "catalog")
-    vocabulary = Vocabulary.load("fashion")
-    bm25 = BM25(catalog.product_texts())
-    seed = pd.read_parquet(args.demo / "labels" / "seed.parquet")
+    # The demo's labels step (pipeline/steps.py: make_labels), scaled: the demo's seed grades, a labeler
+    # taught LESSON_QUERIES reading-graded queries, a pool of --queries synthesized queries.
+    cfg = fashion_config()
+    cfg = dataclasses.replace(
+        cfg, labeler=dataclasses.replace(cfg.labeler, reading_queries=LESSON_QUERIES),
+        labels=dataclasses.replace(cfg.labels, pool_queries=args.queries, pool_k_bm25=POOL["k_bm25"],
+                                   pool_k_reading=POOL["k_reading"], pool_k_near=POOL["k_near"],
+                                   pool_n_random=POOL["n_random"]))
+    if not (out / "seed.parquet").exists():
+        shutil.copyfile(args.demo / "labels" / "seed.parquet", out / "seed.parquet")
+        write_json(out / "human.json", {"seed_rule": "fashion-queries", "from_demo": str(args.demo)})
     dev = read_queries(dataset_dir("fashion-queries") / "dev_queries.jsonl")
-    heldout = [q["query"] for q in heldout_queries()]
     demo_pool = args.demo / "labels" / "pool.parquet"
     demo_pool_queries = pd.read_parquet(demo_pool)["query"].tolist() if demo_pool.exists() else []
-
-    # 1-2. The labeler. Its lessons avoid the demo's pool too, so the same labeler can grade either pool
-    # without having been taught its queries.
-    labeler_dir = args.labeler or out / "labeler"
-    lessons = reading_examples(catalog, vocabulary, LESSON_QUERIES, seed=LESSON_SEED, bm25=bm25,
-                               exclude=demo_pool_queries + dev["query"].tolist() + seed["query"].tolist())
-    record["lessons"] = {"queries": int(lessons["qid"].nunique()), "pairs": int(len(lessons))}
-    lap("lessons")
-    if not (labeler_dir / "labeler.json").exists():
-        log(f"training the labeler on the seed grades + {len(lessons)} reading-graded pairs -> {labeler_dir}")
-        train_from_seed(seed, catalog, labeler_dir, vocabulary=vocabulary, extra=lessons,
-                        config=CrossEncoderConfig(epochs=2, max_length=80, amp="auto"))
-    record["labeler"] = str(labeler_dir)
-    lap("labeler_train")
-    labeler = CrossEncoderLabeler(labeler_dir, batch_size=128)
-    quality = evaluate_labeler(labeler, seed, catalog, batch_size=128)     # on the held-out seed queries
-    record["labeler_heldout"] = {k: round(quality[k], 4) for k in ("accuracy", "kappa_quadratic") if k in quality}
-    lap("labeler_eval")
-
-    # 3. The pool and its candidates.
-    pool_path, pairs_path = out / "pool.parquet", out / "pool_pairs.parquet"
-    if not pairs_path.exists():
-        pool = synthesize_queries(catalog, n=args.queries, seed=0, vocabulary=vocabulary,
-                                  exclude=heldout + lessons["query"].unique().tolist())
-        pairs = pick_candidates(catalog, pool, bm25=bm25, **POOL)
-        save_with(pool_path, lambda p: pool.to_parquet(p, index=False))
-        save_with(pairs_path, lambda p: pairs.to_parquet(p, index=False))
-    pool, pairs = pd.read_parquet(pool_path), pd.read_parquet(pairs_path)
-    record["pool"] = {"queries": int(len(pool)), "styles": pool["style"].value_counts().to_dict(),
-                      "pairs": int(len(pairs)), "candidates": POOL}
-    lap("pool")
-
-    # 4-5. Grade (resumable) and check.
-    log(f"grading {len(pairs)} pairs of {len(pool)} queries -> {out / 'grades'}")
-    summary = grade_pairs(pairs, catalog, labeler, out / "grades", shard_size=2048)
-    if not summary["complete"]:
-        raise SystemExit(f"grading stopped before the end ({summary['shards_done']}/{summary['shards']} shards); "
-                         "re-run to continue")
-    record["grade"] = {"pairs": int(summary["pairs"]), "graded_this_run": int(summary["this_run"]["graded"]),
-                       "pairs_per_second": summary["this_run"]["pairs_per_second"]}
-    lap("grade")
-    kept, check = keep_consistent(load_grades(out / "grades"), pool, catalog)
-    save_with(out / "checked.parquet", lambda p: kept.to_parquet(p, index=False))
-    write_json(out / "checked.json", check)
-    record["check"] = check
-    lap("check")
-
+    run = Run(out, cfg, "stage2_labels", log, "stage2_labels.json")
+    facts = make_labels(run, args.demo / "catalog", out, labeler_dir=args.labeler,
+                        exclude_more=dev["query"].tolist() + demo_pool_queries)
+    pool = pd.read_parquet(out / "pool.parquet")
+    record.update(labeler=str(args.labeler or out / "labeler"),
+                  labeler_heldout={"accuracy": facts["labeler_heldout_accuracy"],
+                                   "kappa_quadratic": facts["labeler_heldout_kappa"]},
+                  lessons={"queries": LESSON_QUERIES},
+                  pool={"queries": int(len(pool)), "styles": pool["style"].value_counts().to_dict(),
+                        "pairs": facts["candidates"].get("pool_pairs"), "candidates": POOL},
+                  grade={"pairs": facts["graded_pairs"], "pairs_per_second": facts["pairs_per_second"],
+                         "graded_this_run": facts["pairs_per_second"] is not None},
+                  check=json.loads((out / "checked.json").read_text()), seconds=facts["seconds_by_part"])
     record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json(args.results, record)
     write_text(args.results.with_suffix(".md"), markdown(record))
-    log(f"{check['kept']} of {check['pairs']} grades kept -> {out / 'checked.parquet'}; wrote {args.results}")
+    log(f"{record['check']['kept']} of {record['check']['pairs']} grades kept -> {out / 'checked.parquet'}; "
+        f"wrote {args.results}")
     return 0
 
 
@@ -151,7 +116,7 @@ def markdown(r: dict) -> str:
     lines = ["# Stage 2 benchmark labels", "",
              f"Run {r['started']} - {r['finished']} on {r['machine']['nproc']} x {r['machine']['cpu']}, "
              f"from the demo dir `{r['demo']}` into `{r['out']}`.", "",
-             f"- Labeler `{r['labeler']}`: seed grades + {r['lessons']['pairs']} reading-graded pairs of "
+             f"- Labeler `{r['labeler']}`: seed grades + the reading-graded pairs of "
              f"{r['lessons']['queries']} synthesized queries; held-out seed accuracy "
              f"{r['labeler_heldout'].get('accuracy')}, quadratic kappa {r['labeler_heldout'].get('kappa_quadratic')}.",
              f"- Pool: {r['pool']['queries']} synthesized queries ({r['pool']['styles']}), "

@@ -118,3 +118,29 @@ def test_evaluate_rankings_scores_a_run_per_style_and_keeps_asked_metrics():
     assert out["per_style"]["intent"]["ndcg@10"] == pytest.approx(1 / math.log2(3))
     assert out["overall"]["mrr"] == pytest.approx(0.75)
     assert evaluate_rankings({"q3": [1, 2]}, qrels)["overall"]["ndcg@10"] == 0.0  # unlabelled query: all 0
+
+
+def test_judged_metrics_condense_the_list_and_recall_counts_the_whole_catalog():
+    import math
+
+    from dashclip.evaluation.metrics import evaluate_judged, judged_query_metrics
+
+    grades = {"a": 2, "b": 1, "c": 0, "d": 2}
+    # ungraded x, y are dropped from the condensed list: a, c, b remain in that order; d is not retrieved
+    m = judged_query_metrics(["x", "a", "y", "c", "b"], grades)
+    dcg = 3 / math.log2(2) + 0 / math.log2(3) + 1 / math.log2(4)
+    ideal = 3 / math.log2(2) + 3 / math.log2(3) + 1 / math.log2(4)
+    assert m["ndcg@10"] == pytest.approx(dcg / ideal)
+    assert m["recall@100"] == pytest.approx(0.5)         # a of {a, d}
+    assert m["mrr"] == pytest.approx(1.0)                # first in the condensed list, though rank 2 overall
+    # a grade-2 product beyond the top 100 is not retrieved, even though it is judged
+    far = judged_query_metrics([f"u{i}" for i in range(100)] + ["a"], grades)
+    assert far["recall@100"] == 0 and far["ndcg@10"] == 0 and far["mrr"] == 0
+    # recall is averaged over queries with a grade-2 product only; a query missing from the run scores 0
+    # recall and MRR over the queries with a grade-2 product, NDCG over those with a relevant one
+    res = evaluate_judged({"q1": ["a", "d"], "q2": ["e"]},
+                          {"q1": grades, "q2": {"e": 1}, "q3": {"f": 2}, "q4": {"g": 0}})
+    assert res["n_queries"] == 4 and res["n_recall_queries"] == 2 and res["n_ndcg_queries"] == 3
+    assert res["overall"]["recall@100"] == pytest.approx((1.0 + 0.0) / 2)
+    assert res["overall"]["mrr"] == pytest.approx((1.0 + 0.0) / 2)
+    assert res["overall"]["ndcg@10"] == pytest.approx((judged_query_metrics(["a", "d"], grades)["ndcg@10"] + 1.0) / 3)

@@ -7,7 +7,7 @@ import typer
 app = typer.Typer(
     help="dashclip: multimodal e-commerce search (DashCLIP). Stages, in order: "
     "catalog import -> pretrain (Stage 1) -> labels -> align (Stage 2) -> index -> search/serve -> eval. "
-    "`dashclip demo` runs them all.",
+    "`dashclip train shop.toml` runs them all on your shop, `dashclip demo` on the fashion catalog.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
@@ -21,9 +21,10 @@ def _register() -> None:
     from .index import cli as index_cli
     from .serving import cli as serving_cli
     from .evaluation import cli as evaluation_cli
+    from .pipeline import cli as pipeline_cli
     from . import demo
 
-    for module in (data_cli, training_cli, labeling_cli, index_cli, serving_cli, evaluation_cli, demo):
+    for module in (data_cli, training_cli, labeling_cli, index_cli, serving_cli, evaluation_cli, pipeline_cli, demo):
         module.register(app)
 
 

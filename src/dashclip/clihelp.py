@@ -16,7 +16,9 @@ class UserError(Exception):
 
 
 def fail(message: str, code: int = 2) -> "typer.Exit":
-    console.print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}")   # a message's own [brackets] are text
     return typer.Exit(code)
 
 

@@ -1,0 +1,259 @@
+"""`dashclip train shop.toml`: the config is checked (unknown keys named with a suggestion, wrong types,
+missing columns, bad grades, an empty query log), and a tiny text-only shop runs end to end."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from dashclip.pipeline.config import ConfigError, load_config, parse_config
+
+COLORS = ["red", "blue", "green", "black", "white"]
+KINDS = ["drill", "hammer", "faucet", "lamp", "rug", "shovel", "ladder", "mailbox"]
+
+
+def tiny_shop(root, eval_grades: bool = True):
+    """A text-only shop: 40 products, 16 graded queries (12 train, 4 eval), a query log."""
+    root.mkdir(parents=True, exist_ok=True)
+    products = [{"sku": 1000 + i, "name": f"{c} {k} model {i}"}
+                for i, (c, k) in enumerate((c, k) for k in KINDS for c in COLORS)]
+    pd.DataFrame(products).to_csv(root / "products.csv", index=False)
+    rows = []
+    for qi, (c, k) in enumerate([(c, k) for k in KINDS for c in COLORS[:2]]):
+        q = f"{c} {k}"
+        for p in products:
+            if k in p["name"]:
+                rows.append({"qid": f"q{qi}", "query": q, "product_id": p["sku"],
+                             "grade": 2 if c in p["name"] else 1})
+        rows.append({"qid": f"q{qi}", "query": q, "product_id": products[(qi * 7) % 40]["sku"], "grade": 0})
+    rows.append({"qid": "q99", "query": "ghost product", "product_id": 424242, "grade": 2})  # not in the catalog
+    grades = pd.DataFrame(rows).drop_duplicates(["qid", "product_id"])
+    is_eval = grades["qid"].isin(["q1", "q6", "q11", "q14"])
+    grades[~is_eval].to_csv(root / "train.csv", index=False)
+    grades[is_eval].to_csv(root / "dev.csv", index=False)
+    pd.DataFrame({"query": ["red drill", "cheap rug", "blue lamp", "red drill", "green ladder"],
+                  "n": [5, 2, 3, 1, 1]}).to_csv(root / "log.csv", index=False)
+    toml = f'''name = "tiny-shop"
+out = "{(root / 'out').as_posix()}"
+model = "tiny"
+
+[catalog]
+source = "products.csv"
+id = "sku"
+title = "name"
+
+[queries]
+log = "log.csv"
+count_column = "n"
+
+[grades]
+train = "train.csv"
+{'eval = "dev.csv"' if eval_grades else 'eval_fraction = 0.25'}
+
+[labeler]
+epochs = 1
+max_length = 32
+heldout_check = false
+
+[labels]
+k_bm25 = 4
+k_dense = 3
+n_random = 2
+min_ratio = 5.0
+
+[stage2]
+epochs = 1
+max_steps = 3
+batch_size = 8
+spelling = false
+'''
+    (root / "shop.toml").write_text(toml)
+    return root / "shop.toml"
+
+
+def test_config_typo_is_named_with_a_suggestion(tmp_path):
+    path = tiny_shop(tmp_path)
+    path.write_text(path.read_text().replace("max_steps = 3", "max_step = 3"))
+    with pytest.raises(ConfigError, match=r"\[stage2\].*unknown key 'max_step' \(did you mean 'max_steps'\?\)"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"unknown key 'catalogue' \(did you mean 'catalog'\?\)"):
+        parse_config({"catalogue": {"source": "x.csv"}})
+
+
+def test_config_wrong_type_names_the_key(tmp_path):
+    path = tiny_shop(tmp_path)
+    path.write_text(path.read_text().replace("max_steps = 3", 'max_steps = "three"'))
+    with pytest.raises(ConfigError, match=r"\[stage2\]: max_steps: expected an integer, got str 'three'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"\[labeler\] kind = 'gpt'; expected one of cross-encoder, llm"):
+        parse_config({"catalog": {"source": "p.csv"}, "grades": {"train": "t.csv"}, "labeler": {"kind": "gpt"}})
+    with pytest.raises(ConfigError, match=r"\[catalog\] source is required"):
+        parse_config({"grades": {"train": "t.csv"}})
+
+
+def test_relative_paths_resolve_next_to_the_toml_then_in_the_data_dir(tmp_path, monkeypatch):
+    path = tiny_shop(tmp_path / "shop")
+    cfg = load_config(path)
+    assert cfg.resolve("products.csv") == tmp_path / "shop" / "products.csv"
+    (tmp_path / "data" / "ds").mkdir(parents=True)
+    (tmp_path / "data" / "ds" / "g.csv").write_text("query,product_id,grade\n")
+    monkeypatch.setenv("DASHCLIP_DATA", str(tmp_path / "data"))
+    assert cfg.resolve("ds/g.csv") == tmp_path / "data" / "ds" / "g.csv"
+
+
+def _run(path, *extra):
+    from dashclip.cli import app
+
+    return CliRunner().invoke(app, ["train", str(path), *extra])
+
+
+def test_missing_grade_column_is_an_error_naming_file_and_column(tmp_path):
+    path = tiny_shop(tmp_path)
+    pd.read_csv(tmp_path / "train.csv").rename(columns={"grade": "score"}).to_csv(tmp_path / "train.csv", index=False)
+    res = _run(path)
+    assert res.exit_code != 0
+    assert "train.csv: missing column(s) grade" in " ".join(res.output.split())
+
+
+def test_grade_outside_0_to_2_names_the_row(tmp_path):
+    path = tiny_shop(tmp_path)
+    df = pd.read_csv(tmp_path / "train.csv")
+    df.loc[3, "grade"] = 3
+    df.to_csv(tmp_path / "train.csv", index=False)
+    res = _run(path)
+    assert res.exit_code != 0
+    assert "train.csv: row 5: field 'grade' is '3', expected 0, 1 or 2" in " ".join(res.output.split())
+
+
+def test_missing_catalog_column_is_an_error(tmp_path):
+    path = tiny_shop(tmp_path)
+    path.write_text(path.read_text().replace('title = "name"', 'title = "product_name"'))
+    res = _run(path)
+    assert res.exit_code != 0
+    assert "product_name" in res.output
+
+
+def test_empty_query_log_is_an_error(tmp_path):
+    path = tiny_shop(tmp_path)
+    (tmp_path / "log.csv").write_text("query,n\n")
+    res = _run(path)
+    assert res.exit_code != 0
+    assert "no training queries" in " ".join(res.output.split())
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("pipeline")
+    path = tiny_shop(tmp_path / "shop")
+    return tmp_path, path, _run(path)
+
+
+def test_tiny_text_only_shop_end_to_end(tiny_run):
+    import dashclip
+
+    tmp_path, path, res = tiny_run
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "shop" / "out"
+    record = json.loads((out / "pipeline.json").read_text())
+    assert list(record["steps"]) == ["import", "stage1", "embed", "labels", "stage2", "index", "eval"]
+    assert record["steps"]["stage1"]["skipped"] is True
+    labels = record["steps"]["labels"]
+    # the grade naming a product not in the catalog is reported, not fatal
+    assert labels["human"]["train"]["unknown_product_rows"] == 1
+    assert labels["human"]["train"]["unknown_product_examples"] == ["424242"]
+    assert labels["graded_pairs"] > 0 and labels["log"]["queries"] == 4    # "red drill" twice is one query
+    ev = record["steps"]["eval"]
+    assert set(ev["headline"]) >= {"BM25 (titles)", "base encoder (before Stage 2)", "trained query encoder (Stage 2)"}
+    report = (out / "report" / "report.md").read_text()
+    assert "Shipped in `model/`" in report and "424242" in report
+    model = dashclip.load(out / "model")
+    assert model.has_query_encoder
+
+    queries = tmp_path / "q.jsonl"
+    queries.write_text('{"qid": "a", "query": "red drill"}\n{"qid": "b", "query": "green lamp"}\n')
+    from dashclip.cli import app
+    res = CliRunner().invoke(app, ["search", "--model", str(out / "model"), "--index", str(out / "index"),
+                                   "--queries", str(queries), "--k", "5", "--output", str(tmp_path / "runs.jsonl")])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    catalog_ids = set(pd.read_csv(tmp_path / "shop" / "products.csv")["sku"])
+    assert [r["qid"] for r in rows] == ["a", "b"]
+    assert all(len(r["product_ids"]) == 5 and set(r["product_ids"]) <= catalog_ids for r in rows)
+
+    # the service over a text-only catalog: search, a product without an image, and its image endpoint
+    from fastapi.testclient import TestClient
+
+    from dashclip.serving.service import create_app
+    with TestClient(create_app(model_dir=out / "model", index_dir=out / "index", catalog_dir=out / "catalog",
+                               watch_seconds=0)) as client:
+        hits = client.get("/search", params={"q": "blue faucet", "k": 3})
+        assert hits.status_code == 200, hits.text
+        first = hits.json()["results"][0]
+        assert first["image_url"] is None
+        product = client.get(f"/products/{first['id']}")
+        assert product.status_code == 200 and product.json()["image_url"] is None
+        image = client.get(f"/products/{first['id']}/image")
+        assert image.status_code == 404 and "has no image" in image.text
+        assert client.get("/").status_code == 200          # the web page
+
+    again = _run(path)
+    assert again.exit_code == 0, again.output
+    assert again.output.count("reused") == 7
+
+
+def test_guard_ships_the_base_encoder_when_training_made_things_worse(tiny_run, monkeypatch):
+    """The eval step compares the trained query encoder with the base encoder; a worse one is not shipped."""
+    import numpy as np
+    import torch
+
+    import dashclip
+    from dashclip.pipeline import steps
+
+    tmp_path, path, res = tiny_run
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "shop" / "out"
+    record = json.loads((out / "pipeline.json").read_text())
+    del record["steps"]["eval"]
+    (out / "pipeline.json").write_text(json.dumps(record))
+    real = steps.shop_systems
+
+    class Worse:     # the trained system, made to rank at random
+        def __init__(self, scorer):
+            self.name, self.product_ids = scorer.name, scorer.product_ids
+
+        def scores(self, queries):
+            return np.random.default_rng(0).random((len(queries), len(self.product_ids))).astype(np.float32)
+
+    def rigged(r, catalog):
+        systems = real(r, catalog)
+        return [Worse(s) if s.name == steps.TRAINED else s for s in systems]
+    monkeypatch.setattr(steps, "shop_systems", rigged)
+    again = _run(path)
+    assert again.exit_code == 0, again.output
+    ev = json.loads((out / "pipeline.json").read_text())["steps"]["eval"]
+    assert ev["headline"][steps.TRAINED]["ndcg@10"] < ev["headline"][steps.BASE]["ndcg@10"]
+    assert ev["shipped"].startswith("base encoder") and "worse" in ev["warning"]
+    assert "warning" in " ".join(again.output.split())
+    assert "**Warning:**" in (out / "report" / "report.md").read_text()
+    shipped, base = dashclip.load(out / "model"), dashclip.load(out / "stage1" / "model")
+    assert shipped.model_id == base.model_id        # the index still fits
+    with torch.no_grad():
+        q = ["red drill", "green ladder"]
+        assert torch.allclose(shipped.encode_query(q), base.encode_text(q), atol=1e-6)
+
+
+def test_a_changed_config_section_redoes_that_step_and_the_ones_after_it(tiny_run):
+    tmp_path, path, res = tiny_run
+    assert res.exit_code == 0, res.output
+    before = json.loads((tmp_path / "shop" / "out" / "pipeline.json").read_text())["steps"]
+    path.write_text(path.read_text().replace("max_steps = 3", "max_steps = 2"))
+    again = _run(path)
+    assert again.exit_code == 0, again.output
+    text = " ".join(again.output.split())
+    assert "redoing stage2, index, eval" in text
+    assert again.output.count("reused") == 4          # import, stage1, embed, labels
+    record = json.loads((tmp_path / "shop" / "out" / "pipeline.json").read_text())
+    assert record["steps"]["stage2"]["config_hash"] != before["stage2"]["config_hash"]
+    assert record["steps"]["labels"] == before["labels"]
