@@ -119,7 +119,8 @@ def _mapping(cfg: PipelineConfig, preset_mapping=None) -> dict:
 
 def step_import(r: Run) -> dict:
     """The catalog (or a seeded sample of it) into `catalog/`, through `dashclip catalog import`."""
-    from ..data.importer import import_catalog, read_table
+    from ..data.importer import import_catalog
+    from ..data.tables import read_table
     from ..data.presets import PRESETS, get_preset
     from ..data.rows import Mapping
 
