@@ -1,8 +1,11 @@
-"""What every benchmark stamps on its results: the CPU model (the scripts import this as `_machine`)."""
+"""What every benchmark stamps on its results: the CPU model and the commit (the scripts import this as `_machine`)."""
 from __future__ import annotations
 
 import platform
+import subprocess
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def cpu_model() -> str:
@@ -13,3 +16,12 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def commit() -> str:
+    """The short hash of the checked-out commit, or "unknown" outside a git checkout."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

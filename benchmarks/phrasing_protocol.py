@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -47,13 +46,7 @@ TARGET = 1.25
 REFERENCE = "MiniLM (query vs title + attributes)"
 NOVEL_STYLES = ("synonym", "intent", "long")     # must hold a held-out phrase that is not a catalog word
 
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+from _machine import commit  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 
 def _rel(path) -> str:

@@ -21,7 +21,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model  # noqa: E402
+from _machine import commit as git_commit, cpu_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -53,8 +53,7 @@ def main() -> int:
                          "defect": props.get("defect", ""),
                          **{k: int(props[k]) if k in props else None for k in COUNTS}})
     rows.sort(key=defect_order)   # by the numbering (stable: a file's order within a defect)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    commit = git_commit()
     totals = {k: sum(r[k] or 0 for r in rows) for k in COUNTS}
     measured = {k: sum(r[k] is not None for r in rows) for k in COUNTS}
     record = {"benchmark": "reliability", "script": "benchmarks/reliability.py", "commit": commit,

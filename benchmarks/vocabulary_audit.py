@@ -40,13 +40,7 @@ RESULTS = REPO / "benchmarks" / "results"
 STYLES = ("keyword", "intent", "synonym", "misspelling", "long")
 FLAGS = ("verbatim", "buildable_vocab", "buildable_with_catalog_words", "near_need", "near_need_2_3", "taken")
 
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+from _machine import commit  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 
 def catalog_words(catalog_dir: Path) -> set[str]:
