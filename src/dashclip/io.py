@@ -307,10 +307,12 @@ def prepare_output_dir(path: str | os.PathLike, kind: str, inputs: Iterable[str 
     if not real.is_dir():
         raise OutputDirError(f"output dir {given}: exists and is not a directory")
     entries = [p for p in real.iterdir() if p.name != LOCK_FILE]
-    if not entries or (is_kind(real) if is_kind is not None else output_kind(real) == kind):
+    if not entries:
+        return path
+    found = output_kind(real)
+    if is_kind(real) if is_kind is not None else found == kind:
         return path
     if not overwrite:
-        found = output_kind(real)
         if found is not None and found != kind:
             raise OutputDirError(f"output dir {given}: holds a dashclip {found}, not a {kind}; give another "
                                  f"folder (or --overwrite to replace it)")
