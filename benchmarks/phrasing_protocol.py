@@ -46,6 +46,7 @@ TARGET = 1.25
 REFERENCE = "MiniLM (query vs title + attributes)"
 NOVEL_STYLES = ("synonym", "intent", "long")     # must hold a held-out phrase that is not a catalog word
 
+
 from _machine import commit  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 
@@ -60,19 +61,29 @@ def log(msg: str) -> None:
     print(f"[{datetime.now(timezone.utc).strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def phrase_halves(vocab, seed: int, own: set[str]) -> tuple[list[str], list[str]]:
+    """(training-half phrases, held-out-half phrases) of the split of `seed`, without the catalog's own words
+    (`own`): what a query must not hold to be scored (training half) or must hold to count as novel phrasing."""
+    from dashclip.labeling.phrasing import split_sides
+    from dashclip.text import query_key
+
+    side = split_sides(vocab.data, seed)
+    own_n = {query_key(o) for o in own}
+    return ([p for p, s in side.items() if s == "train" and p not in own_n],
+            [p for p, s in side.items() if s == "heldout" and p not in own_n])
+
+
 def phrasing_sets(catalog, vocab, seed: int, n_train: int, n_candidates: int, per_style: int, exclude: list[str],
                   own: set[str]) -> tuple[object, list[dict], dict]:
     """(training pool, evaluation queries (fashion-queries format + novel/left-out info), record)."""
     from dashclip.labeling.phrasing import PhraseMatcher, reading_to_predicate, split_sides, split_vocabulary, \
         vocabulary_phrases
     from dashclip.labeling.queries import synthesize_queries
-    from dashclip.text import query_key as normalize
+    from dashclip.text import query_key
 
     train_vocab, heldout_vocab = split_vocabulary(vocab, seed)
     side = split_sides(vocab.data, seed)
-    own_n = {normalize(o) for o in own}
-    train_phrases = [p for p, s in side.items() if s == "train" and p not in own_n]
-    heldout_phrases = [p for p, s in side.items() if s == "heldout" and p not in own_n]
+    train_phrases, heldout_phrases = phrase_halves(vocab, seed, own)
     t = time.time()
     pool = synthesize_queries(catalog, n=n_train, seed=seed, exclude=exclude, vocabulary=train_vocab)
     train_s = time.time() - t
@@ -117,7 +128,7 @@ def phrasing_sets(catalog, vocab, seed: int, n_train: int, n_candidates: int, pe
                              "seconds": round(time.time() - t, 1)},
               "left_out": dict(left), "kept_per_style": {s: len(v) for s, v in sorted(by_style.items())},
               "evaluated_per_style": dict(Counter(q["style"] for q in chosen)),
-              "pool_holds_an_eval_query": len({normalize(q["query"]) for q in chosen} & set(pool["query"]))}
+              "pool_holds_an_eval_query": len({query_key(q["query"]) for q in chosen} & set(pool["query"]))}
     return pool, chosen, record
 
 
@@ -148,18 +159,92 @@ def conversion_check(queries: list[dict], catalog, labels_module) -> dict:
             "reading_grades_agree_with_labels_py": round(agree / total, 5) if total else None}
 
 
+def catalog_own_phrases(catalog) -> set[str]:
+    """The catalog's own words (category, gender, colour, usage values), which every pool uses."""
+    from dashclip.labeling.phrasing import own_phrases
+
+    products = catalog.products
+    return own_phrases({c: products[c].dropna().astype(str).unique().tolist()
+                        for c in ("category", "gender", "baseColour", "usage") if c in products})
+
+
+def protocol_sets(catalog, vocab, seed: int = 0, n_train: int = 2000, n_candidates: int = 3000, per_style: int = 100,
+                  check_queries: Path | None = REPO / "benchmarks" / "check_queries.jsonl") -> dict:
+    """Everything a run scores systems on: {"pool" (the training pool of the training half), "phrasing" (the
+    scored phrasing-held-out queries, with their novel phrases), "protocol" (the record), "sets" (phrasing,
+    dev40, check: fashion-queries format), "qrels" (per set), "build" (dev40 qid -> buildable or not),
+    "own" (the catalog's own words)}."""
+    from dashclip.evaluation.qrels import load_labels_module, load_queries, predicate_qrels
+    from dashclip.labeling.phrasing import buildable, vocabulary_phrases
+    from dashclip.settings import dataset_dir, is_heldout_qid
+
+    qdir = dataset_dir("fashion-queries")
+    labels_module = load_labels_module(qdir / "labels.py")
+    dev = load_queries(qdir / "dev_queries.jsonl")
+    products = catalog.products
+    own = catalog_own_phrases(catalog)
+    exclude = [q["query"] for q in dev]
+    check = load_queries(check_queries) if check_queries and Path(check_queries).exists() else []
+    exclude += [q["query"] for q in check]
+    pool, phrasing, protocol = phrasing_sets(catalog, vocab, seed, n_train, n_candidates, per_style, exclude, own)
+    heldout = [q for q in dev if is_heldout_qid(q["qid"])]
+    texts = sorted({p["phrase"] for p in vocabulary_phrases(vocab.data)}) + sorted(own)
+    build = {q["qid"]: "buildable" if buildable(q["query"], texts) else "not buildable" for q in heldout}
+    clean = lambda qs: [{k: v for k, v in q.items() if not k.startswith("_")} for q in qs]
+    sets = {"phrasing": clean(phrasing), "dev40": heldout, "check": check}
+    qrels = {name: predicate_qrels(qs, products, labels_module) for name, qs in sets.items() if qs}
+    protocol["conversion_check"] = conversion_check(heldout, catalog, labels_module)
+    protocol["dev40_buildable"] = dict(Counter(build.values()))
+    return {"pool": pool, "phrasing": phrasing, "protocol": protocol, "sets": sets, "qrels": qrels, "build": build,
+            "own": own}
+
+
+def baseline_systems(catalog, cache_dir) -> list:
+    """BM25 (title + attributes), MiniLM vs title + attributes (the reference) and MiniLM vs title."""
+    from dashclip.evaluation import report
+    from dashclip.evaluation.baselines import bm25_scorer, minilm_scorer
+
+    ranked_products = report.retrieval_products(catalog)
+    return [bm25_scorer(catalog, ranked_products),
+            minilm_scorer(catalog, ranked_products, "text", cache_dir),
+            minilm_scorer(catalog, ranked_products, "title", cache_dir)]
+
+
+def model_system(name: str, model, embeddings_dir, catalog):
+    """A dashclip model as a system: its `encode_query` against the fused product embeddings of `embeddings_dir`."""
+    from dashclip.evaluation import report
+    from dashclip.evaluation.baselines import EmbeddingScorer, model_query_encoder
+
+    model.eval()
+    emb = report.load_product_embeddings(embeddings_dir, model, catalog)
+    mp = report.retrieval_products(catalog, emb.ids)
+    return EmbeddingScorer(name, model_query_encoder(model), emb.vectors["fused"][report.align(emb, mp["id"].tolist())],
+                           mp["id"].tolist())
+
+
+def score_system(system, p: dict, catalog, vocab) -> tuple[dict, dict]:
+    """(results per set of `protocol_sets`' `p`, with dev40_by_vocabulary; the vocabulary check) of one system."""
+    from dashclip.evaluation.evaluators import RetrievalEvaluator
+    from dashclip.evaluation.metrics import evaluate_rankings
+    from dashclip.evaluation.vocabulary_check import vocabulary_check_scorer
+
+    res = {}
+    for name, qs in p["sets"].items():
+        if not qs:
+            continue
+        ev = RetrievalEvaluator(qs, p["qrels"][name], recall_ks=())
+        res[name] = ev(system)
+        if name == "dev40":
+            res["dev40_by_vocabulary"] = evaluate_rankings(ev.rankings, p["qrels"][name], p["build"], metrics=KEYS)
+    return res, vocabulary_check_scorer(system, catalog, vocab)
+
+
 def main(argv=None) -> int:
     from _machine import cpu_model
     from dashclip.data.catalog import Catalog
     from dashclip.evaluation import report
-    from dashclip.evaluation.baselines import EmbeddingScorer, bm25_scorer, minilm_scorer, model_query_encoder
-    from dashclip.evaluation.evaluators import RetrievalEvaluator
-    from dashclip.evaluation.metrics import evaluate_rankings
-    from dashclip.evaluation.qrels import load_labels_module, load_queries, predicate_qrels
-    from dashclip.evaluation.vocabulary_check import vocabulary_check_scorer
-    from dashclip.labeling.phrasing import buildable, own_phrases, vocabulary_phrases
     from dashclip.labeling.vocabulary import Vocabulary
-    from dashclip.settings import dataset_dir, is_heldout_qid, runs_dir
+    from dashclip.settings import runs_dir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--catalog", type=Path, default=runs_dir() / "catalogs" / "fashion")
@@ -183,12 +268,6 @@ def main(argv=None) -> int:
     t0 = time.time()
     catalog = Catalog.open(args.catalog)
     vocab = Vocabulary.load(args.vocabulary)
-    qdir = dataset_dir("fashion-queries")
-    labels_module = load_labels_module(qdir / "labels.py")
-    dev = load_queries(qdir / "dev_queries.jsonl")
-    products = catalog.products
-    own = own_phrases({c: products[c].dropna().astype(str).unique().tolist()
-                       for c in ("category", "gender", "baseColour", "usage") if c in products})
     meta = {"script": "benchmarks/phrasing_protocol.py", "command": " ".join(["benchmarks/phrasing_protocol.py",
                                                                               *(argv or sys.argv[1:])]),
             "commit": commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -196,63 +275,33 @@ def main(argv=None) -> int:
             "vocabulary": _rel(vocab.source)}
 
     log("synthesizing the training pool and the phrasing-held-out candidates ...")
-    exclude = [q["query"] for q in dev]
-    if args.check_queries and args.check_queries.exists():
-        check = load_queries(args.check_queries)
-        exclude += [q["query"] for q in check]
-    else:
-        check = []
-    pool, phrasing, protocol = phrasing_sets(catalog, vocab, args.seed, args.train_queries, args.candidates,
-                                             args.per_style, exclude, own)
+    p = protocol_sets(catalog, vocab, args.seed, args.train_queries, args.candidates, args.per_style,
+                      args.check_queries)
+    pool, phrasing, protocol = p["pool"], p["phrasing"], p["protocol"]
     args.work.mkdir(parents=True, exist_ok=True)
     pool.to_parquet(args.work / f"train_pool_seed{args.seed}.parquet", index=False)
     with open(args.work / f"phrasing_eval_seed{args.seed}.jsonl", "w", encoding="utf-8") as f:
         for q in phrasing:
             f.write(json.dumps({k: v for k, v in q.items() if not k.startswith("_")}) + "\n")
     log(f"training pool {len(pool)}; phrasing-held-out {len(phrasing)} {protocol['evaluated_per_style']}")
-
-    heldout = [q for q in dev if is_heldout_qid(q["qid"])]
-    texts = sorted({p["phrase"] for p in vocabulary_phrases(vocab.data)}) + sorted(own)
-    build = {q["qid"]: "buildable" if buildable(q["query"], texts) else "not buildable" for q in heldout}
-    clean = lambda qs: [{k: v for k, v in q.items() if not k.startswith("_")} for q in qs]
-    sets = {"phrasing": clean(phrasing), "dev40": heldout, "check": check}
-    qrels = {name: predicate_qrels(qs, products, labels_module) for name, qs in sets.items() if qs}
-    protocol["conversion_check"] = conversion_check(heldout, catalog, labels_module)
-    protocol["dev40_buildable"] = dict(Counter(build.values()))
     log(f"labels done; conversion check {protocol['conversion_check']}")
 
     log("systems ...")
-    ranked_products = report.retrieval_products(catalog)
-    systems = [bm25_scorer(catalog, ranked_products),
-               minilm_scorer(catalog, ranked_products, "text", args.cache_dir),
-               minilm_scorer(catalog, ranked_products, "title", args.cache_dir)]
+    systems = baseline_systems(catalog, args.cache_dir)
     for i, mdir in enumerate(args.model):
-        model = report.load_model(mdir)
-        model.eval()
-        emb = report.load_product_embeddings(args.embeddings[i if len(args.embeddings) > 1 else 0], model, catalog)
-        mp = report.retrieval_products(catalog, emb.ids)
-        systems.append(EmbeddingScorer(f"model {i + 1}: {mdir} (encode_query)", model_query_encoder(model),
-                                       emb.vectors["fused"][report.align(emb, mp["id"].tolist())],
-                                       mp["id"].tolist()))
+        systems.append(model_system(f"model {i + 1}: {mdir} (encode_query)", report.load_model(mdir),
+                                    args.embeddings[i if len(args.embeddings) > 1 else 0], catalog))
 
     results, vcheck = {}, {}
     for s in systems:
         t = time.time()
-        res = {}
-        for name, qs in sets.items():
-            if not qs:
-                continue
-            ev = RetrievalEvaluator(qs, qrels[name], recall_ks=())
-            res[name] = ev(s)
-            if name == "dev40":
-                res["dev40_by_vocabulary"] = evaluate_rankings(ev.rankings, qrels[name], build, metrics=KEYS)
-        results[s.name] = res
-        vcheck[s.name] = vocabulary_check_scorer(s, catalog, vocab)
+        results[s.name], vcheck[s.name] = score_system(s, p, catalog, vocab)
+        res = results[s.name]
         log(f"{s.name}: phrasing {res['phrasing']['overall']['ndcg@10']:.3f}, dev40 "
             f"{res['dev40']['overall']['ndcg@10']:.3f}, vocabulary check "
             f"{vcheck[s.name]['overall']['share']:.3f} ({time.time() - t:.0f}s)")
     out = {"meta": {**meta, "seconds": round(time.time() - t0, 1)}, "protocol": protocol,
-           "sets": {k: len(v) for k, v in sets.items()}, "results": results,
+           "sets": {k: len(v) for k, v in p["sets"].items()}, "results": results,
            "vocabulary_check": {k: {kk: vv for kk, vv in v.items() if kk != "words"} for k, v in vcheck.items()},
            "phrasing_queries": [{k: q[k] for k in ("qid", "query", "style", "_novel")} for q in phrasing]}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -359,7 +359,7 @@ def train_and_rank(args, name, grades, variant, product_ids, product_vectors, he
         import shutil            # the same training run as `base`, only the saved weights differ: reuse it
 
         shutil.copytree(base / "checkpoints", out / "checkpoints")
-    config = AlignConfig(batch_size=args.batch_size, variant=variant, wise_alpha=args.wise_alpha if wise else 1.0)
+    config = AlignConfig(variant=variant, wise_alpha=args.wise_alpha if wise else 1.0)
     loop = LoopConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                       warmup_steps=20, ckpt_every=50, log_every=10, eval_every_epoch=False, progress=False,
                       amp="auto", resume=(out / "checkpoints" / "last.pt").exists())

@@ -40,6 +40,7 @@ RESULTS = REPO / "benchmarks" / "results"
 STYLES = ("keyword", "intent", "synonym", "misspelling", "long")
 FLAGS = ("verbatim", "buildable_vocab", "buildable_with_catalog_words", "near_need", "near_need_2_3", "taken")
 
+
 from _machine import commit  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 
@@ -54,12 +55,12 @@ def catalog_words(catalog_dir: Path) -> set[str]:
 
 def audit(data: dict, queries: list[dict], own: set[str]) -> dict:
     from dashclip.labeling.phrasing import buildable, content_tokens, taken_from, vocabulary_phrases
-    from dashclip.text import query_key as normalize
+    from dashclip.text import query_key
     from dashclip.settings import is_heldout_qid
 
     phrases = vocabulary_phrases(data)
     texts = sorted({p["phrase"] for p in phrases})
-    norm = {normalize(t) for t in texts}
+    norm = {query_key(t) for t in texts}
     needs = sorted({p["phrase"] for p in phrases if p["kind"] == "need"})
     rows = []
     for q in queries:
@@ -73,7 +74,7 @@ def audit(data: dict, queries: list[dict], own: set[str]) -> dict:
                     best, jac = n, j
         taken = [p for p in phrases if taken_from(p["phrase"], q["query"], own)]
         rows.append({"qid": q["qid"], "query": q["query"], "style": q["style"], "heldout": is_heldout_qid(q["qid"]),
-                     "verbatim": normalize(q["query"]) in norm,
+                     "verbatim": query_key(q["query"]) in norm,
                      "buildable_vocab": buildable(q["query"], texts),
                      "buildable_with_catalog_words": buildable(q["query"], texts + sorted(own)),
                      "near_need": jac >= 0.5, "near_need_2_3": jac >= 2 / 3 - 1e-9,

@@ -76,7 +76,7 @@ def test_unknown_products_are_counted_not_lost():
 def test_batch_grade_matrix_masks_false_negatives():
     t = build_table()
     q = {text.lower(): i for i, text in enumerate(t.queries)}
-    cfg = AlignConfig(batch_size=2, positives_per_product=1, graded_negatives=1, hard_negatives=0)
+    cfg = AlignConfig(positives_per_product=1, graded_negatives=1, hard_negatives=0)
     # Anchors: (red dress, product 10) and (blue jeans, product 12).
     pairs = np.array([[q["red dress"], 0], [q["blue jeans"], 2]])
     b = t.make_batch(pairs, cfg, np.random.default_rng(0))
@@ -90,7 +90,7 @@ def test_batch_grade_matrix_masks_false_negatives():
 
     # With a second positive per product, "party dress" joins the bank for product 10; it is
     # relevant to product 10 and unlabeled for product 12.
-    cfg2 = AlignConfig(batch_size=2, positives_per_product=2, graded_negatives=0, hard_negatives=0)
+    cfg2 = AlignConfig(positives_per_product=2, graded_negatives=0, hard_negatives=0)
     b2 = t.make_batch(pairs, cfg2, np.random.default_rng(0), positive_grades=(2,))
     col2 = {int(j): c for c, j in enumerate(b2.query_index)}
     assert q["party dress"] in col2
@@ -100,7 +100,7 @@ def test_batch_grade_matrix_masks_false_negatives():
 def test_duplicate_products_merge_into_one_row():
     t = build_table()
     q = {text.lower(): i for i, text in enumerate(t.queries)}
-    cfg = AlignConfig(batch_size=2, positives_per_product=1, graded_negatives=0, hard_negatives=0)
+    cfg = AlignConfig(positives_per_product=1, graded_negatives=0, hard_negatives=0)
     b = t.make_batch(np.array([[q["red dress"], 0], [q["party dress"], 0]]), cfg, np.random.default_rng(0))
     assert b.product_rows.tolist() == [0]
     assert sorted(b.grades[0].tolist()) == [2, 2]
@@ -123,7 +123,7 @@ def test_hard_negatives_skip_relevant_queries():
 def test_config_validation():
     with pytest.raises(ValueError, match="variant"):
         AlignConfig(variant="x")
-    with pytest.raises(ValueError, match="batch_size"):
-        AlignConfig(batch_size=0)
+    with pytest.raises(ValueError, match="pairs_per_query"):
+        AlignConfig(pairs_per_query=0)
     with pytest.raises(ValueError, match="min_confidence"):
         AlignConfig(min_confidence=2)

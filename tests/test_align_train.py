@@ -44,7 +44,7 @@ def loop_config(**kw):
 def test_training_lowers_the_loss_and_saves_both_encoders(tmp_path):
     model, table, grades = fixture()
     before = model.encode_text(["red dress 3"])
-    summary = align(None, grades, tmp_path, AlignConfig(batch_size=16, hard_negatives=2),
+    summary = align(None, grades, tmp_path, AlignConfig(hard_negatives=2),
                     loop_config(), model=model, product_table=table)
     from dashclip.io import read_jsonl
     losses = [r["loss"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
@@ -66,7 +66,7 @@ class Interrupted(Exception):
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypatch):
-    cfg = AlignConfig(batch_size=8, hard_negatives=1)
+    cfg = AlignConfig(hard_negatives=1)
     model, table, grades = fixture(seed=1)
     align(None, grades, tmp_path / "full", cfg, loop_config(epochs=2, batch_size=8, ckpt_every=3),
           model=model, product_table=table)
@@ -130,12 +130,11 @@ def test_unfreeze_product_trains_every_fusion_weight(fusion_weights):
     """--unfreeze-product trains the whole image-grounded encoder: with fusion_weights "text_tower" its
     self-attention and feed-forward weights are registered under the text tower, and must be included."""
     from dashclip.models.factory import create_model
-    from dashclip.training.align import trainable_modules
 
     model = create_model("tiny", pretrained=False, fusion_input="shared", fusion_weights=fusion_weights)
     model.add_query_encoder()
-    frozen = {id(p) for m in trainable_modules(model, False) for p in m.parameters()}
-    trained = {id(p) for m in trainable_modules(model, True) for p in m.parameters()}
+    frozen = {id(p) for m in model.stage2_trainable(False) for p in m.parameters()}
+    trained = {id(p) for m in model.stage2_trainable(True) for p in m.parameters()}
     fusion_path = {id(p) for layer in model.fusion.layers for p in layer.parameters()}
     if fusion_weights == "text_tower":
         fusion_path |= {id(p) for layer in model.fusion.layers for p in layer.text_layer.parameters()}
@@ -206,3 +205,19 @@ def test_align_cli_never_trains_on_the_excluded_queries(tmp_path, monkeypatch):
     (tmp_path / "bad.jsonl").write_text('{"query": "red shirt"}\n{"qid": "h2"}\n')
     res = run(tmp_path / "bad", "--exclude-queries", str(tmp_path / "bad.jsonl"))
     assert res.exit_code == 2 and "bad.jsonl: line 2: no 'query' field" in " ".join(res.output.split())
+
+
+def test_model_surgery_locks_what_each_stage_keeps():
+    """The model owns its surgery: Stage 2 trains only the query encoder (less its locked lowest
+    parts); Stage 1 on a CPU locks the image tower."""
+    from dashclip.models.factory import create_model
+
+    model = create_model("tiny", pretrained=False)
+    model.lock_image_tower()
+    assert not any(p.requires_grad for p in model.image_tower.parameters())
+    assert not model.image_tower.training
+    model.lock_for_stage2(locked_query_layers=1)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("query_tower.", "query_proj.")) for n in trainable)
+    assert not any("embeddings" in n for n in trainable)          # the token embeddings are locked
+    assert any(n.startswith("query_tower.") for n in trainable)   # its layers still train

@@ -21,8 +21,7 @@ import hashlib
 import json
 import re
 
-from ..text import STOPWORDS, stem_plural
-from ..text import query_key
+from ..text import STOPWORDS, query_key, stem_plural
 from .queries import FOR_USAGE, GENDER_PHRASES, GENDER_WORDS, USAGE_PHRASES
 from .vocabulary import Vocabulary
 

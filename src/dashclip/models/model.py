@@ -60,6 +60,35 @@ class DashCLIP(nn.Module):
         self.query_tower = clone(self.text_tower)
         self.query_proj = clone(self.text_proj)
 
+    # ---- surgery: what each stage trains (as open_clip's `lock_*`); the trainer only calls these
+    def lock_image_tower(self) -> None:
+        """Freeze the image tower (Stage 1 on a CPU: its features are cached once) and keep it in eval
+        mode (no BatchNorm drift)."""
+        self.image_tower.requires_grad_(False)
+        self.image_tower.eval()
+
+    def stage2_trainable(self, unlock_product: bool = False) -> list[nn.Module]:
+        """The modules Stage 2 trains: the query encoder, plus the fusion layers and projections with
+        `unlock_product` (shared fusion layers live in the text tower)."""
+        mods = [self.query_tower, self.query_proj]
+        if unlock_product:
+            mods += [getattr(self, name) for name in PRODUCT_TRAINABLE if getattr(self, name, None) is not None]
+            mods += getattr(self.fusion, "text_layers", [])
+        return mods
+
+    def lock_for_stage2(self, unlock_product: bool = False, locked_query_layers: int = 0) -> list[nn.Module]:
+        """Freeze all but what Stage 2 trains, then the lowest `locked_query_layers` parts of the query
+        tower (1: its token embeddings, 2: and its first layer, ...). Returns the trained modules."""
+        if self.query_tower is None:
+            self.add_query_encoder()
+        self.requires_grad_(False)
+        mods = self.stage2_trainable(unlock_product)
+        for m in mods:
+            m.requires_grad_(True)
+        for m in lower_layers(self.query_tower, locked_query_layers):
+            m.requires_grad_(False)
+        return mods
+
     @property
     def has_query_encoder(self) -> bool:
         return self.query_tower is not None
@@ -195,6 +224,21 @@ class DashCLIP(nn.Module):
     def save(self, path: str | Path) -> Path:
         from .model_dir import save_model
         return save_model(self, path)
+
+
+def lower_layers(tower: nn.Module, parts: int) -> list[nn.Module]:
+    """The lowest `parts` of a text tower: its token embeddings, then its transformer layers from the
+    bottom (BERT-style `embeddings` + `encoder.layer`, or CLIP-style `encoder.layers`)."""
+    if parts <= 0:
+        return []
+    for m in tower.modules():
+        encoder = getattr(m, "encoder", None)
+        stack = getattr(encoder, "layer", None) or getattr(encoder, "layers", None)
+        if getattr(m, "embeddings", None) is not None and stack is not None:
+            if parts > len(stack) + 1:
+                raise ValueError(f"freeze_query_layers {parts} > the query tower's embeddings + {len(stack)} layers")
+            return [m.embeddings, *list(stack)[:parts - 1]]
+    raise ValueError(f"freeze_query_layers: no embeddings + encoder layers found in {type(tower).__name__}")
 
 
 def to_numpy(x) -> np.ndarray:

@@ -95,6 +95,9 @@ class LabelsConfig:
     pool_k_reading: int = 6
     pool_k_near: int = 2
     pool_n_random: int = 1
+    # Keep only the pool grades that agree with what each synthesized query was built to mean. Its
+    # reading rule is close to the fashion evaluation's label rule, so the protocol measures it.
+    check: bool = True
 
 
 @dataclass

@@ -520,12 +520,15 @@ def step_labels(r: Run) -> dict:
 
 
 def make_labels(r: Run, catalog_dir: Path, out: Path, labeler_dir: Path | None = None,
-                exclude_more: list[str] = ()) -> dict:
+                exclude_more: list[str] = (), pool: pd.DataFrame | None = None) -> dict:
     """The labels step into `out`: (human grades when `out` has none yet: seed.parquet, eval.parquet),
     the candidate pairs (pool_pairs.parquet; a synthesized pool.parquet with a vocabulary), the labeler
     (`labeler_dir`, default out/labeler: trained unless it exists), the graded shards (grades/) and
-    what Stage 2 reads (checked.parquet). `exclude_more`: query texts neither synthesized nor taught.
-    The one labels path of the pipeline, the demo and benchmarks/stage2_labels.py. Returns its facts."""
+    what Stage 2 reads (checked.parquet: the pool's grades checked against their readings when
+    [labels] check). `exclude_more`: query texts neither synthesized nor taught. `pool`: a synthesized
+    pool made elsewhere (benchmarks/stage2_protocol.py: from half a vocabulary), used instead of one
+    from [labels] vocabulary. The one labels path of the pipeline, the demo and the benchmarks.
+    Returns its facts."""
     from ..data.catalog import Catalog
     from ..io import save_with, write_json
     from ..labeling import load_grades
@@ -553,8 +556,9 @@ def make_labels(r: Run, catalog_dir: Path, out: Path, labeler_dir: Path | None =
     # lessons never repeat a pool query.
     pool_path, pairs_path = out / "pool.parquet", out / "pool_pairs.parquet"
     if not pairs_path.exists():
-        pool = None
-        if vocabulary is not None and lb.pool_queries:
+        if pool is not None:
+            save_with(pool_path, lambda p: pool.to_parquet(p, index=False))
+        elif vocabulary is not None and lb.pool_queries:
             pool = synthesize_queries(catalog, n=lb.pool_queries, seed=0, vocabulary=vocabulary, exclude=exclude)
             save_with(pool_path, lambda p: pool.to_parquet(p, index=False))
         pairs, cand_facts = candidate_pairs(r, catalog, bm25, log, pool, seed)
@@ -589,7 +593,7 @@ def make_labels(r: Run, catalog_dir: Path, out: Path, labeler_dir: Path | None =
     lap("grade")
     grades = load_grades(out / "grades")
     check = {}
-    if pool is not None and len(pool):
+    if lb.check and pool is not None and len(pool):
         in_pool = grades["qid"].isin(set(pool["qid"].astype(str)))
         kept, check = keep_consistent(grades[in_pool], pool, catalog)
         grades = pd.concat([grades[~in_pool], kept], ignore_index=True)
@@ -607,6 +611,7 @@ def make_labels(r: Run, catalog_dir: Path, out: Path, labeler_dir: Path | None =
              "labeler_heldout_kappa": round(quality.get("kappa_quadratic", float("nan")), 4),
              "labeler_heldout_accuracy": round(quality.get("accuracy", float("nan")), 4),
              "seconds_by_part": seconds}
+    facts["check"] = bool(lb.check)
     if check:
         facts.update(checked_pairs_kept=check["kept"], agreement_with_readings=check["agreement"])
     else:
@@ -622,20 +627,31 @@ def make_labels(r: Run, catalog_dir: Path, out: Path, labeler_dir: Path | None =
 # 5. Stage 2
 
 
+def stage2_settings(cfg: PipelineConfig, out: Path):
+    """(AlignConfig, LoopConfig) of the config's [stage2], training into `out` (resumed when it holds
+    a checkpoint). The one place they are made: the pipeline and benchmarks/stage2_protocol.py."""
+    from ..training.align import AlignConfig
+    from ..training.loop import LoopConfig
+
+    s = cfg.stage2
+    loop = LoopConfig(epochs=s.epochs, max_steps=s.max_steps or None, batch_size=s.batch_size, lr=s.lr,
+                      warmup_steps=s.warmup_steps, ckpt_every=100, amp="auto",
+                      resume=(Path(out) / "checkpoints" / "last.pt").exists())
+    config = AlignConfig(variant=s.variant,
+                         grade1_weight=None if s.grade1_weight < 0 else s.grade1_weight, wise_alpha=s.wise_alpha,
+                         min_confidence=s.min_confidence, spelling=s.spelling, pairs_per_query=s.pairs_per_query)
+    return config, loop
+
+
 def step_stage2(r: Run) -> dict:
     """Stage 2: the query encoder, trained with QCC on human + labeler grades; product side frozen."""
     from ..io import atomic_dir
-    from ..training.align import AlignConfig, align
-    from ..training.loop import LoopConfig
+    from ..training.align import align
 
-    s, out = r.cfg.stage2, r.path("stage2")
-    loop = LoopConfig(epochs=s.epochs, max_steps=s.max_steps or None, batch_size=s.batch_size, lr=s.lr,
-                      warmup_steps=s.warmup_steps, ckpt_every=100, amp="auto",
-                      resume=(out / "checkpoints" / "last.pt").exists())
-    grades = ([r.path("labels", "seed.parquet")] if s.human_grades else []) + [r.path("labels", "checked.parquet")]
-    config = AlignConfig(batch_size=s.batch_size, variant=s.variant,
-                         grade1_weight=None if s.grade1_weight < 0 else s.grade1_weight, wise_alpha=s.wise_alpha,
-                         min_confidence=s.min_confidence, spelling=s.spelling, pairs_per_query=s.pairs_per_query)
+    out = r.path("stage2")
+    config, loop = stage2_settings(r.cfg, out)
+    grades = ([r.path("labels", "seed.parquet")] if r.cfg.stage2.human_grades else []) + \
+        [r.path("labels", "checked.parquet")]
     summary = align(r.path("stage1", "model"), grades, out, config, loop, embeddings_dir=r.path("embeddings"),
                     exclude_queries=set(eval_query_texts(r)))
     with atomic_dir(r.path("model")) as tmp:      # the model users keep: both encoders

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..losses.qcc import UNLABELED, VARIANTS, QCCLoss
-from ..models.model import PRODUCT_TRAINABLE, QUERY_ENCODER_PREFIXES
+from ..models.model import QUERY_ENCODER_PREFIXES
 from ..text import query_key
 
 GRADE_COLUMNS = ("qid", "query", "product_id", "grade", "confidence")
@@ -48,9 +48,9 @@ GRADE_COLUMNS = ("qid", "query", "product_id", "grade", "confidence")
 
 @dataclass
 class AlignConfig:
-    """Everything about Stage 2 that is not the generic loop (steps, lr, AMP, ... live in the loop)."""
+    """Everything about Stage 2 that is not the generic loop (batch size, steps, lr, AMP, ... live in
+    `LoopConfig`: one home for each)."""
 
-    batch_size: int = 64                # products per batch
     # Queries per product in a batch's bank. One of each kind: a step's cost grows with the bank, and
     # two of each (a bank of ~290 queries, not ~145) bought NDCG@10 0.832 instead of 0.824 for 1.25x the
     # time (measured 2026-12-01 on 2 EPYC cores: 6,000 synthesized queries graded by their readings,
@@ -86,7 +86,7 @@ class AlignConfig:
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown QCC variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
-        for name in ("batch_size", "positives_per_product", "max_length", "pairs_per_query"):
+        for name in ("positives_per_product", "max_length", "pairs_per_query"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("graded_negatives", "hard_negatives", "freeze_query_layers"):
@@ -352,30 +352,6 @@ def unfrozen_product_embeddings(model: nn.Module, inputs: dict, rows: torch.Tens
     return model.project_fused(model.fuse(tokens, mask, patches))
 
 
-def lower_query_parts(tower: nn.Module, parts: int) -> list[nn.Module]:
-    """The lowest `parts` of a text tower: its token embeddings, then its transformer layers from the
-    bottom (BERT-style `embeddings` + `encoder.layer`, or CLIP-style `encoder.layers`)."""
-    if parts <= 0:
-        return []
-    for m in tower.modules():
-        encoder = getattr(m, "encoder", None)
-        stack = getattr(encoder, "layer", None) or getattr(encoder, "layers", None)
-        if getattr(m, "embeddings", None) is not None and stack is not None:
-            if parts > len(stack) + 1:
-                raise ValueError(f"freeze_query_layers {parts} > the query tower's embeddings + {len(stack)} layers")
-            return [m.embeddings, *list(stack)[:parts - 1]]
-    raise ValueError(f"freeze_query_layers: no embeddings + encoder layers found in {type(tower).__name__}")
-
-
-def trainable_modules(model: nn.Module, unfreeze_product: bool) -> list[nn.Module]:
-    """The parts of the model Stage 2 trains: the query encoder, plus fusion and projections if asked."""
-    mods = [model.query_tower, model.query_proj]
-    if unfreeze_product:
-        mods += [getattr(model, name) for name in PRODUCT_TRAINABLE if getattr(model, name, None) is not None]
-        mods += getattr(getattr(model, "fusion", None), "text_layers", [])   # shared layers live in the text tower
-    return mods
-
-
 class AlignTask:
     """Stage 2 as a task of the shared training loop (`training/loop.py`)."""
 
@@ -417,7 +393,7 @@ class AlignTask:
     def train_mode(self, aligner: QueryAligner) -> None:
         # Frozen parts stay in eval mode (no dropout noise, no BatchNorm drift); trained parts train.
         aligner.eval()
-        for m in trainable_modules(aligner.model, self.config.unfreeze_product):
+        for m in aligner.model.stage2_trainable(self.config.unfreeze_product):
             m.train()
 
 
@@ -537,11 +513,7 @@ def align(model_dir: str | Path, grades, out_dir: str | Path, config: AlignConfi
     positive_grades = (2, 1) if loss_fn.grade1_weight > 0 else (2,)
     table = GradeTable.build(selected, product_ids, positive_grades)
 
-    model.requires_grad_(False)
-    for m in trainable_modules(model, config.unfreeze_product):
-        m.requires_grad_(True)
-    for m in lower_query_parts(model.query_tower, config.freeze_query_layers):
-        m.requires_grad_(False)
+    model.lock_for_stage2(config.unfreeze_product, config.freeze_query_layers)
     product_inputs = None
     if config.unfreeze_product:
         product_inputs = cache_product_inputs(model, product_ids, embeddings_dir)

@@ -155,7 +155,7 @@ def register(app: typer.Typer) -> None:
                         raise ValueError(f"{exclude_queries}: line {i}: no 'query' field")
                     excluded.add(row["query"])
             config = AlignConfig(
-                batch_size=batch_size, positives_per_product=positives_per_product,
+                positives_per_product=positives_per_product,
                 graded_negatives=graded_negatives, hard_negatives=hard_negatives, variant=variant,
                 grade1_weight=grade1_weight, temperature=temperature,
                 learnable_temperature=learnable_temperature, min_confidence=min_confidence,

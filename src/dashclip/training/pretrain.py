@@ -133,12 +133,6 @@ def build_model(cfg: PretrainConfig):
     return create_model(cfg.config, pretrained=cfg.pretrained, image_size=cfg.image_size)
 
 
-def freeze(module: torch.nn.Module) -> None:
-    for p in module.parameters():
-        p.requires_grad_(False)
-    module.eval()
-
-
 class ImageSource:
     """Image-tower inputs for a list of image indices: cached features, or pixels to run the tower on."""
 
@@ -313,7 +307,7 @@ def pretrain(catalog: str | Path | Catalog, out: str | Path, cfg: PretrainConfig
     pairs = CatalogPairs.from_catalog(catalog, cfg.heldout_frac, cfg.seed)
     cache = None
     if cfg.freeze_image:
-        freeze(model.image_tower)
+        model.lock_image_tower()
         cache_root = Path(cfg.cache_dir) if cfg.cache_dir else image_cache_dir()
         if rank == 0:        # one rank builds, the others open what it wrote
             cache = build_or_open(model, pairs.image_paths, cache_root, device=device,
