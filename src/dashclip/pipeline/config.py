@@ -95,9 +95,11 @@ class LabelsConfig:
     pool_k_reading: int = 6
     pool_k_near: int = 2
     pool_n_random: int = 1
-    # Keep only the pool grades that agree with what each synthesized query was built to mean. Its
-    # reading rule is close to the fashion evaluation's label rule, so the protocol measures it.
-    check: bool = True
+    # Keep only the pool grades that agree with what each synthesized query was built to mean. Off by
+    # default: its reading rule is close to the fashion evaluation's label rule, which no shop has, and on
+    # the phrasing-held-out protocol it bought 0.654 vs 0.648 overall but cost intent (0.616 vs 0.623)
+    # and synonym (0.517 vs 0.542) queries (benchmarks/results/stage2_protocol.md, alpha 0.5).
+    check: bool = False
 
 
 @dataclass
@@ -290,7 +292,7 @@ def fashion_config(quick: bool = False) -> PipelineConfig:
         return PipelineConfig(
             name="demo-quick", catalog=CatalogConfig(preset=FASHION, sample=1500),
             grades=GradesConfig(seed_rule="fashion-queries", seed_k_bm25=6, seed_k_dense=4, seed_n_random=2),
-            labeler=LabelerConfig(epochs=1, max_pairs=240, max_length=64, reading_queries=40),
+            labeler=LabelerConfig(epochs=1, max_pairs=240, max_length=64),
             labels=LabelsConfig(vocabulary="fashion", pool_queries=250, pool_k_bm25=2, pool_k_reading=4,
                                 pool_k_near=1, pool_n_random=1),
             stage1=Stage1Config(enabled="on", image_size=64, max_steps=12),
@@ -302,4 +304,7 @@ def fashion_config(quick: bool = False) -> PipelineConfig:
         labels=LabelsConfig(vocabulary="fashion", pool_queries=2200, pool_k_bm25=2, pool_k_reading=6,
                             pool_k_near=2, pool_n_random=1),
         stage1=Stage1Config(enabled="on", image_size=96, max_steps=60),
-        stage2=Stage2Config(epochs=3, max_steps=210), eval=EvalConfig(kind="fashion-queries", guard=False))
+        # WiSE-FT alpha chosen on the phrasing-held-out protocol (benchmarks/stage2_protocol.py, seed 0):
+        # unchecked grades, NDCG@10 0.600 / 0.630 / 0.648 / 0.631 at alpha 1 / 0.75 / 0.5 / 0.25.
+        stage2=Stage2Config(epochs=3, max_steps=210, wise_alpha=0.5),
+        eval=EvalConfig(kind="fashion-queries", guard=False))
