@@ -298,6 +298,9 @@ class OnnxModel:
         threads = threads if threads is not None else int(os.environ.get("DASHCLIP_ONNX_THREADS", "0") or 0)
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # no busy-waiting between runs: a spinning pool takes the cores that FAISS, the tokenizer and the HTTP
+        # server need next (search is encode, then index search, on the same few cores)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sessions = {}
         for name, spec in manifest["graphs"].items():
             f = path / spec["file"]
