@@ -13,6 +13,12 @@ plus bare index search, on the fashion catalog, on this machine.
 Targets (issue 6): HTTP p50 at concurrency 1 <= 2x the floor; zero errors over >= 10,000 requests.
 
 Writes benchmarks/results/serving_latency.json and .md, stamped with the date, the machine and its load.
+
+`--onnx` (issue 21): torch, ONNX fp32 and ONNX int8 side by side in one run (`dashclip export onnx` into a
+temporary dir, or `--onnx-fp32 DIR --onnx-int8 DIR`): per backend the query-encode p50 and the floor,
+NDCG@10 on the held-out fashion dev queries (qid % 3 == 0) searched through the index, HTTP p50 at
+concurrency 1, throughput and errors at concurrency 8, and batch embedding of a seeded catalog sample
+(products/s; vector cosine to torch float32). Writes benchmarks/results/serving_onnx.json and .md.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -31,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from _machine import commit, cpu_model  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -117,9 +124,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "dashclip.cli", "serve", "--model", str(args.model), "--index", str(args.index),
-           "--port", str(port), "--watch-seconds", "0", "--log-level", "warning"]
+def start_server(args, port: int, model: Path | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "dashclip.cli", "serve", "--model", str(model or args.model), "--index",
+           str(args.index), "--port", str(port), "--watch-seconds", "0", "--log-level", "warning"]
     if args.catalog:
         cmd += ["--catalog", str(args.catalog)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -163,7 +170,13 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=300, help="time bound of each load phase")
     ap.add_argument("--floor-queries", type=int, default=300)
     ap.add_argument("--model-note", default="", help="what the model is (e.g. untrained default config)")
+    ap.add_argument("--onnx", action="store_true", help="torch, ONNX fp32 and ONNX int8 side by side (issue 21)")
+    ap.add_argument("--onnx-fp32", type=Path, default=None, help="an fp32 export (default: export now)")
+    ap.add_argument("--onnx-int8", type=Path, default=None, help="an int8 export (default: export now)")
+    ap.add_argument("--embed-sample", type=int, default=512, help="--onnx: products embedded per backend")
     args = ap.parse_args()
+    if args.onnx:
+        return compare_backends(args)
 
     from dashclip.serving.search import Searcher
 
@@ -275,6 +288,199 @@ def to_markdown(r: dict) -> str:
         "Reproduce: `python benchmarks/serving_latency.py --model DIR --index DIR` (see the script's docstring).",
         "",
     ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# --onnx: torch, ONNX fp32 and ONNX int8 side by side (issue 21)
+
+
+def heldout_ndcg(searcher) -> dict:
+    """NDCG@10 (and Recall@100) of the held-out fashion dev queries (qid % 3 == 0), searched through the index."""
+    from dashclip.evaluation.metrics import evaluate_rankings
+    from dashclip.evaluation.qrels import fashion_qrels, load_queries
+    from dashclip.settings import dataset_dir
+
+    queries = load_queries(dataset_dir("fashion-queries") / "dev_queries.jsonl", heldout_only=True)
+    qrels = fashion_qrels(queries, searcher.catalog)
+    hits = searcher.search_batch([q["query"] for q in queries], k=100)
+    run = {q["qid"]: [h.id for h in hs] for q, hs in zip(queries, hits)}
+    overall = evaluate_rankings(run, qrels)["overall"]
+    return {"n_queries": len(queries), "ndcg@10": round(overall["ndcg@10"], 4),
+            "recall@100": round(overall.get("recall@100", float("nan")), 4)}
+
+
+def embed_sample(model, catalog, rows, repeat: int = 2) -> tuple[dict, float]:
+    """Fused/image/text vectors of catalog `rows` (no image-feature cache: the towers run), and the best
+    products/s of `repeat` runs."""
+    from dashclip.models.embeddings import embed_batches
+
+    texts = catalog.product_texts()
+    best, out = 0.0, None
+    for _ in range(repeat):
+        vecs = {}
+        t0 = time.perf_counter()
+        for batch, v, _ in embed_batches(model, catalog, texts, rows, 64, cached=None,
+                                         amp=getattr(model, "_bench_amp", "auto")):
+            for k, x in v.items():
+                vecs.setdefault(k, np.zeros((len(rows), x.shape[1]), np.float32))[batch] = x
+        best = max(best, len(rows) / (time.perf_counter() - t0))
+        out = vecs
+    return out, round(best, 1)
+
+
+def compare_backends(args) -> None:
+    from dashclip.data.catalog import Catalog
+    from dashclip.io import write_json, write_text
+    from dashclip.models.onnx_model import OnnxModel, export_onnx
+    from dashclip.models.runtime import load_model
+    from dashclip.serving.search import Searcher, resolve_catalog_dir
+    from dashclip.index import read_meta
+    import torch
+
+    started_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    uptime_start = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    tmp = Path(tempfile.mkdtemp(prefix="dashclip-onnx-bench-"))
+    dirs = {"torch": args.model}
+    exports = {}
+    for name, given, int8 in (("onnx-fp32", args.onnx_fp32, False), ("onnx-int8", args.onnx_int8, True)):
+        if given is None:
+            t0 = time.time()
+            given = export_onnx(args.model, tmp / name, int8=int8)
+            exports[name] = round(time.time() - t0, 1)
+            print(f"exported {name} in {exports[name]} s", flush=True)
+        dirs[name] = given
+    requests = shopper_requests(max(args.requests_c1, args.requests_c8, 2000))
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        for params in requests:
+            f.write(json.dumps(params) + "\n")
+        requests_file = Path(f.name)
+    catalog = Catalog.open(resolve_catalog_dir(read_meta(args.index), args.catalog, args.index))
+    rng = np.random.default_rng(0)
+    rows = np.sort(rng.choice(len(catalog), size=min(args.embed_sample, len(catalog)), replace=False))
+    results, reference = {}, None
+    for name, path in dirs.items():
+        print(f"== {name}: {path}", flush=True)
+        t0 = time.perf_counter()
+        model = load_model(path)
+        load_s = round(time.perf_counter() - t0, 2)
+        searcher = Searcher.open(path, args.index, args.catalog, model=model)
+        r = {"model_dir": str(path), "load_seconds": load_s}
+        r["floor"] = measure_floor(searcher, requests, args.floor_queries)
+        r["heldout"] = heldout_ndcg(searcher)
+        print(f"  encode p50 {r['floor']['encode']['p50_ms']} ms, floor {r['floor']['floor_p50_ms']} ms, "
+              f"NDCG@10 {r['heldout']['ndcg@10']}", flush=True)
+        if name == "torch":   # the vectors ONNX is compared with: torch in float32
+            model._bench_amp = None
+            reference, r["embed_products_per_s_fp32"] = embed_sample(model, catalog, rows)
+            model._bench_amp = "auto"
+            vecs, r["embed_products_per_s"] = embed_sample(model, catalog, rows)
+            from dashclip.precision import resolve_amp
+            r["embed_precision"] = resolve_amp("auto", model.device) or "fp32"
+        else:
+            vecs, r["embed_products_per_s"] = embed_sample(model, catalog, rows)
+            r["embed_precision"] = model.precision
+        r["embed_cosine_to_torch_fp32"] = {k: {"min": round(float((vecs[k] * reference[k]).sum(1).min()), 5),
+                                               "mean": round(float((vecs[k] * reference[k]).sum(1).mean()), 5)}
+                                           for k in vecs}
+        print(f"  embed {r['embed_products_per_s']} products/s ({r['embed_precision']}), cosine "
+              f"{r['embed_cosine_to_torch_fp32']['fused']}", flush=True)
+        del searcher, model
+        port = free_port()
+        server = start_server(args, port, model=path)
+        try:
+            r["http"] = {}
+            for phase, concurrency, total in (("c1", 1, args.requests_c1), ("c8", 8, args.requests_c8)):
+                r["http"][phase] = p = run_load(f"http://127.0.0.1:{port}", requests_file, concurrency, total,
+                                                args.max_seconds)
+                print(f"  HTTP {phase}: {p['completed']} in {p['wall_seconds']} s, p50 {p['latency'].get('p50_ms')} "
+                      f"ms, {p['throughput_rps']} req/s, errors {p['errors']}", flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        results[name] = r
+    requests_file.unlink(missing_ok=True)
+    t, f32, i8 = results["torch"], results["onnx-fp32"], results["onnx-int8"]
+    enc = lambda r: r["floor"]["encode"]["p50_ms"]  # noqa: E731
+    targets = {
+        "int8_encode_p50_le_third_of_torch": {"value": round(enc(i8) / enc(t), 3), "target": "<= 0.333",
+                                              "met": enc(i8) <= enc(t) / 3},
+        "ndcg_within_0.005_of_torch": {
+            name: {"delta": round(results[name]["heldout"]["ndcg@10"] - t["heldout"]["ndcg@10"], 4),
+                   "met": abs(results[name]["heldout"]["ndcg@10"] - t["heldout"]["ndcg@10"]) <= 0.005}
+            for name in ("onnx-fp32", "onnx-int8")},
+        "http_p50_le_1.5x_new_floor": {
+            name: {"ratio": round(results[name]["http"]["c1"]["latency"]["p50_ms"] / results[name]["floor"]["floor_p50_ms"], 2),
+                   "met": results[name]["http"]["c1"]["latency"]["p50_ms"] <= 1.5 * results[name]["floor"]["floor_p50_ms"]}
+            for name in ("onnx-fp32", "onnx-int8")},
+        "c8_throughput_ge_2x_torch_zero_errors_over_10000": {
+            name: {"ratio": round(results[name]["http"]["c8"]["throughput_rps"] / t["http"]["c8"]["throughput_rps"], 2),
+                   "requests": results[name]["http"]["c8"]["requests"], "errors": results[name]["http"]["c8"]["errors"],
+                   "met": results[name]["http"]["c8"]["throughput_rps"] >= 2 * t["http"]["c8"]["throughput_rps"]
+                   and results[name]["http"]["c8"]["errors"] == 0 and results[name]["http"]["c8"]["requests"] >= 10_000}
+            for name in ("onnx-fp32", "onnx-int8")},
+        "embed_ge_1.5x_torch_cosine_0.999": {
+            name: {"ratio": round(results[name]["embed_products_per_s"] / t["embed_products_per_s"], 2),
+                   "fused_cosine_min": results[name]["embed_cosine_to_torch_fp32"]["fused"]["min"],
+                   "met": results[name]["embed_products_per_s"] >= 1.5 * t["embed_products_per_s"]
+                   and results[name]["embed_cosine_to_torch_fp32"]["fused"]["min"] >= 0.999}
+            for name in ("onnx-fp32", "onnx-int8")},
+    }
+    result = {"benchmark": "serving_onnx", "script": "benchmarks/serving_latency.py --onnx", "commit": commit(),
+              "date": started_at,
+              "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
+                          "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
+              "uptime_start": uptime_start,
+              "uptime_end": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+              "model": {"path": str(args.model), "note": args.model_note}, "index": str(args.index), "k": K,
+              "export_seconds": exports, "embed_sample": {"n": len(rows), "seed": 0, "catalog": str(catalog.root),
+                                                          "image_feature_cache": "none (towers run)"},
+              "requests": {"c1": args.requests_c1, "c8": args.requests_c8}, "backends": results, "targets": targets}
+    shutil.rmtree(tmp, ignore_errors=True)
+    RESULTS.mkdir(exist_ok=True)
+    write_json(RESULTS / "serving_onnx.json", result)
+    write_text(RESULTS / "serving_onnx.md", onnx_markdown(result))
+    print(json.dumps(targets, indent=2))
+
+
+def onnx_markdown(r: dict) -> str:
+    ok = lambda b: "met" if b else "**missed**"  # noqa: E731
+    b, tg = r["backends"], r["targets"]
+    lines = [
+        "# Serving: torch vs ONNX fp32 vs ONNX int8 (issue 21)",
+        "",
+        f"- Script: `{r['script']}`; commit {r['commit']}; date {r['date']}.",
+        f"- Machine: {r['machine']['nproc']} CPUs ({r['machine']['cpu']}), torch threads {r['machine']['torch_threads']}. "
+        f"**Shared with other engineers' training jobs**: `uptime` at start `{r['uptime_start']}`, at end "
+        f"`{r['uptime_end']}`; every figure below moved with that load.",
+        f"- Model: `{r['model']['path']}`. {r['model']['note']}",
+        f"- Index: `{r['index']}`, k = {r['k']}. Requests: {r['requests']['c1']:,} at concurrency 1, "
+        f"{r['requests']['c8']:,} at concurrency 8, per backend. Exports made in this run: {r['export_seconds'] or 'given'} s.",
+        f"- Batch embedding: a seeded sample of {r['embed_sample']['n']} products (seed 0) of `{r['embed_sample']['catalog']}`, "
+        "no image-feature cache (image tower, text tower and fusion all run), best of 2; torch at its default precision "
+        "(`amp=auto`) and in float32; cosine against torch float32.",
+        "",
+        "| backend | query encode p50 ms | floor p50 ms | NDCG@10 held-out | HTTP c1 p50 ms | c8 req/s | c8 errors / requests | embed products/s | embed cosine min (fused) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, x in b.items():
+        lines.append(
+            f"| {name} | {x['floor']['encode']['p50_ms']} | {x['floor']['floor_p50_ms']} | {x['heldout']['ndcg@10']} "
+            f"({x['heldout']['n_queries']} q) | {x['http']['c1']['latency'].get('p50_ms')} | {x['http']['c8']['throughput_rps']} | "
+            f"{x['http']['c8']['errors']} / {x['http']['c8']['requests']:,} | {x['embed_products_per_s']} ({x['embed_precision']}"
+            + (f"; fp32 {x['embed_products_per_s_fp32']}" if "embed_products_per_s_fp32" in x else "")
+            + f") | {x['embed_cosine_to_torch_fp32']['fused']['min']} |")
+    t = tg["int8_encode_p50_le_third_of_torch"]
+    lines += ["", "Targets of issue 21:", "",
+              f"- Query encode p50, int8 / torch = {t['value']} (target <= 1/3): {ok(t['met'])}."]
+    for name in ("onnx-fp32", "onnx-int8"):
+        n, h = tg["ndcg_within_0.005_of_torch"][name], tg["http_p50_le_1.5x_new_floor"][name]
+        c, e = tg["c8_throughput_ge_2x_torch_zero_errors_over_10000"][name], tg["embed_ge_1.5x_torch_cosine_0.999"][name]
+        lines += [f"- {name}: NDCG@10 - torch = {n['delta']} (within 0.005): {ok(n['met'])}; HTTP p50 / its floor = "
+                  f"{h['ratio']} (<= 1.5): {ok(h['met'])}; c8 throughput / torch = {c['ratio']} (>= 2, 0 errors over "
+                  f">= 10,000: {c['errors']} over {c['requests']:,}): {ok(c['met'])}; batch embedding / torch = "
+                  f"{e['ratio']} (>= 1.5, cosine >= 0.999: min {e['fused_cosine_min']}): {ok(e['met'])}."]
+    lines += ["", "Reproduce: `python benchmarks/serving_latency.py --onnx --model DIR --index DIR` (see its docstring).", ""]
     return "\n".join(lines)
 
 

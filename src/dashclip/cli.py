@@ -6,7 +6,8 @@ import typer
 
 app = typer.Typer(
     help="dashclip: multimodal e-commerce search (DashCLIP). Stages, in order: "
-    "catalog import -> pretrain (Stage 1) -> labels -> align (Stage 2) -> index -> search/serve -> eval. "
+    "catalog import -> pretrain (Stage 1) -> labels -> align (Stage 2) -> index -> search/serve -> eval "
+    "(`dashclip export onnx` for fast CPU serving). "
     "`dashclip train shop.toml` runs them all on your shop, `dashclip demo` on the fashion catalog.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
@@ -16,6 +17,7 @@ app = typer.Typer(
 
 def _register() -> None:
     from .data import cli as data_cli
+    from .models import cli as models_cli
     from .training import cli as training_cli
     from .labeling import cli as labeling_cli
     from .index import cli as index_cli
@@ -24,7 +26,8 @@ def _register() -> None:
     from .pipeline import cli as pipeline_cli
     from . import demo
 
-    for module in (data_cli, training_cli, labeling_cli, index_cli, serving_cli, evaluation_cli, pipeline_cli, demo):
+    for module in (data_cli, training_cli, labeling_cli, index_cli, models_cli, serving_cli, evaluation_cli,
+                   pipeline_cli, demo):
         module.register(app)
 
 

@@ -20,10 +20,10 @@ IMAGE_CACHE = typer.Option(None, "--image-cache", help="Where `pretrain --freeze
 
 
 def _load_model(path: Path):
-    from .. import load
+    from ..models.runtime import load_model
 
     console.print(f"loading model {path}")
-    return load(path)
+    return load_model(path)       # an ONNX export (`dashclip export onnx`) runs on ONNX Runtime
 
 
 def _open_catalog(path: Path):

@@ -128,7 +128,10 @@ def image_inputs(model, catalog, rows: np.ndarray, cached: CachedImageFeatures |
 @torch.inference_mode()
 def embed_rows(model, texts: list[str], rows: np.ndarray, inputs: tuple, kinds=KINDS) -> tuple[dict, list[bool]]:
     """Embeddings of the catalog products at `rows`: one pass of each tower serves every kind. `inputs`:
-    their `image_inputs`; the image tower runs only on the rows those leave to it."""
+    their `image_inputs`; the image tower runs only on the rows those leave to it. A model that embeds rows
+    itself (the ONNX backend, `models/onnx_model.py`) is handed the same inputs."""
+    if hasattr(model, "embed_rows"):
+        return model.embed_rows(texts, rows, inputs, kinds)
     if inputs is None:          # text-only (embed_catalog(text_only=True)): the product embedding is the text's
         tok = model.tokenize([texts[r] for r in rows])
         _, text_pooled = model.text_features(tok["input_ids"].to(model.device), tok["attention_mask"].to(model.device))
@@ -205,7 +208,8 @@ def embed_catalog(model, catalog, out_dir: str | Path, batch_size: int = 64, kin
     catalog = catalog if isinstance(catalog, Catalog) else Catalog.open(catalog)
     out_dir = Path(out_dir)
     kinds = tuple(k for k in kinds if k != "image") if text_only else tuple(kinds)
-    precision = resolve_amp(amp, model.device) or "fp32"
+    # an ONNX model has one precision, its export's ("onnx-fp32", "onnx-int8"); torch's is `amp`'s
+    precision = getattr(model, "precision", None) or resolve_amp(amp, model.device) or "fp32"
     meta = {"model_id": model.model_id, "catalog_hash": catalog.content_hash, "catalog_dir": str(catalog.root),
             "dim": model.embed_dim, "n": len(catalog), "kinds": list(kinds), "chunk_size": chunk_size,
             "precision": precision, "product_embedding": "text" if text_only else "fused"}

@@ -67,7 +67,8 @@ def cache_key(model, image_paths: list[Path], amp: str | None = None) -> tuple[s
 def _key_inputs(model, image_paths: list[Path]) -> dict:
     """What the key covers except the precision (hashing the tower's weights is the costly part)."""
     return {"format": FORMAT_VERSION,
-            "image_tower": module_fingerprint(model.image_tower),
+            # an ONNX export records its source tower's fingerprint (its image graph is that tower)
+            "image_tower": getattr(model, "image_tower_fingerprint", None) or module_fingerprint(model.image_tower),
             "preprocessing": preprocessing_settings(model.config),
             # absolute: "runs/x/images/1.jpg" from the repo and the same file by its full path are one list
             "images": hashlib.sha256("\n".join(os.path.abspath(p) for p in image_paths).encode()).hexdigest(),

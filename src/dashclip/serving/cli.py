@@ -11,6 +11,8 @@ from .server import MAX_CONCURRENCY, open_searcher, serve_app
 
 MODEL = typer.Option(..., "--model", help="Model dir (`dashclip pretrain` / `dashclip align` output).")
 INDEX = typer.Option(..., "--index", help="Index dir built with that model (`dashclip index build`).")
+BACKEND = typer.Option("auto", "--backend", help="Model runtime: torch, onnx (an export: `dashclip export "
+                       "onnx`; needs onnxruntime) or auto (onnx when --model is an export).")
 CATALOG = typer.Option(None, "--catalog", help="Catalog dir for titles and images; default: the one the "
                                                "index was built from (catalog_dir in its meta.json).")
 
@@ -62,6 +64,7 @@ def register(app: typer.Typer) -> None:
         output: Optional[Path] = typer.Option(None, "--output", "-o", help="Batch mode: JSONL of "
                                               "{\"qid\", \"product_ids\"} lines, best first (written atomically)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        backend: str = BACKEND,
     ):
         """Search an index with a query (prints a table), or a file of queries (writes runs JSONL)."""
         from .search import parse_filter_args
@@ -79,7 +82,7 @@ def register(app: typer.Typer) -> None:
                 check_output_file(output, "--output")
             filter_dict = parse_filter_args(filters, separators="=")
             batch = read_queries(queries) if queries is not None else None
-            searcher = open_searcher(model, index, catalog)
+            searcher = open_searcher(model, index, catalog, backend)
             filter_dict = searcher.check_filters(filter_dict)
             if batch is None:
                 hits = searcher.search(query, k=k, filters=filter_dict, hybrid=hybrid)
@@ -106,10 +109,12 @@ def register(app: typer.Typer) -> None:
                                                "none by default."),
         max_concurrency: int = typer.Option(MAX_CONCURRENCY, "--max-concurrency", min=1, help="Connections and "
                                             "requests served at once; more get HTTP 503."),
+        backend: str = BACKEND,
     ):
         """Serve search over HTTP, with a web page at / and the API schema at /docs."""
         serve_app(model, index, catalog, host=host, port=port, watch_seconds=watch_seconds, log_level=log_level,
-                  api_key=api_key, cors_origins=cors_origins, max_concurrency=max_concurrency)
+                  api_key=api_key, cors_origins=cors_origins, max_concurrency=max_concurrency,
+                  backend=backend)
 
 
 def _print_table(query: str, hits, hybrid: bool) -> None:

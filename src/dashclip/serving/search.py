@@ -115,17 +115,18 @@ class Searcher:
 
     @classmethod
     def open(cls, model_dir: str | Path, index_dir: str | Path, catalog_dir: str | Path | None = None,
-             model=None) -> "Searcher":
+             model=None, backend: str = "auto") -> "Searcher":
         """Load a model dir, open the index built with it (another model's index is a ValueError) and its
         catalog (`catalog_dir`, else the `catalog_dir` recorded in the index's meta.json). An already
-        loaded `model` skips loading `model_dir`."""
+        loaded `model` skips loading `model_dir`. `backend`: torch, onnx (an export, `dashclip export onnx`)
+        or auto (onnx for an export, `models.runtime.load_model`)."""
         from ..data.catalog import Catalog
         from ..index import open_index, read_meta
 
         read_meta(index_dir)  # a missing or broken index fails before the model loads
         if model is None:
-            from .. import load
-            model = load(model_dir)
+            from ..models.runtime import load_model
+            model = load_model(model_dir, backend)
         model_id = model.model_id
         index = open_index(index_dir, model_id=model_id)
         catalog = Catalog.open(resolve_catalog_dir(index.meta, catalog_dir, index_dir))

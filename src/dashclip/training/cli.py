@@ -80,19 +80,23 @@ def register(app: typer.Typer) -> None:
                                                    "image-feature caches (default: runs/cache/image-features); "
                                                    "one made for this model's image tower is read instead "
                                                    "of running the tower."),
+        backend: str = typer.Option("auto", "--backend", help="Model runtime: torch, onnx (an export: "
+                                    "`dashclip export onnx`; CPU) or auto (onnx when --model is an export)."),
     ):
         """Write product embeddings (fused = the product embedding, image-only, text-only) for a whole
         catalog. Resumable: re-run after a crash and finished chunks are kept."""
         import torch
 
-        import dashclip
         from ..clihelp import console, user_errors
         from ..models.embeddings import embed_catalog as run
         from ..models.embeddings import load_embeddings
 
         with user_errors():
-            dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            m = dashclip.load(model, device=dev)
+            from ..models.runtime import load_model, resolve_backend
+
+            onnx = resolve_backend(model, backend) == "onnx"
+            dev = device or ("cpu" if onnx or not torch.cuda.is_available() else "cuda")
+            m = load_model(model, backend, device=dev)
             path = run(m, catalog, out, batch_size=batch_size, progress=progress,
                        image_cache_root=image_cache)
             e = load_embeddings(path)
