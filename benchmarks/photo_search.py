@@ -132,6 +132,58 @@ def fashion(args) -> dict:
     return out
 
 
+def fashion_stage1(args) -> dict:
+    """Stage 1 on the fashion catalog as the reference run (--fashion-model's pretrain_config.json: same steps,
+    batch, image size, seed, cached image tower) plus the image -> product term; then the fashion measures on
+    its embeddings, and NDCG@10 of text -> product (the Stage 1 text tower as query encoder, the 40 held-out
+    dev queries, ranking all products) for both runs: the term must not lower it."""
+    import dataclasses
+
+    import dashclip
+    from dashclip.data.catalog import Catalog
+    from dashclip.evaluation.baselines import EmbeddingScorer, model_query_encoder, rank
+    from dashclip.evaluation.metrics import evaluate_rankings
+    from dashclip.evaluation.qrels import fashion_qrels, load_queries
+    from dashclip.io import read_json
+    from dashclip.models.embeddings import embed_catalog, load_embeddings
+    from dashclip.training.pretrain import PretrainConfig, pretrain
+
+    reference = read_json(Path(args.fashion_model).parent / "pretrain_config.json")
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    keep = {k: v for k, v in reference.items() if k in fields and k not in ("cache_dir", "resume", "progress",
+                                                                              "ckpt_every")}
+    cfg = PretrainConfig(**{**keep, "image_product_weight": args.image_product_weight, "progress": False,
+                            "cache_dir": args.fashion_cache, "ckpt_every": 0})
+    run = Path(args.work) / f"fashion-ip{args.image_product_weight:g}"
+    catalog = Catalog.open(args.fashion_catalog)
+    t = time.time()
+    if not (run / "model" / "config.json").exists():
+        pretrain(catalog, run, cfg)
+    train_seconds = round(time.time() - t, 1)
+    model = dashclip.load(run / "model")
+    if not (run / "embeddings" / "meta.json").exists():
+        embed_catalog(model, catalog, run / "embeddings", progress=False, image_cache_root=args.fashion_cache)
+    out = {"run": str(run), "steps": cfg.max_steps, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
+           "image_product_weight": cfg.image_product_weight, "train_seconds_if_trained_now": train_seconds}
+    queries = load_queries(Path(os.environ.get("DASHCLIP_DATA", HERE.parent.parent / "shared/data"))
+                           / "fashion-queries/dev_queries.jsonl", heldout_only=True)
+    qrels = fashion_qrels(queries, catalog)
+    ndcg = {}
+    for name, model_dir, emb_dir in (("reference (no image -> product term)", args.fashion_model,
+                                      args.fashion_embeddings), ("with the image -> product term", run / "model",
+                                                                 run / "embeddings")):
+        emb = load_embeddings(emb_dir)
+        scorer = EmbeddingScorer(name, model_query_encoder(dashclip.load(model_dir)), np.asarray(emb.vectors["fused"]),
+                                 emb.ids)
+        ranked = rank(scorer, [q["query"] for q in queries], k=100)
+        ndcg[name] = evaluate_rankings({q["qid"]: r for q, r in zip(queries, ranked)}, qrels)["overall"]["ndcg@10"]
+    out["text_ndcg10_heldout"] = ndcg
+    out["n_text_queries"] = len(queries)
+    measures = fashion(argparse.Namespace(**{**vars(args), "fashion_model": str(run / "model"),
+                                             "fashion_embeddings": str(run / "embeddings")}))
+    return {**out, **measures}
+
+
 def latency(args) -> dict:
     import torch
 
@@ -195,6 +247,21 @@ def markdown(r: dict) -> str:
         lines += [f"| {w} | {m['colour_share_top10']:.3f} | {m['p10_articletype']:.3f} |"
                   for w, m in f["colour"]["by_weight"].items()]
         lines.append("")
+    fs = r.get("fashion_stage1")
+    if fs:
+        lines += ["## Fashion after Stage 1 with the image -> product term", "",
+                  f"Same settings as the reference Stage 1 run ({fs['steps']} steps, batch {fs['batch_size']}, "
+                  f"{fs['image_size']} px, frozen cached image tower) plus image_product_weight "
+                  f"{fs['image_product_weight']}; run {fs['run']}.", "",
+                  f"Text -> product NDCG@10 on the {fs['n_text_queries']} held-out dev queries (Stage 1 text tower "
+                  f"as query encoder, all products ranked):", ""]
+        lines += [f"- {k}: **{v:.3f}**" for k, v in fs["text_ndcg10_heldout"].items()]
+        lines += ["", "| query -> product embedding | P@10 same articleType |", "|---|---:|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in fs["p10_articletype"].items()]
+        lines += ["", "| text weight | asked colour in top 10 | P@10 same articleType |", "|---:|---:|---:|"]
+        lines += [f"| {w} | {m['colour_share_top10']:.3f} | {m['p10_articletype']:.3f} |"
+                  for w, m in fs["colour"]["by_weight"].items()]
+        lines.append("")
     if lat:
         lines += ["## Latency (one process, one run)", "",
                   f"index of {lat['n_index']} products ({lat['index']}); {lat['n_text']} text queries, "
@@ -213,17 +280,20 @@ def main() -> None:
     p.add_argument("--fashion-embeddings", default="/work/wt/quality/runs/demo/embeddings")
     p.add_argument("--fashion-catalog", default="/work/wt/quality/runs/demo/catalog")
     p.add_argument("--fashion-queries", type=int, default=1000)
+    p.add_argument("--fashion-cache", default="runs/cache/fashion", help="image-feature caches of the fashion "
+                   "catalog (the reference run's, e.g. a link to it, so the tower does not run again)")
     p.add_argument("--text-weights", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     p.add_argument("--latency-model", default="/work/wt/shop/runs/demo-quick/model")
     p.add_argument("--latency-index", default="/work/wt/shop/runs/demo-quick/index")
     p.add_argument("--latency-n", type=int, default=60)
-    p.add_argument("--skip", nargs="*", default=[], choices=["grocery", "fashion", "latency"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["grocery", "fashion", "fashion_stage1", "latency"])
     args = p.parse_args()
     result = {"script": "benchmarks/photo_search.py", "commit": _machine.commit(), "machine": _machine.cpu_model()
               + f", {os.cpu_count()} cores",
               "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "load_at_start": round(os.getloadavg()[0], 2), "args": vars(args)}
-    for name, fn in (("latency", latency), ("fashion", fashion), ("grocery", grocery)):
+    for name, fn in (("latency", latency), ("fashion", fashion), ("fashion_stage1", fashion_stage1),
+                     ("grocery", grocery)):
         if name not in args.skip:
             t = time.time()
             result[name] = fn(args)
