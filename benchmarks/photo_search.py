@@ -101,12 +101,12 @@ def fashion(args) -> dict:
     from dashclip.training.data import heldout_mask
 
     emb = Path(args.fashion_embeddings)
-    ids = pd.read_parquet(emb / "ids.parquet")
     if emb.suffix == ".npz":      # a subset made by fashion_stage1: its rows are the catalog's first n
         data = np.load(emb)
         vec = {k: data[k] for k in ("fused", "image", "text")}
         ids = pd.read_parquet(Path(args.fashion_embeddings_ids) / "ids.parquet").iloc[:len(vec["fused"])]
     else:
+        ids = pd.read_parquet(emb / "ids.parquet")
         vec = {k: np.load(emb / f"{k}.npy", mmap_mode="r")[:args.fashion_subset or None] for k in ("fused", "image", "text")}
         ids = ids.iloc[:len(vec["fused"])]
     products = pd.read_parquet(Path(args.fashion_catalog) / "catalog.parquet").set_index("id").loc[ids["id"]]
