@@ -277,7 +277,7 @@ def markdown(r: dict) -> str:
                   f"{fs['image_product_weight']}; run {fs['run']}. Embedded and ranked: the catalog's first "
                   f"{fs['n_products_ranked']} products (both runs; queries with a relevant product among them).", "",
                   f"Text -> product NDCG@10 on the {fs['n_text_queries']} held-out dev queries (Stage 1 text tower "
-                  f"as query encoder, all products ranked):", ""]
+                  f"as query encoder, those products ranked):", ""]
         lines += [f"- {k}: **{v:.3f}**" for k, v in fs["text_ndcg10_heldout"].items()]
         ref = fs["reference_same_products"]
         lines += ["", f"{fs['n_queries']} held-out photos among those products.", "",
