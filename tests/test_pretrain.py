@@ -334,3 +334,20 @@ def test_product_term_contrasts_with_what_product_against_names(catalog_dir, tmp
     assert PretrainConfig().product_against == "text"
     with pytest.raises(ValueError, match="product_against must be text, image or image\\+text"):
         PretrainConfig(product_against="pixels")
+
+
+def test_image_product_term_moves_only_the_image_side(catalog_dir, tmp_path):
+    """Search by photo (issue 20): the image -> product term trains the image embedding toward the product
+    embeddings as indexed (title fused with the primary image) and holds those fixed, so the text side,
+    the fusion and the product projection do not move: text -> product search is left as it was."""
+    from dashclip.training.pretrain import build_model, pretrain
+
+    cfg = tiny_config(max_steps=3, freeze_image=True, itc_weight=0.0, itm_weight=0.0, product_weight=0.0,
+                      image_product_weight=1.0, weight_decay=0.0, cache_dir=str(tmp_path / "cache"))
+    result = pretrain(catalog_dir, tmp_path / "run", cfg)
+    fresh = build_model(tiny_config())
+    trained = dict(result.model.named_parameters())
+    moved = {name for name, p in fresh.named_parameters() if not torch.equal(trained[name].detach().cpu(), p)}
+    assert moved and all(name.startswith(("image_proj.", "logit_scale")) for name in moved), moved
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "image_product_itc" in [r for r in rows if r["kind"] == "train"][-1]

@@ -24,6 +24,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Pillow's own default (about 89.5 megapixels): a 6000 x 4000 photo (24 MP) passes, a bomb does not.
 MAX_PIXELS = 89_478_485
+# Photo queries (search by photo: the API, `dashclip search --image`, HTTP uploads) are refused above these,
+# before they are decoded, and decoded no larger than QUERY_MAX_SIDE (the towers need far less).
+QUERY_MAX_BYTES = 10 * 1024 * 1024
+QUERY_MAX_PIXELS = 40_000_000
+QUERY_MAX_SIDE = 1024
 # Formats decoded by Pillow in-process. Anything else is refused as "not an image".
 SAFE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG covers MPO (phone photos)
 # File extension written for each format when an image is copied into a catalog.
@@ -182,6 +187,16 @@ def decode_image(data: bytes, path: str | os.PathLike | None = None, max_side: i
     if max_side and max(rgb.size) > max_side:
         rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return rgb
+
+
+def decode_query_image(data: bytes, what: str = "image", max_bytes: int = QUERY_MAX_BYTES,
+                       max_pixels: int = QUERY_MAX_PIXELS, max_side: int | None = QUERY_MAX_SIDE) -> Image.Image:
+    """A photo query's bytes -> RGB image, with every check of `decode_image` and the query limits: more than
+    `max_bytes` is refused unread ("too_large"), more than `max_pixels` from the header ("decompression_bomb").
+    `what` names the photo in messages (never a path: an upload has none)."""
+    if len(data) > max_bytes:
+        raise _too_large(len(data), max_bytes, what)
+    return decode_image(data, what, max_side=max_side, max_pixels=max_pixels)
 
 
 def load_image(path: str | os.PathLike, max_side: int | None = None, max_pixels: int = MAX_PIXELS,

@@ -18,7 +18,8 @@ CATALOG = typer.Option(None, "--catalog", help="Catalog dir for titles and image
 
 
 def read_queries(path: Path) -> list[dict]:
-    """The batch contract's input: one {"qid": ..., "query": ...} object per line.
+    """The batch contract's input: one {"qid": ..., "query": ...} object per line; a line may instead (or
+    as well) carry "image": a photo's path, relative to the queries file (search by photo, + words).
 
     A bad line (not UTF-8, not JSON) is an error naming the file and the line; so is a repeated qid, "1"
     and 1 being the same qid (its results would clash), which names both lines."""
@@ -30,9 +31,16 @@ def read_queries(path: Path) -> list[dict]:
         where = f"{path}:{lineno}"
         if not isinstance(row, dict):
             raise UserError(f"{where}: expected an object like {{\"qid\": \"q1\", \"query\": \"red dress\"}}")
-        missing = [key for key in ("qid", "query") if key not in row]
+        missing = [key for key in ("qid", "query") if key not in row and not (key == "query" and "image" in row)]
         if missing:
             raise UserError(f"{where}: missing field {missing[0]!r}")
+        if "image" in row:
+            if not isinstance(row["image"], str) or not row["image"].strip():
+                raise UserError(f"{where}: field 'image' must be the path of a photo")
+            lines.append(lineno)
+            rows.append({"qid": row["qid"], "query": _words(row.get("query"), where),
+                         "image": path.parent / row["image"], "where": where})
+            continue
         if not isinstance(row["qid"], (str, int)) or isinstance(row["qid"], bool):
             raise UserError(f"{where}: field 'qid' must be a string or a number, got {row['qid']!r}")
         try:
@@ -45,6 +53,28 @@ def read_queries(path: Path) -> list[dict]:
     if not rows:
         raise UserError(f"{path}: no queries (expected lines like {{\"qid\": \"q1\", \"query\": \"red dress\"}})")
     return rows
+
+
+def _words(query, where: str) -> str | None:
+    from .search import normalise_query
+
+    if query is None or (isinstance(query, str) and not query.strip()):
+        return None
+    try:
+        return normalise_query(query)
+    except ValueError as e:
+        raise UserError(f"{where}: field 'query': {e}") from None
+
+
+def _photo(path: Path, where: str):
+    """A photo query from a file the user named: read with the query limits, decoded safely."""
+    from ..data.images import QUERY_MAX_BYTES, ImageError, read_image_bytes
+    from .search import as_image
+
+    try:
+        return as_image(read_image_bytes(path, max_bytes=QUERY_MAX_BYTES), str(path))
+    except ImageError as e:
+        raise UserError(f"{where}: {e}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -60,7 +90,12 @@ def register(app: typer.Typer) -> None:
         hybrid: bool = typer.Option(False, "--hybrid", help="Fuse BM25 keyword ranking with the vector ranking "
                                     "(reciprocal-rank fusion, k=60); scores are then RRF scores."),
         queries: Optional[Path] = typer.Option(None, "--queries", help="JSONL of {\"qid\", \"query\"} lines "
-                                               "(batch mode; needs --output)."),
+                                               "(batch mode; needs --output); a line may carry \"image\": "
+                                               "a photo's path (relative to the file)."),
+        image: Optional[Path] = typer.Option(None, "--image", help="Search by photo (JPEG, PNG, ...; at most "
+                                             "10 MB, 40 MP); with --query TEXT, the photo refined by words."),
+        query_text: Optional[str] = typer.Option(None, "--query", help="With --image: words that refine the "
+                                                 "photo (\"in red\")."),
         output: Optional[Path] = typer.Option(None, "--output", "-o", help="Batch mode: JSONL of "
                                               "{\"qid\", \"product_ids\"} lines, best first (written atomically)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -70,6 +105,20 @@ def register(app: typer.Typer) -> None:
         from .search import parse_filter_args
 
         with user_errors():
+            if image is not None:
+                if queries is not None or query is not None:
+                    raise UserError("--image goes alone or with --query TEXT (not with a QUERY or --queries)")
+                if hybrid:
+                    raise UserError("--hybrid ranks words; it does not apply to --image")
+                photo = _photo(image, "--image")
+                words = _words(query_text, "--query")
+                searcher = open_searcher(model, index, catalog)
+                hits = searcher.search_image(photo, k=k, filters=searcher.check_filters(
+                    parse_filter_args(filters, separators="=")), text=words)
+                _print_table(f"photo {image.name}" + (f" + {words!r}" if words else ""), hits, False)
+                return
+            if query_text is not None:
+                raise UserError("--query goes with --image (give a text query as the QUERY argument)")
             if (query is None) == (queries is None):
                 raise UserError("give either a QUERY or --queries FILE (not both)")
             if queries is not None and output is None:
@@ -136,10 +185,22 @@ def _run_batch(searcher, batch: list[dict], output: Path, k: int, filters: dict,
     from ..clihelp import progress
     from ..io import write_jsonl
 
+    photos = [i for i, row in enumerate(batch) if "image" in row]
+    texts = [i for i, row in enumerate(batch) if "image" not in row]
+    results: list = [None] * len(batch)
     with progress(disable=quiet) as bar:
         task = bar.add_task("searching", total=len(batch))
-        results = searcher.search_batch([row["query"] for row in batch], k=k, filters=filters, hybrid=hybrid,
-                                        progress=lambda n: bar.advance(task, n))
+        found = searcher.search_batch([batch[i]["query"] for i in texts], k=k, filters=filters, hybrid=hybrid,
+                                      progress=lambda n: bar.advance(task, n)) if texts else []
+        for i, hits in zip(texts, found):
+            results[i] = hits
+        for start in range(0, len(photos), 16):   # photos are decoded a few at a time, not all at once
+            chunk = photos[start:start + 16]
+            found = searcher.search_image_batch([_photo(batch[i]["image"], batch[i]["where"]) for i in chunk], k=k,
+                                                filters=filters, texts=[batch[i]["query"] for i in chunk])
+            for i, hits in zip(chunk, found):
+                results[i] = hits
+            bar.advance(task, len(chunk))
     write_jsonl(output, ({"qid": row["qid"], "product_ids": [h.id for h in hits]}
                          for row, hits in zip(batch, results)))
     console.print(f"[green]wrote[/] {len(batch)} result lists (k={k}) to {output}")

@@ -4,6 +4,16 @@ the benchmarks and `dashclip eval`.
     searcher = Searcher.open("runs/model", "runs/index")          # catalog: the one recorded in the index
     hits = searcher.search("red summer dress", k=10, filters={"gender": ["Women"]})
     runs = searcher.search_batch(["red dress", "black heels"], k=100)
+    hits = searcher.search_image(photo, k=10)                    # a photo: PIL image or image bytes
+    hits = searcher.search_image(photo, text="in red")           # a photo plus words ("this, but in red")
+    hits = searcher.search_similar(product_id, k=10)             # more like this product (itself left out)
+
+Photo queries. A photo is encoded by the image tower (`model.encode_image`) and searched against the same
+index of product embeddings as text: with Stage 1's image -> product term (`pretrain
+--image-product-weight`) the image embedding lands next to its product's embedding. Photo plus text: the
+normalised sum (1 - IMAGE_TEXT_WEIGHT) * image + IMAGE_TEXT_WEIGHT * query-encoder(text), normalised again.
+More like this: the product's own embedding, computed from its catalog record (title and image) as
+`embed-catalog` does, so every index backend serves it. benchmarks/photo_search.py measures the choices.
 
 Scores. A vector search hit's `score` is the cosine similarity of the query embedding and the product
 embedding (both L2-normalised; higher is better, at most 1). A hybrid hit's `score` is its reciprocal-rank
@@ -29,6 +39,8 @@ from ..ranking import HYBRID_DEPTH, RRF_K, rrf_fuse  # noqa: F401  (RRF_K: also 
 MAX_QUERY_CHARS = 256      # longer queries are refused, not cut: a truncated query is a different query
 MAX_K = 1000               # the service bounds k further (MAX_K_HTTP in service.py)
 ENCODE_BATCH = 64          # queries per encoder call in search_batch
+# Photo + text: the text's share of the query vector (benchmarks/photo_search.py: the weight sweep).
+IMAGE_TEXT_WEIGHT = 0.5
 
 _SPACES = re.compile(r"\s+")
 
@@ -217,11 +229,88 @@ class Searcher:
                     correct = getattr(self.model, "correct_queries", None)
                     keyword_text = correct([text])[0] if correct is not None else text
                     row_ids, row_scores = self._fuse(keyword_text, row_ids, depth, filters)
-                results.append([self._hit(pid, score, rank)
-                                for rank, (pid, score) in enumerate(zip(row_ids[:k], row_scores[:k]), 1)])
+                results.append(self._hits(row_ids, row_scores, k))
             if progress is not None:
                 progress(len(chunk))
         return results
+
+    # ------------------------------------------------------------------ photos and "more like this"
+    def search_image(self, image, k: int = 10, filters: dict[str, Sequence[str]] | None = None,
+                     text: str | None = None) -> list[Hit]:
+        """The top-k products for a photo (a PIL image, or the bytes of an image file, checked as
+        `data.images.decode_image` checks every image), optionally with words that refine it ("in red")."""
+        return self.search_image_batch([image], k=k, filters=filters, texts=[text])[0]
+
+    def search_image_batch(self, images: Sequence, k: int = 10, filters: dict[str, Sequence[str]] | None = None,
+                           texts: Sequence[str | None] | None = None, progress=None) -> list[list[Hit]]:
+        """The top-k products for each photo, best first; `texts[i]` (None: none) refines photo i."""
+        k = _check_k(k)
+        texts = list(texts) if texts is not None else [None] * len(images)
+        if len(texts) != len(images):
+            raise ValueError(f"{len(images)} images but {len(texts)} texts")
+        prefix = (lambda i: f"query {i + 1}: ") if len(images) > 1 else (lambda i: "")
+        words = []
+        for i, t in enumerate(texts):
+            try:
+                words.append(None if t is None or (isinstance(t, str) and not t.strip()) else normalise_query(t))
+            except ValueError as e:
+                raise ValueError(f"{prefix(i)}{e}") from None
+        filters = self.check_filters(filters)
+        results: list[list[Hit]] = []
+        for start in range(0, len(images), ENCODE_BATCH):
+            chunk = [as_image(im, f"{prefix(start + j)}image") for j, im in enumerate(images[start:start + ENCODE_BATCH])]
+            vectors = self.encode_images(chunk, words[start:start + ENCODE_BATCH])
+            ids, scores = self.index.search(vectors, k, filters or None)
+            for j in range(len(chunk)):
+                results.append(self._hits(list(ids[j]), [float(s) for s in scores[j]], k))
+            if progress is not None:
+                progress(len(chunk))
+        return results
+
+    def encode_images(self, images: list, texts: Sequence[str | None] | None = None) -> np.ndarray:
+        """Photo queries -> float32 [Q, D] unit vectors: the image embedding, mixed with the query
+        encoder's embedding of `texts[i]` where one is given (IMAGE_TEXT_WEIGHT)."""
+        from ..models.model import to_numpy
+
+        vectors = to_numpy(self.model.encode_image(images))
+        with_text = [i for i, t in enumerate(texts or []) if t]
+        if with_text:
+            words = self.encode([texts[i] for i in with_text])
+            vectors[with_text] = (1 - IMAGE_TEXT_WEIGHT) * vectors[with_text] + IMAGE_TEXT_WEIGHT * words
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+    def search_similar(self, product_id, k: int = 10, filters: dict[str, Sequence[str]] | None = None) -> list[Hit]:
+        """More like this: the top-k other products nearest to product `product_id`'s embedding. An unknown
+        id is a KeyError; the product need not be in the index, only in the catalog."""
+        k = _check_k(k)
+        filters = self.check_filters(filters)
+        row = self.catalog.row_of.get(self.catalog.coerce_id(product_id))
+        if row is None:
+            raise KeyError(f"unknown product id {product_id!r}")
+        pid = _plain(self.catalog.products["id"].iat[row])
+        vector = self.product_vectors(np.array([row]))
+        ids, scores = self.index.search(vector, k + 1, filters or None)
+        keep = [(p, float(s)) for p, s in zip(ids[0], scores[0]) if _plain(p) != pid][:k]
+        return self._hits([p for p, _ in keep], [s for _, s in keep], k)
+
+    def product_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The product embeddings of catalog `rows`, made from their catalog records (title and image, a
+        white stand-in when unreadable) as `embed-catalog` makes them for the index."""
+        from ..models.embeddings import embed_batches
+
+        texts = self.catalog.product_texts()
+        out = np.zeros((len(rows), self.index.dim), dtype=np.float32)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for batch, vecs, _ in embed_batches(self.model, self.catalog, texts, np.asarray(rows), kinds=("fused",)):
+                out[batch] = vecs["fused"]
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _hits(self, row_ids: list, row_scores: list[float], k: int) -> list[Hit]:
+        return [self._hit(pid, score, rank) for rank, (pid, score) in enumerate(zip(row_ids[:k], row_scores[:k]), 1)]
 
     # ------------------------------------------------------------------ hybrid
     def _fuse(self, query: str, vector_ids: list, depth: int, filters: dict) -> tuple[list, list[float]]:
@@ -349,6 +438,22 @@ def resolve_catalog_dir(meta: dict, catalog_dir: str | Path | None, index_dir: s
                           f"was built from ({catalog_hash}); titles and images may not match the vectors",
                           stacklevel=2)
     return path
+
+
+def as_image(image, what: str = "image"):
+    """A photo query as an RGB PIL image: a PIL image as it is (converted to RGB), or image-file bytes
+    decoded by `data.images.decode_query_image` (safe formats only, at most 10 MB and 40 megapixels, bombs
+    refused before decoding, truncated files found). Anything else is a ValueError; bytes that are no usable
+    image an ImageError (a ValueError whose `kind` says why)."""
+    from PIL import Image
+
+    from ..data.images import decode_query_image
+
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode_query_image(bytes(image), what)
+    raise ValueError(f"{what} must be a PIL image or the bytes of an image file, got {type(image).__name__}")
 
 
 def _check_k(k: Any) -> int:

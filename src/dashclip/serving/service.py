@@ -6,6 +6,9 @@
 Endpoints (OpenAPI schema at /openapi.json, docs at /docs):
     GET /                        the web page (serving/static, no CDN)
     GET /search?q=&k=&filter=field:value&hybrid=   ranked products
+    POST /search/image?q=&k=&filter=   search by photo: multipart/form-data with a file field `image`
+                                 (at most 10 MB and 40 megapixels), optional words `q` ("in red")
+    GET /products/{id}/similar?k=&filter=          more like this product (itself left out)
     GET /products/{id}           one product (the id percent-encoded as one path segment: AB%2F123)
     GET /products/{id}/image     its image, from the catalog's own record (never a path from the request)
     GET /filters                 every filter field and its values (the page's chips)
@@ -13,7 +16,9 @@ Endpoints (OpenAPI schema at /openapi.json, docs at /docs):
 
 Input limits: q is 1..256 characters, 1 <= k <= 100, at most 32 filters, no request body; an empty query, a
 bad filter or an unknown id is a 4xx whose `detail` says what is wrong (a 422 echoes at most 200 characters
-of the input). Optional API key (`api_key`: clients send `X-API-Key`; /, /static, /healthz and the docs stay
+of the input). The one request body accepted is the photo of POST /search/image: read into memory up to
+its limit (never to disk), its file name ignored; an oversized, non-image, truncated or bomb upload is a
+413 / 415 / 400 naming the problem (see uploads.py). Optional API key (`api_key`: clients send `X-API-Key`; /, /static, /healthz and the docs stay
 open) and CORS origins (`cors_origins`; none by default). Per-client rate limits belong in a reverse proxy. Hot swap: a background thread watches the index dir's meta.json; when
 the index is rebuilt it loads the new one next to the old and swaps the reference in one assignment, so
 requests keep being answered by the old index until the new one is ready.
@@ -48,7 +53,10 @@ IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
                ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff"}
 WATCH_SECONDS = 2.0
 MAX_ECHO_CHARS = 200        # of a bad input echoed back in a 422
-MAX_BODY_BYTES = 0          # every endpoint is a GET: a request body is refused (413)
+MAX_BODY_BYTES = 0          # every endpoint but the photo upload is a GET: a request body is refused (413)
+UPLOAD_PATH = "/search/image"
+# ImageError kinds of a bad upload -> HTTP status: too big is 413, not an image 415, broken 400.
+UPLOAD_STATUS = {"too_large": 413, "decompression_bomb": 413, "not_an_image": 415}
 API_KEY_HEADER = "X-API-Key"
 API_KEY_ENV = "DASHCLIP_API_KEY"
 
@@ -73,6 +81,23 @@ class SearchResponse(BaseModel):
     query: str = Field(description="The query as searched (trimmed, whitespace collapsed).")
     k: int
     hybrid: bool
+    filters: dict[str, list[str]]
+    results: list[Result]
+    took_ms: float
+
+
+class ImageSearchResponse(BaseModel):
+    query: Optional[str] = Field(None, description="The words that refined the photo, as searched; null: none.")
+    image: dict = Field(description="The photo as decoded: width, height (after downscaling to 1024 px).")
+    k: int
+    filters: dict[str, list[str]]
+    results: list[Result]
+    took_ms: float
+
+
+class SimilarResponse(BaseModel):
+    product_id: Union[int, str] = Field(description="The product whose look-alikes these are (not among them).")
+    k: int
     filters: dict[str, list[str]]
     results: list[Result]
     took_ms: float
@@ -111,18 +136,21 @@ def product_path(pid) -> str:
     return f"/products/{quote(str(pid), safe='')}"
 
 
-def _product_request(request: Request) -> tuple[str, bool]:
-    """(product id, whether the image is asked for) from the request's raw path.
+PRODUCT_ACTIONS = ("image", "similar")   # /products/{id}/image, /products/{id}/similar
+
+
+def _product_request(request: Request) -> tuple[str, str | None]:
+    """(product id, the action asked for: "image", "similar" or None for the product) from the raw path.
 
     The decoded path cannot tell `/products/a%2Fimage` (product "a/image") from `/products/a/image` (the
     image of "a"); the raw path can: only a literal "/" separates segments."""
     raw = request.scope.get("raw_path")
     path = raw.decode("latin-1") if raw else quote(request.url.path, safe="/")
     rest = path.split("/products/", 1)[1] if "/products/" in path else ""
-    image = rest.endswith("/image")
-    if image:
-        rest = rest[:-len("/image")]
-    return unquote(rest, errors="strict"), image
+    action = next((a for a in PRODUCT_ACTIONS if rest.endswith("/" + a)), None)
+    if action:
+        rest = rest[:-len(action) - 1]
+    return unquote(rest, errors="strict"), action
 
 
 def _truncate(value, limit: int = MAX_ECHO_CHARS):
@@ -274,13 +302,15 @@ def create_app(searcher: Searcher | Callable[[], Searcher] | None = None, *,
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET"],
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=[API_KEY_HEADER], allow_credentials=False, max_age=600)
 
     @app.middleware("http")
     async def refuse_bodies(request: Request, call_next):
         length = request.headers.get("content-length")
-        if (length not in (None, "0") or "transfer-encoding" in request.headers) and request.method != "OPTIONS":
+        upload = request.method == "POST" and request.url.path == UPLOAD_PATH  # its handler reads it, bounded
+        if (length not in (None, "0") or "transfer-encoding" in request.headers) and request.method != "OPTIONS" \
+                and not upload:
             return JSONResponse({"detail": f"request bodies are not accepted (limit {MAX_BODY_BYTES} bytes); "
                                            f"every endpoint is a GET"}, status_code=413)
         return await call_next(request)
@@ -322,6 +352,58 @@ def create_app(searcher: Searcher | Callable[[], Searcher] | None = None, *,
         return SearchResponse(query=query, k=k, hybrid=hybrid, filters=filters, results=results,
                               took_ms=round((time.perf_counter() - started) * 1000, 3))
 
+    def results_of(hits) -> list[Result]:
+        return [Result(id=h.id, title=h.title, category=h.category, score=h.score, rank=h.rank,
+                       image_url=image_url(h.id, h.image), attributes=h.attributes) for h in hits]
+
+    def checked_filters(current: Searcher, filter: list[str]) -> dict[str, list[str]]:
+        if len(filter) > MAX_FILTERS:
+            raise ValueError(f"{len(filter)} filters; the limit is {MAX_FILTERS}")
+        return current.check_filters(parse_filter_args(filter, separators=":"))
+
+    @app.post(UPLOAD_PATH, response_model=ImageSearchResponse, tags=["search"], dependencies=secured,
+              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                  "type": "object", "required": ["image"], "properties": {
+                      "image": {"type": "string", "format": "binary",
+                                "description": "The photo: JPEG, PNG, WebP, GIF, BMP or TIFF, at most 10 MB "
+                                               "and 40 megapixels."},
+                      "q": {"type": "string", "description": "Optional words that refine the photo "
+                                                             "(\"in red\"); or give q in the query string."}}}}}}},
+              responses={**ERRORS, 413: {"model": Problem, "description": "Upload over 10 MB or 40 megapixels"},
+                         415: {"model": Problem, "description": "Not multipart/form-data, or not an image"}})
+    async def search_image(request: Request,
+                           q: Optional[str] = Query(None, max_length=MAX_QUERY_CHARS,
+                                                    description="Words that refine the photo (\"in red\")."),
+                           k: int = Query(10, ge=1, le=MAX_K_HTTP, description="How many products to return."),
+                           filter: list[str] = Query([], description="field:value, repeatable (see /search).")):
+        """Search by photo: the products that look like the uploaded photo, optionally refined by words."""
+        from fastapi.concurrency import run_in_threadpool
+
+        from ..data.images import ImageError
+        from .search import as_image
+        from .uploads import UploadError, parse_multipart, read_body
+
+        started = time.perf_counter()
+        current = holder.current
+        try:
+            filters = checked_filters(current, filter)
+            parts = parse_multipart(await read_body(request), request.headers.get("content-type"))
+            if "image" not in parts:
+                raise UploadError("no photo: send it as the form's file field 'image'")
+            words = parts["q"].data.decode("utf-8", "replace") if "q" in parts and q is None else q
+            words = normalise_query(words) if words is not None and words.strip() else None
+            photo = await run_in_threadpool(as_image, parts.pop("image").data, "uploaded image")
+            hits = await run_in_threadpool(current.search_image, photo, k, filters, words)
+        except UploadError as e:
+            raise HTTPException(e.status, str(e)) from None
+        except ImageError as e:  # the message names the upload, never a path (it has none)
+            raise HTTPException(UPLOAD_STATUS.get(e.kind, 400), str(e)) from None
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from None
+        return ImageSearchResponse(query=words, image={"width": photo.width, "height": photo.height}, k=k,
+                                   filters=filters, results=results_of(hits),
+                                   took_ms=round((time.perf_counter() - started) * 1000, 3))
+
     def lookup(current: Searcher, product_id: str) -> dict:
         try:
             return current.catalog.product(product_id)
@@ -330,25 +412,50 @@ def create_app(searcher: Searcher | Callable[[], Searcher] | None = None, *,
 
     # Routes take the id as a `path` (it may hold "/", sent as %2F and decoded before routing); the handlers
     # read the id from the raw path, where "a%2Fimage" (an id) and "a/image" (an image) differ.
+    @app.get("/products/{product_id:path}/similar", response_model=SimilarResponse, tags=["search"],
+             dependencies=secured, responses=ERRORS)
+    def similar(product_id: str, request: Request,
+                k: int = Query(10, ge=1, le=MAX_K_HTTP, description="How many products to return."),
+                filter: list[str] = Query([], description="field:value, repeatable (see /search).")):
+        """More like this: the products nearest to this one (it is not among them)."""
+        pid, action = _request_id(request, product_id)
+        if action != "similar":  # e.g. product "x/similar", sent as x%2Fsimilar: the product itself
+            return product_or_image(pid, action)
+        started = time.perf_counter()
+        current = holder.current
+        p = lookup(current, pid)
+        try:
+            filters = checked_filters(current, filter)
+            hits = current.search_similar(p["id"], k=k, filters=filters)
+        except KeyError:
+            raise HTTPException(404, f"unknown product id {pid!r}") from None
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from None
+        return SimilarResponse(product_id=p["id"], k=k, filters=filters, results=results_of(hits),
+            took_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    def product_or_image(pid: str, action: str | None):
+        from fastapi.encoders import jsonable_encoder
+
+        if action == "image":
+            return image_response(pid)
+        return JSONResponse(jsonable_encoder(product_response(pid)))
+
     @app.get("/products/{product_id:path}/image", response_class=FileResponse, tags=["products"],
              dependencies=secured, responses={**ERRORS, 200: {
                  "content": {t: {} for t in sorted(set(IMAGE_TYPES.values()))},
                  "description": "The product's primary image"}})
     def product_image(product_id: str, request: Request):
-        pid, image = _request_id(request, product_id)
-        if image:
-            return image_response(pid)
-        from fastapi.encoders import jsonable_encoder  # e.g. product "x/image": JSON, not a file
-
-        return JSONResponse(jsonable_encoder(product_response(pid)))
+        pid, action = _request_id(request, product_id)
+        return product_or_image(pid, action)  # e.g. product "x/image" (x%2Fimage): JSON, not a file
 
     @app.get("/products/{product_id:path}", response_model=Product, responses=ERRORS, tags=["products"],
              dependencies=secured)
     def product(product_id: str, request: Request):
-        pid, image = _request_id(request, product_id)
-        return image_response(pid) if image else product_response(pid)
+        pid, action = _request_id(request, product_id)
+        return image_response(pid) if action == "image" else product_response(pid)
 
-    def _request_id(request: Request, product_id: str) -> tuple[str, bool]:
+    def _request_id(request: Request, product_id: str) -> tuple[str, str | None]:
         try:
             return _product_request(request)
         except UnicodeDecodeError:

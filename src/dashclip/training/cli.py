@@ -31,6 +31,9 @@ def register(app: typer.Typer) -> None:
                                              "(0: off)."),
         product_against: str = typer.Option("text", help="What the product embedding is contrasted with: text, "
                                             "image or image+text (see PretrainConfig.product_against)."),
+        image_product_weight: float = typer.Option(0.0, help="Weight of the image -> product term for search by "
+                                                   "photo: photos against the indexed product embeddings, "
+                                                   "held fixed (0: off; see PretrainConfig)."),
         heldout_frac: float = typer.Option(0.1, help="Share of products held out for evaluation (by id)."),
         max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
         seed: int = typer.Option(0),
@@ -55,7 +58,7 @@ def register(app: typer.Typer) -> None:
                 freeze_image=freeze_image, image_size=image_size,
                 amp=None if amp in (None, "none") else amp, ckpt_every=ckpt_every, resume=resume,
                 itc_weight=itc_weight, itm_weight=itm_weight, product_weight=product_weight,
-                product_against=product_against,
+                product_against=product_against, image_product_weight=image_product_weight,
                 heldout_frac=heldout_frac,
                 max_steps=max_steps, seed=seed, warmup_steps=warmup_steps,
                 cache_dir=str(cache_dir) if cache_dir else None, device=device, loader_workers=loader_workers,

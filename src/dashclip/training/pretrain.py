@@ -10,7 +10,10 @@ module + binary head to tell matching pairs from hard negatives mined from ITC s
 Products are held out by id (`heldout_frac`); after every epoch the held-out text->image and
 image->text Recall@1/5/10 and the held-out loss are logged to `<out>/metrics.jsonl`.
 A third term (`product_weight`) trains the product embedding itself, the fused output projected,
-contrasting it with the batch's text embeddings.
+contrasting it with the batch's text embeddings. A fourth (`image_product_weight`, off by default) makes
+photos find products: the image embedding of each pair's photo against the product embeddings as the index
+holds them (the fused output of the title and the product's primary image), with the product side held
+fixed (stop-gradient), so only the image side moves and text -> product search is left as it was.
 
 With `freeze_image`, the image tower is frozen and its features are computed once into a cache
 (`feature_cache.py`), which is what makes a laptop CPU run practical (LiT). The training loop
@@ -40,7 +43,8 @@ CONFIG_FILE = "pretrain_config.json"
 MODEL_DIR = "model"
 # Settings that define the run; resuming with a different value would not continue the same run.
 _RUN_DEFINING = ("config", "image_size", "freeze_image", "heldout_frac", "seed", "batch_size",
-                 "accum_steps", "itc_weight", "itm_weight", "product_weight", "product_against", "pretrained")
+                 "accum_steps", "itc_weight", "itm_weight", "product_weight", "product_against", "pretrained",
+                 "image_product_weight")
 # text_lr_scale is left out on purpose: it changes the optimizer's step, not what a checkpoint holds.
 
 
@@ -77,6 +81,13 @@ class PretrainConfig:
     # 0.911, t2i R@10 0.084 vs 0.085, the Stage 1 text tower as query encoder NDCG@10 0.665 vs 0.551,
     # Stage 2 on the same labels 0.738 vs 0.740. ITM is what teaches the fusion to read the image.
     product_against: str = "text"
+    # Image -> product (search by photo): the image embedding of each pair's photo is contrasted with the
+    # product embeddings of the batch as they are indexed (fused title + primary image), which are held
+    # fixed (detached): the term moves only the image side (image_proj, and the image tower when it is not
+    # frozen), toward the product space, and never pulls product embeddings toward photos, so text ->
+    # product search keeps its quality. 0: off (the default; models trained before it are unchanged).
+    # benchmarks/photo_search.py measures it.
+    image_product_weight: float = 0.0
     # The pretrained text tower learns at lr * text_lr_scale (new layers at full lr), the usual way to
     # fine-tune a pretrained tower: it keeps more of what MiniLM knows about words, which the query
     # encoder (a copy of this tower) needs for phrasing the catalog never uses ("something to keep my
@@ -195,6 +206,11 @@ class PretrainTask:
                           for t in targets) / len(targets)
             loss = loss + cfg.product_weight * product
             stats["product_itc"] = product.item()
+        if cfg.image_product_weight:
+            target = self.indexed_products(model, batch, tokens, fused_out)
+            image_product = itc_loss(img, target, batch["ids"], model.logit_scale, gather=gather)[0]
+            loss = loss + cfg.image_product_weight * image_product
+            stats["image_product_itc"] = image_product.item()
         if cfg.itm_weight:
             own = local_slice(len(img)) if gather else slice(None)
             itm, itm_stats = itm_loss(model, tokens, batch["attention_mask"], patches,
@@ -202,6 +218,19 @@ class PretrainTask:
             loss = loss + cfg.itm_weight * itm
             stats.update(itm=itm.item(), **itm_stats)
         return loss, stats
+
+    @staticmethod
+    def indexed_products(model, batch: dict, tokens, fused_out) -> torch.Tensor:
+        """The product embeddings of the batch's products as the index holds them (title fused with the
+        product's primary image), detached. A pair whose photo is the primary image (every pair of a
+        one-image catalog) reuses the fused output already computed; other photos (in-store photos,
+        extra views) need the primary image's features (`primary_*`, see `pair_batch`)."""
+        with torch.no_grad():
+            primary = {k[len("primary_"):]: v for k, v in batch.items() if k.startswith("primary_")}
+            if not primary and fused_out is not None:
+                return model.project_fused(fused_out).detach()
+            patches, _ = image_features(model, primary or batch, frozen=True)
+            return model.project_fused(model.fuse(tokens.detach(), batch["attention_mask"], patches)).detach()
 
     def train_mode(self, model) -> None:
         model.train()
@@ -224,9 +253,15 @@ class PretrainTask:
     def pair_batch(self, pair_indices: np.ndarray, device=None) -> dict:
         rows = self.pairs.pair_product[pair_indices]
         tok = self.model.tokenize([self.pairs.texts[r] for r in rows])
+        images = self.pairs.pair_image[pair_indices]
         batch = {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"],
-                 "ids": torch.from_numpy(rows.astype(np.int64)),
-                 **self.images.batch(self.pairs.pair_image[pair_indices])}
+                 "ids": torch.from_numpy(rows.astype(np.int64)), **self.images.batch(images)}
+        primary = self.pairs.primary_image[rows]
+        if self.cfg.image_product_weight and (primary != images).any():
+            # the image-product term's targets: the product embedding as indexed, from the primary image
+            # (a product without a readable primary image falls back to the pair's own photo)
+            primary = np.where(primary >= 0, primary, images)
+            batch.update({f"primary_{k}": v for k, v in self.images.batch(primary).items()})
         return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
 
 

@@ -8,7 +8,9 @@ const FIELD_ORDER = ["gender", "category", "articleType", "baseColour", "season"
 const SUGGESTIONS = ["red summer dress", "men's black watch", "white sneakers", "blue denim jeans", "leather handbag", "floral kurta"];
 
 const $ = (id) => document.getElementById(id);
-const state = { query: "", filters: {}, hybrid: false, fields: {}, results: [], allFields: false };
+const state = { query: "", filters: {}, hybrid: false, fields: {}, results: [], allFields: false,
+                photo: null, similar: null };   // photo: a File to search by; similar: a product id
+const MAX_PHOTO_BYTES = 10 * 1024 * 1024;      // the service refuses more (HTTP 413)
 let inflight = null;
 
 // API key, only when the service has one (`dashclip serve --api-key`): open the page as /#key=..., it is kept
@@ -57,6 +59,7 @@ function readUrl() {
   const params = new URLSearchParams(location.search);
   state.query = params.get("q") || "";
   state.hybrid = params.get("hybrid") === "true";
+  state.similar = params.get("similar");
   state.filters = {};
   for (const f of params.getAll("filter")) {
     const cut = f.indexOf(":");
@@ -73,14 +76,15 @@ function filterParams() {
 function writeUrl() {
   const params = new URLSearchParams([["q", state.query], ...filterParams()]);
   if (state.hybrid) params.set("hybrid", "true");
-  history.replaceState(null, "", state.query ? `/?${params}` : "/");
+  if (state.similar !== null) params.set("similar", state.similar);
+  history.replaceState(null, "", state.query || state.similar !== null ? `/?${params}` : "/");
 }
 
 // ------------------------------------------------------------------ search
 async function runSearch() {
   writeUrl();
   $("error").hidden = true;
-  if (!state.query.trim()) { showWelcome(); return; }
+  if (!state.query.trim() && !state.photo && state.similar === null) { showWelcome(); return; }
   $("welcome").hidden = true;
   $("empty").hidden = true;
   showSkeletons();
@@ -89,8 +93,19 @@ async function runSearch() {
   inflight = new AbortController();
   const params = new URLSearchParams([["q", state.query], ["k", PAGE_SIZE], ...filterParams()]);
   if (state.hybrid) params.set("hybrid", "true");
+  let request = api(`/search?${params}`, { signal: inflight.signal });
+  if (state.similar !== null) {           // more like this product
+    const near = new URLSearchParams([["k", PAGE_SIZE], ...filterParams()]);
+    request = api(`/products/${encodeURIComponent(state.similar)}/similar?${near}`, { signal: inflight.signal });
+  } else if (state.photo) {               // search by photo, refined by the words typed (if any)
+    const near = new URLSearchParams([["k", PAGE_SIZE], ...filterParams()]);
+    if (state.query.trim()) near.set("q", state.query);
+    const form = new FormData();
+    form.append("image", state.photo, "photo");
+    request = api(`/search/image?${near}`, { method: "POST", body: form, signal: inflight.signal });
+  }
   try {
-    const response = await api(`/search?${params}`, { signal: inflight.signal });
+    const response = await request;
     const body = await response.json().catch(() => ({}));
     if (!response.ok) throw new Error(describeError(body, response.status));
     state.results = body.results;
@@ -136,8 +151,10 @@ function showError(message) {
 function renderResults(body) {
   const n = body.results.length;
   const status = $("status");
+  const what = body.product_id !== undefined ? ` like “${similarTitle(body.product_id)}”`
+    : body.image ? (body.query ? ` for your photo + “${body.query}”` : " for your photo") : ` for “${body.query}”`;
   status.replaceChildren(
-    el("strong", {}, `${n} ${n === 1 ? "product" : "products"}`), ` for “${body.query}”`,
+    el("strong", {}, `${n} ${n === 1 ? "product" : "products"}`), what,
     body.hybrid ? " · keywords + visual" : "", ` · ${Math.round(body.took_ms)} ms`);
   renderFilters();
   if (!n) {
@@ -168,11 +185,19 @@ function card(r, top, hybrid) {
   // Cosine scores are shown as they are; fused (hybrid) scores only mean something relative to the best.
   const share = hybrid ? r.score / top : Math.max(0, r.score);
   const scoreText = hybrid ? `fused ${(r.score * 1000).toFixed(1)}‰` : `match ${r.score.toFixed(3)}`;
+  // "Similar" sits inside the card's button: a span with the button role, so a click on it is not a click on the card.
+  const similar = el("span", { class: "similar", role: "button", tabindex: "0", "data-similar": r.id,
+                               title: "Products that look like this one" }, "Similar");
+  similar.addEventListener("click", (e) => { e.stopPropagation(); showSimilar(r.id, r.title); });
+  similar.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); e.stopPropagation(); showSimilar(r.id, r.title); }
+  });
   return el("button", { class: "card", type: "button", "data-id": r.id, title: r.title, onclick: () => openProduct(r.id) },
     photo,
     el("div", { class: "info" },
       el("span", { class: "category" }, r.category || " "),
       el("span", { class: "title" }, r.title),
+      similar,
       el("span", { class: "score", title: hybrid ? "Reciprocal-rank fusion score" : "Cosine similarity of query and product" },
         el("span", { class: "score-bar" }, el("span", { style: `width:${Math.round(share * 100)}%` })), scoreText)));
 }
@@ -265,6 +290,41 @@ function clearFilters() {
   runSearch();
 }
 
+// ------------------------------------------------------------------ photo and "more like this"
+const titles = new Map();   // product id -> title, for the status line of "more like this"
+function similarTitle(id) { return titles.get(String(id)) || `product ${id}`; }
+
+function showSimilar(id, title) {
+  if (title) titles.set(String(id), title);
+  clearPhoto(false);
+  state.similar = String(id);
+  state.query = "";
+  $("q").value = "";
+  if ($("product-dialog").open) $("product-dialog").close();
+  runSearch();
+}
+
+function setPhoto(file) {
+  $("error").hidden = true;
+  if (!file) return;
+  if (file.type && !file.type.startsWith("image/")) { showError(`${file.name} is not an image`); return; }
+  if (file.size > MAX_PHOTO_BYTES) { showError(`the photo is ${(file.size / 1048576).toFixed(1)} MB; the limit is 10 MB`); return; }
+  state.photo = file;
+  state.similar = null;
+  const thumb = $("photo-thumb");
+  if (thumb.src) URL.revokeObjectURL(thumb.src);
+  thumb.src = URL.createObjectURL(file);
+  $("photo-chip").hidden = false;
+  runSearch();
+}
+
+function clearPhoto(search = true) {
+  state.photo = null;
+  $("photo").value = "";
+  $("photo-chip").hidden = true;
+  if (search) runSearch();
+}
+
 // ------------------------------------------------------------------ product dialog
 async function openProduct(id) {
   const dialog = $("product-dialog");
@@ -280,6 +340,7 @@ async function openProduct(id) {
     $("dialog-attributes").replaceChildren(...Object.entries(p.attributes).filter(([, v]) => v)
       .flatMap(([k, v]) => [el("dt", {}, label(k)), el("dd", {}, v)]));
     $("dialog-id").textContent = `Product ${p.id}`;
+    $("dialog-similar").onclick = () => showSimilar(p.id, p.title);
     dialog.showModal();
   } catch (err) {
     showError(err.message);
@@ -293,7 +354,19 @@ function start() {
   $("search-form").addEventListener("submit", (e) => {
     e.preventDefault();
     state.query = $("q").value;
+    state.similar = null;
     runSearch();
+  });
+  $("photo").addEventListener("change", () => setPhoto($("photo").files[0]));
+  $("photo-clear").addEventListener("click", () => clearPhoto());
+  $("photo-clear").addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); clearPhoto(); } });
+  document.addEventListener("dragover", (e) => { e.preventDefault(); document.body.classList.add("dragging"); });
+  document.addEventListener("dragleave", (e) => { if (!e.relatedTarget) document.body.classList.remove("dragging"); });
+  document.addEventListener("drop", (e) => {
+    e.preventDefault();
+    document.body.classList.remove("dragging");
+    const file = e.dataTransfer && e.dataTransfer.files[0];
+    if (file) setPhoto(file);
   });
   $("hybrid").addEventListener("change", () => { state.hybrid = $("hybrid").checked; if (state.query) runSearch(); });
   $("clear-filters").addEventListener("click", clearFilters);
@@ -301,7 +374,7 @@ function start() {
   readUrl();
   $("q").value = state.query;
   $("hybrid").checked = state.hybrid;
-  loadFilters().then(() => (state.query ? runSearch() : showWelcome()));
+  loadFilters().then(() => (state.query || state.similar !== null ? runSearch() : showWelcome()));
 }
 
 start();

@@ -1,0 +1,339 @@
+"""Benchmark: search by photo (issue 20) on this machine, every figure as measured.
+
+    python benchmarks/photo_search.py [--work runs/exp] [--grocery-epochs 3] \
+        [--fashion-model DIR --fashion-embeddings DIR --fashion-catalog DIR] \
+        [--latency-model DIR --latency-index DIR]
+
+1. Grocery (../shared/data/grocery-store-dataset): the 81-product catalog (iconic image + description); each
+   in-store photo of the test split is a query; top-1 / top-5 of the right product (fine) and of its coarse
+   class, against three product embeddings: fused (the indexed product embedding), text-only and iconic
+   image-only (`evaluation.evaluators.GroceryEvaluator`). Zero-shot (the default model before Stage 1) and
+   after Stage 1 on the catalog with its train-split photos, with the image -> product term
+   (`PretrainConfig.image_product_weight`), frozen image tower (`evaluation.grocery.pretrain_on_split`).
+   A finished run in --work is reused (its pretrain_config.json must hold the same image_product_weight).
+2. Fashion: each held-out product's photo (Stage 1 split, seed 0, 10%; a sample of --fashion-queries) is a
+   query against every other product: Precision@10 of its articleType, for the photo's image embedding
+   against the fused, image and text product embeddings (which embedding should answer a photo), and for
+   "more like this" (its own fused embedding). Photo + "in <colour>": the share of the top 10 in that colour,
+   for the text weights of `serving.search` (IMAGE_TEXT_WEIGHT is the one served). The photo's embedding is
+   the embeddings dir's image.npy row (what `encode_image` gives the same photo).
+3. Latency, one process, one run: p50 of `Searcher.search` (text) and `Searcher.search_image` (the photo's
+   file bytes: decode + image tower + index search) over the same index.
+
+Writes benchmarks/results/photo_search.json and .md, stamped with the date, commit and machine.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import _machine  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+COLOURS = ["Black", "White", "Blue", "Red", "Green", "Pink", "Brown", "Grey", "Navy Blue", "Yellow", "Purple"]
+
+
+def grocery(args) -> dict:
+    import torch
+
+    import dashclip
+    from dashclip.data.catalog import Catalog
+    from dashclip.evaluation.evaluators import GroceryEvaluator
+    from dashclip.evaluation.grocery import pretrain_on_split
+    from dashclip.io import read_json
+    from dashclip.models.factory import create_model
+
+    catalog_dir = Path(args.work) / "../catalogs/grocery"
+    if not (catalog_dir / "manifest.json").exists():
+        from dashclip.data.importer import import_catalog
+        from dashclip.data.presets import get_preset
+        raise SystemExit(f"import the grocery catalog first: dashclip catalog import grocery-store-dataset "
+                         f"--out {catalog_dir}")
+    catalog = Catalog.open(catalog_dir)
+    evaluate = GroceryEvaluator(catalog, split="test", feature_cache_dir=str(Path(args.work) / "../cache/grocery-eval"))
+    out = {"catalog": str(catalog_dir), "n_products": len(catalog)}
+    t = time.time()
+    out["zero_shot"] = evaluate(create_model("default"))
+    out["zero_shot"]["seconds"] = round(time.time() - t, 1)
+    run = Path(args.work) / f"grocery-ip{args.image_product_weight:g}"
+    if run.exists():
+        done = read_json(run / "pretrain_config.json")
+        if done.get("image_product_weight") != args.image_product_weight:
+            raise SystemExit(f"{run}: a run with image_product_weight {done.get('image_product_weight')}")
+    t = time.time()
+    model_dir = pretrain_on_split(catalog, run, epochs=args.grocery_epochs, image_product_weight=args.image_product_weight,
+                                  cache_dir=str(Path(args.work) / "../cache/grocery-train"), progress=False)
+    cfg = read_json(run / "pretrain_config.json")
+    out["stage1"] = {**evaluate(dashclip.load(model_dir)), "run": str(run), "epochs": cfg["epochs"],
+                     "batch_size": cfg["batch_size"], "image_product_weight": cfg["image_product_weight"],
+                     "train_pairs": cfg["split"]["train_pairs"], "image_size": cfg.get("image_size"),
+                     "seconds_incl_reused_training": round(time.time() - t, 1)}
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [m for m in metrics if m.get("kind") == "train"]
+    if train_rows:
+        out["stage1"]["steps"] = train_rows[-1].get("step")
+    return out
+
+
+def precision_at_10(queries: np.ndarray, q_rows: np.ndarray, targets: np.ndarray, labels: np.ndarray,
+                    want: np.ndarray | None = None) -> float:
+    sims = queries @ targets.T
+    sims[np.arange(len(q_rows)), q_rows] = -np.inf           # the product itself is no answer
+    top = np.argpartition(-sims, 10, axis=1)[:, :10]
+    want = labels[q_rows] if want is None else want
+    return float((labels[top] == want[:, None]).mean())
+
+
+def fashion(args) -> dict:
+    import pandas as pd
+
+    import dashclip
+    from dashclip.models.model import to_numpy
+    from dashclip.serving.search import IMAGE_TEXT_WEIGHT
+    from dashclip.training.data import heldout_mask
+
+    emb = Path(args.fashion_embeddings)
+    if emb.suffix == ".npz":      # a subset made by fashion_stage1: its rows are the catalog's first n
+        data = np.load(emb)
+        vec = {k: data[k] for k in ("fused", "image", "text")}
+        ids = pd.read_parquet(Path(args.fashion_embeddings_ids) / "ids.parquet").iloc[:len(vec["fused"])]
+    else:
+        ids = pd.read_parquet(emb / "ids.parquet")
+        vec = {k: np.load(emb / f"{k}.npy", mmap_mode="r")[:args.fashion_subset or None] for k in ("fused", "image", "text")}
+        ids = ids.iloc[:len(vec["fused"])]
+    products = pd.read_parquet(Path(args.fashion_catalog) / "catalog.parquet").set_index("id").loc[ids["id"]]
+    article = products["category"].astype(str).to_numpy()
+    colour = products["baseColour"].astype(str).to_numpy()
+    held = heldout_mask(ids["id"].tolist(), 0.1, 0) & ids["has_image"].to_numpy()
+    rng = np.random.default_rng(0)
+    rows = rng.choice(np.flatnonzero(held), min(args.fashion_queries, int(held.sum())), replace=False)
+    out = {"embeddings": str(emb), "model": args.fashion_model, "n_products": len(ids), "n_queries": len(rows),
+           "p10_articletype": {}}
+    for name, q, t in [("photo -> fused (product embedding, served)", "image", "fused"),
+                       ("photo -> image (image to image)", "image", "image"),
+                       ("photo -> text", "image", "text"),
+                       ("more like this: fused -> fused", "fused", "fused")]:
+        out["p10_articletype"][name] = precision_at_10(vec[q][rows], rows, vec[t], article)
+    # photo + "in <colour>": products whose colour is one of COLOURS, asked for another of them
+    model = dashclip.load(args.fashion_model)
+    cand = rows[np.isin(colour[rows], COLOURS)]
+    asked = np.array([rng.choice([c for c in COLOURS if c != colour[r]]) for r in cand])
+    words = {c: to_numpy(model.encode_query([f"in {c.lower()}"]))[0] for c in COLOURS}
+    text = np.stack([words[c] for c in asked])
+    out["colour"] = {"n_queries": int(len(cand)), "served_weight": IMAGE_TEXT_WEIGHT, "by_weight": {}}
+    for w in args.text_weights:
+        q = (1 - w) * vec["image"][cand] + w * text
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        out["colour"]["by_weight"][f"{w:g}"] = {
+            "colour_share_top10": precision_at_10(q, cand, vec["fused"], colour, asked),
+            "p10_articletype": precision_at_10(q, cand, vec["fused"], article)}
+    return out
+
+
+def fashion_stage1(args) -> dict:
+    """Stage 1 on the fashion catalog as the reference run (--fashion-model's pretrain_config.json: same steps,
+    batch, image size, seed, cached image tower) plus the image -> product term; then the fashion measures on
+    its embeddings, and NDCG@10 of text -> product (the Stage 1 text tower as query encoder, the 40 held-out
+    dev queries, ranking all products) for both runs: the term must not lower it."""
+    import dataclasses
+
+    import dashclip
+    from dashclip.data.catalog import Catalog
+    from dashclip.evaluation.baselines import EmbeddingScorer, model_query_encoder, rank
+    from dashclip.evaluation.metrics import evaluate_rankings
+    from dashclip.evaluation.qrels import fashion_qrels, load_queries
+    from dashclip.io import read_json
+    from dashclip.models.embeddings import embed_catalog, load_embeddings
+    from dashclip.training.pretrain import PretrainConfig, pretrain
+
+    reference = read_json(Path(args.fashion_model).parent / "pretrain_config.json")
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    keep = {k: v for k, v in reference.items() if k in fields and k not in ("cache_dir", "resume", "progress",
+                                                                              "ckpt_every")}
+    cfg = PretrainConfig(**{**keep, "image_product_weight": args.image_product_weight, "progress": False,
+                            "cache_dir": args.fashion_cache, "ckpt_every": 0})
+    run = Path(args.work) / f"fashion-ip{args.image_product_weight:g}"
+    catalog = Catalog.open(args.fashion_catalog)
+    t = time.time()
+    if not (run / "model" / "config.json").exists():
+        pretrain(catalog, run, cfg)
+    train_seconds = round(time.time() - t, 1)
+    model = dashclip.load(run / "model")
+    n = args.fashion_subset or len(catalog)
+    subset = run / f"first-{n}.npz"     # the first n products' embeddings (all of them: n = the catalog)
+    if not subset.exists():
+        from dashclip.models.embeddings import CachedImageFeatures, embed_batches
+
+        model.eval()
+        parts = {k: np.zeros((n, model.embed_dim), np.float32) for k in ("fused", "image", "text")}
+        cached = CachedImageFeatures.find(model, catalog, args.fashion_cache)
+        for batch, vecs, _ in embed_batches(model, catalog, catalog.product_texts(), np.arange(n), cached=cached):
+            for k in parts:
+                parts[k][batch] = vecs[k]
+        np.savez(subset, **parts)
+    new_vectors = np.load(subset)
+    out = {"run": str(run), "steps": cfg.max_steps, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
+           "image_product_weight": cfg.image_product_weight, "train_seconds_if_trained_now": train_seconds}
+    queries = load_queries(Path(os.environ.get("DASHCLIP_DATA", HERE.parent.parent / "shared/data"))
+                           / "fashion-queries/dev_queries.jsonl", heldout_only=True)
+    qrels = fashion_qrels(queries, catalog)
+    ndcg = {}
+    products = set(catalog.products["id"].iloc[:n].tolist())
+    qrels = {q: {p: g for p, g in labels.items() if p in products} for q, labels in qrels.items()}
+    queries = [q for q in queries if qrels.get(q["qid"])]      # queries with a relevant product among the n
+    for name, model_dir, emb_dir in (("reference (no image -> product term)", args.fashion_model, None),
+                                     ("with the image -> product term", run / "model", subset)):
+        emb = load_embeddings(args.fashion_embeddings)
+        fused = np.asarray(emb.vectors["fused"][:n]) if emb_dir is None else new_vectors["fused"]
+        scorer = EmbeddingScorer(name, model_query_encoder(dashclip.load(model_dir)), fused, emb.ids[:n])
+        ranked = rank(scorer, [q["query"] for q in queries], k=100)
+        ndcg[name] = evaluate_rankings({q["qid"]: r for q, r in zip(queries, ranked)}, qrels)["overall"]["ndcg@10"]
+    out["text_ndcg10_heldout"] = ndcg
+    out["n_text_queries"] = len(queries)
+    out["n_products_ranked"] = n
+    out["reference_same_products"] = fashion(args)     # the reference run on the same n products
+    measures = fashion(argparse.Namespace(**{**vars(args), "fashion_model": str(run / "model"),
+                                             "fashion_embeddings": str(subset),
+                                             "fashion_embeddings_ids": args.fashion_embeddings}))
+    return {**out, **measures}
+
+
+def latency(args) -> dict:
+    import torch
+
+    from dashclip.data.catalog import Catalog  # noqa: F401
+    from dashclip.serving.search import Searcher
+
+    searcher = Searcher.open(args.latency_model, args.latency_index)
+    queries = [json.loads(line)["query"] for line in
+               (Path(os.environ.get("DASHCLIP_DATA", HERE.parent.parent / "shared/data")) / "fashion-queries/dev_queries.jsonl")
+               .read_text().splitlines()[:args.latency_n]]
+    images = [p for p in searcher.catalog.products["image"].dropna().tolist()[:args.latency_n]]
+    photos = [searcher.catalog.image_path(p).read_bytes() for p in images]
+    def timed(fn, items):
+        for x in items[:5]:
+            fn(x)
+        out = []
+        for x in items:
+            t = time.perf_counter()
+            fn(x)
+            out.append((time.perf_counter() - t) * 1000)
+        return out
+    text_ms = timed(lambda q: searcher.search(q, k=24), queries)
+    image_ms = timed(lambda b: searcher.search_image(b, k=24), photos)
+    return {"model": args.latency_model, "index": args.latency_index, "n_index": len(searcher.index),
+            "n_text": len(text_ms), "n_image": len(image_ms), "torch_threads": torch.get_num_threads(),
+            "text_p50_ms": float(np.median(text_ms)), "image_p50_ms": float(np.median(image_ms)),
+            "ratio": float(np.median(image_ms) / np.median(text_ms)),
+            "photo_size": "catalog photos (60x80 JPEG)"}
+
+
+def markdown(r: dict) -> str:
+    g, f, lat = r.get("grocery"), r.get("fashion"), r.get("latency")
+    lines = [f"# Search by photo (`benchmarks/photo_search.py`)", "",
+             f"{r['date']}, commit {r['commit']}, {r['machine']}, load average at start {r['load_at_start']}. "
+             f"Every figure as measured.", ""]
+    if g:
+        lines += ["## Grocery: in-store test photos -> the 81 products", "",
+                  f"{g['zero_shot']['n_photos']} test photos. Stage 1: {g['stage1'].get('steps')} steps, "
+                  f"{g['stage1']['epochs']} epochs, batch {g['stage1']['batch_size']}, "
+                  f"{g['stage1']['train_pairs']} train pairs (iconic + train-split photos), frozen image tower, "
+                  f"image_product_weight {g['stage1']['image_product_weight']}.", "",
+                  "| model | product embedding | fine top-1 | fine top-5 | coarse top-1 | coarse top-5 |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for name, key in (("zero-shot", "zero_shot"), ("after Stage 1", "stage1")):
+            for kind in ("fused", "text", "image"):
+                m = g[key][kind]
+                lines.append(f"| {name} | {kind} | {m['fine_top1']:.3f} | {m['fine_top5']:.3f} | "
+                             f"{m['coarse_top1']:.3f} | {m['coarse_top5']:.3f} |")
+        s = g["stage1"]["fused"]
+        lines += ["", f"Targets (fused, after Stage 1): fine top-1 >= 0.65: **{s['fine_top1']:.3f}** "
+                      f"({'met' if s['fine_top1'] >= 0.65 else 'missed'}); top-5 >= 0.92: **{s['fine_top5']:.3f}** "
+                      f"({'met' if s['fine_top5'] >= 0.92 else 'missed'}).", ""]
+    if f:
+        lines += ["## Fashion: held-out product photos -> the other products", "",
+                  f"{f['n_queries']} held-out photos of {f['n_products']} products; model {f['model']}.", "",
+                  "| query -> product embedding | P@10 same articleType |", "|---|---:|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in f["p10_articletype"].items()]
+        lines += ["", f"Photo + \"in <colour>\" ({f['colour']['n_queries']} queries; served weight "
+                      f"{f['colour']['served_weight']}):", "",
+                  "| text weight | asked colour in top 10 | P@10 same articleType |", "|---:|---:|---:|"]
+        lines += [f"| {w} | {m['colour_share_top10']:.3f} | {m['p10_articletype']:.3f} |"
+                  for w, m in f["colour"]["by_weight"].items()]
+        lines.append("")
+    fs = r.get("fashion_stage1")
+    if fs:
+        lines += ["## Fashion after Stage 1 with the image -> product term", "",
+                  f"Same settings as the reference Stage 1 run ({fs['steps']} steps, batch {fs['batch_size']}, "
+                  f"{fs['image_size']} px, frozen cached image tower) plus image_product_weight "
+                  f"{fs['image_product_weight']}; run {fs['run']}. Embedded and ranked: the catalog's first "
+                  f"{fs['n_products_ranked']} products (both runs; queries with a relevant product among them).", "",
+                  f"Text -> product NDCG@10 on the {fs['n_text_queries']} held-out dev queries (Stage 1 text tower "
+                  f"as query encoder, those products ranked):", ""]
+        lines += [f"- {k}: **{v:.3f}**" for k, v in fs["text_ndcg10_heldout"].items()]
+        ref = fs["reference_same_products"]
+        lines += ["", f"{fs['n_queries']} held-out photos among those products.", "",
+                  "| query -> product embedding | P@10 same articleType, with the term | reference run |",
+                  "|---|---:|---:|"]
+        lines += [f"| {k} | {v:.3f} | {ref['p10_articletype'][k]:.3f} |" for k, v in fs["p10_articletype"].items()]
+        lines += ["", "| text weight | asked colour in top 10 | P@10 same articleType | reference: colour | reference: P@10 |",
+                  "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {w} | {m['colour_share_top10']:.3f} | {m['p10_articletype']:.3f} | "
+                  f"{ref['colour']['by_weight'][w]['colour_share_top10']:.3f} | {ref['colour']['by_weight'][w]['p10_articletype']:.3f} |"
+                  for w, m in fs["colour"]["by_weight"].items()]
+        lines.append("")
+    if lat:
+        lines += ["## Latency (one process, one run)", "",
+                  f"index of {lat['n_index']} products ({lat['index']}); {lat['n_text']} text queries, "
+                  f"{lat['n_image']} photos ({lat['photo_size']}), k=24, {lat['torch_threads']} torch threads.", "",
+                  f"text p50 {lat['text_p50_ms']:.1f} ms, photo p50 {lat['image_p50_ms']:.1f} ms: "
+                  f"ratio **{lat['ratio']:.2f}** (target <= 3).", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", default="runs/exp")
+    p.add_argument("--grocery-epochs", type=int, default=3)
+    p.add_argument("--image-product-weight", type=float, default=1.0)
+    p.add_argument("--fashion-model", default="/work/wt/quality/runs/demo/stage1/model")
+    p.add_argument("--fashion-embeddings", default="/work/wt/quality/runs/demo/embeddings")
+    p.add_argument("--fashion-catalog", default="/work/wt/quality/runs/demo/catalog")
+    p.add_argument("--fashion-queries", type=int, default=1000)
+    p.add_argument("--fashion-subset", type=int, default=4096, help="fashion after Stage 1 with the term: embed "
+                   "and rank only the catalog's first N products (0: all 44,439; about 30 min on 2 busy cores)")
+    p.add_argument("--fashion-cache", default="runs/cache/fashion", help="image-feature caches of the fashion "
+                   "catalog (the reference run's, e.g. a link to it, so the tower does not run again)")
+    p.add_argument("--text-weights", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    p.add_argument("--latency-model", default="/work/wt/shop/runs/demo-quick/model")
+    p.add_argument("--latency-index", default="/work/wt/shop/runs/demo-quick/index")
+    p.add_argument("--latency-n", type=int, default=60)
+    p.add_argument("--skip", nargs="*", default=[], choices=["grocery", "fashion", "fashion_stage1", "latency"])
+    args = p.parse_args()
+    result = {"script": "benchmarks/photo_search.py", "commit": _machine.commit(), "machine": _machine.cpu_model()
+              + f", {os.cpu_count()} cores",
+              "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "load_at_start": round(os.getloadavg()[0], 2), "args": vars(args)}
+    for name, fn in (("latency", latency), ("fashion", fashion), ("fashion_stage1", fashion_stage1),
+                     ("grocery", grocery)):
+        if name not in args.skip:
+            t = time.time()
+            result[name] = fn(argparse.Namespace(**{**vars(args), "fashion_subset": 0}) if name == "fashion" else args)
+            result[name]["bench_seconds"] = round(time.time() - t, 1)
+            print(name, json.dumps(result[name])[:600], flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "photo_search.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "photo_search.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Search by photo (issue 20): a photo, a photo plus words, and "more like this", through the Python API,
+`dashclip search --image` and batch lines with "image", and HTTP (a multipart upload, /products/{id}/similar);
+uploads are hostile input (size and pixel caps, bombs, non-images, truncated files: a 4xx naming the problem,
+nothing written to disk, the sent file name used for nothing)."""
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from dashclip.serving.search import Searcher
+from image_bytes import png_claiming
+from test_search_fixtures import client, shop  # noqa: F401 (fixtures)
+
+
+def photo_bytes(shop, pid=100) -> bytes:
+    return shop.catalog.image_path(shop.catalog.product(pid)["image"]).read_bytes()
+
+
+def ids(hits):
+    return [h.id for h in hits]
+
+
+def test_api_photo_photo_plus_words_and_more_like_this(shop):
+    s = Searcher(shop.model, shop.index, shop.catalog)
+    raw = photo_bytes(shop)
+    pil = Image.open(io.BytesIO(raw))
+    by_bytes, by_pil = s.search_image(raw, k=5), s.search_image(pil, k=5)
+    assert len(by_bytes) == 5 and ids(by_bytes) == ids(by_pil) and [h.rank for h in by_bytes] == [1, 2, 3, 4, 5]
+    # the query vector is the image embedding, or its mix with the query encoder's embedding of the words
+    img = s.model.encode_image([pil.convert("RGB")]).numpy()
+    assert np.allclose(s.encode_images([pil.convert("RGB")]), img / np.linalg.norm(img), atol=1e-5)
+    words = s.encode(["in red"])
+    mixed = s.encode_images([pil.convert("RGB")], ["in red"])[0]
+    from dashclip.serving.search import IMAGE_TEXT_WEIGHT
+    want = (1 - IMAGE_TEXT_WEIGHT) * img[0] + IMAGE_TEXT_WEIGHT * words[0]
+    assert np.allclose(mixed, want / np.linalg.norm(want), atol=1e-5)
+    # filters apply to photo queries too
+    assert {h.attributes["gender"] for h in s.search_image(raw, k=5, filters={"gender": ["Men"]})} == {"Men"}
+    # more like this: the product's own (indexed) embedding, the product itself left out
+    similar = s.search_similar(100, k=5)
+    assert len(similar) == 5 and 100 not in ids(similar)
+    vec = s.product_vectors(np.array([shop.catalog.row_of[100]]))
+    top, _ = shop.index.search(vec, 6)
+    assert ids(similar) == [p for p in top[0] if p != 100][:5]
+    assert ids(s.search_similar("100", k=5)) == ids(similar)          # ids from URLs arrive as strings
+    with pytest.raises(KeyError, match="unknown product id"):
+        s.search_similar(12345)
+    with pytest.raises(ValueError, match="not an image"):
+        s.search_image(b"hello, world")
+    with pytest.raises(ValueError, match="PIL image or the bytes"):
+        s.search_image("/etc/passwd")                                # a path string is not a photo
+
+
+def test_http_upload_photo_and_words(client, shop):
+    raw = photo_bytes(shop)
+    r = client.post("/search/image", params={"k": 4, "filter": "gender:Women"},
+                    files={"image": ("../../../etc/evil.jpg", raw, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["results"]) == 4 and {x["attributes"]["gender"] for x in body["results"]} == {"Women"}
+    assert body["query"] is None and body["image"] == {"width": 60, "height": 80}
+    with_words = client.post("/search/image", params={"q": "  in   red "}, files={"image": ("a.jpg", raw)}).json()
+    assert with_words["query"] == "in red"
+    as_field = client.post("/search/image", data={"q": "in red"}, files={"image": ("a.jpg", raw)}).json()
+    assert [x["id"] for x in as_field["results"]] == [x["id"] for x in with_words["results"]]
+
+
+def test_http_similar_by_id(client, shop):
+    r = client.get("/products/100/similar", params={"k": 3})
+    assert r.status_code == 200 and r.json()["product_id"] == 100
+    assert len(r.json()["results"]) == 3 and 100 not in [x["id"] for x in r.json()["results"]]
+    assert client.get("/products/4242/similar").status_code == 404
+    assert client.get("/products/100/similar", params={"filter": "size:M"}).status_code == 400
+
+
+def test_similar_by_id_with_slashes_in_ids(shop, tmp_path):
+    """Ids may hold "/": "x/similar" (sent as x%2Fsimilar) is a product, /products/x%2Fimage/similar the
+    look-alikes of product "x/image"."""
+    import pandas as pd
+    from fastapi.testclient import TestClient
+
+    from dashclip.data.catalog import Catalog
+    from dashclip.index import build_index
+    from dashclip.serving.service import create_app
+
+    pids = ["AB/123", "x/similar", "x/image", "plain", "50%off"]
+    root = tmp_path / "catalog"
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for i, pid in enumerate(pids):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(root / f"images/{i}.png")
+        rows.append({"id": pid, "title": f"product {i}", "text": "", "category": "Tops", "image": f"images/{i}.png"})
+    pd.DataFrame(rows).to_parquet(root / "catalog.parquet")
+    (root / "manifest.json").write_text(json.dumps({"name": "ids", "attributes": [], "content_hash": "ids-1"}))
+    catalog = Catalog.open(root)
+    first = np.eye(len(pids), shop.model.embed_dim, dtype=np.float32)   # any index: for product_vectors
+    s = Searcher(shop.model, build_index(first, pids, tmp_path / "i0", meta={"model_id": shop.model.model_id}), catalog)
+    index = build_index(s.product_vectors(np.arange(len(pids))), pids, tmp_path / "index",
+                        meta={"model_id": shop.model.model_id})
+    with TestClient(create_app(Searcher(shop.model, index, catalog), watch_seconds=0)) as c:
+        from urllib.parse import quote
+        for pid in pids:
+            r = c.get(f"/products/{quote(pid, safe='')}/similar", params={"k": 10})
+            assert r.status_code == 200 and r.json()["product_id"] == pid, (pid, r.text)
+            assert sorted(x["id"] for x in r.json()["results"]) == sorted(p for p in pids if p != pid)
+        assert c.get("/products/x%2Fsimilar").json()["id"] == "x/similar"   # the product, not look-alikes
+        assert c.get("/products/x/similar").status_code == 404               # look-alikes of "x": no such product
+
+
+def test_hostile_uploads_are_4xx_and_leave_nothing_on_disk(client, shop, monkeypatch):
+    raw = photo_bytes(shop)
+    big = Image.effect_noise((1800, 1800), 100).convert("RGB")
+    noisy = io.BytesIO()
+    big.save(noisy, "BMP")
+    noisy = noisy.getvalue() + b"\0" * max(0, 10 * 1024 * 1024 + 1 - len(noisy.getvalue()))
+
+    def refuse(*a, **k):
+        raise AssertionError("an upload touched the disk")
+    for name in ("SpooledTemporaryFile", "NamedTemporaryFile", "TemporaryFile", "mkstemp", "mkdtemp"):
+        monkeypatch.setattr(tempfile, name, refuse)
+    before = sorted(p.name for p in __import__("pathlib").Path(tempfile.gettempdir()).iterdir())
+    cases = [
+        ({"files": {"image": ("big.bmp", noisy)}}, 413, "over the limit"),                    # > 10 MB
+        ({"files": {"image": ("bomb.png", png_claiming(20_000, 20_000))}}, 413, "decompression bomb"),
+        ({"files": {"image": ("41mp.png", png_claiming(8_000, 5_125))}}, 413, "40,000,000"),    # > 40 MP
+        ({"files": {"image": ("a.txt", b"just some text")}}, 415, "not an image"),
+        ({"files": {"image": ("cut.jpg", raw[: len(raw) // 2])}}, 400, "truncated"),
+        ({"files": {"image": ("empty.jpg", b"")}}, 400, "zero-byte"),
+        ({"content": raw, "headers": {"content-type": "image/jpeg"}}, 415, "multipart/form-data"),
+        ({"files": {"photo": ("a.jpg", raw)}}, 400, "file field 'image'"),
+        ({"content": b"--xx\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\nabc",
+          "headers": {"content-type": "multipart/form-data; boundary=xx"}}, 400, "cut off"),
+    ]
+    for kwargs, status, words in cases:
+        r = client.post("/search/image", **kwargs)
+        assert r.status_code == status and words in r.json()["detail"], (status, r.status_code, r.text[:300])
+        assert "evil" not in r.text and "/etc" not in r.text
+    def chunks():          # no Content-Length: the limit holds as the body streams in
+        for _ in range(12):
+            yield b"\0" * (1024 * 1024)
+    r = client.post("/search/image", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413
+    assert client.get("/search", params={"q": "dress"}, headers={"content-length": "3"}).status_code in (400, 413)
+    assert sorted(p.name for p in __import__("pathlib").Path(tempfile.gettempdir()).iterdir()) == before
+
+
+def test_cli_search_by_photo_and_batch_lines(shop, tmp_path):
+    from dashclip.cli import app
+
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(photo_bytes(shop))
+    base = ["search", "--model", str(shop.model_dir), "--index", str(shop.index_dir)]
+    r = CliRunner().invoke(app, [*base, "--image", str(photo), "--query", "in red", "-k", "3"], terminal_width=200)
+    assert r.exit_code == 0 and "3 results" in r.output, r.output
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"<html>nope</html>")
+    r = CliRunner().invoke(app, [*base, "--image", str(bad)], terminal_width=200)
+    assert r.exit_code == 2 and "not an image" in " ".join(r.output.split()), r.output
+    queries = tmp_path / "q.jsonl"
+    queries.write_text('{"qid": "t", "query": "red dress"}\n{"qid": "p", "image": "p.jpg"}\n'
+                       '{"qid": "pw", "image": "p.jpg", "query": "in blue"}\n')
+    out = tmp_path / "runs.jsonl"
+    r = CliRunner().invoke(app, [*base, "--queries", str(queries), "--output", str(out), "-k", "4", "-q"])
+    assert r.exit_code == 0, r.output
+    runs = {row["qid"]: row["product_ids"] for row in map(json.loads, out.read_text().splitlines())}
+    s = Searcher(shop.model, shop.index, shop.catalog)
+    assert runs["p"] == ids(s.search_image(photo.read_bytes(), k=4))
+    assert runs["pw"] == ids(s.search_image(photo.read_bytes(), k=4, text="in blue"))
+    assert runs["t"] == ids(s.search("red dress", k=4))
