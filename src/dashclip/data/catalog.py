@@ -115,9 +115,11 @@ class Catalog:
         """Every image of the catalog in one fixed order, with its products: see `ImageIndex`."""
         return ImageIndex.of(self)
 
-    def product_texts(self) -> list[str]:
-        """The text of every product as the text models read it: see `product_text`."""
-        return [product_text(r, self.attributes) for r in self.products.to_dict("records")]
+    def product_texts(self, rows=None) -> list[str]:
+        """The text of every product (or of catalog `rows`, in that order) as the text models read it:
+        see `product_text`."""
+        products = self.products if rows is None else self.products.iloc[list(rows)]
+        return [product_text(r, self.attributes) for r in products.to_dict("records")]
 
 
 @dataclass

@@ -163,7 +163,8 @@ def embed_rows(model, texts: list[str], rows: np.ndarray, inputs: tuple, kinds=K
 
 def embed_batches(model, catalog, texts: list[str], rows: np.ndarray, batch_size: int = 64, kinds=KINDS,
                   cached: CachedImageFeatures | None = None, amp: str | None = "auto", text_only: bool = False):
-    """Embed the catalog products at `rows` batch by batch, under `amp` (dashclip.precision); yields
+    """Embed the catalog products at `rows` batch by batch, under `amp` (dashclip.precision); `texts[r]` is
+    row r's text (a list of every product's, or a dict of just these rows'); yields
     (positions in `rows`, embeddings by kind, has-image flags). A batch holds products of similar text
     length, so it pads little, and where images must be decoded the next batch's are decoded while the
     towers run on this one. On 2 CPU cores, where the towers use both, that saves ~3% (4,096 fashion

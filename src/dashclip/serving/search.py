@@ -298,12 +298,14 @@ class Searcher:
         white stand-in when unreadable) as `embed-catalog` makes them for the index."""
         from ..models.embeddings import embed_batches
 
-        texts = self.catalog.product_texts()
+        rows = np.asarray(rows)
+        # only the rows asked for: the whole catalog's texts would cost ~1 s per request on 44K products
+        texts = dict(zip(rows.tolist(), self.catalog.product_texts(rows)))
         out = np.zeros((len(rows), self.index.dim), dtype=np.float32)
         was_training = self.model.training
         self.model.eval()
         try:
-            for batch, vecs, _ in embed_batches(self.model, self.catalog, texts, np.asarray(rows), kinds=("fused",)):
+            for batch, vecs, _ in embed_batches(self.model, self.catalog, texts, rows, kinds=("fused",)):
                 out[batch] = vecs["fused"]
         finally:
             self.model.train(was_training)
