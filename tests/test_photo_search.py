@@ -173,3 +173,48 @@ def test_cli_search_by_photo_and_batch_lines(shop, tmp_path):
     assert runs["p"] == ids(s.search_image(photo.read_bytes(), k=4))
     assert runs["pw"] == ids(s.search_image(photo.read_bytes(), k=4, text="in blue"))
     assert runs["t"] == ids(s.search("red dress", k=4))
+
+
+def test_photo_and_words_encoded_at_once_on_two_threads_agree_with_one_at_a_time(shop):
+    """A service encodes an uploaded photo on one thread while another encodes words. The model's train/eval
+    mode is shared by both, so nothing may switch it per call: once it did (each encode set eval and then
+    restored train), and the photo's BatchNorm ran on batch statistics half the time (the CI failure of the
+    web page photo test). The Searcher puts the model in eval once; encoding leaves an eval model alone."""
+    import threading
+
+    shop.model.train()                  # as a fixture or a notebook may hand it over
+    s = Searcher(shop.model, shop.index, shop.catalog)
+    assert not shop.model.training
+    pil = Image.open(io.BytesIO(photo_bytes(shop))).convert("RGB")
+    texts = ["in red", "a blue cotton shirt for men"]
+    photo_alone, words_alone = s.encode_images([pil]), s.encode_now(texts)
+    stop, seen = threading.Event(), []
+
+    def photos():
+        while not stop.is_set():
+            seen.append(float(np.abs(s.encode_images([pil]) - photo_alone).max()))
+
+    t = threading.Thread(target=photos)
+    t.start()
+    try:
+        for _ in range(60):
+            seen.append(float(np.abs(s.encode_now(texts) - words_alone).max()))
+    finally:
+        stop.set()
+        t.join()
+    changed = sum(d >= 1e-5 for d in seen)
+    assert changed == 0, f"{changed} of {len(seen)} encodings changed while another thread encoded"
+    assert not shop.model.training
+
+
+def test_encoding_leaves_an_eval_model_in_eval_and_restores_a_training_one(shop):
+    m = shop.model
+    m.eval()
+    m.encode_text(["a red dress"])
+    assert not m.training
+    m.train()
+    try:
+        m.encode_text(["a red dress"])   # an evaluator mid-training: eval for the call, then back to train
+        assert m.training
+    finally:
+        m.eval()

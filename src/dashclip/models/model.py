@@ -154,12 +154,18 @@ class DashCLIP(nn.Module):
 
     @torch.inference_mode()
     def _batched(self, fn, n: int, batch_size: int) -> torch.Tensor:
+        # A model in eval mode is left untouched: the mode is shared by every thread using the model (a
+        # service encodes photos and words at once), and flipping it mid-call of another thread would run
+        # that thread's forward with BatchNorm on batch statistics. Only a model mid-training (an evaluator
+        # in the training loop, one thread) is switched to eval for the call and back.
         was_training = self.training
-        self.eval()
+        if was_training:
+            self.eval()
         try:
             out = [fn(slice(i, i + batch_size)).float().cpu() for i in range(0, n, batch_size)]
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train()
         return torch.cat(out) if out else torch.zeros((0, self.embed_dim))
 
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:

@@ -110,6 +110,9 @@ class Searcher:
 
     def __init__(self, model, index, catalog, model_id: str | None = None, encoder: "QueryBatcher | None" = None):
         self.model, self.index, self.catalog = model, index, catalog
+        # A searcher never trains: eval mode once, here, and never switched per call (threads share it).
+        if callable(getattr(model, "eval", None)):
+            model.eval()
         self.encoder = encoder  # optional: encodes queries of concurrent callers together (the service)
         self.model_id = model_id or model.model_id  # a hash of every weight: computed once
         self.fields = list(index.fields)
@@ -302,13 +305,8 @@ class Searcher:
         # only the rows asked for: the whole catalog's texts would cost ~1 s per request on 44K products
         texts = dict(zip(rows.tolist(), self.catalog.product_texts(rows)))
         out = np.zeros((len(rows), self.index.dim), dtype=np.float32)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for batch, vecs, _ in embed_batches(self.model, self.catalog, texts, rows, kinds=("fused",)):
-                out[batch] = vecs["fused"]
-        finally:
-            self.model.train(was_training)
+        for batch, vecs, _ in embed_batches(self.model, self.catalog, texts, rows, kinds=("fused",)):
+            out[batch] = vecs["fused"]
         return out
 
     def _hits(self, row_ids: list, row_scores: list[float], k: int) -> list[Hit]:

@@ -91,9 +91,7 @@ async function runSearch() {
   $("status").textContent = "Searching…";
   if (inflight) inflight.abort();
   inflight = new AbortController();
-  const params = new URLSearchParams([["q", state.query], ["k", PAGE_SIZE], ...filterParams()]);
-  if (state.hybrid) params.set("hybrid", "true");
-  let request = api(`/search?${params}`, { signal: inflight.signal });
+  let request;                            // one request per search: similar, photo or words
   if (state.similar !== null) {           // more like this product
     const near = new URLSearchParams([["k", PAGE_SIZE], ...filterParams()]);
     request = api(`/products/${encodeURIComponent(state.similar)}/similar?${near}`, { signal: inflight.signal });
@@ -103,6 +101,10 @@ async function runSearch() {
     const form = new FormData();
     form.append("image", state.photo, "photo");
     request = api(`/search/image?${near}`, { method: "POST", body: form, signal: inflight.signal });
+  } else {
+    const params = new URLSearchParams([["q", state.query], ["k", PAGE_SIZE], ...filterParams()]);
+    if (state.hybrid) params.set("hybrid", "true");
+    request = api(`/search?${params}`, { signal: inflight.signal });
   }
   try {
     const response = await request;
