@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     from _machine import cpu_model
 
     cfg = load_config(args.config)
-    started = datetime.now(timezone.utc)
+    started, load_start = datetime.now(timezone.utc), os.getloadavg()[0]
     t0 = time.time()
     r = run_pipeline(cfg, fresh=args.fresh, log=log)
     pipeline_seconds = time.time() - t0
@@ -86,13 +86,15 @@ def main(argv=None) -> int:
               if args.config.is_relative_to(REPO) else args.config), "commit": commit(),
               "started_utc": started.isoformat(timespec="seconds"),
               "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "loadavg_end": os.getloadavg()[0]},
+              "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "loadavg_start": load_start,
+                          "loadavg_end": os.getloadavg()[0]},
               "seconds_per_step": {k: v["seconds"] for k, v in steps.items()},
               "pipeline_seconds_all_steps": r.record["total_seconds_all_steps"],
               "pipeline_seconds_this_run": round(pipeline_seconds, 1),
               "search_batch": {"queries": len(queries), "seconds": round(search_seconds, 1),
                                "metrics": contract["overall"]},
               "systems": headline, "shipped": steps["eval"].get("shipped"), "warning": steps["eval"].get("warning"),
+              "default_search": steps["eval"].get("default_search"),
               "stage1": steps["stage1"], "labels": {k: v for k, v in steps["labels"].items() if k != "human"},
               "human": steps["labels"].get("human"), "stage2": steps["stage2"], "targets": TARGETS,
               "budget_minutes": BUDGET_MIN, "notes": args.note}
@@ -114,8 +116,9 @@ def markdown(r: dict) -> str:
     lab = r["labels"]
     lines = ["# Home Depot: a text-only shop, end to end (`dashclip train examples/homedepot.toml`)", "",
              f"Script `{r['script']}`, config `{r['config']}`, commit {r['commit']}, run {r['started_utc']} - "
-             f"{r['finished_utc']} (UTC) on {r['machine']['nproc']} x {r['machine']['cpu']} (shared with other "
-             f"engineers' jobs; load average at the end {r['machine']['loadavg_end']:.2f}).", "",
+             f"{r['finished_utc']} (UTC) on {r['machine']['nproc']} x {r['machine']['cpu']} (load average at the "
+             f"start {r['machine'].get('loadavg_start', float('nan')):.2f}, at the end "
+             f"{r['machine']['loadavg_end']:.2f}).", "",
              "Dev grades (`dev_grades.csv`, evaluation-only, never trained on), whole catalog ranked; "
              "NDCG@10 and MRR judged (condensed top 100), Recall@100 of grade-2 products over the whole catalog.", "",
              "| system | NDCG@10 (judged) | Recall@100 | MRR (judged) |", "|---|---:|---:|---:|"]
@@ -125,7 +128,9 @@ def markdown(r: dict) -> str:
     lines.append(f"| shipped model through `dashclip search --k 100` (batch contract) | {m['ndcg@10']:.4f} | "
                  f"{m['recall@100']:.4f} | {m['mrr']:.4f} |")
     lines += [f"\n**Note:** {n}" for n in r.get("notes", [])]
-    lines += ["", f"Shipped: {r['shipped']}." + (f" Warning: {r['warning']}" if r["warning"] else ""), "",
+    lines += ["", f"Shipped: {r['shipped']}." + (f" Warning: {r['warning']}" if r["warning"] else "")
+              + (f" Default search: {'hybrid' if r['default_search']['hybrid'] else 'dense'} "
+                 f"({r['default_search']['why']})." if r.get("default_search") else ""), "",
               f"- NDCG@10 (judged) {verdict('ndcg@10')}; Recall@100 {verdict('recall@100')}.",
               f"- Whole pipeline: {minutes:.1f} min of step time (budget {r['budget_minutes']} min: "
               f"**{'met' if minutes <= r['budget_minutes'] else 'missed'}**); batch search of "

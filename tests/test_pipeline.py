@@ -257,3 +257,40 @@ def test_a_changed_config_section_redoes_that_step_and_the_ones_after_it(tiny_ru
     record = json.loads((tmp_path / "shop" / "out" / "pipeline.json").read_text())
     assert record["steps"]["stage2"]["config_hash"] != before["stage2"]["config_hash"]
     assert record["steps"]["labels"] == before["labels"]
+
+
+def test_the_eval_step_records_how_the_index_is_searched_by_default(tiny_run):
+    """[eval] default_search: "auto" makes the index hybrid exactly when the fused row beat the vectors alone on
+    the evaluation grades (both measured, recorded with the reason); "hybrid" / "dense" are followed as said,
+    and `dashclip search` without a flag then ranks as with --hybrid."""
+    from dashclip.index import open_index, search_defaults
+    from dashclip.pipeline import steps
+
+    tmp_path, path, res = tiny_run
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "shop" / "out"
+    path.write_text(path.read_text() + '\n[eval]\nhybrid = true\n')
+    again = _run(path)
+    assert again.exit_code == 0, again.output
+    ev = json.loads((out / "pipeline.json").read_text())["steps"]["eval"]
+    fused, alone = ev["headline"][steps.HYBRID]["ndcg@10"], ev["headline"][steps.TRAINED]["ndcg@10"]
+    assert ev["default_search"]["hybrid"] == (fused > alone) and f"{fused:.4f}" in ev["default_search"]["why"]
+    assert search_defaults(open_index(out / "index").meta)["hybrid"] == (fused > alone)
+
+    path.write_text(path.read_text().replace("hybrid = true\n", 'hybrid = true\ndefault_search = "hybrid"\n'))
+    again = _run(path)
+    assert again.exit_code == 0, again.output
+    assert search_defaults(open_index(out / "index").meta) == {"hybrid": True, "why": '[eval] default_search = "hybrid"'}
+    assert "searched **hybrid" in (out / "report" / "report.md").read_text()
+    from dashclip.cli import app
+
+    def search(*flags):
+        res = CliRunner().invoke(app, ["search", "red drill", "--model", str(out / "model"), "--index",
+                                       str(out / "index"), "--k", "10", *flags])
+        assert res.exit_code == 0, res.output
+        return res.output
+    assert search() == search("--hybrid") and "hybrid: RRF scores" in search()
+
+    path.write_text(path.read_text().replace('default_search = "hybrid"', 'default_search = "sometimes"'))
+    bad = _run(path)
+    assert bad.exit_code != 0 and "default_search" in bad.output and "sometimes" in bad.output

@@ -16,6 +16,10 @@ from test_search_fixtures import NO_IMAGE_ID, build_shop_index, make_model, shar
 runner = CliRunner()
 
 
+def ids(hits):
+    return [h.id for h in hits]
+
+
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
     return shared_shop(tmp_path_factory)
@@ -105,6 +109,44 @@ def test_search_batch_equals_single_searches(searcher):
 
 
 # ------------------------------------------------------------------------------------------ hybrid
+def test_an_index_records_its_default_search_and_every_caller_follows_it(shop, searcher, tmp_path):
+    """`set_search_defaults` (what `dashclip train` records after its evaluation) makes hybrid the default of
+    the Python API, `dashclip search` and the HTTP service; --dense / hybrid=false still ask for vectors only."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from dashclip.index import open_index, search_defaults, set_search_defaults
+    from dashclip.serving.service import create_app
+
+    copy = tmp_path / "index"
+    shutil.copytree(shop.index_dir, copy)
+    assert searcher.default_hybrid is False and search_defaults(open_index(copy).meta) == {}
+    assert set_search_defaults(copy, True, why="chosen on the evaluation grades") == \
+        {"hybrid": True, "why": "chosen on the evaluation grades"}
+    index = open_index(copy)
+    assert len(index) == len(shop.index) and index.ids == shop.index.ids      # nothing else changed
+    s = Searcher(shop.model, index, shop.catalog)
+    q = "green watch for men"
+    hybrid, dense = ids(searcher.search(q, k=8, hybrid=True)), ids(searcher.search(q, k=8))
+    assert hybrid != dense
+    assert s.default_hybrid and ids(s.search(q, k=8)) == hybrid and ids(s.search(q, k=8, hybrid=False)) == dense
+
+    def cli(*flags):
+        res = runner.invoke(app, ["search", q, "--model", str(shop.model_dir), "--index", str(copy),
+                                  "--catalog", str(shop.catalog_dir), "--k", "8", *flags])
+        assert res.exit_code == 0, res.output
+        return res.output
+    assert "hybrid: RRF scores" in cli() and "hybrid" not in cli("--dense")
+
+    with TestClient(create_app(s, watch_seconds=0)) as client:
+        assert s.has_keyword_index                     # BM25 built at start, not in the first request
+        body = client.get("/search", params={"q": q, "k": 8}).json()
+        assert body["hybrid"] is True and [r["id"] for r in body["results"]] == hybrid
+        body = client.get("/search", params={"q": q, "k": 8, "hybrid": "false"}).json()
+        assert body["hybrid"] is False and [r["id"] for r in body["results"]] == dense
+
+
 def test_bm25_side_respects_filters(searcher):
     ids = searcher.bm25_search("green watch", 50)
     titles = [searcher.catalog.product(i)["title"] for i in ids]

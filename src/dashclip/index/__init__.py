@@ -5,7 +5,8 @@
     ids, scores = open_index("runs/index", model_id=model.model_id).search(queries, k=10,
                                                                            filters={"gender": ["Women"]})
 """
-from .backends import build_index, open_index, updating
+from .backends import build_index, open_index, search_defaults, set_search_defaults, updating
 from .base import VectorIndex, is_index_dir, read_meta
 
-__all__ = ["VectorIndex", "build_index", "is_index_dir", "open_index", "read_meta", "updating"]
+__all__ = ["VectorIndex", "build_index", "is_index_dir", "open_index", "read_meta", "search_defaults",
+           "set_search_defaults", "updating"]

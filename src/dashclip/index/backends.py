@@ -104,3 +104,21 @@ def updating(path: str | Path, model_id: str | None = None, timeout: float | Non
     kw = {} if timeout is None else {"timeout": timeout}
     with dir_lock(path, "index", **kw):
         yield open_index(path, model_id)
+
+
+SEARCH_DEFAULTS_KEY = "search"     # meta.json: how this index is searched when the caller does not say
+
+
+def search_defaults(meta: dict) -> dict:
+    """The index's recorded search defaults, e.g. {"hybrid": True, "why": "..."} ({} when none)."""
+    return dict(meta.get(SEARCH_DEFAULTS_KEY) or {})
+
+
+def set_search_defaults(path: str | Path, hybrid: bool, why: str = "") -> dict:
+    """Record in the index how it is searched by default (`hybrid`: BM25 fused with the vectors), e.g. as
+    chosen by the pipeline on its evaluation grades; `dashclip search` and `serve` follow it unless told
+    otherwise (`--hybrid` / `--dense`). Written under the index's write lock, switched atomically."""
+    with updating(path) as index:
+        index.meta[SEARCH_DEFAULTS_KEY] = {"hybrid": bool(hybrid), **({"why": why} if why else {})}
+        index.save()
+        return search_defaults(index.meta)

@@ -132,6 +132,9 @@ class Stage2Config:
 class EvalConfig:
     kind: str = "grades"             # "grades": the evaluation-only grades; "fashion-queries": the demo's report
     hybrid: bool = False             # also report the model fused with BM25 (search --hybrid)
+    # How the index is searched by default (recorded in it; `search`/`serve` follow it): "auto" makes it
+    # hybrid when the fused row beats the vectors alone on NDCG@10 of the evaluation grades (needs hybrid).
+    default_search: str = "auto"     # auto | hybrid | dense
     guard: bool = True               # ship the base encoder when training made NDCG@10 worse
 
 
@@ -169,7 +172,8 @@ class PipelineConfig:
         """Values that are of the right type but cannot work."""
         choices = {("labeler", "kind"): ("cross-encoder", "llm"), ("stage1", "enabled"): ("auto", "on", "off"),
                    ("stage2", "variant"): ("qcc", "symmetric", "graded"),
-                   ("eval", "kind"): ("grades", "fashion-queries")}
+                   ("eval", "kind"): ("grades", "fashion-queries"),
+                   ("eval", "default_search"): ("auto", "hybrid", "dense")}
         for (section, key), allowed in choices.items():
             v = getattr(getattr(self, section), key)
             if v not in allowed:

@@ -682,6 +682,7 @@ def step_index(r: Run) -> dict:
 
 
 BASE, TRAINED = "base encoder (before Stage 2)", "trained query encoder (Stage 2)"
+HYBRID = f"{TRAINED} + BM25, RRF (search --hybrid)"
 
 
 def ship_base(r: Run) -> None:
@@ -718,9 +719,21 @@ def shop_systems(r: Run, catalog):
                EmbeddingScorer(BASE, model_query_encoder(base, "encode_text"), vectors, ids),
                EmbeddingScorer(TRAINED, model_query_encoder(trained, "encode_query"), vectors, ids)]
     if r.cfg.eval.hybrid:
-        systems.append(HybridScorer(f"{TRAINED} + BM25, RRF (search --hybrid)", systems[-1], bm25,
-                                    correct=trained.correct_queries))
+        systems.append(HybridScorer(HYBRID, systems[-1], bm25, correct=trained.correct_queries))
     return systems
+
+
+def choose_default_search(r: Run, systems: dict, shipped_row: str) -> tuple[bool, str]:
+    """Whether the index is searched hybrid by default, and why: as the config says, or ("auto") hybrid
+    when fusing BM25 with the shipped encoder beat it alone on NDCG@10 of the evaluation grades."""
+    how = r.cfg.eval.default_search
+    if how != "auto":
+        return how == "hybrid", f"[eval] default_search = \"{how}\""
+    if HYBRID not in systems or shipped_row != TRAINED:
+        return False, "auto: no hybrid row for the shipped encoder was measured"
+    fused, alone = systems[HYBRID]["ndcg@10"], systems[TRAINED]["ndcg@10"]
+    better = fused > alone
+    return better, (f"auto: NDCG@10 on the evaluation grades {fused:.4f} hybrid vs {alone:.4f} vectors alone")
 
 
 def shop_report(r: Run, results: dict, shipped: str, warning: str | None) -> str:
@@ -736,6 +749,10 @@ def shop_report(r: Run, results: dict, shipped: str, warning: str | None) -> str
     for name, m in results["systems"].items():
         lines.append(f"| {name} | {m['ndcg@10']:.4f} | {m['recall@100']:.4f} | {m['mrr']:.4f} |")
     lines += ["", f"Shipped in `model/`: **{shipped}**."]
+    if results.get("default_search"):
+        d = results["default_search"]
+        lines += ["", f"`index/` is searched **{'hybrid (BM25 + vectors, RRF)' if d['hybrid'] else 'dense (vectors only)'}**"
+                  f" by default ({d['why']}); `dashclip search --hybrid` / `--dense` override it."]
     if warning:
         lines += ["", f"**Warning:** {warning}"]
     s1 = r.facts("stage1")
@@ -768,6 +785,7 @@ def step_eval_shop(r: Run) -> dict:
     from ..data.catalog import Catalog
     from ..evaluation.baselines import rank
     from ..evaluation.metrics import evaluate_judged
+    from ..index import set_search_defaults
     from ..io import write_json, write_text
 
     path = r.path("labels", "eval.parquet")
@@ -797,10 +815,16 @@ def step_eval_shop(r: Run) -> dict:
         if r.cfg.eval.guard:
             ship_base(r)
             shipped = "base encoder (training made it worse)"
-    results.update(shipped=shipped, warning=warning)
+    hybrid, why = choose_default_search(r, systems, TRAINED if shipped.startswith(TRAINED) else BASE)
+    set_search_defaults(r.path("index"), hybrid, why)
+    r.log(f"the index searches {'hybrid (BM25 + vectors)' if hybrid else 'dense (vectors only)'} by default: {why}")
+    if hybrid:
+        shipped += " + BM25, RRF: the index's default search"
+    results.update(shipped=shipped, warning=warning, default_search={"hybrid": hybrid, "why": why})
     write_json(r.path("report", "report.json"), results)
     write_text(r.path("report", "report.md"), shop_report(r, results, shipped, warning))
     return {"report": str(r.path("report", "report.md")), "headline": systems, "shipped": shipped,
+            "default_search": results["default_search"],
             **({"warning": warning} if warning else {})}
 
 

@@ -87,8 +87,11 @@ def register(app: typer.Typer) -> None:
         k: int = typer.Option(10, "--k", "-k", min=1, help="How many products per query."),
         filters: list[str] = typer.Option([], "--filter", help="field=value, repeatable (e.g. --filter gender=Women "
                                           "--filter articleType=Heels); values of one field are ORed."),
-        hybrid: bool = typer.Option(False, "--hybrid", help="Fuse BM25 keyword ranking with the vector ranking "
-                                    "(reciprocal-rank fusion, k=60); scores are then RRF scores."),
+        hybrid: Optional[bool] = typer.Option(None, "--hybrid/--dense", help="--hybrid: fuse BM25 keyword ranking "
+                                              "with the vector ranking (reciprocal-rank fusion, k=60; scores are "
+                                              "then RRF scores); --dense: vectors only. Default: what the index "
+                                              "records (`dashclip train` chooses it on its evaluation grades), "
+                                              "else dense."),
         queries: Optional[Path] = typer.Option(None, "--queries", help="JSONL of {\"qid\", \"query\"} lines "
                                                "(batch mode; needs --output); a line may carry \"image\": "
                                                "a photo's path (relative to the file)."),
@@ -112,7 +115,7 @@ def register(app: typer.Typer) -> None:
                     raise UserError("--hybrid ranks words; it does not apply to --image")
                 photo = _photo(image, "--image")
                 words = _words(query_text, "--query")
-                searcher = open_searcher(model, index, catalog)
+                searcher = open_searcher(model, index, catalog, backend)
                 hits = searcher.search_image(photo, k=k, filters=searcher.check_filters(
                     parse_filter_args(filters, separators="=")), text=words)
                 _print_table(f"photo {image.name}" + (f" + {words!r}" if words else ""), hits, False)
@@ -134,6 +137,7 @@ def register(app: typer.Typer) -> None:
             searcher = open_searcher(model, index, catalog, backend)
             filter_dict = searcher.check_filters(filter_dict)
             if batch is None:
+                hybrid = searcher.default_hybrid if hybrid is None else hybrid
                 hits = searcher.search(query, k=k, filters=filter_dict, hybrid=hybrid)
                 _print_table(query, hits, hybrid)
                 return
@@ -181,7 +185,8 @@ def _print_table(query: str, hits, hybrid: bool) -> None:
     Console().print(table)  # stdout; logs and warnings go to stderr
 
 
-def _run_batch(searcher, batch: list[dict], output: Path, k: int, filters: dict, hybrid: bool, quiet: bool) -> None:
+def _run_batch(searcher, batch: list[dict], output: Path, k: int, filters: dict, hybrid: bool | None,
+               quiet: bool) -> None:
     from ..clihelp import progress
     from ..io import write_jsonl
 

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.catalog import is_missing
+from ..index.backends import search_defaults
 from ..ranking import HYBRID_DEPTH, RRF_K, rrf_fuse  # noqa: F401  (RRF_K: also public here)
 
 MAX_QUERY_CHARS = 256      # longer queries are refused, not cut: a truncated query is a different query
@@ -116,6 +117,8 @@ class Searcher:
         self.encoder = encoder  # optional: encodes queries of concurrent callers together (the service)
         self.model_id = model_id or model.model_id  # a hash of every weight: computed once
         self.fields = list(index.fields)
+        # hybrid=None means what the index records (the pipeline chooses it on its evaluation grades)
+        self.default_hybrid = bool(search_defaults(index.meta).get("hybrid", False))
         # The catalog's own name for its category column (e.g. articleType) works as a filter field too.
         source = (catalog.manifest.get("mapping") or {}).get("category")
         self.aliases = {source: "category"} if source and "category" in self.fields and source not in self.fields \
@@ -205,14 +208,16 @@ class Searcher:
         return to_numpy(self.model.encode_query(texts))
 
     def search(self, query: str, k: int = 10, filters: dict[str, Sequence[str]] | None = None,
-               hybrid: bool = False) -> list[Hit]:
+               hybrid: bool | None = None) -> list[Hit]:
         """The top-k products for one query, best first."""
         return self.search_batch([query], k=k, filters=filters, hybrid=hybrid)[0]
 
     def search_batch(self, queries: Sequence[str], k: int = 10, filters: dict[str, Sequence[str]] | None = None,
-                     hybrid: bool = False, progress=None) -> list[list[Hit]]:
-        """The top-k products for each query, best first. `progress(n_done)` is called after each batch."""
+                     hybrid: bool | None = None, progress=None) -> list[list[Hit]]:
+        """The top-k products for each query, best first. `hybrid`: fuse BM25 with the vector ranking (None:
+        the index's recorded default, `default_hybrid`). `progress(n_done)` is called after each batch."""
         k = _check_k(k)
+        hybrid = self.default_hybrid if hybrid is None else bool(hybrid)
         texts = []
         for i, q in enumerate(queries):
             try:

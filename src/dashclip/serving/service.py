@@ -215,7 +215,7 @@ class SearcherHolder:
                         (self.catalog_dir is None and index.meta.get("catalog_dir") != old.index.meta.get("catalog_dir")):
                     catalog = Catalog.open(resolve_catalog_dir(index.meta, self.catalog_dir, self.index_dir))
                 new = old.with_index(index, catalog)
-                if old.has_keyword_index:  # hybrid is in use: build BM25 now, not in the next request
+                if old.has_keyword_index or new.default_hybrid:  # hybrid in use: BM25 now, not in a request
                     new.keyword_index()
             except Exception as e:  # a broken or other-model index must not take the service down
                 self.last_error = f"{type(e).__name__}: {e}"
@@ -276,6 +276,9 @@ def create_app(searcher: Searcher | Callable[[], Searcher] | None = None, *,
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        if holder.current.default_hybrid:  # the index searches hybrid by default: BM25 before the first request
+            from fastapi.concurrency import run_in_threadpool
+            await run_in_threadpool(holder.current.keyword_index)
         holder.start()
         try:
             yield
@@ -336,9 +339,11 @@ def create_app(searcher: Searcher | Callable[[], Searcher] | None = None, *,
                k: int = Query(10, ge=1, le=MAX_K_HTTP, description="How many products to return."),
                filter: list[str] = Query([], description="field:value, repeatable; values of one field are "
                                                           "ORed, fields are ANDed (see /filters)."),
-               hybrid: bool = Query(False, description="Fuse BM25 keyword ranking with vector ranking (RRF).")):
+               hybrid: Optional[bool] = Query(None, description="Fuse BM25 keyword ranking with vector ranking "
+                                                               "(RRF); absent: the index's recorded default.")):
         started = time.perf_counter()
         current = holder.current
+        hybrid = current.default_hybrid if hybrid is None else hybrid
         try:
             if len(filter) > MAX_FILTERS:
                 raise ValueError(f"{len(filter)} filters; the limit is {MAX_FILTERS}")

@@ -8,7 +8,7 @@ const FIELD_ORDER = ["gender", "category", "articleType", "baseColour", "season"
 const SUGGESTIONS = ["red summer dress", "men's black watch", "white sneakers", "blue denim jeans", "leather handbag", "floral kurta"];
 
 const $ = (id) => document.getElementById(id);
-const state = { query: "", filters: {}, hybrid: false, fields: {}, results: [], allFields: false,
+const state = { query: "", filters: {}, hybrid: null, fields: {}, results: [], allFields: false,
                 photo: null, similar: null };   // photo: a File to search by; similar: a product id
 const MAX_PHOTO_BYTES = 10 * 1024 * 1024;      // the service refuses more (HTTP 413)
 let inflight = null;
@@ -58,7 +58,7 @@ function label(field) {
 function readUrl() {
   const params = new URLSearchParams(location.search);
   state.query = params.get("q") || "";
-  state.hybrid = params.get("hybrid") === "true";
+  state.hybrid = params.has("hybrid") ? params.get("hybrid") === "true" : null;  // null: the index's default
   state.similar = params.get("similar");
   state.filters = {};
   for (const f of params.getAll("filter")) {
@@ -75,7 +75,7 @@ function filterParams() {
 
 function writeUrl() {
   const params = new URLSearchParams([["q", state.query], ...filterParams()]);
-  if (state.hybrid) params.set("hybrid", "true");
+  if (state.hybrid !== null) params.set("hybrid", String(state.hybrid));
   if (state.similar !== null) params.set("similar", state.similar);
   history.replaceState(null, "", state.query || state.similar !== null ? `/?${params}` : "/");
 }
@@ -103,7 +103,7 @@ async function runSearch() {
     request = api(`/search/image?${near}`, { method: "POST", body: form, signal: inflight.signal });
   } else {
     const params = new URLSearchParams([["q", state.query], ["k", PAGE_SIZE], ...filterParams()]);
-    if (state.hybrid) params.set("hybrid", "true");
+    if (state.hybrid !== null) params.set("hybrid", String(state.hybrid));
     request = api(`/search?${params}`, { signal: inflight.signal });
   }
   try {
@@ -152,6 +152,7 @@ function showError(message) {
 
 function renderResults(body) {
   const n = body.results.length;
+  if (body.hybrid !== undefined) $("hybrid").checked = body.hybrid;  // as searched (the index's default if not set)
   const status = $("status");
   const what = body.product_id !== undefined ? ` like “${similarTitle(body.product_id)}”`
     : body.image ? (body.query ? ` for your photo + “${body.query}”` : " for your photo") : ` for “${body.query}”`;
@@ -375,7 +376,7 @@ function start() {
   $("product-dialog").addEventListener("click", (e) => { if (e.target === e.currentTarget) e.currentTarget.close(); });
   readUrl();
   $("q").value = state.query;
-  $("hybrid").checked = state.hybrid;
+  $("hybrid").checked = !!state.hybrid;
   loadFilters().then(() => (state.query || state.similar !== null ? runSearch() : showWelcome()));
 }
 
