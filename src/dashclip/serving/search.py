@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.catalog import is_missing
+from ..data.ids import plain_id
 from ..index.backends import search_defaults
 from ..ranking import HYBRID_DEPTH, RRF_K, rrf_fuse  # noqa: F401  (RRF_K: also public here)
 
@@ -295,10 +296,10 @@ class Searcher:
         row = self.catalog.row_of.get(self.catalog.coerce_id(product_id))
         if row is None:
             raise KeyError(f"unknown product id {product_id!r}")
-        pid = _plain(self.catalog.products["id"].iat[row])
+        pid = plain_id(self.catalog.products["id"].iat[row])
         vector = self.product_vectors(np.array([row]))
         ids, scores = self.index.search(vector, k + 1, filters or None)
-        keep = [(p, float(s)) for p, s in zip(ids[0], scores[0]) if _plain(p) != pid][:k]
+        keep = [(p, float(s)) for p, s in zip(ids[0], scores[0]) if plain_id(p) != pid][:k]
         return self._hits([p for p, _ in keep], [s for _, s in keep], k)
 
     def product_vectors(self, rows: np.ndarray) -> np.ndarray:
@@ -330,7 +331,7 @@ class Searcher:
         rows, scores = bm25.search(query, k, allowed)
         rows = rows[scores > 0]  # a product that shares no word with the query is not a keyword match
         pid_column = self.catalog.products["id"]
-        return [_plain(pid_column.iat[self._bm25_rows[r]]) for r in rows]
+        return [plain_id(pid_column.iat[self._bm25_rows[r]]) for r in rows]
 
     @property
     def has_keyword_index(self) -> bool:
@@ -343,7 +344,7 @@ class Searcher:
                 from ..text import BM25
 
                 live = {self.index.key(pid) for pid in self.index.ids}
-                pids = [self.index.key(_plain(p)) for p in self.catalog.products["id"].tolist()]
+                pids = [self.index.key(plain_id(p)) for p in self.catalog.products["id"].tolist()]
                 rows = np.array([i for i, pid in enumerate(pids) if pid in live], dtype=np.int64)
                 texts = self.catalog.product_texts()
                 attrs = pd.DataFrame(index=range(len(rows)))
@@ -359,7 +360,7 @@ class Searcher:
 
     # ------------------------------------------------------------------ results
     def _hit(self, pid, score: float, rank: int) -> Hit:
-        pid = _plain(pid)
+        pid = plain_id(pid)
         row = self.catalog.row_of.get(pid)  # index ids are the catalog's ids, same type
         if row is None:  # indexed but no longer in the catalog: still a result, with what the index knows
             attrs = self.index.attributes_of(pid)
@@ -469,11 +470,6 @@ def _check_k(k: Any) -> int:
     if k_int != k or not 1 <= k_int <= MAX_K:
         raise ValueError(f"k must be between 1 and {MAX_K}, got {k!r}")
     return k_int
-
-
-def _plain(value):
-    """numpy scalars -> Python scalars (JSON and dict keys)."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def _text_or_none(value) -> str | None:
