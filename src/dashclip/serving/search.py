@@ -58,6 +58,7 @@ class Hit:
     rank: int
     image: str | None = None
     attributes: dict[str, str | None] = field(default_factory=dict)
+    rerank_score: float | None = None   # the re-ranker's expected grade (0..2) when it re-ranked this hit
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,8 +111,12 @@ class Searcher:
     embeddings of that model, `catalog` a `dashclip.data.catalog.Catalog` that gives titles, categories
     and images. Safe to call from several threads at once (the service does)."""
 
-    def __init__(self, model, index, catalog, model_id: str | None = None, encoder: "QueryBatcher | None" = None):
+    def __init__(self, model, index, catalog, model_id: str | None = None, encoder: "QueryBatcher | None" = None,
+                 reranker=None):
         self.model, self.index, self.catalog = model, index, catalog
+        # optional: a cross-encoder over the top products of each words query (labeling.rerank); on by default
+        # when given (rerank=False asks for the first stage alone)
+        self.reranker = reranker
         # A searcher never trains: eval mode once, here, and never switched per call (threads share it).
         if callable(getattr(model, "eval", None)):
             model.eval()
@@ -134,13 +139,16 @@ class Searcher:
 
     @classmethod
     def open(cls, model_dir: str | Path, index_dir: str | Path, catalog_dir: str | Path | None = None,
-             model=None, backend: str = "auto") -> "Searcher":
+             model=None, backend: str = "auto", reranker: str | Path | None = None,
+             rerank_depth: int | None = None) -> "Searcher":
         """Load a model dir, open the index built with it (another model's index is a ValueError) and its
         catalog (`catalog_dir`, else the `catalog_dir` recorded in the index's meta.json). An already
         loaded `model` skips loading `model_dir`. `backend`: torch, onnx (an export, `dashclip export onnx`)
-        or auto (onnx for an export, `models.runtime.load_model`)."""
+        or auto (onnx for an export, `models.runtime.load_model`). The re-ranker: `reranker` (a cross-encoder
+        labeler dir) or the model dir's own `reranker/` (`labeling.rerank.model_reranker`)."""
         from ..data.catalog import Catalog
         from ..index import open_index, read_meta
+        from ..labeling.rerank import model_reranker
 
         read_meta(index_dir)  # a missing or broken index fails before the model loads
         if model is None:
@@ -149,12 +157,12 @@ class Searcher:
         model_id = model.model_id
         index = open_index(index_dir, model_id=model_id)
         catalog = Catalog.open(resolve_catalog_dir(index.meta, catalog_dir, index_dir))
-        return cls(model, index, catalog, model_id)
+        return cls(model, index, catalog, model_id, reranker=model_reranker(model_dir, reranker, rerank_depth))
 
     def with_index(self, index, catalog=None) -> "Searcher":
         """A new Searcher over another index (e.g. a rebuilt one), sharing this one's model."""
         return Searcher(self.model, index, catalog if catalog is not None else self.catalog, self.model_id,
-                        self.encoder)
+                        self.encoder, self.reranker)
 
     # ------------------------------------------------------------------ filters
     def filter_values(self, field_name: str) -> list[str]:
@@ -209,16 +217,25 @@ class Searcher:
         return to_numpy(self.model.encode_query(texts))
 
     def search(self, query: str, k: int = 10, filters: dict[str, Sequence[str]] | None = None,
-               hybrid: bool | None = None) -> list[Hit]:
+               hybrid: bool | None = None, rerank: bool | None = None) -> list[Hit]:
         """The top-k products for one query, best first."""
-        return self.search_batch([query], k=k, filters=filters, hybrid=hybrid)[0]
+        return self.search_batch([query], k=k, filters=filters, hybrid=hybrid, rerank=rerank)[0]
+
+    @property
+    def default_rerank(self) -> bool:
+        return self.reranker is not None
 
     def search_batch(self, queries: Sequence[str], k: int = 10, filters: dict[str, Sequence[str]] | None = None,
-                     hybrid: bool | None = None, progress=None) -> list[list[Hit]]:
+                     hybrid: bool | None = None, rerank: bool | None = None, progress=None) -> list[list[Hit]]:
         """The top-k products for each query, best first. `hybrid`: fuse BM25 with the vector ranking (None:
-        the index's recorded default, `default_hybrid`). `progress(n_done)` is called after each batch."""
+        the index's recorded default, `default_hybrid`). `rerank`: re-order the first stage's top
+        `reranker.depth` with the cross-encoder (None: when the searcher has one). `progress(n_done)` is
+        called after each batch."""
         k = _check_k(k)
         hybrid = self.default_hybrid if hybrid is None else bool(hybrid)
+        rerank = self.default_rerank if rerank is None else bool(rerank)
+        if rerank and self.reranker is None:
+            raise ValueError("no re-ranker: this model dir has no reranker/ (give one with --reranker DIR)")
         texts = []
         for i, q in enumerate(queries):
             try:
@@ -226,11 +243,13 @@ class Searcher:
             except ValueError as e:
                 raise ValueError(f"query {i + 1}: {e}" if len(queries) > 1 else str(e)) from None
         filters = self.check_filters(filters)
-        depth = max(k, HYBRID_DEPTH) if hybrid else k
+        wanted = max(k, self.reranker.depth) if rerank else k      # what the first stage must return
+        depth = max(wanted, HYBRID_DEPTH) if hybrid else wanted
         results: list[list[Hit]] = []
         for start in range(0, len(texts), ENCODE_BATCH):
             chunk = texts[start:start + ENCODE_BATCH]
             ids, scores = self.index.search(self.encode(chunk), depth, filters or None)
+            firsts = []
             for j, text in enumerate(chunk):
                 row_ids = list(ids[j])
                 row_scores = [float(s) for s in scores[j][:len(row_ids)]]
@@ -238,7 +257,17 @@ class Searcher:
                     correct = getattr(self.model, "correct_queries", None)
                     keyword_text = correct([text])[0] if correct is not None else text
                     row_ids, row_scores = self._fuse(keyword_text, row_ids, depth, filters)
-                results.append(self._hits(row_ids, row_scores, k))
+                firsts.append((row_ids[:wanted], row_scores[:wanted]))
+            if rerank:
+                reranked = self.reranker.rerank_batch(self.catalog, chunk, [f[0] for f in firsts])
+                for (row_ids, row_scores), (order, grades) in zip(firsts, reranked):
+                    first_score = dict(zip(row_ids, row_scores))
+                    hits = self._hits(order, [first_score[p] for p in order], k)
+                    for h, g in zip(hits, grades):
+                        h.rerank_score = round(float(g), 6)
+                    results.append(hits)
+            else:
+                results.extend(self._hits(row_ids, row_scores, k) for row_ids, row_scores in firsts)
             if progress is not None:
                 progress(len(chunk))
         return results
