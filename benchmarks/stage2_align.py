@@ -241,7 +241,7 @@ def trained_query_texts(args, dev_queries) -> set[str]:
     labeler may have seen."""
     import pandas as pd
 
-    from dashclip.training.align import read_grades
+    from dashclip.training.align_data import read_grades
 
     texts = set(dev_queries)
     grades = [*(args.seed_grades or []), *(args.model_grades or []), *(args.unchecked_grades or [])]
@@ -313,7 +313,7 @@ def grade_inputs(args, catalog, record, heldout):
     DataFrames (None where the input was not given); held-out query texts are dropped later too."""
     import pandas as pd
 
-    from dashclip.training.align import read_grades
+    from dashclip.training.align_data import read_grades
 
     if args.seed_grades:
         seed = pd.concat([read_grades(p) for p in args.seed_grades], ignore_index=True)

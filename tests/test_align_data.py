@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dashclip.training.align import AlignConfig, GradeTable, HardNegativeMiner, select_grades
+from dashclip.training.align import AlignConfig
+from dashclip.training.align_data import GradeTable, HardNegativeMiner, select_grades
 
 
 def grades_frame(rows):

@@ -154,7 +154,7 @@ def test_align_cli_never_trains_on_the_excluded_queries(tmp_path, monkeypatch):
     from dashclip.cli import app
     from dashclip.data.catalog import Catalog
     from dashclip.models.embeddings import embed_catalog
-    from dashclip.training.align import GradeTable
+    from dashclip.training.align_data import GradeTable
     from toy_catalog import COLORS, KINDS, make_catalog
 
     monkeypatch.setenv("DASHCLIP_RUNS", str(tmp_path / "runs"))

@@ -166,7 +166,7 @@ def test_embeddings_of_another_model_are_a_clear_error(setup, tmp_path):
     res = CliRunner().invoke(app, ["eval", "--model", str(tmp_path / "other"), "--catalog", str(s["cat"]),
                                    "--embeddings", str(s["model_dir"] / "embeddings"), "--out", str(tmp_path / "r")])
     text = " ".join(res.output.split())
-    assert res.exit_code == 2 and "embeddings are from model" in text and "Traceback" not in text
+    assert res.exit_code == 2 and "embeddings were made with model" in text and "Traceback" not in text
 
 
 def test_grocery_only_eval_reuses_the_stage1_run_and_refuses_other_settings(setup, stage1, monkeypatch):

@@ -8,6 +8,7 @@ and reciprocal-rank fusion.
   defines the published metrics (evaluation/metrics.py); BM25, the baselines, the model and the
   labeling candidates all rank by it.
 - `rrf_fuse`: the hybrid ranking of `dashclip search --hybrid` and of the evaluation's hybrid system.
+- `rerank_order`: a first-stage list with its head re-ordered by a re-ranker (search --rerank, and eval).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 
 RRF_K = 60                 # reciprocal-rank fusion constant (Cormack et al. 2009)
 HYBRID_DEPTH = 100         # each list contributes its top max(k, HYBRID_DEPTH) to the fusion
+RERANK_DEPTH = 20          # products of the first stage a cross-encoder re-ranks per query by default
 
 
 def cosine_scores(queries: np.ndarray, products: np.ndarray) -> np.ndarray:
@@ -68,3 +70,13 @@ def rrf_fuse(vector_ids: list, keyword_ids: list) -> tuple[list, list[float]]:
     # Ties (same fused score) go to the better single-list rank, then to the vector list.
     order = sorted(fused, key=lambda pid: (-fused[pid][0], fused[pid][1], fused[pid][2]))
     return order, [fused[pid][0] for pid in order]
+
+
+def rerank_order(ids: list, head_scores) -> list:
+    """The first-stage list `ids` (best first) with its head, the first len(head_scores) items, re-ordered by
+    the re-ranker's scores (higher first; equal scores keep the first-stage order); the tail follows as it was."""
+    n = len(head_scores)
+    if n > len(ids):
+        raise ValueError(f"{n} re-ranker scores for a list of {len(ids)}")
+    head = sorted(range(n), key=lambda i: (-float(head_scores[i]), i))
+    return [ids[i] for i in head] + list(ids[n:])

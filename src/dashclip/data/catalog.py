@@ -103,13 +103,11 @@ class Catalog:
         return pd.api.types.is_integer_dtype(self.products["id"].dtype)
 
     def coerce_id(self, pid):
-        """Ids arrive as strings from URLs and JSON: convert to the catalog's id type."""
-        if self.integer_ids:
-            try:
-                return int(pid)
-            except (TypeError, ValueError):
-                raise KeyError(f"unknown product id {pid!r}") from None
-        return str(pid)
+        """Ids arrive as strings from URLs and JSON: the catalog's id type (`data.ids.coerce_id`; a value
+        that cannot be one of its ids is a KeyError)."""
+        from .ids import coerce_id
+
+        return coerce_id(pid, self.integer_ids)
 
     def image_index(self) -> "ImageIndex":
         """Every image of the catalog in one fixed order, with its products: see `ImageIndex`."""

@@ -80,6 +80,33 @@ class HybridScorer:
         return out
 
 
+class RerankScorer:
+    """A first-stage scorer whose top `reranker.depth` products are re-ordered by a re-ranker
+    (`labeling.rerank.CrossEncoderReranker`), as `dashclip search --rerank` orders them (one rule,
+    `ranking.rerank_order`). The first stage's top TOP are kept below the re-ranked head, so recall at
+    TOP is the first stage's. Ranking-only (its scores only order the list)."""
+
+    ranking_only = True
+
+    def __init__(self, name: str, first, reranker, catalog, batch: int = 256):
+        self.name, self.first, self.reranker, self.catalog, self.batch = name, first, reranker, catalog, batch
+        self.product_ids = list(first.product_ids)
+        self._column = {pid: i for i, pid in enumerate(self.product_ids)}
+
+    def scores(self, queries: list[str]) -> np.ndarray:
+        tiebreak = tiebreak_order(len(self.product_ids))
+        first = self.first.scores(queries)
+        keep = max(TOP, self.reranker.depth)
+        rows = top_k(first, keep, tiebreak)
+        out = np.full(first.shape, -1.0, dtype=np.float32)
+        for start in range(0, len(queries), self.batch):
+            chunk = list(range(start, min(start + self.batch, len(queries))))
+            ids = [[self.product_ids[r] for r in rows[j]] for j in chunk]
+            for j, (order, _) in zip(chunk, self.reranker.rerank_batch(self.catalog, [queries[j] for j in chunk], ids)):
+                out[j, [self._column[p] for p in order]] = np.arange(len(order), 0, -1, dtype=np.float32)
+        return out
+
+
 def texts_hash(texts: Sequence[str]) -> str:
     h = hashlib.sha256()
     for t in texts:

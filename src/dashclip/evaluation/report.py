@@ -298,23 +298,11 @@ def load_model(path: str | Path):
 
 
 def load_product_embeddings(path: str | Path, model=None, catalog=None):
-    """`models.embeddings.load_embeddings`, checked against the model and catalog it claims to come from."""
+    """`models.embeddings.load_embeddings`, checked (there) against the model and catalog it claims to come from."""
     from ..models.embeddings import load_embeddings
 
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"embeddings dir not found: {path} (write it with `dashclip embed-catalog`)")
-    emb = load_embeddings(path)
-    meta = getattr(emb, "meta", {}) or {}
-    model_id = getattr(model, "model_id", None)
-    if model_id and meta.get("model_id") and meta["model_id"] != model_id:
-        raise ValueError(f"{path}: embeddings are from model {meta['model_id']}, not {model_id}; "
-                         f"re-run `dashclip embed-catalog`")
-    if catalog is not None and catalog.content_hash and meta.get("catalog_hash") and \
-            meta["catalog_hash"] != catalog.content_hash:
-        raise ValueError(f"{path}: embeddings are from another version of the catalog "
-                         f"({meta['catalog_hash']} != {catalog.content_hash}); re-run `dashclip embed-catalog`")
-    return emb
+    return load_embeddings(path, model_id=getattr(model, "model_id", None),
+                           catalog_hash=catalog.content_hash if catalog is not None else None)
 
 
 def stage1_settings(model_dir) -> dict | None:

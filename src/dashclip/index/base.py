@@ -173,12 +173,14 @@ class VectorIndex(abc.ABC):
         return self._table["id"].tolist()
 
     def key(self, pid: Any) -> Any:
-        """A product id in this index's id type: "15970" finds 15970 in an int-id index (URLs are strings)."""
-        if self.meta.get("id_type") == "int" and isinstance(pid, str) and pid.strip().lstrip("-").isdigit():
-            return int(pid)
-        if isinstance(pid, np.integer):
-            return int(pid)
-        return pid
+        """A product id in this index's id type: "15970" finds 15970 in an int-id index (URLs are strings);
+        one that cannot be of that type is returned as given (it finds nothing)."""
+        from ..data.ids import coerce_id, plain_id
+
+        try:
+            return coerce_id(pid, self.meta.get("id_type") == "int")
+        except KeyError:
+            return plain_id(pid)
 
     def has(self, pid: Any) -> bool:
         return self.key(pid) in self._row_of

@@ -35,15 +35,11 @@ def catalog_embeddings(model, catalog, out: Path, embeddings: Optional[Path], qu
         else:
             console.print(f"embedding {len(catalog)} products into {embeddings} (resumable)")
             embed_catalog(model, catalog, embeddings, progress=not quiet, image_cache_root=image_cache)
-    emb = load_embeddings(embeddings)
-    if emb.meta.get("model_id") != model.model_id:
-        raise UserError(f"{embeddings}: embeddings were made with model {emb.meta.get('model_id')}, not "
-                        f"{model.model_id}; leave out --embeddings to embed the catalog with this model")
-    if catalog.content_hash and emb.meta.get("catalog_hash") not in (None, "", catalog.content_hash):
-        raise UserError(f"{embeddings}: embeddings are of another catalog (hash {emb.meta.get('catalog_hash')}, "
-                        f"{catalog.root} has {catalog.content_hash}); leave out --embeddings to re-embed")
-    if EMBEDDING_KIND not in emb.vectors:
-        raise UserError(f"{embeddings}: no {EMBEDDING_KIND}.npy (the product embedding)")
+    try:
+        emb = load_embeddings(embeddings, model_id=model.model_id, catalog_hash=catalog.content_hash,
+                              kind=EMBEDDING_KIND)
+    except ValueError as e:
+        raise UserError(f"{e} (or leave out --embeddings to embed the catalog with this model)") from None
     return embeddings, emb
 
 

@@ -53,9 +53,7 @@ class DenseRetriever:
         from ..models.embeddings import load_embeddings
 
         model = dashclip.load(model_dir)
-        emb = load_embeddings(embeddings_dir)
-        if kind not in emb.vectors:
-            raise ValueError(f"{embeddings_dir}: no {kind}.npy (have {', '.join(emb.vectors)})")
+        emb = load_embeddings(embeddings_dir, kind=kind)
 
         def encode(texts):
             with torch.inference_mode():

@@ -6,15 +6,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data.ids import plain_id
+
 from ..settings import is_heldout_qid
 
 GRADE_COLUMNS = ("qid", "query", "product_id", "grade", "confidence", "labeler", "labeler_version")
 SHARD_GLOB = "grades-*.parquet"
-
-
-def _plain(v):
-    """numpy scalars print as np.int64(5): show the plain value in error messages."""
-    return v.item() if hasattr(v, "item") else v
 
 
 def check_grades(df: pd.DataFrame, source: str = "grades", required: tuple = GRADE_COLUMNS) -> pd.DataFrame:
@@ -27,12 +24,12 @@ def check_grades(df: pd.DataFrame, source: str = "grades", required: tuple = GRA
     bad = grade.isna() | ~grade.isin([0, 1, 2])
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(f"{source}: row {i}: field 'grade' is {_plain(df['grade'].iloc[i])!r}, expected 0, 1 or 2")
+        raise ValueError(f"{source}: row {i}: field 'grade' is {plain_id(df['grade'].iloc[i])!r}, expected 0, 1 or 2")
     conf = pd.to_numeric(df["confidence"], errors="coerce")
     bad = conf.isna() | (conf < 0) | (conf > 1)
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(f"{source}: row {i}: field 'confidence' is {_plain(df['confidence'].iloc[i])!r}, "
+        raise ValueError(f"{source}: row {i}: field 'confidence' is {plain_id(df['confidence'].iloc[i])!r}, "
                          f"expected a number in [0, 1]")
     bad = df["query"].isna() | (df["query"].astype(str).str.strip() == "")
     if bad.any():

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from .candidates import pick_candidates
-from .grades import GRADE_COLUMNS, _plain, check_grades
+from ..data.ids import plain_id
+from .grades import GRADE_COLUMNS, check_grades
 
 SEED_LABELER = "seed"
 
@@ -27,7 +28,7 @@ def read_qrels(path) -> pd.DataFrame:
     bad = ~df["label"].isin([0, 1, 2])
     if bad.any():
         i = int(bad.to_numpy().nonzero()[0][0])
-        raise ValueError(f"{path}: row {i + 2}: field 'label' is {_plain(df['label'].iloc[i])!r}, expected 0, 1 or 2")
+        raise ValueError(f"{path}: row {i + 2}: field 'label' is {plain_id(df['label'].iloc[i])!r}, expected 0, 1 or 2")
     return df
 
 

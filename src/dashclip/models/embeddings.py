@@ -39,11 +39,21 @@ class ProductEmbeddings:
         return len(self.ids)
 
 
-def load_embeddings(path: str | Path, mmap: bool = True) -> ProductEmbeddings:
+def load_embeddings(path: str | Path, mmap: bool = True, model_id: str | None = None,
+                    catalog_hash: str | None = None, kind: str | None = None) -> ProductEmbeddings:
+    """An embeddings dir (`dashclip embed-catalog`). The one place their origin is checked: with
+    `model_id`, embeddings made by another model are a ValueError; with `catalog_hash`, embeddings of
+    another catalog (an unrecorded hash passes); with `kind`, a dir without `<kind>.npy`."""
     path = Path(path)
     if not (path / "meta.json").is_file():
         raise FileNotFoundError(f"{path}: not an embeddings dir (no meta.json); run `dashclip embed-catalog`")
     meta = read_json(path / "meta.json")
+    if model_id is not None and meta.get("model_id") != model_id:
+        raise ValueError(f"{path}: embeddings were made with model {meta.get('model_id')}, not {model_id}; "
+                         f"embed the catalog with this model (`dashclip embed-catalog`)")
+    if catalog_hash and meta.get("catalog_hash") not in (None, "", catalog_hash):
+        raise ValueError(f"{path}: embeddings are of another catalog (hash {meta.get('catalog_hash')}, not "
+                         f"{catalog_hash}); embed this catalog (`dashclip embed-catalog`)")
     table = pd.read_parquet(path / "ids.parquet")
     vectors = {}
     for kind in meta.get("kinds", KINDS):
@@ -52,6 +62,8 @@ def load_embeddings(path: str | Path, mmap: bool = True) -> ProductEmbeddings:
             vectors[kind] = np.load(f, mmap_mode="r" if mmap else None)
             if len(vectors[kind]) != len(table):
                 raise ValueError(f"{f}: {len(vectors[kind])} rows but ids.parquet has {len(table)}")
+    if kind is not None and kind not in vectors:
+        raise ValueError(f"{path}: no {kind}.npy (it has {', '.join(vectors) or 'no vectors'})")
     has_image = table["has_image"].to_numpy() if "has_image" in table else None
     return ProductEmbeddings(ids=table["id"].to_numpy(), vectors=vectors, meta=meta, has_image=has_image)
 

@@ -708,12 +708,12 @@ def shop_systems(r: Run, catalog):
     from ..models.embeddings import load_embeddings
 
     products = catalog.products
-    emb = load_embeddings(r.path("embeddings"))
+    base = dashclip.load(r.path("stage1", "model"))
+    trained = dashclip.load(r.path("stage2", "model"))
+    emb = load_embeddings(r.path("embeddings"), model_id=base.model_id, catalog_hash=catalog.content_hash, kind="fused")
     order = pd.Series(np.arange(len(emb.ids)), index=emb.ids).reindex(products["id"].to_numpy()).to_numpy()
     vectors = np.asarray(emb.vectors["fused"], dtype=np.float32)[order]
     ids = products["id"].tolist()
-    base = dashclip.load(r.path("stage1", "model"))
-    trained = dashclip.load(r.path("stage2", "model"))
     bm25 = BM25Scorer("BM25 (titles)", products["title"].astype(str).tolist(), ids)
     systems = [bm25, minilm_scorer(catalog, products, "title", cache_dir=r.path("cache", "eval")),
                EmbeddingScorer(BASE, model_query_encoder(base, "encode_text"), vectors, ids),

@@ -13,6 +13,11 @@ MODEL = typer.Option(..., "--model", help="Model dir (`dashclip pretrain` / `das
 INDEX = typer.Option(..., "--index", help="Index dir built with that model (`dashclip index build`).")
 BACKEND = typer.Option("auto", "--backend", help="Model runtime: torch, onnx (an export: `dashclip export "
                        "onnx`; needs onnxruntime) or auto (onnx when --model is an export).")
+RERANKER = typer.Option(None, "--reranker", help="A cross-encoder labeler dir (`dashclip labels train`, or a "
+                        "pipeline's labels/labeler) that re-ranks the top of every words query; default: the "
+                        "model dir's reranker/ when it has one.")
+RERANK_DEPTH = typer.Option(None, "--rerank-depth", min=1, help="How many first-stage products the re-ranker "
+                            "re-orders per query (default: as recorded with it, else 20).")
 CATALOG = typer.Option(None, "--catalog", help="Catalog dir for titles and images; default: the one the "
                                                "index was built from (catalog_dir in its meta.json).")
 
@@ -103,6 +108,11 @@ def register(app: typer.Typer) -> None:
                                               "{\"qid\", \"product_ids\"} lines, best first (written atomically)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
         backend: str = BACKEND,
+        rerank: Optional[bool] = typer.Option(None, "--rerank/--no-rerank", help="Re-order the top products of "
+                                              "each words query with the cross-encoder (default: when there "
+                                              "is one, see --reranker)."),
+        reranker: Optional[Path] = RERANKER,
+        rerank_depth: Optional[int] = RERANK_DEPTH,
     ):
         """Search an index with a query (prints a table), or a file of queries (writes runs JSONL)."""
         from .search import parse_filter_args
@@ -134,14 +144,16 @@ def register(app: typer.Typer) -> None:
                 check_output_file(output, "--output")
             filter_dict = parse_filter_args(filters, separators="=")
             batch = read_queries(queries) if queries is not None else None
-            searcher = open_searcher(model, index, catalog, backend)
+            searcher = open_searcher(model, index, catalog, backend, reranker, rerank_depth)
+            if rerank and searcher.reranker is None:
+                raise UserError(f"--rerank: {model} has no reranker/; give a cross-encoder dir with --reranker")
             filter_dict = searcher.check_filters(filter_dict)
             if batch is None:
                 hybrid = searcher.default_hybrid if hybrid is None else hybrid
-                hits = searcher.search(query, k=k, filters=filter_dict, hybrid=hybrid)
+                hits = searcher.search(query, k=k, filters=filter_dict, hybrid=hybrid, rerank=rerank)
                 _print_table(query, hits, hybrid)
                 return
-            _run_batch(searcher, batch, output, k, filter_dict, hybrid, quiet)
+            _run_batch(searcher, batch, output, k, filter_dict, hybrid, quiet, rerank)
 
     @app.command("serve")
     def serve(
@@ -163,11 +175,13 @@ def register(app: typer.Typer) -> None:
         max_concurrency: int = typer.Option(MAX_CONCURRENCY, "--max-concurrency", min=1, help="Connections and "
                                             "requests served at once; more get HTTP 503."),
         backend: str = BACKEND,
+        reranker: Optional[Path] = RERANKER,
+        rerank_depth: Optional[int] = RERANK_DEPTH,
     ):
         """Serve search over HTTP, with a web page at / and the API schema at /docs."""
         serve_app(model, index, catalog, host=host, port=port, watch_seconds=watch_seconds, log_level=log_level,
                   api_key=api_key, cors_origins=cors_origins, max_concurrency=max_concurrency,
-                  backend=backend)
+                  backend=backend, reranker=reranker, rerank_depth=rerank_depth)
 
 
 def _print_table(query: str, hits, hybrid: bool) -> None:
@@ -180,13 +194,17 @@ def _print_table(query: str, hits, hybrid: bool) -> None:
     table.add_column("title")
     table.add_column("category")
     table.add_column("score", justify="right")
+    reranked = any(h.rerank_score is not None for h in hits)
+    if reranked:
+        table.add_column("re-ranker (0-2)", justify="right")
     for h in hits:
-        table.add_row(str(h.rank), str(h.id), h.title, h.category or "", f"{h.score:.4f}")
+        table.add_row(str(h.rank), str(h.id), h.title, h.category or "", f"{h.score:.4f}",
+                      *([f"{h.rerank_score:.3f}" if h.rerank_score is not None else ""] if reranked else []))
     Console().print(table)  # stdout; logs and warnings go to stderr
 
 
 def _run_batch(searcher, batch: list[dict], output: Path, k: int, filters: dict, hybrid: bool | None,
-               quiet: bool) -> None:
+               quiet: bool, rerank: bool | None = None) -> None:
     from ..clihelp import progress
     from ..io import write_jsonl
 
@@ -196,7 +214,7 @@ def _run_batch(searcher, batch: list[dict], output: Path, k: int, filters: dict,
     with progress(disable=quiet) as bar:
         task = bar.add_task("searching", total=len(batch))
         found = searcher.search_batch([batch[i]["query"] for i in texts], k=k, filters=filters, hybrid=hybrid,
-                                      progress=lambda n: bar.advance(task, n)) if texts else []
+                                      rerank=rerank, progress=lambda n: bar.advance(task, n)) if texts else []
         for i, hits in zip(texts, found):
             results[i] = hits
         for start in range(0, len(photos), 16):   # photos are decoded a few at a time, not all at once

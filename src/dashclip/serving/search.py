@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.catalog import is_missing
+from ..data.ids import plain_id
 from ..index.backends import search_defaults
 from ..ranking import HYBRID_DEPTH, RRF_K, rrf_fuse  # noqa: F401  (RRF_K: also public here)
 
@@ -57,6 +58,7 @@ class Hit:
     rank: int
     image: str | None = None
     attributes: dict[str, str | None] = field(default_factory=dict)
+    rerank_score: float | None = None   # the re-ranker's expected grade (0..2) when it re-ranked this hit
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,8 +111,12 @@ class Searcher:
     embeddings of that model, `catalog` a `dashclip.data.catalog.Catalog` that gives titles, categories
     and images. Safe to call from several threads at once (the service does)."""
 
-    def __init__(self, model, index, catalog, model_id: str | None = None, encoder: "QueryBatcher | None" = None):
+    def __init__(self, model, index, catalog, model_id: str | None = None, encoder: "QueryBatcher | None" = None,
+                 reranker=None):
         self.model, self.index, self.catalog = model, index, catalog
+        # optional: a cross-encoder over the top products of each words query (labeling.rerank); on by default
+        # when given (rerank=False asks for the first stage alone)
+        self.reranker = reranker
         # A searcher never trains: eval mode once, here, and never switched per call (threads share it).
         if callable(getattr(model, "eval", None)):
             model.eval()
@@ -133,13 +139,16 @@ class Searcher:
 
     @classmethod
     def open(cls, model_dir: str | Path, index_dir: str | Path, catalog_dir: str | Path | None = None,
-             model=None, backend: str = "auto") -> "Searcher":
+             model=None, backend: str = "auto", reranker: str | Path | None = None,
+             rerank_depth: int | None = None) -> "Searcher":
         """Load a model dir, open the index built with it (another model's index is a ValueError) and its
         catalog (`catalog_dir`, else the `catalog_dir` recorded in the index's meta.json). An already
         loaded `model` skips loading `model_dir`. `backend`: torch, onnx (an export, `dashclip export onnx`)
-        or auto (onnx for an export, `models.runtime.load_model`)."""
+        or auto (onnx for an export, `models.runtime.load_model`). The re-ranker: `reranker` (a cross-encoder
+        labeler dir) or the model dir's own `reranker/` (`labeling.rerank.model_reranker`)."""
         from ..data.catalog import Catalog
         from ..index import open_index, read_meta
+        from ..labeling.rerank import model_reranker
 
         read_meta(index_dir)  # a missing or broken index fails before the model loads
         if model is None:
@@ -148,12 +157,12 @@ class Searcher:
         model_id = model.model_id
         index = open_index(index_dir, model_id=model_id)
         catalog = Catalog.open(resolve_catalog_dir(index.meta, catalog_dir, index_dir))
-        return cls(model, index, catalog, model_id)
+        return cls(model, index, catalog, model_id, reranker=model_reranker(model_dir, reranker, rerank_depth))
 
     def with_index(self, index, catalog=None) -> "Searcher":
         """A new Searcher over another index (e.g. a rebuilt one), sharing this one's model."""
         return Searcher(self.model, index, catalog if catalog is not None else self.catalog, self.model_id,
-                        self.encoder)
+                        self.encoder, self.reranker)
 
     # ------------------------------------------------------------------ filters
     def filter_values(self, field_name: str) -> list[str]:
@@ -208,16 +217,25 @@ class Searcher:
         return to_numpy(self.model.encode_query(texts))
 
     def search(self, query: str, k: int = 10, filters: dict[str, Sequence[str]] | None = None,
-               hybrid: bool | None = None) -> list[Hit]:
+               hybrid: bool | None = None, rerank: bool | None = None) -> list[Hit]:
         """The top-k products for one query, best first."""
-        return self.search_batch([query], k=k, filters=filters, hybrid=hybrid)[0]
+        return self.search_batch([query], k=k, filters=filters, hybrid=hybrid, rerank=rerank)[0]
+
+    @property
+    def default_rerank(self) -> bool:
+        return self.reranker is not None
 
     def search_batch(self, queries: Sequence[str], k: int = 10, filters: dict[str, Sequence[str]] | None = None,
-                     hybrid: bool | None = None, progress=None) -> list[list[Hit]]:
+                     hybrid: bool | None = None, rerank: bool | None = None, progress=None) -> list[list[Hit]]:
         """The top-k products for each query, best first. `hybrid`: fuse BM25 with the vector ranking (None:
-        the index's recorded default, `default_hybrid`). `progress(n_done)` is called after each batch."""
+        the index's recorded default, `default_hybrid`). `rerank`: re-order the first stage's top
+        `reranker.depth` with the cross-encoder (None: when the searcher has one). `progress(n_done)` is
+        called after each batch."""
         k = _check_k(k)
         hybrid = self.default_hybrid if hybrid is None else bool(hybrid)
+        rerank = self.default_rerank if rerank is None else bool(rerank)
+        if rerank and self.reranker is None:
+            raise ValueError("no re-ranker: this model dir has no reranker/ (give one with --reranker DIR)")
         texts = []
         for i, q in enumerate(queries):
             try:
@@ -225,11 +243,13 @@ class Searcher:
             except ValueError as e:
                 raise ValueError(f"query {i + 1}: {e}" if len(queries) > 1 else str(e)) from None
         filters = self.check_filters(filters)
-        depth = max(k, HYBRID_DEPTH) if hybrid else k
+        wanted = max(k, self.reranker.depth) if rerank else k      # what the first stage must return
+        depth = max(wanted, HYBRID_DEPTH) if hybrid else wanted
         results: list[list[Hit]] = []
         for start in range(0, len(texts), ENCODE_BATCH):
             chunk = texts[start:start + ENCODE_BATCH]
             ids, scores = self.index.search(self.encode(chunk), depth, filters or None)
+            firsts = []
             for j, text in enumerate(chunk):
                 row_ids = list(ids[j])
                 row_scores = [float(s) for s in scores[j][:len(row_ids)]]
@@ -237,7 +257,17 @@ class Searcher:
                     correct = getattr(self.model, "correct_queries", None)
                     keyword_text = correct([text])[0] if correct is not None else text
                     row_ids, row_scores = self._fuse(keyword_text, row_ids, depth, filters)
-                results.append(self._hits(row_ids, row_scores, k))
+                firsts.append((row_ids[:wanted], row_scores[:wanted]))
+            if rerank:
+                reranked = self.reranker.rerank_batch(self.catalog, chunk, [f[0] for f in firsts])
+                for (row_ids, row_scores), (order, grades) in zip(firsts, reranked):
+                    first_score = dict(zip(row_ids, row_scores))
+                    hits = self._hits(order, [first_score[p] for p in order], k)
+                    for h, g in zip(hits, grades):
+                        h.rerank_score = round(float(g), 6)
+                    results.append(hits)
+            else:
+                results.extend(self._hits(row_ids, row_scores, k) for row_ids, row_scores in firsts)
             if progress is not None:
                 progress(len(chunk))
         return results
@@ -295,10 +325,10 @@ class Searcher:
         row = self.catalog.row_of.get(self.catalog.coerce_id(product_id))
         if row is None:
             raise KeyError(f"unknown product id {product_id!r}")
-        pid = _plain(self.catalog.products["id"].iat[row])
+        pid = plain_id(self.catalog.products["id"].iat[row])
         vector = self.product_vectors(np.array([row]))
         ids, scores = self.index.search(vector, k + 1, filters or None)
-        keep = [(p, float(s)) for p, s in zip(ids[0], scores[0]) if _plain(p) != pid][:k]
+        keep = [(p, float(s)) for p, s in zip(ids[0], scores[0]) if plain_id(p) != pid][:k]
         return self._hits([p for p, _ in keep], [s for _, s in keep], k)
 
     def product_vectors(self, rows: np.ndarray) -> np.ndarray:
@@ -330,7 +360,7 @@ class Searcher:
         rows, scores = bm25.search(query, k, allowed)
         rows = rows[scores > 0]  # a product that shares no word with the query is not a keyword match
         pid_column = self.catalog.products["id"]
-        return [_plain(pid_column.iat[self._bm25_rows[r]]) for r in rows]
+        return [plain_id(pid_column.iat[self._bm25_rows[r]]) for r in rows]
 
     @property
     def has_keyword_index(self) -> bool:
@@ -343,7 +373,7 @@ class Searcher:
                 from ..text import BM25
 
                 live = {self.index.key(pid) for pid in self.index.ids}
-                pids = [self.index.key(_plain(p)) for p in self.catalog.products["id"].tolist()]
+                pids = [self.index.key(plain_id(p)) for p in self.catalog.products["id"].tolist()]
                 rows = np.array([i for i, pid in enumerate(pids) if pid in live], dtype=np.int64)
                 texts = self.catalog.product_texts()
                 attrs = pd.DataFrame(index=range(len(rows)))
@@ -359,7 +389,7 @@ class Searcher:
 
     # ------------------------------------------------------------------ results
     def _hit(self, pid, score: float, rank: int) -> Hit:
-        pid = _plain(pid)
+        pid = plain_id(pid)
         row = self.catalog.row_of.get(pid)  # index ids are the catalog's ids, same type
         if row is None:  # indexed but no longer in the catalog: still a result, with what the index knows
             attrs = self.index.attributes_of(pid)
@@ -469,11 +499,6 @@ def _check_k(k: Any) -> int:
     if k_int != k or not 1 <= k_int <= MAX_K:
         raise ValueError(f"k must be between 1 and {MAX_K}, got {k!r}")
     return k_int
-
-
-def _plain(value):
-    """numpy scalars -> Python scalars (JSON and dict keys)."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def _text_or_none(value) -> str | None:

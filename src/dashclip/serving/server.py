@@ -10,16 +10,18 @@ from ..clihelp import UserError, console, user_errors
 MAX_CONCURRENCY = 64  # connections and requests served at once (`dashclip serve --max-concurrency`)
 
 
-def open_searcher(model: Path, index: Path, catalog: Optional[Path], backend: str = "auto"):
-    """The Searcher of a model and index dir, its warnings (e.g. another catalog) printed. `backend`: see
-    `Searcher.open`."""
+def open_searcher(model: Path, index: Path, catalog: Optional[Path], backend: str = "auto",
+                  reranker: Optional[Path] = None, rerank_depth: Optional[int] = None):
+    """The Searcher of a model and index dir, its warnings (e.g. another catalog) printed. `backend`,
+    `reranker`, `rerank_depth`: see `Searcher.open`."""
     import warnings
 
     from .search import Searcher
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        searcher = Searcher.open(model, index, catalog, backend=backend)
+        searcher = Searcher.open(model, index, catalog, backend=backend, reranker=reranker,
+                                 rerank_depth=rerank_depth)
     for w in caught:
         console.print(f"[yellow]warning:[/] {w.message}")
     return searcher
@@ -27,7 +29,8 @@ def open_searcher(model: Path, index: Path, catalog: Optional[Path], backend: st
 
 def serve_app(model: Path, index: Path, catalog: Optional[Path] = None, host: str = "127.0.0.1", port: int = 8000,
               watch_seconds: float = 2.0, log_level: str = "warning", api_key: Optional[str] = None,
-              cors_origins: tuple = (), max_concurrency: int = MAX_CONCURRENCY, backend: str = "auto") -> None:
+              cors_origins: tuple = (), max_concurrency: int = MAX_CONCURRENCY, backend: str = "auto",
+              reranker: Optional[Path] = None, rerank_depth: Optional[int] = None) -> None:
     """Load the model and index, then serve until Ctrl+C (`dashclip serve` and `dashclip demo` both end here)."""
     import uvicorn
 
@@ -35,7 +38,10 @@ def serve_app(model: Path, index: Path, catalog: Optional[Path] = None, host: st
 
     with user_errors():
         console.print(f"loading model {model} and index {index}")
-        searcher = open_searcher(model, index, catalog, backend)
+        searcher = open_searcher(model, index, catalog, backend, reranker, rerank_depth)
+        if searcher.reranker is not None:
+            console.print(f"re-ranking the top {searcher.reranker.depth} of every words query with "
+                          f"{searcher.reranker.path}")
         if api_key is not None and not api_key.strip():
             raise UserError("--api-key / DASHCLIP_API_KEY is empty")
         app_ = create_app(searcher, catalog_dir=catalog, watch_seconds=watch_seconds, api_key=api_key,

@@ -75,6 +75,8 @@ class Result(BaseModel):
     rank: int
     image_url: Optional[str] = Field(None, description="Relative URL of the product image; null when none.")
     attributes: dict[str, Optional[str]] = {}
+    rerank_score: Optional[float] = Field(None, description="The re-ranker's expected grade (0..2) when it "
+                                                            "re-ranked this result; null otherwise.")
 
 
 class SearchResponse(BaseModel):
@@ -82,6 +84,7 @@ class SearchResponse(BaseModel):
     k: int
     hybrid: bool
     filters: dict[str, list[str]]
+    reranked: bool = Field(False, description="Whether the re-ranker re-ordered the top results.")
     results: list[Result]
     took_ms: float
 
@@ -340,26 +343,30 @@ def create_app(searcher: Searcher | Callable[[], Searcher] | None = None, *,
                filter: list[str] = Query([], description="field:value, repeatable; values of one field are "
                                                           "ORed, fields are ANDed (see /filters)."),
                hybrid: Optional[bool] = Query(None, description="Fuse BM25 keyword ranking with vector ranking "
-                                                               "(RRF); absent: the index's recorded default.")):
+                                                               "(RRF); absent: the index's recorded default."),
+               rerank: Optional[bool] = Query(None, description="Re-order the top results with the cross-encoder "
+                                                                "re-ranker; absent: when the service has one.")):
         started = time.perf_counter()
         current = holder.current
         hybrid = current.default_hybrid if hybrid is None else hybrid
         try:
+            if rerank and current.reranker is None:
+                raise ValueError("rerank=true: this service has no re-ranker (serve --reranker DIR)")
             if len(filter) > MAX_FILTERS:
                 raise ValueError(f"{len(filter)} filters; the limit is {MAX_FILTERS}")
             filters = current.check_filters(parse_filter_args(filter, separators=":"))
             query = normalise_query(q)
-            hits = current.search(query, k=k, filters=filters, hybrid=hybrid)
+            hits = current.search(query, k=k, filters=filters, hybrid=hybrid, rerank=rerank)
         except ValueError as e:
             raise HTTPException(400, str(e)) from None
-        results = [Result(id=h.id, title=h.title, category=h.category, score=h.score, rank=h.rank,
-                          image_url=image_url(h.id, h.image), attributes=h.attributes) for h in hits]
-        return SearchResponse(query=query, k=k, hybrid=hybrid, filters=filters, results=results,
+        return SearchResponse(query=query, k=k, hybrid=hybrid, filters=filters, results=results_of(hits),
+                              reranked=any(h.rerank_score is not None for h in hits),
                               took_ms=round((time.perf_counter() - started) * 1000, 3))
 
     def results_of(hits) -> list[Result]:
         return [Result(id=h.id, title=h.title, category=h.category, score=h.score, rank=h.rank,
-                       image_url=image_url(h.id, h.image), attributes=h.attributes) for h in hits]
+                       image_url=image_url(h.id, h.image), attributes=h.attributes, rerank_score=h.rerank_score)
+                for h in hits]
 
     def checked_filters(current: Searcher, filter: list[str]) -> dict[str, list[str]]:
         if len(filter) > MAX_FILTERS:
