@@ -24,7 +24,8 @@ def test_search(client, shop):
     expected = Searcher(shop.model, shop.index, shop.catalog).search("red dress", k=5)
     assert [x["id"] for x in results] == [h.id for h in expected]
     first = results[0]
-    assert set(first) == {"id", "title", "category", "score", "rank", "image_url", "attributes"}
+    assert set(first) == {"id", "title", "category", "score", "rank", "image_url", "attributes", "rerank_score"}
+    assert first["rerank_score"] is None and body["reranked"] is False   # no re-ranker in this service
     assert first["image_url"] == f"/products/{first['id']}/image"
     assert set(first["attributes"]) == {"gender", "baseColour", "season"}
 

@@ -20,10 +20,7 @@ def _mapping_from_options(mapping_file: Optional[Path], **flags) -> dict | None:
     if mapping_file is not None:
         if not mapping_file.is_file():
             raise UserError(f"{mapping_file}: mapping file not found")
-        try:
-            mapping = read_json(mapping_file)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{mapping_file}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        mapping = read_json(mapping_file)   # not JSON: an InputFileError naming file and line
         if not isinstance(mapping, dict):
             raise UserError(f"{mapping_file}: a mapping is a JSON object, e.g. "
                             '{"id": "sku", "title": "name", "image": "image_path"}')

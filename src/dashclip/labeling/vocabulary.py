@@ -27,10 +27,11 @@ preset names its own (see `data/presets.py`).
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..io import read_json
 
 BUILTIN_DIR = Path(__file__).with_name("vocabularies")
 ROLES = ("category", "gender", "colour", "usage")
@@ -152,10 +153,7 @@ class Vocabulary:
                                  f"or give a JSON file")
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such vocabulary file")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        data = read_json(path)
         return cls.from_dict(data, source=str(path))
 
     # ---- lookups

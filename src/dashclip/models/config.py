@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from ..io import read_json
+
 
 @dataclass
 class ModelConfig:
@@ -93,10 +95,7 @@ def get_config(name_or_path: "str | Path | dict | ModelConfig", **overrides) -> 
         if path.suffix == ".json" or path.exists():
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: model config file not found")
-            try:
-                d = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from None
+            d = read_json(path)
             cfg = ModelConfig.from_dict(d)
         else:
             builtin = resources.files("dashclip.models") / "model_configs" / f"{name_or_path}.json"

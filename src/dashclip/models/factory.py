@@ -16,7 +16,6 @@ A saved model directory holds everything a stranger needs, with no download:
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ from .model import DashCLIP
 from .model_dir import FORMAT, save_model  # noqa: F401  (save_model: its public home was here)
 from .speller import SPELLER_FILE, QuerySpeller, tokenizer_words
 from .towers import BertTextTower, EfficientNetLiteTower, FusionEncoder, TinyConvTower, clone
+from ..io import read_json
 
 
 
@@ -131,10 +131,7 @@ def load(path: str | Path, device: str | torch.device | None = None) -> DashCLIP
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path}: not a dashclip model directory (no config.json)")
-    try:
-        saved = json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_file}: not valid JSON ({e})") from None
+    saved = read_json(config_file)
     if saved.get("format") != FORMAT:
         raise ValueError(f"{config_file}: not a dashclip model (format {saved.get('format')!r})")
     for name in ("model.safetensors", "tokenizer"):

@@ -279,10 +279,7 @@ class OnnxModel:
         if not manifest_file.is_file():
             raise FileNotFoundError(f"{path}: not an ONNX export (no {MANIFEST}); make one with "
                                     f"`dashclip export onnx --model DIR --out {path}`")
-        try:
-            manifest = read_json(manifest_file)
-        except ValueError as e:
-            raise ValueError(f"{manifest_file}: not valid JSON ({e})") from None
+        manifest = read_json(manifest_file)
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise ValueError(f"{manifest_file}: not a dashclip ONNX export (format "
                              f"{manifest.get('format') if isinstance(manifest, dict) else None!r})")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..text import query_key, stem_plural
+from ..io import read_json
 
 SPELLER_FILE = "query_speller.json"
 FORMAT = 2            # 1 (no "format" key): saved before the lexicon rules, with min_length 4
@@ -184,10 +185,7 @@ class QuerySpeller:
         minimum length (its min_length 4 was the old rule's). A saved index is read, not rebuilt, when
         it is of these words (else it is rebuilt)."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        data = read_json(path)
         if not isinstance(data, dict) or not isinstance(data.get("words"), dict):
             raise ValueError(f"{path}: not a query speller (no 'words' object)")
         if data.get("format", 1) < 2:
