@@ -68,7 +68,7 @@ def main(argv=None) -> int:
         t = time.time()
         hits = searcher.search_batch(texts, k=100, rerank=bool(depth))
         seconds = time.time() - t
-        rankings = {qid: [h.product_id for h in hs] for qid, hs in zip(qids, hits)}
+        rankings = {qid: [h.id for h in hs] for qid, hs in zip(qids, hits)}
         m = evaluate_judged(rankings, judged)["overall"]
         systems[name] = {"depth": depth or 0, "seconds": round(seconds, 1), **{k: round(v, 4) for k, v in m.items()}}
         log(f"{name}: NDCG@10 {m['ndcg@10']:.4f} Recall@100 {m['recall@100']:.4f} MRR {m['mrr']:.4f} ({seconds:.0f} s)")
@@ -95,12 +95,13 @@ def main(argv=None) -> int:
                                "p90_ms": round(float(np.percentile(ms, 90)), 1)}
         log(f"latency, re-rank depth {depth}: p50 {latency[str(depth)]['p50_ms']} ms, p90 {latency[str(depth)]['p90_ms']} ms")
 
-    record = {"benchmark": "rerank", "script": "benchmarks/rerank.py", "run": str(run), "commit": commit(),
+    shown = lambda p: str(p.resolve().relative_to(REPO)) if p.resolve().is_relative_to(REPO) else str(p)
+    record = {"benchmark": "rerank", "script": "benchmarks/rerank.py", "run": shown(run), "commit": commit(),
               "started_utc": started.isoformat(timespec="seconds"),
               "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "loadavg_start": load_start,
                           "loadavg_end": os.getloadavg()[0], "torch_threads": _threads()},
-              "queries": len(texts), "reranker": str(labeler), "systems": systems,
+              "queries": len(texts), "reranker": shown(labeler), "systems": systems,
               "latency_queries": len(sample), "latency_ms": latency}
     write_json(results, record)
     write_text(results.with_suffix(".md"), markdown(record))

@@ -259,6 +259,45 @@ def test_a_changed_config_section_redoes_that_step_and_the_ones_after_it(tiny_ru
     assert record["steps"]["labels"] == before["labels"]
 
 
+def test_the_eval_step_measures_re_ranking_and_ships_the_re_ranker_only_when_told(tiny_run):
+    """[eval] rerank: "report" (default) scores the shipped first stage re-ranked by the fine-tuned labeler
+    and ships nothing; "on" ships the labeler as model/reranker/ with its depth, and `dashclip search` then
+    re-ranks by default (--no-rerank: the first stage's order); "off" takes it away again."""
+    from dashclip.cli import app
+    from dashclip.labeling.rerank import RERANKER_DIR
+
+    tmp_path, path, res = tiny_run
+    assert res.exit_code == 0, res.output
+    out, original = tmp_path / "shop" / "out", path.read_text()
+    ev = json.loads((out / "pipeline.json").read_text())["steps"]["eval"]
+    rows = [name for name in ev["headline"] if "re-ranked top 20" in name]
+    assert len(rows) == 1 and ev["rerank"]["shipped"] is False and "report" in ev["rerank"]["why"]
+    assert not (out / "model" / RERANKER_DIR).exists()
+
+    def search(*flags):
+        res = CliRunner().invoke(app, ["search", "red drill", "--model", str(out / "model"), "--index",
+                                       str(out / "index"), "--k", "5", *flags])
+        assert res.exit_code == 0, res.output
+        return res.output
+    plain = search()
+    try:
+        path.write_text(original + '\n[eval]\nrerank = "on"\nrerank_depth = 3\n')
+        again = _run(path)
+        assert again.exit_code == 0, again.output
+        ev = json.loads((out / "pipeline.json").read_text())["steps"]["eval"]
+        assert ev["rerank"]["shipped"] is True and ev["rerank"]["depth"] == 3
+        assert json.loads((out / "model" / RERANKER_DIR / "rerank.json").read_text())["depth"] == 3
+        assert "re-ranker (0-2)" in search() and search("--no-rerank") == plain
+        assert "re-ranked top 3" in (out / "report" / "report.md").read_text()
+
+        path.write_text(original + '\n[eval]\nrerank = "off"\n')
+        again = _run(path)
+        assert again.exit_code == 0, again.output
+        assert not (out / "model" / RERANKER_DIR).exists() and search() == plain
+    finally:
+        path.write_text(original)
+
+
 def test_the_eval_step_records_how_the_index_is_searched_by_default(tiny_run):
     """[eval] default_search: "auto" makes the index hybrid exactly when the fused row beat the vectors alone on
     the evaluation grades (both measured, recorded with the reason); "hybrid" / "dense" are followed as said,

@@ -35,6 +35,11 @@ def register(app: typer.Typer) -> None:
         cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache of baseline embeddings "
                                                  "(default: runs/cache/eval)."),
         no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip BM25 and MiniLM."),
+        reranker: Optional[Path] = typer.Option(None, "--reranker", help="A cross-encoder labeler dir (`dashclip "
+                                                "labels train`): also score the model's last system with its top "
+                                                "N re-ranked (default: MODEL/reranker when the model has one)."),
+        rerank_depth: Optional[int] = typer.Option(None, "--rerank-depth", min=1, help="How many of the first "
+                                                   "stage's products the re-ranker orders (default 20)."),
     ):
         """Run the downstream evaluations on a model directory and write a report
         (report.md, report.html, metrics.json, plots/*.png)."""
@@ -52,12 +57,14 @@ def register(app: typer.Typer) -> None:
                 raise ValueError("--qrels and --labels-py need --queries")
             if (grocery_model is not None or grocery_stage1_epochs) and grocery_catalog is None:
                 raise ValueError("--grocery-model and --grocery-stage1-epochs need --grocery-catalog")
+            if (reranker is not None or rerank_depth is not None) and queries is None:
+                raise ValueError("--reranker and --rerank-depth need --queries (re-ranking is scored on them)")
             if grocery_model is not None and grocery_stage1_epochs:
                 raise ValueError("give --grocery-model or --grocery-stage1-epochs, not both")
             paths = run_eval(model, catalog, out_dir, queries_path=queries, qrels_path=qrels, labels_py=labels_py,
                              embeddings_dir=embeddings, grocery_catalog_dir=grocery_catalog,
                              grocery_model_dir=grocery_model, grocery_stage1_epochs=grocery_stage1_epochs,
-                             heldout_only=heldout_only,
+                             heldout_only=heldout_only, reranker_dir=reranker, rerank_depth=rerank_depth,
                              cache_dir=cache_dir or runs_dir() / "cache" / "eval", baselines=not no_baselines,
                              log=lambda msg: console.print(f"[dim]{msg}[/]"))
         headline = paths["headline"]

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from ..io import write_json, write_text
-from .baselines import BM25Scorer, baseline_scorers, model_scorers, retrieval_products
+from .baselines import BM25Scorer, RerankScorer, baseline_scorers, model_scorers, retrieval_products
 from .evaluators import CategoryEvaluator, GroceryEvaluator, RelevanceEvaluator, RetrievalEvaluator
 from .qrels import load_labels_module, load_queries, predicate_qrels, read_qrels_tsv
 
@@ -93,9 +93,10 @@ def align(embeddings, ids: Sequence) -> np.ndarray:
 def evaluate(model, catalog, embeddings, queries: list[dict] | None = None, qrels: dict | None = None,
              grocery: Sequence[tuple[str, object, object]] = (), cache_dir: str | Path | None = None,
              baselines: bool = True, category_columns: Sequence[str] = ("category", "subCategory"),
-             encoder=None, log=print) -> Evaluation:
+             encoder=None, reranker=None, log=print) -> Evaluation:
     """Every evaluation of one model. `grocery` is a list of (label, model, grocery catalog).
-    Without `catalog` (and embeddings) only the grocery transfer runs."""
+    Without `catalog` (and embeddings) only the grocery transfer runs. `reranker`
+    (`labeling.rerank.CrossEncoderReranker`): also the model's last system with its top N re-ranked."""
     metrics: dict = {"meta": machine_info(), "timings_s": {}}
     result = Evaluation(metrics, embeddings=embeddings, catalog=catalog)
     t0 = time.perf_counter()
@@ -107,6 +108,9 @@ def evaluate(model, catalog, embeddings, queries: list[dict] | None = None, qrel
             fused = np.asarray(embeddings.vectors["fused"], dtype=np.float32)[align(embeddings, ids)]
             bm25 = next((s for s in scorers if isinstance(s, BM25Scorer)), None)
             scorers += model_scorers(model, fused, ids, bm25=bm25)
+            if reranker is not None:
+                scorers.append(RerankScorer(f"{scorers[-1].name}, re-ranked top {reranker.depth} (search --rerank)",
+                                            scorers[-1], reranker, catalog))
         log(f"retrieval: {len(queries)} queries x {len(ids)} products, {len(scorers)} systems")
         metrics.update(evaluate_queries(queries, qrels, scorers))
         metrics["retrieval_products"] = len(ids)
@@ -331,7 +335,8 @@ def headline(metrics: dict) -> dict[str, dict[str, float]]:
 def run_eval(model_dir: str | Path, catalog_dir: str | Path | None, out: str | Path, queries_path=None,
              qrels_path=None, labels_py=None, embeddings_dir=None, grocery_catalog_dir=None,
              grocery_model_dir=None, grocery_stage1_epochs: int = 0, grocery_stage1_options: dict | None = None,
-             heldout_only: bool = False, cache_dir=None, baselines: bool = True, log=print) -> dict:
+             heldout_only: bool = False, cache_dir=None, baselines: bool = True, reranker_dir=None,
+             rerank_depth: int | None = None, log=print) -> dict:
     """`dashclip eval` from paths: every evaluation of the model in `model_dir` on the catalog,
     written to the report dir `out` (`catalog_dir` None: the grocery transfer only). Returns the written paths ("metrics", "markdown", "html", plots)
     and "headline" (see `headline`; also in metrics.json).
@@ -339,7 +344,10 @@ def run_eval(model_dir: str | Path, catalog_dir: str | Path | None, out: str | P
     Grocery transfer (with `grocery_catalog_dir`): the model zero-shot, and a model after Stage 1 on
     the grocery train photos, either given (`grocery_model_dir`) or trained here for
     `grocery_stage1_epochs` epochs into `out/grocery-stage1` (reused when there; the evaluated model's
-    config and image size, its pretrained towers; `grocery_stage1_options`: more PretrainConfig fields)."""
+    config and image size, its pretrained towers; `grocery_stage1_options`: more PretrainConfig fields).
+
+    Re-ranking (`reranker_dir`, a cross-encoder labeler dir, or the model dir's own `reranker/`): the
+    model's last system is also scored with its top `rerank_depth` re-ordered by it."""
     from ..data.catalog import Catalog
 
     if catalog_dir is None and grocery_catalog_dir is None:
@@ -372,8 +380,13 @@ def run_eval(model_dir: str | Path, catalog_dir: str | Path | None, out: str | P
             timings["grocery: Stage 1 on train (or reused)"] = round(time.perf_counter() - t0, 2)
         if grocery_model_dir is not None:
             grocery.append(("after Stage 1 on grocery train", load_model(grocery_model_dir), grocery_catalog))
+    reranker = None
+    if queries is not None:
+        from ..labeling.rerank import model_reranker
+
+        reranker = model_reranker(model_dir, reranker_dir, rerank_depth)
     result = evaluate(model, catalog, embeddings, queries, qrels, grocery, cache_dir=cache_dir,
-                      baselines=baselines, log=log)
+                      baselines=baselines, reranker=reranker, log=log)
     result.metrics["timings_s"].update(timings)
     result.metrics["meta"].update({
         "model_dir": str(model_dir), "model_id": getattr(model, "model_id", None),

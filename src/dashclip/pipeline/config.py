@@ -135,6 +135,12 @@ class EvalConfig:
     # How the index is searched by default (recorded in it; `search`/`serve` follow it): "auto" makes it
     # hybrid when the fused row beats the vectors alone on NDCG@10 of the evaluation grades (needs hybrid).
     default_search: str = "auto"     # auto | hybrid | dense
+    # Re-ranking the default search's top `rerank_depth` with the fine-tuned cross-encoder labeler, shipped as
+    # model/reranker/ (search and serve then re-rank by default). "report": only measured, the cost of a
+    # cross-encoder call per (query, product) on every search being the shop's choice; "auto": shipped
+    # when it beats the first stage on NDCG@10 of the evaluation grades; "on": shipped; "off": not measured.
+    rerank: str = "report"           # report | auto | on | off
+    rerank_depth: int = 20
     guard: bool = True               # ship the base encoder when training made NDCG@10 worse
 
 
@@ -173,7 +179,8 @@ class PipelineConfig:
         choices = {("labeler", "kind"): ("cross-encoder", "llm"), ("stage1", "enabled"): ("auto", "on", "off"),
                    ("stage2", "variant"): ("qcc", "symmetric", "graded"),
                    ("eval", "kind"): ("grades", "fashion-queries"),
-                   ("eval", "default_search"): ("auto", "hybrid", "dense")}
+                   ("eval", "default_search"): ("auto", "hybrid", "dense"),
+                   ("eval", "rerank"): ("report", "auto", "on", "off")}
         for (section, key), allowed in choices.items():
             v = getattr(getattr(self, section), key)
             if v not in allowed:
@@ -184,6 +191,9 @@ class PipelineConfig:
             raise ConfigError(f"{where}: [grades] eval_fraction = {self.grades.eval_fraction}; expected 0 <= x < 1")
         if not (self.grades.train or self.grades.seed_rule):
             raise ConfigError(f"{where}: [grades] train is required (the human grades the labeler learns from)")
+        if self.eval.rerank != "off" and self.eval.rerank_depth < 1:
+            raise ConfigError(f"{where}: [eval] rerank_depth = {self.eval.rerank_depth}; must be >= 1 "
+                              f"(or rerank = \"off\")")
         for section in ("labeler", "labels", "stage1", "stage2", "grades", "catalog"):
             for f in dataclasses.fields(getattr(self, section)):
                 v = getattr(getattr(self, section), f.name)

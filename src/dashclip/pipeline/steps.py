@@ -736,6 +736,46 @@ def choose_default_search(r: Run, systems: dict, shipped_row: str) -> tuple[bool
     return better, (f"auto: NDCG@10 on the evaluation grades {fused:.4f} hybrid vs {alone:.4f} vectors alone")
 
 
+def rerank_first_stage(r: Run, systems: list, first_stage: str, catalog, queries: pd.DataFrame,
+                       judged: dict, measured: dict) -> tuple[str | None, dict]:
+    """Score the shipped first stage with its top `[eval] rerank_depth` re-ordered by the fine-tuned
+    cross-encoder labeler, and ship that labeler as model/reranker/ when `[eval] rerank` says so ("on", or
+    "auto" and it beat the first stage on NDCG@10). Returns (the row's name or None, the facts)."""
+    import shutil
+
+    from ..evaluation.baselines import RerankScorer, rank
+    from ..evaluation.metrics import evaluate_judged
+    from ..io import atomic_dir, write_json
+    from ..labeling.rerank import RERANKER_DIR, CrossEncoderReranker
+
+    how, depth = r.cfg.eval.rerank, r.cfg.eval.rerank_depth
+    labeler = r.path("labels", "labeler")
+    shutil.rmtree(r.path("model", RERANKER_DIR), ignore_errors=True)   # a rerun decides afresh
+    if how == "off":
+        return None, {"shipped": False, "why": "[eval] rerank = \"off\""}
+    if r.cfg.labeler.kind != "cross-encoder" or not (labeler / "config.json").is_file():
+        return None, {"shipped": False, "why": "no fine-tuned cross-encoder labeler to re-rank with"}
+    first = next(s for s in systems if s.name == first_stage)
+    name = f"{first_stage}, re-ranked top {depth} by the labeler (search --rerank)"
+    r.log(f"ranking {len(queries)} evaluation queries with {name}")
+    t0 = time.time()
+    scorer = RerankScorer(name, first, CrossEncoderReranker(labeler, depth), catalog)
+    ranked = rank(scorer, queries["query"].tolist())
+    seconds = time.time() - t0
+    measured[name] = evaluate_judged(dict(zip(queries["qid"], ranked)), judged)["overall"]
+    gain = measured[name]["ndcg@10"] - measured[first_stage]["ndcg@10"]
+    ship = how == "on" or (how == "auto" and gain > 0)
+    why = (f"[eval] rerank = \"{how}\"; NDCG@10 on the evaluation grades {measured[name]['ndcg@10']:.4f} "
+           f"re-ranked vs {measured[first_stage]['ndcg@10']:.4f} without")
+    if ship:
+        with atomic_dir(r.path("model", RERANKER_DIR)) as tmp:
+            shutil.copytree(labeler, tmp, dirs_exist_ok=True)
+            write_json(tmp / "rerank.json", {"depth": depth, "first_stage": first_stage, "why": why})
+    r.log(f"re-ranker {'shipped in model/reranker' if ship else 'not shipped'}: {why}")
+    return name, {"shipped": ship, "why": why, "depth": depth, "seconds": round(seconds, 1),
+                  "ms_per_query": round(1000 * seconds / max(len(queries), 1), 1)}
+
+
 def shop_report(r: Run, results: dict, shipped: str, warning: str | None) -> str:
     human = json.loads(r.path("labels", "human.json").read_text())
     labels = r.facts("labels")
@@ -753,6 +793,13 @@ def shop_report(r: Run, results: dict, shipped: str, warning: str | None) -> str
         d = results["default_search"]
         lines += ["", f"`index/` is searched **{'hybrid (BM25 + vectors, RRF)' if d['hybrid'] else 'dense (vectors only)'}**"
                   f" by default ({d['why']}); `dashclip search --hybrid` / `--dense` override it."]
+    if results.get("rerank"):
+        rr = results["rerank"]
+        lines += ["", (f"The re-ranker (the fine-tuned labeler over the top {rr['depth']}) ships in "
+                       f"`model/reranker/`: search and serve re-rank by default (`--no-rerank` turns it off). "
+                       if rr["shipped"] else "The re-ranker is not shipped (`search --rerank --reranker "
+                       "labels/labeler` uses it). ") + f"{rr['why']}."
+                  + (f" Batch cost: {rr['ms_per_query']} ms per query." if "ms_per_query" in rr else "")]
     if warning:
         lines += ["", f"**Warning:** {warning}"]
     s1 = r.facts("stage1")
@@ -798,7 +845,8 @@ def step_eval_shop(r: Run) -> dict:
     judged = {qid: dict(zip(g["product_id"].tolist(), g["grade"].astype(int).tolist()))
               for qid, g in ev.groupby("qid")}
     systems, results = {}, {}
-    for scorer in shop_systems(r, catalog):
+    scorers = shop_systems(r, catalog)
+    for scorer in scorers:
         r.log(f"ranking {len(queries)} evaluation queries with {scorer.name}")
         ranked = rank(scorer, queries["query"].tolist())
         res = evaluate_judged(dict(zip(queries["qid"], ranked)), judged)
@@ -820,11 +868,16 @@ def step_eval_shop(r: Run) -> dict:
     r.log(f"the index searches {'hybrid (BM25 + vectors)' if hybrid else 'dense (vectors only)'} by default: {why}")
     if hybrid:
         shipped += " + BM25, RRF: the index's default search"
-    results.update(shipped=shipped, warning=warning, default_search={"hybrid": hybrid, "why": why})
+    first_stage = HYBRID if hybrid else (TRAINED if shipped.startswith(TRAINED) else BASE)
+    _, rerank = rerank_first_stage(r, scorers, first_stage, catalog, queries, judged, systems)
+    if rerank["shipped"]:
+        shipped += f", re-ranked top {rerank['depth']} by the labeler (model/reranker)"
+    results.update(shipped=shipped, warning=warning, default_search={"hybrid": hybrid, "why": why},
+                   rerank=rerank)
     write_json(r.path("report", "report.json"), results)
     write_text(r.path("report", "report.md"), shop_report(r, results, shipped, warning))
     return {"report": str(r.path("report", "report.md")), "headline": systems, "shipped": shipped,
-            "default_search": results["default_search"],
+            "default_search": results["default_search"], "rerank": rerank,
             **({"warning": warning} if warning else {})}
 
 
