@@ -365,3 +365,36 @@ def test_bad_mapping_values(tmp_path, mapping, words):
     source = make_source(tmp_path, "id,title\n1,Mug\n")
     with pytest.raises(UserError, match=words):
         import_catalog(source, out=tmp_path / "cat", mapping=mapping)
+
+
+def test_catalog_synth_grows_a_catalog_deterministically_and_reuses_its_images(tmp_path):
+    """`dashclip catalog synth`: the source's products first, then recombined ones of the same aisle with a
+    real (reused) image; the same seed gives the same bytes, another seed another catalog."""
+    from dashclip.data.synth import synthesize_catalog
+    from toy_catalog import make_catalog
+
+    src = Catalog.open(make_catalog(tmp_path / "src"))
+    runner = CliRunner()
+    res = runner.invoke(app, ["catalog", "synth", "--from", str(src.root), "--n", "500", "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    a = Catalog.open(tmp_path / "a")
+    assert len(a) == 500 and a.products["id"].is_unique and a.manifest["counts"]["products"] == 500
+    pd.testing.assert_frame_equal(a.products.iloc[:48].reset_index(drop=True), src.products.reset_index(drop=True))
+    new = a.products.iloc[48:]
+    assert set(new["category"]) <= set(src.products["category"])
+    kinds = dict(zip(src.products["image"], src.products["category"]))
+    assert all(kinds[img] == cat for img, cat in zip(new["image"], new["category"]))  # the image shows the aisle
+    assert all(a.image_path(img).is_file() for img in new["image"].head(20))
+    assert len(a.image_index().paths) == len(src.image_index().paths)   # no image copied or added
+    assert a.content_hash and a.content_hash != src.content_hash
+
+    runner.invoke(app, ["catalog", "synth", "--from", str(src.root), "--n", "500", "--out", str(tmp_path / "b")])
+    runner.invoke(app, ["catalog", "synth", "--from", str(src.root), "--n", "500", "--seed", "1",
+                        "--out", str(tmp_path / "c")])
+    assert (tmp_path / "a" / "catalog.parquet").read_bytes() == (tmp_path / "b" / "catalog.parquet").read_bytes()
+    assert Catalog.open(tmp_path / "b").content_hash == a.content_hash
+    assert Catalog.open(tmp_path / "c").content_hash != a.content_hash
+    small = Catalog.open(synthesize_catalog(src, 10, tmp_path / "d"))
+    assert small.products["id"].tolist() == src.products["id"].tolist()[:10]
+    bad = runner.invoke(app, ["catalog", "synth", "--from", str(src.root), "--n", "50", "--out", str(src.root / "x")])
+    assert bad.exit_code != 0 and "inside" in " ".join(bad.output.split()).lower()

@@ -169,6 +169,25 @@ def catalog_counts(cat) -> dict:
     }
 
 
+@catalog_app.command("synth")
+def synth(
+    source: Path = typer.Option(..., "--from", help="The catalog dir to grow (`dashclip catalog import` output)."),
+    n: int = typer.Option(..., "--n", min=1, help="Products in the new catalog (the source's first, then new)."),
+    out: Path = typer.Option(..., "--out", help="The new catalog dir (its images/ links to the source's)."),
+    seed: int = typer.Option(0, "--seed", help="The same source, N and seed give the same catalog."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty dir that is not a catalog."),
+):
+    """Make a larger catalog for scale tests: new products recombine the source's titles and attributes
+    within each aisle and reuse its images (see dashclip.data.synth)."""
+    from .catalog import Catalog
+    from .synth import synthesize_catalog
+
+    with user_errors():
+        path = synthesize_catalog(source, n, out, seed=seed, overwrite=overwrite)
+        cat = Catalog.open(path)
+    typer.echo(f"{len(cat):,} products ({cat.manifest['synthesized']['original_products']:,} from {source}) -> {path}")
+
+
 @catalog_app.command("presets")
 def presets():
     """List the built-in presets (importable by name, without flags)."""

@@ -30,20 +30,24 @@ def _read_seed(path: Path):
     return load_grades(path)
 
 
-def _make_labeler(name: str, path: Optional[Path], catalog, seed_path: Optional[Path], cache_dir: Optional[Path],
+def _labeler_spec(name: str, path: Optional[Path], catalog, seed_path: Optional[Path], cache_dir: Optional[Path],
                   concurrency: int, batch_size: int):
-    from .labelers import get_labeler
+    from .labelers import LabelerSpec
 
     if name == "llm":
         from .labelers.llm import few_shot_examples
 
         examples = few_shot_examples(_read_seed(seed_path), catalog) if seed_path else []
-        return get_labeler("llm", seed_examples=examples, cache_dir=cache_dir, concurrency=concurrency)
+        return LabelerSpec("llm", {"seed_examples": examples, "cache_dir": cache_dir, "concurrency": concurrency})
     if path is None:
         raise ValueError(f"--labeler-path is required for the {name} labeler (the dir `dashclip labels train` wrote)")
     if name == "cross-encoder":
-        return get_labeler(name, path=path, batch_size=batch_size)
-    return get_labeler(name, path=path)
+        return LabelerSpec(name, {"path": path, "batch_size": batch_size})
+    return LabelerSpec(name, {"path": path})
+
+
+def _make_labeler(*args):
+    return _labeler_spec(*args).build()
 
 
 @labels_app.command("synthesize-queries")
@@ -234,21 +238,28 @@ def grade(
     shard_size: int = typer.Option(4096, help="Pairs per Parquet shard (the unit of resumption)."),
     batch_size: int = typer.Option(128, help="Pairs per labeler call."),
     max_shards: Optional[int] = typer.Option(None, help="Stop after this many new shards."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Grade on Ray Data: 'local' starts "
+                                      "Ray on this machine, 'auto' joins the cluster `ray start --head` runs here, "
+                                      "or a cluster address. The same shards as without it."),
+    ray_workers: int = typer.Option(2, "--ray-workers", min=1, help="Ray actors, each building the labeler once."),
+    ray_threads: int = typer.Option(1, "--ray-threads", min=1, help="CPU threads (and Ray CPUs) per actor."),
 ):
     """Grade many pairs with a labeler into resumable Parquet shards."""
     from ..clihelp import console, progress, user_errors
     from ..data.catalog import Catalog
-    from .grading import PAIRS_PER_CALL, grade_pairs
+    from .grading import PAIRS_PER_CALL, RayGrading, grade_pairs
 
     with user_errors():
         cat = Catalog.open(catalog)
         df = _read_parquet(pairs, "pairs")
-        lab = _make_labeler(labeler, labeler_path, cat, seed_grades, cache_dir, concurrency, batch_size)
+        spec = _labeler_spec(labeler, labeler_path, cat, seed_grades, cache_dir, concurrency, batch_size)
+        lab = spec.build()
+        on_ray = None if ray is None else RayGrading(spec, ray_workers, None if ray == "local" else ray, ray_threads)
         with progress() as bar:
             task = bar.add_task(f"grade ({labeler})", total=None)
             summary = grade_pairs(df, cat, lab, out, shard_size=shard_size,
                                   batch_size=max(PAIRS_PER_CALL, batch_size),
-                                  max_shards=max_shards,
+                                  max_shards=max_shards, ray=on_ray,
                                   progress=lambda n: bar.update(task, advance=n, total=bar.tasks[0].total or None))
     run = summary["this_run"]
     console.print(f"{summary['shards_done']}/{summary['shards']} shards done ({summary['pairs']} pairs); this run "

@@ -12,6 +12,7 @@ where it stopped. The final dir is written atomically, then the partial chunks a
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -203,7 +204,7 @@ def embed_batches(model, catalog, texts: list[str], rows: np.ndarray, batch_size
 
 def embed_catalog(model, catalog, out_dir: str | Path, batch_size: int = 64, kinds=KINDS,
                   progress: bool = True, chunk_size: int = 4096, image_cache_root: str | Path | None = None,
-                  amp: str | None = "auto", text_only: bool = False) -> Path:
+                  amp: str | None = "auto", text_only: bool = False, ray: "RayEmbedding | None" = None) -> Path:
     """Embed every product of `catalog` (a Catalog or its dir) with `model`; see the module doc.
     `text_only`: a catalog without images (or a shop that skips Stage 1): no image is read and the image
     tower never runs; the product embedding (`fused.npy`) is the text embedding, and only the kinds
@@ -212,7 +213,9 @@ def embed_catalog(model, catalog, out_dir: str | Path, batch_size: int = 64, kin
     where `dashclip pretrain` puts them); one made for this model's image tower, preprocessing and
     this catalog's images is used instead of running the tower (see CachedImageFeatures).
     `amp`: precision (dashclip.precision; "auto" is bf16 where the hardware has it, as Stage 1 trains;
-    None: float32). Within a chunk, products are batched by text length, so a batch pads little."""
+    None: float32). Within a chunk, products are batched by text length, so a batch pads little.
+    `ray`: the chunks are computed by a pool of Ray actors (`dashclip.parallel`), each loading the model
+    from `ray.model_dir`; the chunk files and the result are the ones this process would write."""
     from ..clihelp import progress as progress_bar
     from ..data.catalog import Catalog
     from ..precision import resolve_amp
@@ -235,35 +238,39 @@ def embed_catalog(model, catalog, out_dir: str | Path, batch_size: int = 64, kin
     partial.mkdir(parents=True, exist_ok=True)
     write_json(partial / "meta.json", meta)
 
-    texts = catalog.product_texts()
     n = len(catalog)
-    cached = None if text_only else CachedImageFeatures.find(model, catalog, image_cache_root or image_cache_dir())
-    meta["image_features"] = "none (text only)" if text_only else f"cache {cached.cache.path.name}" if cached else "image tower"
-    was_training = model.training
-    model.eval()
+    n_chunks = (n + chunk_size - 1) // chunk_size
+    job = ChunkJob(partial, chunk_size, n, tuple(kinds), batch_size, amp, text_only,
+                   str(image_cache_root or image_cache_dir()))
+    todo = [i for i in range(n_chunks) if not job.chunk_file(i).exists()]
     t0 = time.time()
     with progress_bar(disable=not progress) as bar:
         task = bar.add_task("embedding products", total=n)
-        for start in range(0, n, chunk_size):
-            chunk_file = partial / f"chunk-{start // chunk_size:05d}.npz"
-            stop = min(start + chunk_size, n)
-            if chunk_file.exists():
-                bar.advance(task, stop - start)
-                continue
-            parts = {k: np.zeros((stop - start, model.embed_dim), np.float32) for k in kinds}
-            ok_all = np.zeros(stop - start, dtype=bool)
-            for batch, vecs, ok in embed_batches(model, catalog, texts, np.arange(start, stop), batch_size,
-                                                 kinds, cached, amp, text_only):
-                for k in kinds:
-                    parts[k][batch] = vecs[k]
-                ok_all[batch] = ok
-                bar.advance(task, len(batch))
-            with atomic_path(chunk_file) as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, has_image=ok_all, **parts)
-    model.train(was_training)
+        bar.advance(task, n - sum(job.rows(i)[1] - job.rows(i)[0] for i in todo))
+        if ray is not None:
+            from functools import partial as bind
 
-    chunks = [np.load(partial / f"chunk-{i:05d}.npz") for i in range((n + chunk_size - 1) // chunk_size)]
+            from ..parallel import map_shards
+
+            from .feature_cache import find
+
+            meta["ray"] = {"workers": ray.workers, "address": ray.address or "local"}
+            meta["image_features"] = _features_note(text_only, None if text_only else find(
+                model, catalog.image_index().paths, job.image_cache_root))
+            map_shards(todo, bind(ChunkEmbedder, ray.model_dir, ray.backend, str(catalog.root), job),
+                       workers=ray.workers, address=ray.address, threads_per_worker=ray.threads_per_worker,
+                       on_result=lambda r: bar.advance(task, int(r["n"])))
+        else:
+            cached = None if text_only else CachedImageFeatures.find(model, catalog, job.image_cache_root)
+            meta["image_features"] = _features_note(text_only, cached and cached.cache)
+            was_training = model.training
+            model.eval()
+            texts = catalog.product_texts()
+            for i in todo:
+                job.embed_chunk(model, catalog, texts, i, cached, advance=lambda k: bar.advance(task, k))
+            model.train(was_training)
+
+    chunks = [np.load(job.chunk_file(i)) for i in range(n_chunks)]
     has_image = np.concatenate([c["has_image"] for c in chunks]) if chunks else np.zeros(0, bool)
     with atomic_dir(out_dir) as tmp:
         pd.DataFrame({"id": catalog.products["id"].to_numpy(), "has_image": has_image}).to_parquet(tmp / "ids.parquet")
@@ -275,3 +282,77 @@ def embed_catalog(model, catalog, out_dir: str | Path, batch_size: int = 64, kin
                                        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     shutil.rmtree(partial, ignore_errors=True)
     return out_dir
+
+
+def _features_note(text_only: bool, cache) -> str:
+    return "none (text only)" if text_only else f"cache {cache.path.name}" if cache is not None else "image tower"
+
+
+@dataclass(frozen=True)
+class RayEmbedding:
+    """`embed_catalog` on Ray: the model dir each actor loads (and its runtime), the pool size, the cluster
+    (None: a local Ray), and each actor's CPU threads."""
+    model_dir: str
+    backend: str = "auto"
+    workers: int = 2
+    address: str | None = None
+    threads_per_worker: int = 1
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """What every chunk of one embedding run shares: where chunks go and how they are computed. One
+    chunk, `embed_chunk`, is the unit of work and of resumption, in this process and on a Ray actor."""
+    partial: Path
+    chunk_size: int
+    n: int
+    kinds: tuple
+    batch_size: int
+    amp: str | None
+    text_only: bool
+    image_cache_root: str
+
+    def chunk_file(self, i: int) -> Path:
+        return Path(self.partial) / f"chunk-{i:05d}.npz"
+
+    def rows(self, i: int) -> tuple[int, int]:
+        return i * self.chunk_size, min((i + 1) * self.chunk_size, self.n)
+
+    def embed_chunk(self, model, catalog, texts, i: int, cached=None, advance=None) -> int:
+        """Embed chunk i's products and write its file atomically; returns how many products it held."""
+        start, stop = self.rows(i)
+        parts = {k: np.zeros((stop - start, model.embed_dim), np.float32) for k in self.kinds}
+        ok_all = np.zeros(stop - start, dtype=bool)
+        for batch, vecs, ok in embed_batches(model, catalog, texts, np.arange(start, stop), self.batch_size,
+                                             self.kinds, cached, self.amp, self.text_only):
+            for k in self.kinds:
+                parts[k][batch] = vecs[k]
+            ok_all[batch] = ok
+            if advance is not None:
+                advance(len(batch))
+        with atomic_path(self.chunk_file(i)) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, has_image=ok_all, **parts)
+        return stop - start
+
+
+class ChunkEmbedder:
+    """A Ray actor's worker (`dashclip.parallel.map_shards`): loads the model and the catalog once, then
+    embeds one chunk per call."""
+
+    def __init__(self, model_dir: str, backend: str, catalog_dir: str, job: ChunkJob):
+        from ..data.catalog import Catalog
+        from .runtime import load_model
+
+        self.job = job
+        self.model = load_model(model_dir, backend, device="cpu")
+        self.model.eval()
+        self.catalog = Catalog.open(catalog_dir)
+        self.texts = self.catalog.product_texts()
+        self.cached = None if job.text_only else CachedImageFeatures.find(self.model, self.catalog,
+                                                                          job.image_cache_root)
+
+    def __call__(self, i: int) -> dict:
+        t0 = time.time()
+        n = self.job.embed_chunk(self.model, self.catalog, self.texts, i, self.cached)
+        return {"shard": i, "n": n, "seconds": round(time.time() - t0, 2), "pid": os.getpid()}

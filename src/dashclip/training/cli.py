@@ -85,9 +85,15 @@ def register(app: typer.Typer) -> None:
                                                    "of running the tower."),
         backend: str = typer.Option("auto", "--backend", help="Model runtime: torch, onnx (an export: "
                                     "`dashclip export onnx`; CPU) or auto (onnx when --model is an export)."),
+        ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Embed on Ray Data: 'local' "
+                                          "starts Ray on this machine, 'auto' joins the cluster `ray start "
+                                          "--head` runs here, or a cluster address (host:port, ray://...). "
+                                          "The same chunk files and result as without it."),
+        ray_workers: int = typer.Option(2, "--ray-workers", min=1, help="Ray actors, each loading the model once."),
+        ray_threads: int = typer.Option(1, "--ray-threads", min=1, help="CPU threads (and Ray CPUs) per actor."),
     ):
         """Write product embeddings (fused = the product embedding, image-only, text-only) for a whole
-        catalog. Resumable: re-run after a crash and finished chunks are kept."""
+        catalog. Resumable: re-run after a crash and finished chunks are kept (with or without --ray)."""
         import torch
 
         from ..clihelp import console, user_errors
@@ -100,8 +106,14 @@ def register(app: typer.Typer) -> None:
             onnx = resolve_backend(model, backend) == "onnx"
             dev = device or ("cpu" if onnx or not torch.cuda.is_available() else "cuda")
             m = load_model(model, backend, device=dev)
+            on_ray = None
+            if ray is not None:
+                from ..models.embeddings import RayEmbedding
+
+                on_ray = RayEmbedding(str(model), backend, ray_workers, None if ray == "local" else ray,
+                                      ray_threads)
             path = run(m, catalog, out, batch_size=batch_size, progress=progress,
-                       image_cache_root=image_cache)
+                       image_cache_root=image_cache, ray=on_ray)
             e = load_embeddings(path)
         console.print(f"embedded {len(e)} products ({e.meta['n_without_image']} without a readable image) "
                       f"in {e.meta['seconds']:.0f}s -> {path}")

@@ -68,6 +68,16 @@ def get_labeler(name: str, **options) -> Labeler:
     return LABELERS[name](**options)
 
 
+@dataclass(frozen=True)
+class LabelerSpec:
+    """A labeler by name and options, to be built where it runs (each Ray actor builds its own)."""
+    name: str
+    options: dict = field(default_factory=dict)
+
+    def build(self) -> Labeler:
+        return get_labeler(self.name, **self.options)
+
+
 def pairs_from(catalog, queries, product_ids) -> list[Pair]:
     """Pairs for parallel lists of query texts and product ids, with each product's row and text."""
     from ...data.catalog import is_missing, product_text
