@@ -47,6 +47,9 @@ def parse_args(argv=None):
     p.add_argument("--k-factor", type=int, nargs="+", default=[1, 2, 4, 8, 16, 24, 32, 48, 64, 128, 256, 512])
     p.add_argument("--build-threads", type=int, default=1,
                    help="OpenMP threads for building and ground truth (searches are timed on 1 thread)")
+    p.add_argument("--vectors", default=None, help="dataset 'embeddings': a .npy of product embeddings (e.g. an "
+                   "embeddings dir's fused.npy); --n and --dim are read from it")
+    p.add_argument("--query-vectors", default=None, help="dataset 'embeddings': a .npy of encoded queries")
     p.add_argument("--work", default="/tmp/dashclip-index-scale")
     p.add_argument("--out", default=None, help="results name (default: index_scale)")
     p.add_argument("--append", action="store_true",
@@ -130,7 +133,15 @@ def dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
     if name == "clustered":
         centres = unit_vectors(rng, 20_000, ARGS.dim)
         return clustered_vectors(rng, centres, ARGS.n), clustered_vectors(rng, centres, ARGS.queries)
-    raise SystemExit(f"unknown dataset {name!r}: random or clustered")
+    if name == "embeddings":     # real product embeddings and encoded shopper queries (benchmarks/scale.py)
+        if not (ARGS.vectors and ARGS.query_vectors):
+            raise SystemExit("dataset 'embeddings' needs --vectors and --query-vectors")
+        vectors = np.ascontiguousarray(np.load(ARGS.vectors), dtype=np.float32)
+        queries = np.ascontiguousarray(np.load(ARGS.query_vectors), dtype=np.float32)
+        if vectors.shape[1] != queries.shape[1]:
+            raise SystemExit(f"--vectors are {vectors.shape[1]}-d but --query-vectors {queries.shape[1]}-d")
+        return vectors, queries
+    raise SystemExit(f"unknown dataset {name!r}: random, clustered or embeddings")
 
 
 def ground_truth(vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, float]:
@@ -348,6 +359,10 @@ def markdown(res: dict) -> str:
 
 def main() -> None:
     faiss.omp_set_num_threads(ARGS.build_threads)
+    if ARGS.vectors:     # the embeddings dataset's size is the file's
+        shape = np.load(ARGS.vectors, mmap_mode="r").shape
+        ARGS.n, ARGS.dim = int(shape[0]), int(shape[1])
+        ARGS.queries = int(np.load(ARGS.query_vectors, mmap_mode="r").shape[0])
     work = Path(ARGS.work)
     work.mkdir(parents=True, exist_ok=True)
     configs: list[dict] = []
