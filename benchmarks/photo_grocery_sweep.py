@@ -1,11 +1,11 @@
 """Grocery photo search: Stage 1 settings chosen on the validation photos, the test photos reported for all.
 
-    python benchmarks/photo_grocery_sweep.py [--work runs/exp] [--variants 96:3 192:3 192:6]
+    python benchmarks/photo_grocery_sweep.py [--work runs/exp] [--variants 96:3 224:3 224:6]
 
 Issue 20's grocery target (fine top-1 >= 0.65, top-5 >= 0.92 on the test split's in-store photos) was measured
-with one Stage 1 setting (96 px, 3 epochs). Trying settings against the test photos would tune on the figure
-that is reported, so each variant (`IMAGE_SIZE:EPOCHS`, frozen cached image tower, image -> product term 1.0)
-is scored on the 296 validation photos first; the variant with the best validation fine top-1 (fused product
+with one Stage 1 setting (3 epochs at the default config's 224 px: photo_search.md). Trying settings against the
+test photos would tune on the figure that is reported, so each variant (`IMAGE_SIZE:EPOCHS`, frozen cached image
+tower, image -> product term 1.0) is scored on the 296 validation photos first; the variant with the best validation fine top-1 (fused product
 embedding, the one the index serves) is the chosen one, and every variant's test figures are written beside it.
 
 Writes benchmarks/results/photo_grocery_sweep.{json,md}, stamped with the script, commit, date and machine.
@@ -45,7 +45,7 @@ def main() -> None:
     p.add_argument("--work", default="runs/exp")
     p.add_argument("--catalog", default="runs/catalogs/grocery",
                    help="made by: dashclip catalog import grocery-store-dataset --out runs/catalogs/grocery")
-    p.add_argument("--variants", nargs="+", default=["96:3", "192:3", "192:6"], help="IMAGE_SIZE:EPOCHS")
+    p.add_argument("--variants", nargs="+", default=["96:3", "224:3", "224:6"], help="IMAGE_SIZE:EPOCHS")
     p.add_argument("--image-product-weight", type=float, default=1.0)
     args = p.parse_args()
 

@@ -199,15 +199,24 @@ def protocol_sets(catalog, vocab, seed: int = 0, n_train: int = 2000, n_candidat
             "own": own}
 
 
-def baseline_systems(catalog, cache_dir) -> list:
-    """BM25 (title + attributes), MiniLM vs title + attributes (the reference) and MiniLM vs title."""
+def baseline_systems(catalog, cache_dir, mpnet: bool = False) -> list:
+    """BM25 (title + attributes), MiniLM vs title + attributes (the reference) and MiniLM vs title; with
+    `mpnet`, off-the-shelf all-mpnet-base-v2 vs title + attributes too (the `mpnet` config's text tower)."""
+    from dashclip.data.catalog import product_text
     from dashclip.evaluation import report
-    from dashclip.evaluation.baselines import bm25_scorer, minilm_scorer
+    from dashclip.evaluation.baselines import bm25_scorer, minilm_scorer, sentence_scorer
 
     ranked_products = report.retrieval_products(catalog)
-    return [bm25_scorer(catalog, ranked_products),
-            minilm_scorer(catalog, ranked_products, "text", cache_dir),
-            minilm_scorer(catalog, ranked_products, "title", cache_dir)]
+    systems = [bm25_scorer(catalog, ranked_products),
+               minilm_scorer(catalog, ranked_products, "text", cache_dir),
+               minilm_scorer(catalog, ranked_products, "title", cache_dir)]
+    if mpnet:
+        from dashclip.models.sentence import SentenceEncoder, mpnet_path
+
+        texts = [product_text(r, catalog.attributes) for r in ranked_products.to_dict("records")]
+        systems.append(sentence_scorer("all-mpnet-base-v2 (query vs title + attributes)", texts,
+                                       ranked_products["id"].tolist(), SentenceEncoder(mpnet_path()), cache_dir))
+    return systems
 
 
 def model_system(name: str, model, embeddings_dir, catalog):
@@ -256,6 +265,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", type=Path, action="append", default=[], help="a dashclip model dir (repeatable)")
     ap.add_argument("--embeddings", type=Path, action="append", default=[],
                     help="fused product embeddings dir: one for every --model, or one per --model")
+    ap.add_argument("--mpnet", action="store_true", help="score off-the-shelf all-mpnet-base-v2 too (its five "
+                    "PyPI parts installed; about 400 MB)")
     ap.add_argument("--check-queries", type=Path, default=REPO / "benchmarks" / "check_queries.jsonl")
     ap.add_argument("--work", type=Path, default=runs_dir() / "phrasing")
     ap.add_argument("--cache-dir", type=Path, default=runs_dir() / "cache" / "eval")
@@ -287,7 +298,7 @@ def main(argv=None) -> int:
     log(f"labels done; conversion check {protocol['conversion_check']}")
 
     log("systems ...")
-    systems = baseline_systems(catalog, args.cache_dir)
+    systems = baseline_systems(catalog, args.cache_dir, args.mpnet)
     for i, mdir in enumerate(args.model):
         systems.append(model_system(f"model {i + 1}: {mdir} (encode_query)", report.load_model(mdir),
                                     args.embeddings[i if len(args.embeddings) > 1 else 0], catalog))

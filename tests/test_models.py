@@ -324,3 +324,77 @@ def test_embed_catalog_reads_stage1_image_features_from_the_cache(tmp_path, monk
     build_or_open(model, catalog.image_index().paths, image_cache_dir(), show_progress=False)
     default = load_embeddings(embed_catalog(model, catalog, tmp_path / "default", batch_size=8, progress=False))
     assert default.meta["image_features"].startswith("cache ")
+
+
+TINY_MPNET = {"model_type": "mpnet", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "intermediate_size": 64, "max_position_embeddings": 66}
+
+
+def tiny_mpnet_config(**changes) -> dict:
+    cfg = get_config("tiny").to_dict()
+    cfg.update({"name": "tiny-mpnet", "text_tower": {"type": "mpnet", "hf_config": dict(TINY_MPNET)},
+                "fusion_input": "shared", "fusion_weights": "copy", **changes})
+    return cfg
+
+
+def test_an_mpnet_text_tower_trains_round_trips_and_seeds_its_fusion_layer(tmp_path):
+    """The mpnet config's architecture on a tiny MPNet (no weights): every part trains, a save/load
+    round trip gives the same vectors, and the fusion layer is a copy of the MPNet layer it replaces."""
+    from transformers import AutoTokenizer
+
+    from dashclip.models.sentence import minilm_path
+
+    torch.manual_seed(0)
+    model = create_model(tiny_mpnet_config(), pretrained=False, tokenizer=AutoTokenizer.from_pretrained(minilm_path()))
+    assert type(model.text_tower.bert).__name__ == "MPNetModel"
+    source = model.text_tower.bert.encoder.layer[-1]
+    copy = model.fusion.layers[0]
+    q = source.attention.attn.q
+    assert torch.equal(copy.self_attn.in_proj_weight[:32], q.weight)
+    assert torch.equal(copy.ffn_out.weight, source.output.dense.weight)
+    assert copy.norm1.eps == source.attention.LayerNorm.eps
+    forward_backward(model)
+    loaded = assert_round_trip(model, tmp_path / "m")
+    assert type(loaded.text_tower.bert).__name__ == "MPNetModel"
+
+
+def test_an_mpnet_text_tower_cannot_share_its_layers_with_the_fusion():
+    from transformers import AutoTokenizer
+
+    from dashclip.models.sentence import minilm_path
+
+    with pytest.raises(ValueError, match="needs a BERT text tower.*fusion_weights 'copy'"):
+        create_model(tiny_mpnet_config(fusion_weights="text_tower"), pretrained=False,
+                     tokenizer=AutoTokenizer.from_pretrained(minilm_path()))
+
+
+def test_split_zip_weights_unpack_once_whole_and_never_outside(tmp_path):
+    """all-mpnet-base-v2 ships as one zip split over five packages: the parts are joined and its folder
+    unpacked into the cache; members that climb out of it are not written; a missing part is named."""
+    import io
+    import zipfile
+
+    from dashclip.models.sentence import split_zip_parts, unpack_split_zip
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("w/config.json", '{"model_type": "mpnet"}')
+        zf.writestr("w/1_Pooling/config.json", "{}")
+        zf.writestr("w/desktop.ini", "x")
+        zf.writestr("w/../evil.txt", "x")
+        zf.writestr("other/evil.txt", "x")
+    data = buf.getvalue()
+    parts = []
+    for i, chunk in enumerate((data[:50], data[50:200], data[200:]), start=1):
+        parts.append(tmp_path / f"w.zip.{i:03d}")
+        parts[-1].write_bytes(chunk)
+    dest = tmp_path / "cache" / "w"
+    assert unpack_split_zip(parts, dest, "w") == dest
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == \
+        ["1_Pooling/config.json", "config.json"]
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "cache" / "evil.txt").exists()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [".lock", "w"]   # no joined zip left
+    parts[0].unlink()                                                  # unpacked once: parts no longer read
+    assert unpack_split_zip(parts, dest, "w") == dest
+    with pytest.raises(ImportError, match="no-such-weights-part-001, no-such-weights-part-002"):
+        split_zip_parts(["no-such-weights-part-001", "no-such-weights-part-002"], "w.zip")

@@ -260,3 +260,23 @@ def test_clear_errors_for_a_broken_export_or_no_onnxruntime(exported, tmp_path, 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(OnnxRuntimeMissing, match=r"pip install 'dashclip\[onnx\]'"):
         OnnxModel.open(fp32)
+
+
+def test_an_mpnet_text_tower_exports_with_query_parity(tmp_path):
+    """The `mpnet` config's architecture (tiny, random) goes through the same export: its query and
+    product graphs give the torch vectors."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from dashclip.models.factory import create_model
+    from dashclip.models.sentence import minilm_path
+    from test_models import IMAGES, TEXTS, tiny_mpnet_config
+
+    torch.manual_seed(0)
+    model = create_model(tiny_mpnet_config(), pretrained=False, tokenizer=AutoTokenizer.from_pretrained(minilm_path()))
+    model.add_query_encoder()
+    model.eval().save(tmp_path / "model")
+    onnx_model = OnnxModel.open(export_onnx(tmp_path / "model", tmp_path / "onnx"))
+    assert _cosines(onnx_model.encode_query(QUERIES), model.encode_query(QUERIES).numpy()).min() >= 0.9999
+    assert _cosines(onnx_model.encode_product(TEXTS, IMAGES),
+                    model.encode_product(TEXTS, IMAGES).numpy()).min() >= 0.9999

@@ -26,7 +26,8 @@ class ModelConfig:
     embed_dim: int = 256                  # the shared embedding space (projections' output)
     # Image tower. type: "efficientnet-lite" (variant efficientnet-lite0/lite2) | "tiny-cnn"
     image_tower: dict = field(default_factory=lambda: {"type": "efficientnet-lite", "variant": "efficientnet-lite0"})
-    # Text tower. type: "minilm" (all-MiniLM-L6-v2 from PyPI, or any BERT dir via "path") | "bert" (random, from hf_config)
+    # Text tower. type: "minilm" (all-MiniLM-L6-v2 from PyPI, or any BERT dir via "path") | "mpnet"
+    # (all-mpnet-base-v2 from its five PyPI parts, or any MPNet dir via "path") | "bert" (random, from hf_config)
     text_tower: dict = field(default_factory=lambda: {"type": "minilm"})
     fusion_layers: int = 2                # image-grounded text encoder depth (dashclip, clip)
     # dashclip: what the fusion layers (copies of the text tower's top layers + new cross-attention) read.

@@ -49,29 +49,36 @@ def _tokenizer(cfg: ModelConfig, tokenizer):
 def _text_path(cfg: ModelConfig) -> str:
     if cfg.text_tower.get("path"):
         return cfg.text_tower["path"]
+    if cfg.text_tower["type"] == "mpnet":
+        from .sentence import mpnet_path
+        return mpnet_path()
     from .sentence import minilm_path
     return str(minilm_path())
 
 
+TEXT_TOWER_TYPES = ("minilm", "mpnet", "bert")
+
+
 def _bert(cfg: ModelConfig, pretrained: bool, vocab_size: int):
-    """The BERT of the text tower; its architecture is recorded in cfg.text_tower["hf_config"]."""
-    from transformers import AutoModel, BertConfig, BertModel
+    """The HF encoder of the text tower (a BERT, or an MPNet for "mpnet"); its architecture is recorded in
+    cfg.text_tower["hf_config"], so a saved model is rebuilt from it without the pretrained files."""
+    from transformers import CONFIG_MAPPING, AutoConfig, AutoModel
 
     spec = cfg.text_tower
+    if spec["type"] not in TEXT_TOWER_TYPES:
+        raise ValueError(f"model config {cfg.name!r}: unknown text_tower type {spec['type']!r} "
+                         f"({', '.join(TEXT_TOWER_TYPES)})")
     drop = {} if cfg.dropout is None else {"hidden_dropout_prob": cfg.dropout,
                                            "attention_probs_dropout_prob": cfg.dropout}
-    if spec["type"] == "minilm" and pretrained:
-        bert = AutoModel.from_pretrained(_text_path(cfg), add_pooling_layer=False, **drop)
-    elif spec["type"] in ("minilm", "bert"):
-        hf = dict(spec.get("hf_config") or {})
-        if not hf:   # an architecture without weights: read it from the local MiniLM
-            hf = BertConfig.from_pretrained(_text_path(cfg)).to_dict()
-        hf.setdefault("vocab_size", vocab_size)
-        hf.update(drop)
-        bert = BertModel(BertConfig.from_dict(hf), add_pooling_layer=False)
-    else:
-        raise ValueError(f"model config {cfg.name!r}: unknown text_tower type {spec['type']!r} (minilm, bert)")
-    return bert
+    if spec["type"] in ("minilm", "mpnet") and pretrained:
+        return AutoModel.from_pretrained(_text_path(cfg), add_pooling_layer=False, **drop)
+    hf = dict(spec.get("hf_config") or {})
+    if not hf:   # an architecture without weights: read it from the local pretrained dir
+        hf = AutoConfig.from_pretrained(_text_path(cfg)).to_dict()
+    hf.setdefault("vocab_size", vocab_size)
+    hf.update(drop)
+    model_type = hf.get("model_type") or ("mpnet" if spec["type"] == "mpnet" else "bert")
+    return AutoModel.from_config(CONFIG_MAPPING[model_type].from_dict(hf), add_pooling_layer=False)
 
 
 def _image_tower(cfg: ModelConfig, pretrained: bool) -> nn.Module:

