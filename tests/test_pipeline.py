@@ -159,6 +159,8 @@ def test_tiny_text_only_shop_end_to_end(tiny_run):
     record = json.loads((out / "pipeline.json").read_text())
     assert list(record["steps"]) == ["import", "stage1", "embed", "labels", "stage2", "index", "eval"]
     assert record["steps"]["stage1"]["skipped"] is True
+    # the import facts are data a reader can use: problem counts by code, not a repr
+    assert record["steps"]["import"]["problems"] == {} and record["steps"]["import"]["products"] == 40
     labels = record["steps"]["labels"]
     # the grade naming a product not in the catalog is reported, not fatal
     assert labels["human"]["train"]["unknown_product_rows"] == 1

@@ -442,7 +442,7 @@ def test_image_size_caps_before_reading(tmp_path, reliability):
 def _query_readers():
     from dashclip.evaluation.qrels import load_queries
     from dashclip.labeling.queries import read_queries as labeling_read_queries
-    from dashclip.serving.cli import read_queries as serving_read_queries
+    from dashclip.serving.batch import read_batch_queries as serving_read_queries
 
     return {"serving": serving_read_queries, "evaluation": load_queries, "labeling": labeling_read_queries}
 

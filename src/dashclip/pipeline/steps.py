@@ -151,7 +151,7 @@ def step_import(r: Run) -> dict:
                                 encoding=c.encoding)
     rep = result.report
     return {"products": rep.products, "with_image": rep.products_with_image,
-            "rows_dropped": rep.rows_dropped, "problems": rep.counts}
+            "rows_dropped": rep.rows_dropped, "problems": rep.counts()}
 
 
 def cfg_file_exists(cfg: PipelineConfig, path: str) -> bool:

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from ..clihelp import UserError, console, user_errors
+from .batch import photo_from_file, query_words, read_batch_queries, search_batch_queries
 from .server import MAX_CONCURRENCY, open_searcher, serve_app
 
 MODEL = typer.Option(..., "--model", help="Model dir (`dashclip pretrain` / `dashclip align` output).")
@@ -20,66 +21,6 @@ RERANK_DEPTH = typer.Option(None, "--rerank-depth", min=1, help="How many first-
                             "re-orders per query (default: as recorded with it, else 20).")
 CATALOG = typer.Option(None, "--catalog", help="Catalog dir for titles and images; default: the one the "
                                                "index was built from (catalog_dir in its meta.json).")
-
-
-def read_queries(path: Path) -> list[dict]:
-    """The batch contract's input: one {"qid": ..., "query": ...} object per line; a line may instead (or
-    as well) carry "image": a photo's path, relative to the queries file (search by photo, + words).
-
-    A bad line (not UTF-8, not JSON) is an error naming the file and the line; so is a repeated qid, "1"
-    and 1 being the same qid (its results would clash), which names both lines."""
-    from ..io import check_unique_qids, iter_jsonl
-    from .search import normalise_query
-
-    rows, lines = [], []
-    for lineno, row in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        if not isinstance(row, dict):
-            raise UserError(f"{where}: expected an object like {{\"qid\": \"q1\", \"query\": \"red dress\"}}")
-        missing = [key for key in ("qid", "query") if key not in row and not (key == "query" and "image" in row)]
-        if missing:
-            raise UserError(f"{where}: missing field {missing[0]!r}")
-        if "image" in row:
-            if not isinstance(row["image"], str) or not row["image"].strip():
-                raise UserError(f"{where}: field 'image' must be the path of a photo")
-            lines.append(lineno)
-            rows.append({"qid": row["qid"], "query": _words(row.get("query"), where),
-                         "image": path.parent / row["image"], "where": where})
-            continue
-        if not isinstance(row["qid"], (str, int)) or isinstance(row["qid"], bool):
-            raise UserError(f"{where}: field 'qid' must be a string or a number, got {row['qid']!r}")
-        try:
-            query = normalise_query(row["query"])
-        except ValueError as e:
-            raise UserError(f"{where}: field 'query': {e}") from None
-        lines.append(lineno)
-        rows.append({"qid": row["qid"], "query": query})
-    check_unique_qids(zip(lines, (r["qid"] for r in rows)), path)
-    if not rows:
-        raise UserError(f"{path}: no queries (expected lines like {{\"qid\": \"q1\", \"query\": \"red dress\"}})")
-    return rows
-
-
-def _words(query, where: str) -> str | None:
-    from .search import normalise_query
-
-    if query is None or (isinstance(query, str) and not query.strip()):
-        return None
-    try:
-        return normalise_query(query)
-    except ValueError as e:
-        raise UserError(f"{where}: field 'query': {e}") from None
-
-
-def _photo(path: Path, where: str):
-    """A photo query from a file the user named: read with the query limits, decoded safely."""
-    from ..data.images import QUERY_MAX_BYTES, ImageError, read_image_bytes
-    from .search import as_image
-
-    try:
-        return as_image(read_image_bytes(path, max_bytes=QUERY_MAX_BYTES), str(path))
-    except ImageError as e:
-        raise UserError(f"{where}: {e}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -123,8 +64,8 @@ def register(app: typer.Typer) -> None:
                     raise UserError("--image goes alone or with --query TEXT (not with a QUERY or --queries)")
                 if hybrid:
                     raise UserError("--hybrid ranks words; it does not apply to --image")
-                photo = _photo(image, "--image")
-                words = _words(query_text, "--query")
+                photo = photo_from_file(image, "--image")
+                words = query_words(query_text, "--query")
                 searcher = open_searcher(model, index, catalog, backend)
                 hits = searcher.search_image(photo, k=k, filters=searcher.check_filters(
                     parse_filter_args(filters, separators="=")), text=words)
@@ -143,7 +84,7 @@ def register(app: typer.Typer) -> None:
 
                 check_output_file(output, "--output")
             filter_dict = parse_filter_args(filters, separators="=")
-            batch = read_queries(queries) if queries is not None else None
+            batch = read_batch_queries(queries) if queries is not None else None
             searcher = open_searcher(model, index, catalog, backend, reranker, rerank_depth)
             if rerank and searcher.reranker is None:
                 raise UserError(f"--rerank: {model} has no reranker/; give a cross-encoder dir with --reranker")
@@ -153,7 +94,16 @@ def register(app: typer.Typer) -> None:
                 hits = searcher.search(query, k=k, filters=filter_dict, hybrid=hybrid, rerank=rerank)
                 _print_table(query, hits, hybrid)
                 return
-            _run_batch(searcher, batch, output, k, filter_dict, hybrid, quiet, rerank)
+            from ..clihelp import progress
+            from ..io import write_jsonl
+
+            with progress(disable=quiet) as bar:
+                task = bar.add_task("searching", total=len(batch))
+                results = search_batch_queries(searcher, batch, k=k, filters=filter_dict, hybrid=hybrid,
+                                               rerank=rerank, progress=lambda n: bar.advance(task, n))
+            write_jsonl(output, ({"qid": row["qid"], "product_ids": [h.id for h in hits]}
+                                 for row, hits in zip(batch, results)))
+            console.print(f"[green]wrote[/] {len(batch)} result lists (k={k}) to {output}")
 
     @app.command("serve")
     def serve(
@@ -201,29 +151,3 @@ def _print_table(query: str, hits, hybrid: bool) -> None:
         table.add_row(str(h.rank), str(h.id), h.title, h.category or "", f"{h.score:.4f}",
                       *([f"{h.rerank_score:.3f}" if h.rerank_score is not None else ""] if reranked else []))
     Console().print(table)  # stdout; logs and warnings go to stderr
-
-
-def _run_batch(searcher, batch: list[dict], output: Path, k: int, filters: dict, hybrid: bool | None,
-               quiet: bool, rerank: bool | None = None) -> None:
-    from ..clihelp import progress
-    from ..io import write_jsonl
-
-    photos = [i for i, row in enumerate(batch) if "image" in row]
-    texts = [i for i, row in enumerate(batch) if "image" not in row]
-    results: list = [None] * len(batch)
-    with progress(disable=quiet) as bar:
-        task = bar.add_task("searching", total=len(batch))
-        found = searcher.search_batch([batch[i]["query"] for i in texts], k=k, filters=filters, hybrid=hybrid,
-                                      rerank=rerank, progress=lambda n: bar.advance(task, n)) if texts else []
-        for i, hits in zip(texts, found):
-            results[i] = hits
-        for start in range(0, len(photos), 16):   # photos are decoded a few at a time, not all at once
-            chunk = photos[start:start + 16]
-            found = searcher.search_image_batch([_photo(batch[i]["image"], batch[i]["where"]) for i in chunk], k=k,
-                                                filters=filters, texts=[batch[i]["query"] for i in chunk])
-            for i, hits in zip(chunk, found):
-                results[i] = hits
-            bar.advance(task, len(chunk))
-    write_jsonl(output, ({"qid": row["qid"], "product_ids": [h.id for h in hits]}
-                         for row, hits in zip(batch, results)))
-    console.print(f"[green]wrote[/] {len(batch)} result lists (k={k}) to {output}")
