@@ -35,6 +35,11 @@ def parse_variant(spec: str) -> tuple[int, int, str]:
     return int(parts[0]), int(parts[1]), parts[2] if len(parts) == 3 else "default"
 
 
+def config_tag(config: str) -> str:
+    """The suffix that keeps another config's runs and feature caches apart ("" for the default)."""
+    return "" if config == "default" else f"-{config}"
+
+
 def key(row: dict) -> tuple:
     return row["image_size"], row["epochs"], row.get("config", "default")
 
@@ -44,7 +49,7 @@ def run_variant(catalog, work: Path, image_size: int, epochs: int, config: str,
     from dashclip.evaluation.grocery import pretrain_on_split
     from dashclip.io import read_json
 
-    tag = "" if config == "default" else f"-{config}"
+    tag = config_tag(config)
     run = work / f"grocery-{image_size}px-{epochs}ep-ip{weight:g}{tag}"
     t = time.time()
     model_dir = pretrain_on_split(catalog, run, config=config, epochs=epochs, image_size=image_size,
@@ -90,7 +95,7 @@ def main() -> None:
     for size, epochs, config in specs:
         model_dir, row = run_variant(catalog, work, size, epochs, config, args.image_product_weight)
         model = dashclip.load(model_dir)
-        tag = "" if config == "default" else f"-{config}"
+        tag = config_tag(config)
         for split in ("val", "test"):
             ev = GroceryEvaluator(catalog, split=split,
                                   feature_cache_dir=str(work / f"../cache/grocery-{split}-{size}{tag}"))
