@@ -45,12 +45,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from phrasing_protocol import (REFERENCE, RESULTS, TARGET, baseline_systems, commit, log, model_system,  # noqa: E402
                                phrase_halves, protocol_sets, score_system)
 
-VARIANTS = {    # name -> (grades, steps scale, lr scale)
+VARIANTS = {    # name -> (grades, steps scale, lr scale[, AlignConfig overrides])
     "checked": ("checked", 1.0, 1.0),
     "unchecked": ("all", 1.0, 1.0),
     "unchecked-2x-steps": ("all", 2.0, 1.0),
     "unchecked-half-lr": ("all", 1.0, 0.5),
     "checked-2x-steps": ("checked", 2.0, 1.0),
+    # fewer trainable layers (issue 25's levers): the token embeddings and the lowest layers kept as they start
+    "unchecked-freeze4": ("all", 1.0, 1.0, {"freeze_query_layers": 4}),
+    "unchecked-freeze6": ("all", 1.0, 1.0, {"freeze_query_layers": 6}),
 }
 STYLES = ("intent", "synonym", "misspelling", "keyword", "long")
 
@@ -224,10 +227,10 @@ def main(argv=None) -> int:
 
     # 4. The variants: train once at alpha 1.0, then each alpha, then the ensembles at the best alpha.
     for v in variants:
-        grades_kind, steps_scale, lr_scale = VARIANTS[v]
+        grades_kind, steps_scale, lr_scale, *more = VARIANTS[v]
         vdir = work / f"stage2-{v}"
         config, loop = stage2_settings(cfg, vdir)
-        config = dataclasses.replace(config, wise_alpha=1.0)
+        config = dataclasses.replace(config, wise_alpha=1.0, **(more[0] if more else {}))
         loop = dataclasses.replace(loop, max_steps=int(round(loop.max_steps * steps_scale)),
                                    epochs=max(loop.epochs, int(loop.epochs * steps_scale) + (steps_scale > 1)),
                                    lr=loop.lr * lr_scale, progress=False)

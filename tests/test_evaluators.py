@@ -307,6 +307,10 @@ def test_grocery_transfer_with_a_fake_model(tmp_path):
     assert m["fused"]["fine_top5"] == 1.0  # only 4 products: top-5 holds them all
     with pytest.raises(ValueError, match="no in-store photos"):
         GroceryEvaluator(cat, split="val")
+    # the photo index's mixes: w 0 ranks as the fused embedding, w 1 as the image embedding
+    mixed = GroceryEvaluator(cat, photo_image_weights=(0.0, 1.0))(FakeModel())
+    assert mixed["fused+image 0"] == mixed["fused"] and mixed["fused+image 1"] == mixed["image"]
+    assert "fused+image 0.5" not in mixed
 
 
 # --- baseline cache --------------------------------------------------------------------------------

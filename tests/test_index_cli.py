@@ -156,3 +156,23 @@ def test_build_reads_the_image_features_stage1_cached(setup, tmp_path, monkeypat
     code, out = invoke("build", "--model", model, "--catalog", catalog, "--out", tmp_path / "idx2", "--quiet")
     assert code == 0, out
     assert json.loads((tmp_path / "idx2-embeddings" / "meta.json").read_text())["image_features"] == "image tower"
+
+
+def test_build_writes_a_photo_index_and_add_remove_keep_it_in_step(setup, tmp_path):
+    catalog, model, _ = setup
+    code, out = invoke("build", "--model", model, "--catalog", catalog, "--out", tmp_path / "idx", "-q",
+                       "--photo-image-weight", "0.25")
+    assert code == 0, out
+    assert "with its photo index (image weight 0.25)" in out
+    photo = open_index(tmp_path / "idx" / "photo")
+    assert photo.meta["photo_image_weight"] == 0.25 and len(photo) == 24
+    assert invoke("remove", "--index", tmp_path / "idx", "--ids", "101,102")[0] == 0
+    assert len(open_index(tmp_path / "idx" / "photo")) == len(open_index(tmp_path / "idx")) == 22
+    code, out = invoke("add", "--index", tmp_path / "idx", "--model", model, "--catalog", catalog, "-q")
+    assert code == 0 and "added 2 products" in out, out
+    assert len(open_index(tmp_path / "idx" / "photo")) == 24
+    # --no-photo-index: none built, and the earlier one is removed with the rebuild
+    code, out = invoke("build", "--model", model, "--catalog", catalog, "--out", tmp_path / "idx", "-q",
+                       "--no-photo-index")
+    assert code == 0 and "photo index" not in out, out
+    assert not (tmp_path / "idx" / "photo").exists()

@@ -7,6 +7,7 @@ and reciprocal-rank fusion.
   so ties never favour catalog order and the same scores always give the same ranking. This rule
   defines the published metrics (evaluation/metrics.py); BM25, the baselines, the model and the
   labeling candidates all rank by it.
+- `photo_vectors`: what a photo query is scored against (the product embedding mixed with the image's).
 - `rrf_fuse`: the hybrid ranking of `dashclip search --hybrid` and of the evaluation's hybrid system.
 - `rerank_order`: a first-stage list with its head re-ordered by a re-ranker (search --rerank, and eval).
 """
@@ -24,6 +25,18 @@ RERANK_DEPTH = 20          # products of the first stage a cross-encoder re-rank
 def cosine_scores(queries: np.ndarray, products: np.ndarray) -> np.ndarray:
     """[Q, N] float32 scores of every product for every query: inner products of (L2-normalised) vectors."""
     return np.asarray(queries, dtype=np.float32) @ np.asarray(products, dtype=np.float32).T
+
+
+def photo_vectors(fused: np.ndarray, image: np.ndarray, image_weight: float) -> np.ndarray:
+    """The product vectors a photo query is scored against: (1 - w) * fused + w * image, so a photo's
+    score is (1 - w) cos(photo, product embedding) + w cos(photo, product image). The image term finds
+    look-alikes (a fashion photo's own kind of article); the fused term ties the photo to the product
+    it shows when catalog images differ from shoppers' photos (grocery shelves). Not re-normalised:
+    the score stays that weighted sum of two cosines."""
+    if not 0.0 <= image_weight <= 1.0:
+        raise ValueError(f"photo image weight must be in [0, 1], got {image_weight}")
+    return ((1.0 - image_weight) * np.asarray(fused, dtype=np.float32)
+            + image_weight * np.asarray(image, dtype=np.float32)).astype(np.float32)
 
 
 def tiebreak_order(n: int, seed: int = 0) -> np.ndarray:

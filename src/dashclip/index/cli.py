@@ -1,14 +1,14 @@
 """CLI for vector indexes: `dashclip index build | add | remove | info`."""
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from ..clihelp import UserError, console, user_errors
-from .catalog_index import EMBEDDING_KIND, build_catalog_index, catalog_attributes, check_out
+from .backends import open_index
+from .catalog_index import PHOTO_IMAGE_WEIGHT, add_products, build_catalog_index, check_out, remove_products
 
 index_app = typer.Typer(help="Build and update vector indexes of product embeddings.", no_args_is_help=True)
 
@@ -54,10 +54,15 @@ def build(
                                           "HNSW); default: exact below 200,000 products, HNSW above."),
     uri: Optional[str] = typer.Option(None, "--uri", help="Milvus: a cluster URI (http://host:19530, token "
                                       "from $MILVUS_TOKEN) or a Milvus Lite .db file (default OUT/milvus.db)."),
+    photo_image_weight: float = typer.Option(PHOTO_IMAGE_WEIGHT, "--photo-image-weight", min=0.0, max=1.0,
+                                             help="The photo index (OUT/photo, searched by photo queries) scores "
+                                             "(1 - w) cos(photo, product embedding) + w cos(photo, product image)."),
+    photo_index: bool = typer.Option(True, "--photo-index/--no-photo-index", help="Also build the photo index "
+                                     "(when the model has an image tower and the catalog images)."),
     image_cache: Optional[Path] = IMAGE_CACHE,
     quiet: bool = QUIET,
 ):
-    """Embed the catalog with a model and build a vector index of its products."""
+    """Embed the catalog with a model and build a vector index of its products (and its photo index)."""
     import time
 
     with user_errors():
@@ -68,9 +73,11 @@ def build(
         net = _load_model(model)
         t0 = time.time()
         index = build_catalog_index(net, model, cat, out, embeddings, backend, factory, uri, quiet, image_cache,
-                                    overwrite=overwrite)
+                                    overwrite=overwrite, photo_image_weight=photo_image_weight if photo_index else None)
+    photo = index.meta.get("photo_index")
+    with_photo = f" with its photo index (image weight {photo['image_weight']:g})" if photo else ""
     console.print(f"[green]built[/] {backend} index of {len(index)} products "
-                  f"({index.meta.get('factory')}, dim {index.dim}) at {out} in {time.time() - t0:.1f} s")
+                  f"({index.meta.get('factory')}, dim {index.dim}) at {out}{with_photo} in {time.time() - t0:.1f} s")
 
 
 @index_app.command("add")
@@ -84,52 +91,23 @@ def add(
     image_cache: Optional[Path] = IMAGE_CACHE,
     quiet: bool = QUIET,
 ):
-    """Embed catalog products and add them to an index (saved atomically)."""
-    import numpy as np
-
+    """Embed catalog products and add them to an index and its photo index (saved atomically)."""
     from ..clihelp import progress
-    from ..models.embeddings import CachedImageFeatures, embed_batches
-    from ..settings import image_cache_dir
-    from . import read_meta, updating
+    from . import read_meta
 
-    with user_errors(), contextlib.ExitStack() as stack:
+    with user_errors():
         read_meta(index_dir)  # a missing index fails before the model loads
         cat = _open_catalog(catalog)
         net = _load_model(model)
-        # the write lock is held from reading the index to saving it: concurrent adds/removes wait their turn
-        index = stack.enter_context(updating(index_dir, model_id=net.model_id))
-        if ids:
-            wanted = []
-            for raw in _split_ids(ids):
-                try:
-                    wanted.append(cat.coerce_id(raw))
-                except KeyError:
-                    raise UserError(f"--ids: product id {raw!r} is not in the catalog {catalog}") from None
-                if wanted[-1] not in cat.row_of:
-                    raise UserError(f"--ids: product id {raw!r} is not in the catalog {catalog}")
-                if index.has(wanted[-1]):
-                    raise UserError(f"--ids: product id {raw!r} is already in the index {index_dir}")
-        else:
-            wanted = [pid for pid in cat.products["id"].tolist() if not index.has(pid)]
-        if not wanted:
+        with progress(disable=quiet) as bar:
+            task = bar.add_task("embedding products", total=None)
+            added = add_products(index_dir, net, cat, _split_ids(ids) if ids else None, batch_size, image_cache,
+                                 progress=lambda n: bar.advance(task, n))
+        if not added:
             console.print(f"nothing to add: every product of {catalog} is already in {index_dir}")
             return
-        rows = np.array([cat.row_of[pid] for pid in wanted])
-        # as `dashclip embed-catalog` embeds for `index build`: same precision, Stage 1's image features
-        # where its cache has them, so an added product gets the vector a rebuild would give it
-        cached = CachedImageFeatures.find(net, cat, image_cache or image_cache_dir())
-        vectors = np.zeros((len(rows), net.embed_dim), np.float32)
-        with progress(disable=quiet) as bar:
-            task = bar.add_task("embedding products", total=len(rows))
-            for batch, vecs, _ in embed_batches(net.eval(), cat, cat.product_texts(), rows, batch_size,
-                                                (EMBEDDING_KIND,), cached):
-                vectors[batch] = vecs[EMBEDDING_KIND]
-                bar.advance(task, len(batch))
-        attrs = catalog_attributes(cat).iloc[rows]
-        index.add(wanted, vectors, attrs)
-        index.meta["updated_at"] = _now()
-        index.save()
-    console.print(f"[green]added[/] {len(wanted)} products; the index at {index_dir} has {len(index)}")
+        n = len(open_index(index_dir))
+    console.print(f"[green]added[/] {len(added)} products; the index at {index_dir} has {n}")
 
 
 @index_app.command("remove")
@@ -137,18 +115,14 @@ def remove(
     index_dir: Path = typer.Option(..., "--index", help="Index dir (`dashclip index build`)."),
     ids: list[str] = typer.Option(..., "--ids", help="Product ids to remove (repeatable or comma-separated)."),
 ):
-    """Remove products from an index (saved atomically)."""
-    from . import updating
-
+    """Remove products from an index and its photo index (saved atomically)."""
     with user_errors():
         wanted = _split_ids(ids)
         if not wanted:
             raise UserError("--ids: give at least one product id")
-        with updating(index_dir) as index:  # locked from read to save
-            index.remove(wanted)
-            index.meta["updated_at"] = _now()
-            index.save()
-    console.print(f"[green]removed[/] {len(wanted)} products; the index at {index_dir} has {len(index)}")
+        remove_products(index_dir, wanted)
+        n = len(open_index(index_dir))
+    console.print(f"[green]removed[/] {len(wanted)} products; the index at {index_dir} has {n}")
 
 
 @index_app.command("info")
@@ -156,8 +130,6 @@ def info(index_dir: Path = typer.Argument(..., help="Index dir.")):
     """Show an index's metadata, size and attribute fields."""
     from rich.console import Console
     from rich.table import Table
-
-    from . import open_index
 
     with user_errors():
         index = open_index(index_dir)
@@ -173,12 +145,6 @@ def info(index_dir: Path = typer.Argument(..., help="Index dir.")):
         shown = ", ".join(values[:8]) + (f", ... ({len(values)} values)" if len(values) > 8 else "")
         table.add_row(f"filter: {field}", shown)
     Console().print(table)  # stdout: the logs and progress bars go to stderr
-
-
-def _now() -> str:
-    from .base import now_iso
-
-    return now_iso()
 
 
 def register(app: typer.Typer) -> None:

@@ -665,7 +665,8 @@ def step_stage2(r: Run) -> dict:
 
 
 def step_index(r: Run) -> dict:
-    """A FAISS index of the product embeddings, with the catalog attributes for filters."""
+    """A FAISS index of the product embeddings, with the catalog attributes for filters, and its photo index
+    (index.catalog_index) where the model has an image tower and the catalog images."""
     import dashclip
 
     from ..data.catalog import Catalog
@@ -674,7 +675,8 @@ def step_index(r: Run) -> dict:
     model = dashclip.load(r.path("model"))
     index = build_catalog_index(model, r.path("model"), Catalog.open(r.path("catalog")), r.path("index"),
                                 embeddings=r.path("embeddings"), quiet=True)
-    return {"products": len(index), "factory": index.meta.get("factory")}
+    return {"products": len(index), "factory": index.meta.get("factory"),
+            "photo_index": index.meta.get("photo_index")}
 
 
 # ---------------------------------------------------------------------------------------------------

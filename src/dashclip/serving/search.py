@@ -8,9 +8,12 @@ the benchmarks and `dashclip eval`.
     hits = searcher.search_image(photo, text="in red")           # a photo plus words ("this, but in red")
     hits = searcher.search_similar(product_id, k=10)             # more like this product (itself left out)
 
-Photo queries. A photo is encoded by the image tower (`model.encode_image`) and searched against the same
-index of product embeddings as text: with Stage 1's image -> product term (`pretrain
---image-product-weight`) the image embedding lands next to its product's embedding. Photo plus text: the
+Photo queries. A photo is encoded by the image tower (`model.encode_image`). Alone, it searches the
+index's photo index, where a product's score is (1 - w) cos(photo, product embedding) + w cos(photo,
+product image) (`ranking.photo_vectors`; w recorded in the index): with Stage 1's image -> product term
+(`pretrain --image-product-weight`) the photo lands next to its product's embedding, and the image term
+finds look-alikes. An index without a photo index (built before there was one, or by a text-only model)
+serves photos from the product embeddings alone. Photo plus text searches the product embeddings with the
 normalised sum (1 - IMAGE_TEXT_WEIGHT) * image + IMAGE_TEXT_WEIGHT * query-encoder(text), normalised again.
 More like this: the product's own embedding, computed from its catalog record (title and image) as
 `embed-catalog` does, so every index backend serves it. benchmarks/photo_search.py measures the choices.
@@ -112,8 +115,11 @@ class Searcher:
     and images. Safe to call from several threads at once (the service does)."""
 
     def __init__(self, model, index, catalog, model_id: str | None = None, encoder: "QueryBatcher | None" = None,
-                 reranker=None):
+                 reranker=None, photo_index=None):
         self.model, self.index, self.catalog = model, index, catalog
+        # photos alone search the photo index (index.catalog_index): the product embedding mixed with the
+        # product image's; photo + words search the main index, as words do
+        self.photo_index = photo_index
         # optional: a cross-encoder over the top products of each words query (labeling.rerank); on by default
         # when given (rerank=False asks for the first stage alone)
         self.reranker = reranker
@@ -148,6 +154,7 @@ class Searcher:
         labeler dir) or the model dir's own `reranker/` (`labeling.rerank.model_reranker`)."""
         from ..data.catalog import Catalog
         from ..index import open_index, read_meta
+        from ..index.catalog_index import open_photo_index
         from ..labeling.rerank import model_reranker
 
         read_meta(index_dir)  # a missing or broken index fails before the model loads
@@ -157,12 +164,14 @@ class Searcher:
         model_id = model.model_id
         index = open_index(index_dir, model_id=model_id)
         catalog = Catalog.open(resolve_catalog_dir(index.meta, catalog_dir, index_dir))
-        return cls(model, index, catalog, model_id, reranker=model_reranker(model_dir, reranker, rerank_depth))
+        return cls(model, index, catalog, model_id, reranker=model_reranker(model_dir, reranker, rerank_depth),
+                   photo_index=open_photo_index(index, model_id))
 
-    def with_index(self, index, catalog=None) -> "Searcher":
-        """A new Searcher over another index (e.g. a rebuilt one), sharing this one's model."""
+    def with_index(self, index, catalog=None, photo_index=None) -> "Searcher":
+        """A new Searcher over another index (e.g. a rebuilt one, with its photo index), sharing this one's
+        model."""
         return Searcher(self.model, index, catalog if catalog is not None else self.catalog, self.model_id,
-                        self.encoder, self.reranker)
+                        self.encoder, self.reranker, photo_index)
 
     # ------------------------------------------------------------------ filters
     def filter_values(self, field_name: str) -> list[str]:
@@ -297,13 +306,26 @@ class Searcher:
         results: list[list[Hit]] = []
         for start in range(0, len(images), ENCODE_BATCH):
             chunk = [as_image(im, f"{prefix(start + j)}image") for j, im in enumerate(images[start:start + ENCODE_BATCH])]
-            vectors = self.encode_images(chunk, words[start:start + ENCODE_BATCH])
-            ids, scores = self.index.search(vectors, k, filters or None)
-            for j in range(len(chunk)):
-                results.append(self._hits(list(ids[j]), [float(s) for s in scores[j]], k))
+            chunk_words = words[start:start + ENCODE_BATCH]
+            vectors = self.encode_images(chunk, chunk_words)
+            found = [None] * len(chunk)
+            for index, rows in self._photo_routes(chunk_words):
+                ids, scores = index.search(vectors[rows], k, filters or None)
+                for j, r in enumerate(rows):
+                    found[r] = self._hits(list(ids[j]), [float(s) for s in scores[j]], k)
+            results.extend(found)
             if progress is not None:
                 progress(len(chunk))
         return results
+
+    def _photo_routes(self, words: list) -> list[tuple[Any, list[int]]]:
+        """Which index answers each photo query: the photo index for a photo alone, the main index for a
+        photo with words (and for every photo when there is no photo index)."""
+        alone = [i for i, w in enumerate(words) if not w]
+        with_words = [i for i, w in enumerate(words) if w]
+        if self.photo_index is None:
+            return [(self.index, alone + with_words)]
+        return [(ix, rows) for ix, rows in ((self.photo_index, alone), (self.index, with_words)) if rows]
 
     def encode_images(self, images: list, texts: Sequence[str | None] | None = None) -> np.ndarray:
         """Photo queries -> float32 [Q, D] unit vectors: the image embedding, mixed with the query

@@ -207,6 +207,7 @@ class SearcherHolder:
     def _reload(self, stamp: bytes) -> None:
         from ..data.catalog import Catalog
         from ..index import open_index
+        from ..index.catalog_index import open_photo_index
         from .search import resolve_catalog_dir
 
         with self._loading:
@@ -217,7 +218,7 @@ class SearcherHolder:
                 if index.meta.get("catalog_hash") != old.index.meta.get("catalog_hash") or \
                         (self.catalog_dir is None and index.meta.get("catalog_dir") != old.index.meta.get("catalog_dir")):
                     catalog = Catalog.open(resolve_catalog_dir(index.meta, self.catalog_dir, self.index_dir))
-                new = old.with_index(index, catalog)
+                new = old.with_index(index, catalog, open_photo_index(index, old.model_id))
                 if old.has_keyword_index or new.default_hybrid:  # hybrid in use: BM25 now, not in a request
                     new.keyword_index()
             except Exception as e:  # a broken or other-model index must not take the service down
