@@ -54,6 +54,9 @@ VARIANTS = {    # name -> (grades, steps scale, lr scale[, AlignConfig overrides
     # fewer trainable layers (issue 25's levers): the token embeddings and the lowest layers kept as they start
     "unchecked-freeze4": ("all", 1.0, 1.0, {"freeze_query_layers": 4}),
     "unchecked-freeze6": ("all", 1.0, 1.0, {"freeze_query_layers": 6}),
+    # L2-SP toward the text tower (losses/l2sp.py); the full run moves it by sum (theta - start)^2 ~ 23
+    "unchecked-l2sp0.02": ("all", 1.0, 1.0, {"l2sp_weight": 0.02}),
+    "unchecked-l2sp0.1": ("all", 1.0, 1.0, {"l2sp_weight": 0.1}),
 }
 STYLES = ("intent", "synonym", "misspelling", "keyword", "long")
 

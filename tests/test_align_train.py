@@ -221,3 +221,37 @@ def test_model_surgery_locks_what_each_stage_keeps():
     assert trainable and all(n.startswith(("query_tower.", "query_proj.")) for n in trainable)
     assert not any("embeddings" in n for n in trainable)          # the token embeddings are locked
     assert any(n.startswith("query_tower.") for n in trainable)   # its layers still train
+
+
+def test_l2sp_holds_the_query_encoder_near_its_start(tmp_path):
+    from dashclip.io import read_jsonl
+    from dashclip.losses import L2SP
+    from dashclip.training.align import query_encoder_state
+
+    def moved(weight, out):
+        model, table, grades = fixture()
+        model.add_query_encoder()
+        start = query_encoder_state(model)
+        align(None, grades, out, AlignConfig(l2sp_weight=weight, wise_alpha=1.0, spelling=False),
+              loop_config(), model=model, product_table=table)
+        end = query_encoder_state(model)
+        return sum(float(((end[k].float() - start[k].float()) ** 2).sum()) for k in start), out
+
+    free, _ = moved(0.0, tmp_path / "free")
+    held, out = moved(10.0, tmp_path / "held")
+    assert held < 0.5 * free, (held, free)
+    rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
+    assert rows[0]["l2sp"] == pytest.approx(0.0, abs=1e-9) and rows[-1]["l2sp"] > 0
+    # the penalty itself: zero at the start, weight * squared distance after a move, gradient pulls back
+    p = torch.nn.Parameter(torch.ones(3))
+    pen = L2SP({"p": p}, 2.0)
+    assert float(pen()) == 0.0
+    with torch.no_grad():
+        p += 0.5
+    value = pen()
+    assert float(value) == pytest.approx(2.0 * 3 * 0.25)
+    value.backward()
+    assert torch.all(p.grad > 0)
+    assert list(pen.state_dict()) == []                   # start values stay out of checkpoints
+    with pytest.raises(ValueError, match=">= 0"):
+        AlignConfig(l2sp_weight=-1.0)

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..losses.l2sp import L2SP
 from ..losses.qcc import VARIANTS, QCCLoss
 from ..models.model import QUERY_ENCODER_PREFIXES
 from .align_data import GradeTable, HardNegativeMiner, read_grades, select_grades
@@ -77,6 +78,10 @@ class AlignConfig:
     # 0.805 at 0.75, 0.792 at 1.0. (With attribute-only synthesized queries, before the vocabulary, 0.5
     # had won on the held-out queries: 0.598 vs 0.556 at 1.0.)
     wise_alpha: float = 0.75
+    # L2-SP (losses/l2sp.py): weight of sum ||theta - theta_start||^2 over the trained query-encoder weights,
+    # a pull toward the text tower during training (0: off). Measured on the phrasing protocol
+    # (benchmarks/results/stage2_protocol_levers.md).
+    l2sp_weight: float = 0.0
     # Save a query spelling corrector (models/speller.py) with the model, built from the catalog's words
     # and the training queries' words: "jaket" is searched as "jacket".
     spelling: bool = True
@@ -88,7 +93,7 @@ class AlignConfig:
         for name in ("positives_per_product", "max_length", "pairs_per_query"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("graded_negatives", "hard_negatives", "freeze_query_layers"):
+        for name in ("graded_negatives", "hard_negatives", "freeze_query_layers", "l2sp_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.wise_alpha <= 1.0:
@@ -111,10 +116,13 @@ class QueryAligner(nn.Module):
     to the device with the module but stays out of checkpoints."""
 
     def __init__(self, model: nn.Module, loss_fn: QCCLoss, product_vectors: torch.Tensor,
-                 product_inputs: dict | None = None):
+                 product_inputs: dict | None = None, l2sp_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
+        # made after the model is locked for Stage 2: it holds the weights that train, as they start
+        self.l2sp = L2SP({n: p for n, p in model.named_parameters() if p.requires_grad}, l2sp_weight) \
+            if l2sp_weight > 0 else None
         self.register_buffer("product_vectors", product_vectors.float(), persistent=False)
         self.product_inputs = product_inputs   # cached tower outputs, only for unfreeze_product
 
@@ -194,8 +202,13 @@ class AlignTask:
         q = aligner.encode_queries(batch["input_ids"], batch["attention_mask"])
         p = aligner.product_embeddings(batch["product_rows"])
         loss = aligner.loss_fn(p, q, batch["grades"])
-        return loss, {"products": float(len(p)), "queries": float(len(q)),
-                      "temperature": float(aligner.loss_fn.temperature)}
+        stats = {"products": float(len(p)), "queries": float(len(q)),
+                 "temperature": float(aligner.loss_fn.temperature)}
+        if aligner.l2sp is not None:
+            penalty = aligner.l2sp()
+            loss = loss + penalty
+            stats["l2sp"] = float(penalty.detach())
+        return loss, stats
 
     def evaluate(self, aligner: QueryAligner) -> dict:
         return self.evaluator(aligner.model) if self.evaluator is not None else {}
@@ -310,7 +323,8 @@ def align(model_dir: str | Path, grades, out_dir: str | Path, config: AlignConfi
     product_inputs = None
     if config.unfreeze_product:
         product_inputs = cache_product_inputs(model, product_ids, embeddings_dir)
-    aligner = QueryAligner(model, loss_fn, torch.from_numpy(np.array(product_vectors, dtype=np.float32)), product_inputs)
+    aligner = QueryAligner(model, loss_fn, torch.from_numpy(np.array(product_vectors, dtype=np.float32)), product_inputs,
+                           config.l2sp_weight)
 
     ids, mask = tokenize_queries(model, table.queries, config.max_length)
     miner = None

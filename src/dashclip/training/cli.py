@@ -143,6 +143,10 @@ def register(app: typer.Typer) -> None:
                                               "and projections (the product embeddings are then recomputed)."),
         wise_alpha: float = typer.Option(0.75, help="Save start + alpha * (trained - start) as the query encoder "
                                          "(WiSE-FT weight averaging; 1.0: the trained weights)."),
+        l2sp_weight: float = typer.Option(0.0, "--l2sp-weight", min=0.0, help="L2-SP: weight of sum "
+                                          "||theta - theta_start||^2 over the trained query-encoder weights (0: off)."),
+        freeze_query_layers: int = typer.Option(0, "--freeze-query-layers", min=0, help="Keep the query tower's "
+                                                "token embeddings (1) and its lowest layers (2, 3, ...) as they start."),
         max_length: int = typer.Option(32, help="Query tokens."),
         spelling: bool = typer.Option(True, help="Save a query spelling corrector with the model (catalog and "
                                       "training-query words; 'jaket' is searched as 'jacket')."),
@@ -179,7 +183,8 @@ def register(app: typer.Typer) -> None:
                 grade1_weight=grade1_weight, temperature=temperature,
                 learnable_temperature=learnable_temperature, min_confidence=min_confidence,
                 max_length=max_length, pairs_per_query=pairs_per_query, unfreeze_product=unfreeze_product,
-                wise_alpha=wise_alpha, spelling=spelling, seed=seed)
+                wise_alpha=wise_alpha, spelling=spelling, seed=seed, l2sp_weight=l2sp_weight,
+                freeze_query_layers=freeze_query_layers)
             loop = LoopConfig(epochs=epochs, batch_size=batch_size, accum_steps=accum_steps, lr=lr,
                               warmup_steps=warmup_steps, amp=None if amp in (None, "none") else amp,
                               ckpt_every=ckpt_every, max_steps=max_steps, seed=seed, resume=resume,
