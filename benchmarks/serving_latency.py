@@ -451,8 +451,8 @@ def onnx_markdown(r: dict) -> str:
         "",
         f"- Script: `{r['script']}`; commit {r['commit']}; date {r['date']}.",
         f"- Machine: {r['machine']['nproc']} CPUs ({r['machine']['cpu']}), torch threads {r['machine']['torch_threads']}. "
-        f"**Shared with other engineers' training jobs**: `uptime` at start `{r['uptime_start']}`, at end "
-        f"`{r['uptime_end']}`; every figure below moved with that load.",
+        f"`uptime` at start `{r['uptime_start']}`, at end `{r['uptime_end']}` (the end includes the load this run's "
+        "own server and load generator put on the 2 cores); the figures move with other jobs' load.",
         f"- Model: `{r['model']['path']}`. {r['model']['note']}",
         f"- Index: `{r['index']}`, k = {r['k']}. Requests: {r['requests']['c1']:,} at concurrency 1, "
         f"{r['requests']['c8']:,} at concurrency 8, per backend. Exports made in this run: {r['export_seconds'] or 'given'} s.",
