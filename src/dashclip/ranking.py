@@ -35,8 +35,8 @@ def photo_vectors(fused: np.ndarray, image: np.ndarray, image_weight: float) -> 
     the score stays that weighted sum of two cosines."""
     if not 0.0 <= image_weight <= 1.0:
         raise ValueError(f"photo image weight must be in [0, 1], got {image_weight}")
-    return ((1.0 - image_weight) * np.asarray(fused, dtype=np.float32)
-            + image_weight * np.asarray(image, dtype=np.float32)).astype(np.float32)
+    return (1.0 - image_weight) * np.asarray(fused, dtype=np.float32) + \
+        np.float32(image_weight) * np.asarray(image, dtype=np.float32)
 
 
 def tiebreak_order(n: int, seed: int = 0) -> np.ndarray:

@@ -130,12 +130,18 @@ def open_photo_index(index, model_id: Optional[str] = None):
     with another model, or holding other products: e.g. a build killed between the two)."""
     from .backends import open_index
 
+    return _photo_index(index, lambda path: open_index(path, model_id=model_id or index.meta.get("model_id")))
+
+
+def _photo_index(index, opener):
+    """The photo index `index.meta` names, opened by `opener(path)` (open_index, or `updating` entered on
+    an ExitStack), or None with a warning when it cannot be used."""
     spec = index.meta.get("photo_index")
     if not spec:
         return None
     path = Path(index.path) / spec["dir"]
     try:
-        photo = open_index(path, model_id=model_id or index.meta.get("model_id"))
+        photo = opener(path)
     except (FileNotFoundError, ValueError) as e:
         log.warning("photo index %s not used (%s); photos search the main index", path, e)
         return None
@@ -170,10 +176,7 @@ def add_products(index_dir: Path, model, catalog, ids: Optional[list] = None, ba
         wanted = _wanted_ids(index, catalog, ids)
         if not wanted:
             return []
-        photo_spec = index.meta.get("photo_index")
-        photo = None
-        if photo_spec and open_photo_index(index, model.model_id) is not None:
-            photo = stack.enter_context(updating(Path(index_dir) / photo_spec["dir"], model_id=model.model_id))
+        photo = _photo_index(index, lambda path: stack.enter_context(updating(path, model_id=model.model_id)))
         kinds = (EMBEDDING_KIND, "image") if photo is not None else (EMBEDDING_KIND,)
         rows = np.array([catalog.row_of[pid] for pid in wanted])
         cached = CachedImageFeatures.find(model, catalog, image_cache or image_cache_dir())
@@ -189,12 +192,10 @@ def add_products(index_dir: Path, model, catalog, ids: Optional[list] = None, ba
         attrs = catalog_attributes(catalog).iloc[rows]
         if photo is not None:  # the photo index first: a failure here leaves both as they were
             photo.add(wanted, product_photo_vectors(vectors[EMBEDDING_KIND], vectors["image"], has_image,
-                                                    photo_spec["image_weight"]), attrs)
-            photo.meta["updated_at"] = now_iso()
-            photo.save()
+                                                    index.meta["photo_index"]["image_weight"]), attrs)
+            _save(photo)
         index.add(wanted, vectors[EMBEDDING_KIND], attrs)
-        index.meta["updated_at"] = now_iso()
-        index.save()
+        _save(index)
     return wanted
 
 
@@ -207,17 +208,17 @@ def remove_products(index_dir: Path, ids: list) -> None:
 
     with contextlib.ExitStack() as stack:
         index = stack.enter_context(updating(index_dir))
-        photo_spec = index.meta.get("photo_index")
-        photo = None
-        if photo_spec and open_photo_index(index) is not None:
-            photo = stack.enter_context(updating(Path(index_dir) / photo_spec["dir"]))
+        photo = _photo_index(index, lambda path: stack.enter_context(updating(path)))
         index.remove(ids)  # checks every id before anything is removed
         if photo is not None:
             photo.remove(ids)
-            photo.meta["updated_at"] = now_iso()
-            photo.save()
-        index.meta["updated_at"] = now_iso()
-        index.save()
+            _save(photo)
+        _save(index)
+
+
+def _save(index) -> None:
+    index.meta["updated_at"] = now_iso()
+    index.save()
 
 
 def _wanted_ids(index, catalog, ids: Optional[list]) -> list:

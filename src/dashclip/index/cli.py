@@ -106,7 +106,7 @@ def add(
         if not added:
             console.print(f"nothing to add: every product of {catalog} is already in {index_dir}")
             return
-        n = len(open_index(index_dir))
+        n = read_meta(index_dir)["n"]
     console.print(f"[green]added[/] {len(added)} products; the index at {index_dir} has {n}")
 
 
@@ -116,12 +116,14 @@ def remove(
     ids: list[str] = typer.Option(..., "--ids", help="Product ids to remove (repeatable or comma-separated)."),
 ):
     """Remove products from an index and its photo index (saved atomically)."""
+    from . import read_meta
+
     with user_errors():
         wanted = _split_ids(ids)
         if not wanted:
             raise UserError("--ids: give at least one product id")
         remove_products(index_dir, wanted)
-        n = len(open_index(index_dir))
+        n = read_meta(index_dir)["n"]
     console.print(f"[green]removed[/] {len(wanted)} products; the index at {index_dir} has {n}")
 
 
