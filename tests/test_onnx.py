@@ -85,8 +85,14 @@ def test_export_layout_and_model_id(exported):
         return [n.op_type for n in onnx.load(str(path)).graph.node]
     for graph in ("query", "text", "product"):
         assert "MatMulInteger" not in ops(fp32 / f"{graph}.onnx")
-        assert ops(int8 / f"{graph}.onnx").count("MatMulInteger") >= 6, graph
-        assert "MatMul" in ops(int8 / f"{graph}.onnx"), graph          # the layers kept in float32
+        int8_ops = ops(int8 / f"{graph}.onnx")
+        assert int8_ops.count("MatMulInteger") + int8_ops.count("QAttention") >= 6, graph
+        assert "MatMul" in int8_ops, graph          # the layers kept in float32
+    # the text graphs' BERT layers run as ONNX Runtime's fused kernels (the product graph's stay unfused)
+    for graph in ("query", "text"):
+        assert {"Attention", "SkipLayerNormalization"} <= set(ops(fp32 / f"{graph}.onnx")), graph
+        assert "QAttention" in ops(int8 / f"{graph}.onnx"), graph
+        assert manifest["fused_ops"][graph]["Attention"] >= 1
     assert (int8 / "image.onnx").read_bytes() == (fp32 / "image.onnx").read_bytes()
 
 

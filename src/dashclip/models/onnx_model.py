@@ -147,6 +147,35 @@ def _traceable_attention(model) -> None:
             module.forward = make_forward(module)
 
 
+def _bert_towers(model) -> dict:
+    """The Hugging Face BERT encoders of the text graphs, by graph: ONNX Runtime's transformer optimizer knows
+    BERT's layer pattern (another architecture, e.g. MPNet, is exported unfused). Not the product graph: with
+    the fusion encoder's layers after BERT's, the optimizer leaves a graph that is not a DAG."""
+    towers = {"text": getattr(model.text_tower, "bert", None),
+              "query": getattr(getattr(model, "query_tower", None) or model.text_tower, "bert", None)}
+    return {g: b for g, b in towers.items()
+            if b is not None and getattr(getattr(b, "config", None), "model_type", None) == "bert"}
+
+
+def _fuse_bert(path: Path, bert) -> dict:
+    """In place: ONNX Runtime's transformer optimizer rewrites the BERT layers of the graph at `path` into its
+    fused CPU kernels (EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu). The same math in
+    fewer, faster ops: query encoding took 11% less time in int8 (issue 21). Returns the fused op counts."""
+    import logging
+
+    from onnxruntime.transformers import optimizer
+
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(max(level, logging.ERROR))       # the optimizer's info lines
+    try:
+        opt = optimizer.optimize_model(str(path), model_type="bert", num_heads=bert.config.num_attention_heads,
+                                       hidden_size=bert.config.hidden_size, opt_level=0, use_gpu=False)
+    finally:
+        logging.getLogger().setLevel(level)
+    opt.save_model_to_file(str(path))
+    return {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+
+
 def _example_inputs(model):
     """Inputs to trace with: a padded batch (so the attention mask is traced as data, not assumed all ones)."""
     import torch
@@ -182,7 +211,13 @@ def export_onnx(model_dir: str | Path, out: str | Path, int8: bool = False, over
     if model.config.kind != "dashclip":
         raise ValueError(f"{model_dir}: ONNX export supports kind 'dashclip' models, not {model.config.kind!r}")
     _traceable_attention(model)
+    berts = _bert_towers(model)
+    for bert in berts.values():
+        # BERT's eager attention traces to the MatMul/Softmax pattern the fusion recognises; its default (SDPA)
+        # does not. The same math: a model loaded for the export only.
+        bert.set_attn_implementation("eager")
     modules, examples = _graph_modules(model), _example_inputs(model)
+    fused = {}
     t0 = time.time()
     with atomic_dir(out) as tmp:
         raw = tmp / ".fp32"
@@ -195,6 +230,8 @@ def export_onnx(model_dir: str | Path, out: str | Path, int8: bool = False, over
                 torch.onnx.export(modules[name], examples[name], str(raw / f"{name}.onnx"), dynamo=False,
                                   input_names=inputs, output_names=outputs, dynamic_axes=axes,
                                   opset_version=opset, do_constant_folding=True)
+            if name in berts:
+                fused[name] = _fuse_bert(raw / f"{name}.onnx", berts[name])
             target = tmp / f"{name}.onnx"
             if int8 and name in INT8_GRAPHS:
                 _quantize(raw / f"{name}.onnx", target)
@@ -215,7 +252,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, int8: bool = False, over
             "tokenizer": {"pad_id": int(tok.pad_token_id), "pad_token": str(tok.pad_token),
                           "max_length": int(model.config.max_length)},
             "image_tower_fingerprint": module_fingerprint(model.image_tower),
-            "source_model_dir": str(model_dir), "opset": opset, "torch": torch.__version__,
+            "fused_ops": fused, "source_model_dir": str(model_dir), "opset": opset, "torch": torch.__version__,
             "onnxruntime": require_onnxruntime().__version__, "seconds": round(time.time() - t0, 1),
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         (tmp / "README.md").write_text(
@@ -240,9 +277,11 @@ def _quantize(src: Path, dst: Path) -> None:
     keep_fp32 = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")
                  and (("output/dense" in n.name and "attention" not in n.name) or "ffn_out" in n.name)]
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # "consider pre-processing"
+    # Attention: the fused attention's QKV projection (QAttention); DefaultTensorType: the fused ops' outputs
+    # have no inferred type, and they are float
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=keep_fp32,
-                     extra_options={"MatMulConstBOnly": True})
+                     op_types_to_quantize=["MatMul", "Gemm", "Attention"], nodes_to_exclude=keep_fp32,
+                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 # ---------------------------------------------------------------------------------------------
