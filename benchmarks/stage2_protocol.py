@@ -57,6 +57,11 @@ VARIANTS = {    # name -> (grades, steps scale, lr scale[, AlignConfig overrides
     # L2-SP toward the text tower (losses/l2sp.py); the full run moves it by sum (theta - start)^2 ~ 23
     "unchecked-l2sp0.02": ("all", 1.0, 1.0, {"l2sp_weight": 0.02}),
     "unchecked-l2sp0.1": ("all", 1.0, 1.0, {"l2sp_weight": 0.1}),
+    # similarity distillation toward the text tower on the batch's queries and 128 English words
+    # (losses/distill.py), at the demo's 420 steps (the steps scale is of the current recipe's)
+    "distill1": ("all", 1.0, 1.0, {"distill_weight": 1.0}),
+    "distill5": ("all", 1.0, 1.0, {"distill_weight": 5.0}),
+    "distill1-queries": ("all", 1.0, 1.0, {"distill_weight": 1.0, "distill_words": 0}),
 }
 STYLES = ("intent", "synonym", "misspelling", "keyword", "long")
 
@@ -112,6 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--vocabulary", default="fashion")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--per-style", type=int, default=100)
+    ap.add_argument("--pool-queries", type=int, default=None, help="training pool size (default: the demo's, "
+                    "[labels] pool_queries); another size needs its own --work dir")
     ap.add_argument("--variants", default="checked,unchecked", help=f"comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--alphas", default="0,0.25,0.5,0.75,1")
     ap.add_argument("--ensemble", default="0.5,0.7", help="weights w of the variant in w * variant + (1 - w) * "
@@ -160,8 +167,9 @@ def main(argv=None) -> int:
         (args.out / f"{args.name}.md").write_text(markdown(out), encoding="utf-8")
 
     # 1. The protocol's sets, and its training pool at the demo's size.
-    log(f"protocol sets (seed {args.seed}, pool of {cfg.labels.pool_queries}) ...")
-    p = protocol_sets(catalog, vocab, args.seed, cfg.labels.pool_queries, per_style=args.per_style)
+    pool_size = args.pool_queries or cfg.labels.pool_queries
+    log(f"protocol sets (seed {args.seed}, pool of {pool_size}) ...")
+    p = protocol_sets(catalog, vocab, args.seed, pool_size, per_style=args.per_style)
     pool = p["pool"]
     out["protocol"] = p["protocol"]
     out["sets"] = {k: len(v) for k, v in p["sets"].items()}

@@ -255,3 +255,47 @@ def test_l2sp_holds_the_query_encoder_near_its_start(tmp_path):
     assert list(pen.state_dict()) == []                   # start values stay out of checkpoints
     with pytest.raises(ValueError, match=">= 0"):
         AlignConfig(l2sp_weight=-1.0)
+
+
+def test_similarity_distillation_keeps_the_start_encoders_similarities(tmp_path):
+    """With the term, the trained query encoder relates words and training queries to one another more like the
+    encoder it started from than without it; the term is logged."""
+    from dashclip.io import read_jsonl
+    from dashclip.losses import SimilarityDistillation
+    from dashclip.training.align import distillation_words
+
+    probe = ["jacket", "coat", "sneakers", "trainers", "necklace", "earrings", "wallet", "purse", *WORDS]
+
+    def similarities(model):
+        with torch.no_grad():
+            v = torch.nn.functional.normalize(model.encode_query(probe).float(), dim=-1)
+        return v @ v.T
+
+    def drift(weight, out):
+        model, table, grades = fixture()
+        model.add_query_encoder()
+        start = similarities(model)
+        align(None, grades, out, AlignConfig(distill_weight=weight, distill_words=32, wise_alpha=1.0,
+                                             spelling=False, hard_negatives=0), loop_config(), model=model,
+              product_table=table)
+        return float((similarities(model) - start).abs().mean()), out
+
+    free, _ = drift(0.0, tmp_path / "free")
+    held, out = drift(20.0, tmp_path / "held")
+    assert held < 0.7 * free, (held, free)
+    rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
+    assert all(r["distill"] > 0 for r in rows)            # dropout alone makes the student differ a little
+    model, _, _ = fixture()
+    words = distillation_words(model)
+    assert words == sorted(words) and "jacket" in words and all(len(w) >= 3 and w.isalpha() for w in words)
+    # the term itself: 0 for the same similarities (whatever the scale), > 0 and a gradient otherwise
+    d = SimilarityDistillation(1.0)
+    t = torch.randn(6, 4)
+    assert float(d(3.0 * t, t)) == pytest.approx(0.0, abs=1e-6)
+    s = torch.randn(6, 4, requires_grad=True)
+    value = d(s, t)
+    assert float(value) > 0
+    value.backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=">= 0"):
+        AlignConfig(distill_weight=-1.0)

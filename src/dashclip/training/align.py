@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..losses.distill import SimilarityDistillation
 from ..losses.l2sp import L2SP
 from ..losses.qcc import VARIANTS, QCCLoss
 from ..models.model import QUERY_ENCODER_PREFIXES
@@ -82,6 +83,12 @@ class AlignConfig:
     # a pull toward the text tower during training (0: off). Measured on the phrasing protocol
     # (benchmarks/results/stage2_protocol_levers.md).
     l2sp_weight: float = 0.0
+    # Similarity distillation (losses/distill.py): weight of a term keeping the similarities among each batch's
+    # queries and `distill_words` English words (the tokenizer's whole words, drawn per step) as they were
+    # under the starting query encoder (0: off). The words carry what the pretrained encoder knew beyond
+    # the training queries' phrasing. Measured on the phrasing protocol (stage2_protocol_levers.md).
+    distill_weight: float = 0.0
+    distill_words: int = 128
     # Save a query spelling corrector (models/speller.py) with the model, built from the catalog's words
     # and the training queries' words: "jaket" is searched as "jacket".
     spelling: bool = True
@@ -93,7 +100,8 @@ class AlignConfig:
         for name in ("positives_per_product", "max_length", "pairs_per_query"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("graded_negatives", "hard_negatives", "freeze_query_layers", "l2sp_weight"):
+        for name in ("graded_negatives", "hard_negatives", "freeze_query_layers", "l2sp_weight", "distill_weight",
+                     "distill_words"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.wise_alpha <= 1.0:
@@ -116,15 +124,27 @@ class QueryAligner(nn.Module):
     to the device with the module but stays out of checkpoints."""
 
     def __init__(self, model: nn.Module, loss_fn: QCCLoss, product_vectors: torch.Tensor,
-                 product_inputs: dict | None = None, l2sp_weight: float = 0.0):
+                 product_inputs: dict | None = None, l2sp_weight: float = 0.0, distill_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
         # made after the model is locked for Stage 2: it holds the weights that train, as they start
         self.l2sp = L2SP({n: p for n, p in model.named_parameters() if p.requires_grad}, l2sp_weight) \
             if l2sp_weight > 0 else None
+        self.distill = SimilarityDistillation(distill_weight) if distill_weight > 0 else None
         self.register_buffer("product_vectors", product_vectors.float(), persistent=False)
         self.product_inputs = product_inputs   # cached tower outputs, only for unfreeze_product
+        # the starting encoder's vectors of the training queries and the distillation words (set_teacher)
+        self.register_buffer("teacher_queries", torch.zeros(0), persistent=False)
+        self.register_buffer("teacher_words", torch.zeros(0), persistent=False)
+
+    @torch.no_grad()
+    def set_teacher(self, query_ids, query_mask, words: tuple | None = None) -> None:
+        """Encode the training queries and the distillation words (ids, mask) with the query encoder as it is
+        now (before training): the frozen teacher of the similarity distillation, computed once."""
+        self.teacher_queries = torch.from_numpy(encode_query_tokens(self, query_ids, query_mask))
+        if words is not None:
+            self.teacher_words = torch.from_numpy(encode_query_tokens(self, *words))
 
     def encode_queries(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model.project_query(self.model.query_features(input_ids, attention_mask))
@@ -174,10 +194,12 @@ class AlignTask:
     """Stage 2 as a task of the shared training loop (`training/loop.py`)."""
 
     def __init__(self, table: GradeTable, config: AlignConfig, token_ids: torch.Tensor,
-                 token_mask: torch.Tensor, miner: HardNegativeMiner | None = None, evaluator=None):
+                 token_mask: torch.Tensor, miner: HardNegativeMiner | None = None, evaluator=None,
+                 word_tokens: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.table, self.config = table, config
         self.examples = table.examples(config.pairs_per_query, config.seed)
         self.token_ids, self.token_mask = token_ids, token_mask
+        self.word_ids, self.word_mask = word_tokens if word_tokens is not None else (None, None)
         self.miner = miner
         self.evaluator = evaluator
         g1 = QCCLoss(variant=config.variant, grade1_weight=config.grade1_weight).grade1_weight
@@ -195,8 +217,15 @@ class AlignTask:
         qi = torch.from_numpy(b.query_index)
         mask = self.token_mask[qi]
         width = max(1, int(mask.sum(1).max()))
-        return {"product_rows": torch.from_numpy(b.product_rows), "input_ids": self.token_ids[qi][:, :width],
-                "attention_mask": mask[:, :width], "grades": torch.from_numpy(b.grades)}
+        batch = {"product_rows": torch.from_numpy(b.product_rows), "input_ids": self.token_ids[qi][:, :width],
+                 "attention_mask": mask[:, :width], "grades": torch.from_numpy(b.grades), "query_rows": qi}
+        if self.word_ids is not None:
+            n = min(self.config.distill_words, len(self.word_ids))
+            wi = torch.from_numpy(np.sort(rng.choice(len(self.word_ids), n, replace=False)))
+            wmask = self.word_mask[wi]
+            wwidth = max(1, int(wmask.sum(1).max()))
+            batch.update(word_rows=wi, word_ids=self.word_ids[wi][:, :wwidth], word_mask=wmask[:, :wwidth])
+        return batch
 
     def loss(self, aligner: QueryAligner, batch: dict) -> tuple[torch.Tensor, dict]:
         q = aligner.encode_queries(batch["input_ids"], batch["attention_mask"])
@@ -208,6 +237,14 @@ class AlignTask:
             penalty = aligner.l2sp()
             loss = loss + penalty
             stats["l2sp"] = float(penalty.detach())
+        if aligner.distill is not None:
+            student, teacher = [q], [aligner.teacher_queries[batch["query_rows"]]]
+            if "word_rows" in batch:
+                student.append(aligner.encode_queries(batch["word_ids"], batch["word_mask"]))
+                teacher.append(aligner.teacher_words[batch["word_rows"]])
+            term = aligner.distill(torch.cat(student), torch.cat(teacher).to(q.device))
+            loss = loss + term
+            stats["distill"] = float(term.detach())
         return loss, stats
 
     def evaluate(self, aligner: QueryAligner) -> dict:
@@ -262,6 +299,14 @@ def interpolate_query_encoder(model: nn.Module, start: dict[str, torch.Tensor], 
     for k, v in model.state_dict().items():
         if k in start and v.is_floating_point():
             v.copy_(torch.lerp(start[k].to(v.device, v.dtype), v, alpha))
+
+
+def distillation_words(model: nn.Module) -> list[str]:
+    """The English words the similarity distillation draws from: the tokenizer's whole words of 3 letters or
+    more (about 20,000 for BERT's uncased vocabulary), sorted so a run draws the same ones."""
+    from ..models.speller import tokenizer_words
+
+    return sorted(w for w in tokenizer_words(model.tokenizer) if len(w) >= 3)
 
 
 def build_query_speller(model: nn.Module, query_texts: list[str], embeddings_dir=None):
@@ -324,14 +369,22 @@ def align(model_dir: str | Path, grades, out_dir: str | Path, config: AlignConfi
     if config.unfreeze_product:
         product_inputs = cache_product_inputs(model, product_ids, embeddings_dir)
     aligner = QueryAligner(model, loss_fn, torch.from_numpy(np.array(product_vectors, dtype=np.float32)), product_inputs,
-                           config.l2sp_weight)
+                           config.l2sp_weight, config.distill_weight)
 
     ids, mask = tokenize_queries(model, table.queries, config.max_length)
     miner = None
     if config.hard_negatives:
         aligner.eval()
         miner = HardNegativeMiner(product_vectors, encode_query_tokens(aligner, ids, mask))
-    task = AlignTask(table, config, ids, mask, miner, evaluator)
+    words = None
+    if config.distill_weight > 0:
+        if config.distill_words > 0:
+            words = tokenize_queries(model, distillation_words(model), 8)
+            if len(words[0]) < 2:
+                raise ValueError("distillation: the tokenizer holds no whole words to distil on; set distill_words 0")
+        aligner.eval()
+        aligner.set_teacher(ids, mask, words)
+    task = AlignTask(table, config, ids, mask, miner, evaluator, words)
     result = train(aligner, task, loop, out_dir)
     if start is not None:
         interpolate_query_encoder(model, start, config.wise_alpha)

@@ -147,6 +147,11 @@ def register(app: typer.Typer) -> None:
                                           "||theta - theta_start||^2 over the trained query-encoder weights (0: off)."),
         freeze_query_layers: int = typer.Option(0, "--freeze-query-layers", min=0, help="Keep the query tower's "
                                                 "token embeddings (1) and its lowest layers (2, 3, ...) as they start."),
+        distill_weight: float = typer.Option(0.0, "--distill-weight", min=0.0, help="Similarity distillation: keep "
+                                             "the similarities among each batch's queries and English words as the "
+                                             "starting encoder had them, at this weight (0: off)."),
+        distill_words: int = typer.Option(128, "--distill-words", min=0, help="English words (the tokenizer's) "
+                                          "drawn per step for the similarity distillation."),
         max_length: int = typer.Option(32, help="Query tokens."),
         spelling: bool = typer.Option(True, help="Save a query spelling corrector with the model (catalog and "
                                       "training-query words; 'jaket' is searched as 'jacket')."),
@@ -184,7 +189,7 @@ def register(app: typer.Typer) -> None:
                 learnable_temperature=learnable_temperature, min_confidence=min_confidence,
                 max_length=max_length, pairs_per_query=pairs_per_query, unfreeze_product=unfreeze_product,
                 wise_alpha=wise_alpha, spelling=spelling, seed=seed, l2sp_weight=l2sp_weight,
-                freeze_query_layers=freeze_query_layers)
+                freeze_query_layers=freeze_query_layers, distill_weight=distill_weight, distill_words=distill_words)
             loop = LoopConfig(epochs=epochs, batch_size=batch_size, accum_steps=accum_steps, lr=lr,
                               warmup_steps=warmup_steps, amp=None if amp in (None, "none") else amp,
                               ckpt_every=ckpt_every, max_steps=max_steps, seed=seed, resume=resume,
