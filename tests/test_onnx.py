@@ -118,27 +118,6 @@ def test_query_parity(exported, precision, floor):
     assert _cosines(onnx_model.encode_text(QUERIES), model.encode_text(QUERIES).numpy()).min() >= floor
 
 
-def test_a_single_query_runs_on_the_one_thread_session(exported, monkeypatch):
-    """A search's one query goes to the query graph's one-thread session, a batch to the pooled one; both give
-    the vectors of the same graph. An explicit thread count applies to every graph (no second session)."""
-    from dashclip.models.onnx_model import SINGLE_QUERY
-
-    _, _, _, fp32, _ = exported
-    monkeypatch.delenv("DASHCLIP_ONNX_THREADS", raising=False)
-    m = OnnxModel.open(fp32)
-    used = []
-    real = m._run
-    monkeypatch.setattr(m, "_run", lambda graph, feeds: used.append(graph) or real(graph, feeds))
-    one = m.encode_query(QUERIES[:1])
-    batch = m.encode_query(QUERIES * 3)
-    assert used == [SINGLE_QUERY, "query"]
-    assert _cosines(one, batch[:1]).min() >= 0.99999
-    assert m._sessions[SINGLE_QUERY].get().get_session_options().intra_op_num_threads == 1
-    assert SINGLE_QUERY not in OnnxModel.open(fp32, threads=2)._sessions
-    monkeypatch.setenv("DASHCLIP_ONNX_THREADS", "1")
-    assert SINGLE_QUERY not in OnnxModel.open(fp32)._sessions
-
-
 def test_product_and_image_parity(exported, shop):
     from dashclip.data.images import load_image
 

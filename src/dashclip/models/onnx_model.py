@@ -45,8 +45,6 @@ FORMAT_VERSION = 1
 MANIFEST = "onnx.json"
 KIND = "onnx-model"
 OPSET = 17
-SINGLE_QUERY = "query@1"    # the query graph on one thread, for a search's one or few queries (OnnxModel.open)
-SINGLE_QUERY_MAX = 4
 GRAPHS = ("query", "text", "image", "product")
 INT8_GRAPHS = ("query", "text", "product")      # the image tower stays float32 (see the module doc)
 
@@ -312,8 +310,8 @@ class OnnxModel:
 
     @classmethod
     def open(cls, path: str | Path, threads: int | None = None) -> "OnnxModel":
-        """Open an exported dir. `threads`: ONNX Runtime intra-op threads of every graph (default:
-        $DASHCLIP_ONNX_THREADS, else one per core, and one thread for a search's few queries)."""
+        """Open an exported dir. `threads`: ONNX Runtime intra-op threads (default: $DASHCLIP_ONNX_THREADS,
+        else onnxruntime's choice, one per core)."""
         ort = require_onnxruntime()
         path = Path(path)
         manifest_file = path / MANIFEST
@@ -331,38 +329,26 @@ class OnnxModel:
             config = ModelConfig.from_dict(read_json(path / "config.json"))
         except FileNotFoundError:
             raise FileNotFoundError(f"{path / 'config.json'}: missing from the ONNX export") from None
-        if threads is None and os.environ.get("DASHCLIP_ONNX_THREADS"):
-            threads = int(os.environ["DASHCLIP_ONNX_THREADS"])
-
-        def session_options(n: int):
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.intra_op_num_threads = n
-            options.inter_op_num_threads = 1
-            # no busy-waiting between runs: a spinning pool takes the cores that FAISS, the tokenizer and the
-            # HTTP server need next (search is encode, then index search, on the same few cores)
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            return options
-
-        options = session_options(threads or 0)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        threads = threads if threads is not None else int(os.environ.get("DASHCLIP_ONNX_THREADS", "0") or 0)
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # no busy-waiting between runs: a spinning pool takes the cores that FAISS, the tokenizer and the HTTP
+        # server need next (search is encode, then index search, on the same few cores)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sessions = {}
         for name, spec in manifest["graphs"].items():
             f = path / spec["file"]
             if not f.is_file():
                 raise FileNotFoundError(f"{f}: missing from the ONNX export (graph {name!r} in {manifest_file})")
             sessions[name] = _LazySession(f, options, ort)
-        if threads is None:
-            # A search's few query tokens run faster on one thread than split over a pool that must wake
-            # (int8 demo model, encode then index search, 2 cores: p50 1.47 vs 1.89 ms), and concurrent
-            # requests then each keep a core. Batches of queries still get every core.
-            sessions[SINGLE_QUERY] = _LazySession(path / manifest["graphs"]["query"]["file"], session_options(1),
-                                                  ort)
         tokenizer = _Tokenizer(path / "tokenizer", manifest["tokenizer"], manifest_file)
         speller = None
         if (path / SPELLER_FILE).exists():
             speller = QuerySpeller.load(path / SPELLER_FILE, known=tokenizer.words())
         model = cls(path, manifest, config, sessions, tokenizer, speller)
-        sessions.get(SINGLE_QUERY, sessions["query"]).get()      # the one graph a service needs, loaded now
+        sessions["query"].get()      # the one graph a service needs, loaded now
         return model
 
     # ---- what DashCLIP also has
@@ -391,8 +377,6 @@ class OnnxModel:
         return self._sessions[graph].get().run(None, feeds)
 
     def _text_graph(self, graph: str, texts: list[str], batch_size: int) -> np.ndarray:
-        if graph == "query" and len(texts) <= SINGLE_QUERY_MAX and SINGLE_QUERY in self._sessions:
-            graph = SINGLE_QUERY
         out = []
         for i in range(0, len(texts), batch_size):
             out.append(self._run(graph, self.tokenize(texts[i:i + batch_size]))[0])
