@@ -15,7 +15,8 @@ An exported dir holds everything search and batch embedding need, with no torch 
     tokenizer/           the model's tokenizer (tokenizer.json is read by the `tokenizers` library)
     query_speller.json   the query speller with its symmetric-delete index (read, not rebuilt)
 
-Every graph ends in the L2 normalisation, so its outputs are the model's embeddings. `int8=True` quantizes
+Every graph ends in the L2 normalisation, so its outputs are the model's embeddings. The text graphs' BERT
+layers are rewritten into ONNX Runtime's fused CPU kernels (`_fuse_bert`). `int8=True` quantizes
 the weights of the text graphs' MatMuls/Gemms to int8 (ONNX Runtime dynamic quantization: activations
 are quantized per batch at run time; `_quantize` says which layers stay float32); the image tower
 (convolutions, for which dynamic quantization does not pay on CPU) stays float32. The export records the source's `model_id` (the product embedding space), so an
@@ -160,7 +161,8 @@ def _bert_towers(model) -> dict:
 def _fuse_bert(path: Path, bert) -> dict:
     """In place: ONNX Runtime's transformer optimizer rewrites the BERT layers of the graph at `path` into its
     fused CPU kernels (EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu). The same math in
-    fewer, faster ops: query encoding took 11% less time in int8 (issue 21). Returns the fused op counts."""
+    fewer, faster ops: the demo's query graph ran 1.66 -> 1.48 ms in fp32 and 1.32 -> 1.10 ms in int8 (one query
+    at a time, 2 cores; issue 21). Returns the fused op counts."""
     import logging
 
     from onnxruntime.transformers import optimizer
@@ -214,8 +216,10 @@ def export_onnx(model_dir: str | Path, out: str | Path, int8: bool = False, over
     berts = _bert_towers(model)
     for bert in berts.values():
         # BERT's eager attention traces to the MatMul/Softmax pattern the fusion recognises; its default (SDPA)
-        # does not. The same math: a model loaded for the export only.
-        bert.set_attn_implementation("eager")
+        # does not. The same math: a model loaded for the export only. (A transformers without the switch
+        # exports as before, with the other fusions only.)
+        if hasattr(bert, "set_attn_implementation"):
+            bert.set_attn_implementation("eager")
     modules, examples = _graph_modules(model), _example_inputs(model)
     fused = {}
     t0 = time.time()
