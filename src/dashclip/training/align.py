@@ -139,10 +139,10 @@ class QueryAligner(nn.Module):
         self.register_buffer("teacher_words", torch.zeros(0), persistent=False)
 
     @torch.no_grad()
-    def set_teacher(self, query_ids, query_mask, words: tuple | None = None) -> None:
-        """Encode the training queries and the distillation words (ids, mask) with the query encoder as it is
-        now (before training): the frozen teacher of the similarity distillation, computed once."""
-        self.teacher_queries = torch.from_numpy(encode_query_tokens(self, query_ids, query_mask))
+    def set_teacher(self, query_vectors: np.ndarray, words: tuple | None = None) -> None:
+        """The frozen teacher of the similarity distillation, computed once before training: the training
+        queries' vectors under the starting encoder, and the distillation words (ids, mask) encoded now."""
+        self.teacher_queries = torch.from_numpy(query_vectors)
         if words is not None:
             self.teacher_words = torch.from_numpy(encode_query_tokens(self, *words))
 
@@ -242,7 +242,7 @@ class AlignTask:
             if "word_rows" in batch:
                 student.append(aligner.encode_queries(batch["word_ids"], batch["word_mask"]))
                 teacher.append(aligner.teacher_words[batch["word_rows"]])
-            term = aligner.distill(torch.cat(student), torch.cat(teacher).to(q.device))
+            term = aligner.distill(torch.cat(student), torch.cat(teacher))
             loss = loss + term
             stats["distill"] = float(term.detach())
         return loss, stats
@@ -372,18 +372,18 @@ def align(model_dir: str | Path, grades, out_dir: str | Path, config: AlignConfi
                            config.l2sp_weight, config.distill_weight)
 
     ids, mask = tokenize_queries(model, table.queries, config.max_length)
-    miner = None
-    if config.hard_negatives:
+    start_vectors = None    # the queries under the starting encoder: what the miner and the teacher both read
+    if config.hard_negatives or config.distill_weight > 0:
         aligner.eval()
-        miner = HardNegativeMiner(product_vectors, encode_query_tokens(aligner, ids, mask))
+        start_vectors = encode_query_tokens(aligner, ids, mask)
+    miner = HardNegativeMiner(product_vectors, start_vectors) if config.hard_negatives else None
     words = None
     if config.distill_weight > 0:
         if config.distill_words > 0:
             words = tokenize_queries(model, distillation_words(model), 8)
             if len(words[0]) < 2:
                 raise ValueError("distillation: the tokenizer holds no whole words to distil on; set distill_words 0")
-        aligner.eval()
-        aligner.set_teacher(ids, mask, words)
+        aligner.set_teacher(start_vectors, words)
     task = AlignTask(table, config, ids, mask, miner, evaluator, words)
     result = train(aligner, task, loop, out_dir)
     if start is not None:
