@@ -47,9 +47,11 @@ def _toy_rank(out: Path) -> None:
 
     from test_training_loop import run_toy
 
+    from dashclip.training.loop import finish_distributed
+
     model, result = run_toy(out, batch_size=4)
     torch.save(model.state_dict(), out / f"rank{dist.get_rank()}.pt")
-    dist.destroy_process_group()
+    finish_distributed()
 
 
 def test_ddp_pretrain_tiny_ranks_end_identical(tmp_path):
@@ -74,11 +76,12 @@ def _pretrain_rank(catalog: str, out: str) -> None:
 
     from test_pretrain import tiny_config
 
+    from dashclip.training.loop import finish_distributed
     from dashclip.training.pretrain import pretrain
 
     result = pretrain(catalog, out, tiny_config(epochs=2, batch_size=4))
     torch.save(result.model.state_dict(), Path(out) / f"rank{dist.get_rank()}.pt")
-    dist.destroy_process_group()
+    finish_distributed()
 
 
 if __name__ == "__main__":      # one rank of a DDP job

@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
         """Stage 1: continual catalog pretraining of the product encoder (ITC + ITM).
         Multi-GPU: torchrun --nproc_per_node N -m dashclip.cli pretrain ..."""
         from ..clihelp import console, user_errors
+        from .loop import finish_distributed
         from .pretrain import PretrainConfig, pretrain as run_pretrain
 
         with user_errors():
@@ -64,6 +65,7 @@ def register(app: typer.Typer) -> None:
                 cache_dir=str(cache_dir) if cache_dir else None, device=device, loader_workers=loader_workers,
                 tensorboard=tensorboard, progress=progress)
             result = run_pretrain(catalog, out, cfg)
+            finish_distributed()
         if result.train.evals:
             last = result.train.evals[-1]
             console.print("held-out: " + "  ".join(f"{k} {last[k]:.3f}" for k in
@@ -173,7 +175,7 @@ def register(app: typer.Typer) -> None:
         from ..clihelp import console, user_errors
         from ..io import read_jsonl
         from .align import AlignConfig, align as run_align
-        from .loop import LoopConfig
+        from .loop import LoopConfig, finish_distributed
 
         with user_errors():
             excluded = set()
@@ -196,6 +198,7 @@ def register(app: typer.Typer) -> None:
                               progress=progress, device=device)
             summary = run_align(model, list(grades), out, config, loop,
                                 embeddings_dir=embeddings, exclude_queries=excluded)
+            finish_distributed()
         console.print(f"aligned: {summary['steps']} steps, last loss {summary['last'].get('loss', float('nan')):.4f}; "
                       f"model with query encoder in {out / 'model'}")
 

@@ -129,6 +129,17 @@ def init_distributed() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+def finish_distributed() -> None:
+    """The end of a torchrun job that went well: every rank waits for the others, then leaves the process
+    group. A rank that finished first and exited without this tore gloo down while its last message to a
+    slower rank (rank 0 still writing the checkpoint) was in flight, and aborted ("terminate called without
+    an active exception") after the work was done. Called by the process's owner (the CLI), not by
+    `train`, whose callers may go on using the group."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def pick_device(device: str | None = None, local_rank: int = 0) -> torch.device:
     """`device` when given, else cuda:<local rank> when a GPU is there, else cpu. A bare "cuda" means this
     rank's GPU: torch.cuda.set_device refuses a cuda device without an index."""
