@@ -259,7 +259,8 @@ class RefuseBodies:
     """Every endpoint but the photo upload is a GET: a request that carries a body is a 413 before routing.
     A plain ASGI middleware, since Starlette's `@app.middleware("http")` wraps every request and response in
     extra tasks and streams: with the query encoder stubbed out (index search and HTTP only, 2 cores,
-    2026-12-06) concurrency 8 went from 157-160 to 169 requests/s with this and `ModelJSON` together."""
+    2026-12-06) concurrency 8 went from 157-160 to 169-181 requests/s with this and `ModelJSON` together (an ad-hoc
+    A/B, 2 runs each; README, ONNX serving)."""
 
     def __init__(self, app):
         self.app = app
@@ -278,7 +279,7 @@ class RefuseBodies:
 
 class ModelJSON(Response):
     """A pydantic model as JSON, serialized once: FastAPI would validate a returned model against
-    `response_model` again before dumping it, which is most of a search response's serialization time."""
+    `response_model` again before dumping it, a second pass over every result."""
     media_type = "application/json"
 
     def render(self, content: BaseModel) -> bytes:
