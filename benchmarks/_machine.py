@@ -19,9 +19,15 @@ def cpu_model() -> str:
 
 
 def commit() -> str:
-    """The short hash of the checked-out commit, or "unknown" outside a git checkout."""
+    """The short hash of the checked-out commit, with "+changes" when the code (src/, benchmarks/ but their
+    results) differs from it, so a figure is never credited to a commit that did not make it; "unknown"
+    outside a git checkout."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                               text=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks",
+                                  ":(exclude)benchmarks/results"], cwd=REPO, capture_output=True, text=True,
+                                 check=True).stdout.strip()
+        return f"{head}+changes" if changed else head
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

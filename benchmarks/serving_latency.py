@@ -8,7 +8,7 @@ plus bare index search, on the fashion catalog, on this machine.
    colours, casing, word order), k=24 (a page of the web page), 15% with a gender filter chip.
 2. The floor, in-process with the same Searcher the service uses: p50 of `Searcher.encode([q])` (tokenize +
    query encoder) and p50 of `index.search(vector, k, filters)`; floor = their sum.
-3. `dashclip serve` in one process; `benchmarks/serving_load.py` (asyncio + httpx) in a second process on
+3. `dashclip serve` in one process; `benchmarks/serving_load.py` (asyncio) in a second process on
    loopback: concurrency 1 (p50/p99 latency), then concurrency 8 (throughput), each bounded in time.
 Targets (issue 6): HTTP p50 at concurrency 1 <= 2x the floor; zero errors over >= 10,000 requests.
 
@@ -18,7 +18,13 @@ Writes benchmarks/results/serving_latency.json and .md, stamped with the date, t
 temporary dir, or `--onnx-fp32 DIR --onnx-int8 DIR`): per backend the query-encode p50 and the floor,
 NDCG@10 on the held-out fashion dev queries (qid % 3 == 0) searched through the index, HTTP p50 at
 concurrency 1, throughput and errors at concurrency 8, and batch embedding of a seeded catalog sample
-(products/s; vector cosine to torch float32). Writes benchmarks/results/serving_onnx.json and .md.
+(products/s; vector cosine to torch float32). Then (unless --no-precomputed) the same service with every
+request's query vector computed before it starts: encoding costs nothing there, so it is the bound on what any
+encoder can reach through HTTP on this machine. Writes benchmarks/results/serving_onnx.json and .md.
+
+Load comes from `benchmarks/serving_load.py` (`--client raw`: hand-written HTTP/1.1 on asyncio streams, default;
+`--client httpx`: the earlier generator); each phase records the server's and the generator's CPU ms per request,
+since both share the 2 cores.
 """
 from __future__ import annotations
 
@@ -124,9 +130,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args, port: int, model: Path | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "dashclip.cli", "serve", "--model", str(model or args.model), "--index",
-           str(args.index), "--port", str(port), "--watch-seconds", "0", "--log-level", "warning"]
+def start_server(args, port: int, model: Path | None = None, precomputed: Path | None = None) -> subprocess.Popen:
+    """`dashclip serve` on `port`; with `precomputed` (a requests file) this script's own server instead,
+    whose query vectors were computed before it started (see `serve_precomputed`)."""
+    if precomputed is None:
+        cmd = [sys.executable, "-m", "dashclip.cli", "serve", "--model", str(model or args.model), "--index",
+               str(args.index), "--port", str(port), "--watch-seconds", "0", "--log-level", "warning"]
+    else:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-precomputed", str(precomputed),
+               "--model", str(model or args.model), "--index", str(args.index), "--port", str(port)]
     if args.catalog:
         cmd += ["--catalog", str(args.catalog)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -134,7 +146,7 @@ def start_server(args, port: int, model: Path | None = None) -> subprocess.Popen
     deadline = time.time() + 300
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"dashclip serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+            raise SystemExit(f"server exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
                 return proc
@@ -142,22 +154,79 @@ def start_server(args, port: int, model: Path | None = None) -> subprocess.Popen
             pass
         time.sleep(0.5)
     proc.terminate()
-    raise SystemExit("dashclip serve did not answer /healthz within 300 s")
+    raise SystemExit("the server did not answer /healthz within 300 s")
 
 
-def run_load(url: str, requests_file: Path, concurrency: int, total: int, max_seconds: float) -> dict:
+def serve_precomputed(args) -> None:
+    """The service of `dashclip serve` (same app, same uvicorn settings) whose query encoder is a table of the
+    vectors the model gave every request's query before the server started: the results are the real ones
+    and encoding costs nothing, so its latency and throughput are the HTTP + index search + results part
+    alone, the bound that no encoder, however fast, can pass on this machine."""
+    import uvicorn
+
+    from dashclip.serving.search import QueryBatcher, Searcher, normalise_query
+    from dashclip.serving.server import MAX_CONCURRENCY
+    from dashclip.serving.service import create_app
+
+    searcher = Searcher.open(args.model, args.index, args.catalog)
+    with open(args.serve_precomputed, encoding="utf-8") as f:
+        texts = sorted({normalise_query(json.loads(line)["q"]) for line in f if line.strip()})
+    table = dict(zip(texts, searcher.encode_now(texts)))
+    searcher.encoder = QueryBatcher(lambda batch: np.stack([table[t] for t in batch]))
+    uvicorn.run(create_app(searcher, watch_seconds=0), host="127.0.0.1", port=args.port, log_level="warning",
+                limit_concurrency=MAX_CONCURRENCY)
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux /proc), or None where it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run_load(url: str, requests_file: Path, concurrency: int, total: int, max_seconds: float,
+             server_pid: int | None = None, client: str = "raw") -> dict:
+    """One load phase from a separate process. With `server_pid`, also the server's CPU ms per request (its
+    process CPU over the phase, warm-up requests included: a small overcount), the figure that does not
+    depend on how much of the 2 cores the load generator took."""
     cmd = [sys.executable, str(HERE / "serving_load.py"), "--url", url, "--requests-file", str(requests_file),
-           "--concurrency", str(concurrency), "--requests", str(total), "--max-seconds", str(max_seconds)]
+           "--concurrency", str(concurrency), "--requests", str(total), "--max-seconds", str(max_seconds),
+           "--client", client]
     before = load_avg()
+    cpu0 = process_cpu_seconds(server_pid) if server_pid else None
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=max_seconds + 120)
+    cpu1 = process_cpu_seconds(server_pid) if server_pid else None
     if out.returncode != 0:
         raise SystemExit(f"load generator failed: {out.stderr[-2000:]}")
     raw = json.loads(out.stdout)
     lat = raw.pop("latencies_ms")
     raw.update(latency=percentiles(lat) if lat else {}, loadavg_before=before, loadavg_after=load_avg(),
                throughput_rps=round(raw["completed"] / raw["wall_seconds"], 1) if raw["wall_seconds"] else 0.0)
+    if cpu0 is not None and cpu1 is not None and raw["requests"]:
+        raw["server_cpu_ms_per_request"] = round((cpu1 - cpu0) * 1000 / raw["requests"], 3)
     raw["wall_seconds"] = round(raw["wall_seconds"], 2)
     return raw
+
+
+def http_phases(args, requests_file: Path, model: Path | None = None, precomputed: Path | None = None) -> dict:
+    """A fresh server (see `start_server`), loaded at concurrency 1 and then 8; its phases by name."""
+    port = free_port()
+    server = start_server(args, port, model=model, precomputed=precomputed)
+    phases = {}
+    try:
+        for phase, concurrency, total in (("c1", 1, args.requests_c1), ("c8", 8, args.requests_c8)):
+            print(f"  load: concurrency {concurrency}, {total} requests (<= {args.max_seconds:.0f} s)", flush=True)
+            phases[phase] = p = run_load(f"http://127.0.0.1:{port}", requests_file, concurrency, total,
+                                         args.max_seconds, server.pid, args.client)
+            print(f"  HTTP {phase}: {p['completed']} in {p['wall_seconds']} s, p50 {p['latency'].get('p50_ms')} ms, "
+                  f"p99 {p['latency'].get('p99_ms')} ms, {p['throughput_rps']} req/s, errors {p['errors']}, CPU ms/request "
+                  f"server {p.get('server_cpu_ms_per_request')} / client {p.get('client_cpu_ms_per_request')}", flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return phases
 
 
 def main() -> None:
@@ -174,7 +243,15 @@ def main() -> None:
     ap.add_argument("--onnx-fp32", type=Path, default=None, help="an fp32 export (default: export now)")
     ap.add_argument("--onnx-int8", type=Path, default=None, help="an int8 export (default: export now)")
     ap.add_argument("--embed-sample", type=int, default=512, help="--onnx: products embedded per backend")
+    ap.add_argument("--precomputed", action=argparse.BooleanOptionalAction, default=True,
+                    help="--onnx: also serve with query vectors computed up front (encoding costs 0: the HTTP bound)")
+    ap.add_argument("--serve-precomputed", type=Path, default=None, help=argparse.SUPPRESS)  # the server of that run
+    ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                    help="load generator's HTTP client (see benchmarks/serving_load.py; raw costs the shared cores least)")
     args = ap.parse_args()
+    if args.serve_precomputed is not None:
+        return serve_precomputed(args)
     if args.onnx:
         return compare_backends(args)
 
@@ -197,27 +274,16 @@ def main() -> None:
           f"floor {floor['floor_p50_ms']} ms; Searcher.search p50 {floor['searcher_search']['p50_ms']} ms", flush=True)
     del searcher  # the server process loads its own copy
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    print(f"starting dashclip serve on {url}", flush=True)
-    server = start_server(args, port)
-    phases = {}
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        for params in requests:
+            f.write(json.dumps(params) + "\n")
+        requests_file = Path(f.name)
     try:
-        with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
-            for params in requests:
-                f.write(json.dumps(params) + "\n")
-            requests_file = Path(f.name)
-        for name, concurrency, total in (("c1", 1, args.requests_c1), ("c8", 8, args.requests_c8)):
-            print(f"load: concurrency {concurrency}, {total} requests (<= {args.max_seconds:.0f} s)", flush=True)
-            phases[name] = run_load(url, requests_file, concurrency, total, args.max_seconds)
-            p = phases[name]
-            print(f"  {p['completed']} done in {p['wall_seconds']} s: p50 {p['latency'].get('p50_ms')} ms, "
-                  f"p99 {p['latency'].get('p99_ms')} ms, {p['throughput_rps']} req/s, errors {p['errors']}", flush=True)
-        print("floor again, after the load (same process as before, for drift)", flush=True)
+        print("dashclip serve", flush=True)
+        phases = http_phases(args, requests_file)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
         requests_file.unlink(missing_ok=True)
+    print("floor again, after the load (same process as before, for drift)", flush=True)
     searcher = Searcher.open(args.model, args.index, args.catalog)
     floor_after = measure_floor(searcher, requests[1000:], args.floor_queries)
 
@@ -225,7 +291,7 @@ def main() -> None:
     total_errors = sum(p["errors"] for p in phases.values())
     http_p50 = phases["c1"]["latency"]["p50_ms"]
     result = {
-        "benchmark": "serving_latency", "date": started_at,
+        "benchmark": "serving_latency", "date": started_at, "client": args.client,
         "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
                     "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
         "loadavg_start": floor["loadavg"], "loadavg_end": load_avg(),
@@ -267,8 +333,9 @@ def to_markdown(r: dict) -> str:
         f"{r['index']['factory']}, dim {r['index']['dim']}. k = {r['k']} (a page of the web page).",
         f"- Requests: {r['requests']['distinct']:,} distinct shopper-like /search requests (120 dev queries of "
         f"fashion-queries + variations), {r['requests']['with_filter']:,} with a gender filter; server `dashclip serve` "
-        "(uvicorn, one worker) in one process, load from `benchmarks/serving_load.py` (asyncio + httpx) in another, "
-        "on loopback.",
+        f"(uvicorn, one worker) in one process, load from `benchmarks/serving_load.py --client {r.get('client', 'httpx')}` "
+        "in another, on loopback. CPU ms per request below: the server's process and the load generator's, over "
+        "the phase.",
         "",
         "| measure | p50 ms | p99 ms | other |",
         "|---|---|---|---|",
@@ -277,9 +344,11 @@ def to_markdown(r: dict) -> str:
         f"| **floor = encoding + index search** | **{f['floor_p50_ms']}** | | after the load: {fa['floor_p50_ms']} |",
         f"| Searcher.search in-process (adds hit building) | {f['searcher_search']['p50_ms']} | {f['searcher_search']['p99_ms']} | |",
         f"| **HTTP, concurrency 1** | **{h['c1']['latency']['p50_ms']}** | {h['c1']['latency']['p99_ms']} | "
-        f"{h['c1']['completed']:,} requests, {h['c1']['throughput_rps']} req/s, load {h['c1']['loadavg_before']} -> {h['c1']['loadavg_after']} |",
+        f"{h['c1']['completed']:,} requests, {h['c1']['throughput_rps']} req/s, CPU ms/request server "
+        f"{h['c1'].get('server_cpu_ms_per_request')} / client {h['c1'].get('client_cpu_ms_per_request')}, load {h['c1']['loadavg_before']} -> {h['c1']['loadavg_after']} |",
         f"| **HTTP, concurrency 8** | {h['c8']['latency']['p50_ms']} | {h['c8']['latency']['p99_ms']} | "
-        f"**{h['c8']['throughput_rps']} req/s**, {h['c8']['completed']:,} requests, load {h['c8']['loadavg_before']} -> {h['c8']['loadavg_after']} |",
+        f"**{h['c8']['throughput_rps']} req/s**, {h['c8']['completed']:,} requests, CPU ms/request server "
+        f"{h['c8'].get('server_cpu_ms_per_request')} / client {h['c8'].get('client_cpu_ms_per_request')}, load {h['c8']['loadavg_before']} -> {h['c8']['loadavg_after']} |",
         "",
         f"- HTTP p50 / floor p50 = {s['ratio_http_p50_to_floor']} (target <= 2): {ok(s['target_p50_within_2x_floor'])}.",
         f"- Errors: {s['total_errors']} over {s['total_requests']:,} requests (target 0 over >= 10,000): "
@@ -386,19 +455,12 @@ def compare_backends(args) -> None:
         print(f"  embed {r['embed_products_per_s']} products/s ({r['embed_precision']}), cosine "
               f"{r['embed_cosine_to_torch_fp32']['fused']}", flush=True)
         del searcher, model
-        port = free_port()
-        server = start_server(args, port, model=path)
-        try:
-            r["http"] = {}
-            for phase, concurrency, total in (("c1", 1, args.requests_c1), ("c8", 8, args.requests_c8)):
-                r["http"][phase] = p = run_load(f"http://127.0.0.1:{port}", requests_file, concurrency, total,
-                                                args.max_seconds)
-                print(f"  HTTP {phase}: {p['completed']} in {p['wall_seconds']} s, p50 {p['latency'].get('p50_ms')} "
-                      f"ms, {p['throughput_rps']} req/s, errors {p['errors']}", flush=True)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        r["http"] = http_phases(args, requests_file, model=path)
         results[name] = r
+    bound = None
+    if args.precomputed:
+        print(f"== precomputed query vectors ({args.model}): HTTP + index search + results only", flush=True)
+        bound = {"model_dir": str(args.model), "http": http_phases(args, requests_file, precomputed=requests_file)}
     requests_file.unlink(missing_ok=True)
     t, f32, i8 = results["torch"], results["onnx-fp32"], results["onnx-int8"]
     enc = lambda r: r["floor"]["encode"]["p50_ms"]  # noqa: E731
@@ -435,7 +497,8 @@ def compare_backends(args) -> None:
               "model": {"path": str(args.model), "note": args.model_note}, "index": str(args.index), "k": K,
               "export_seconds": exports, "embed_sample": {"n": len(rows), "seed": 0, "catalog": str(catalog.root),
                                                           "image_feature_cache": "none (towers run)"},
-              "requests": {"c1": args.requests_c1, "c8": args.requests_c8}, "backends": results, "targets": targets}
+              "requests": {"c1": args.requests_c1, "c8": args.requests_c8}, "client": args.client,
+              "backends": results, "precomputed": bound, "targets": targets}
     shutil.rmtree(tmp, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
     write_json(RESULTS / "serving_onnx.json", result)
@@ -460,16 +523,31 @@ def onnx_markdown(r: dict) -> str:
         "no image-feature cache (image tower, text tower and fusion all run), best of 2; torch at its default precision "
         "(`amp=auto`) and in float32; cosine against torch float32.",
         "",
-        "| backend | query encode p50 ms | floor p50 ms | NDCG@10 held-out | HTTP c1 p50 ms | c8 req/s | c8 errors / requests | embed products/s | embed cosine min (fused) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"- Load: `benchmarks/serving_load.py --client {r.get('client', 'httpx')}` in its own process on loopback. CPU ms "
+        "per request: the server's process (`server`) and the load generator's (`client`), over each phase; on 2 "
+        "shared cores the client's CPU is taken from the server's.",
+        "",
+        "| backend | query encode p50 ms | floor p50 ms | NDCG@10 held-out | HTTP c1 p50 ms | c8 req/s | c8 errors / requests | CPU ms/request c8 (server / client) | embed products/s | embed cosine min (fused) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, x in b.items():
         lines.append(
             f"| {name} | {x['floor']['encode']['p50_ms']} | {x['floor']['floor_p50_ms']} | {x['heldout']['ndcg@10']} "
             f"({x['heldout']['n_queries']} q) | {x['http']['c1']['latency'].get('p50_ms')} | {x['http']['c8']['throughput_rps']} | "
-            f"{x['http']['c8']['errors']} / {x['http']['c8']['requests']:,} | {x['embed_products_per_s']} ({x['embed_precision']}"
+            f"{x['http']['c8']['errors']} / {x['http']['c8']['requests']:,} | "
+            f"{x['http']['c8'].get('server_cpu_ms_per_request')} / {x['http']['c8'].get('client_cpu_ms_per_request')} | "
+            f"{x['embed_products_per_s']} ({x['embed_precision']}"
             + (f"; fp32 {x['embed_products_per_s_fp32']}" if "embed_products_per_s_fp32" in x else "")
             + f") | {x['embed_cosine_to_torch_fp32']['fused']['min']} |")
+    pre = r.get("precomputed")
+    if pre:
+        h, torch_rps = pre["http"], b["torch"]["http"]["c8"]["throughput_rps"]
+        lines += ["", f"The bound: the same service with every request's query vector computed before it started "
+                  f"(encoding costs 0; results as torch's): HTTP c1 p50 {h['c1']['latency'].get('p50_ms')} ms, c8 "
+                  f"{h['c8']['throughput_rps']} req/s = {h['c8']['throughput_rps'] / torch_rps:.2f}x torch's, "
+                  f"{h['c8']['errors']} errors / {h['c8']['requests']:,}, CPU ms/request c8 server "
+                  f"{h['c8'].get('server_cpu_ms_per_request')} / client {h['c8'].get('client_cpu_ms_per_request')}. "
+                  "No encoder can make the service faster than this on this machine."]
     t = tg["int8_encode_p50_le_third_of_torch"]
     lines += ["", "Targets of issue 21:", "",
               f"- Query encode p50, int8 / torch = {t['value']} (target <= 1/3): {ok(t['met'])}."]

@@ -299,6 +299,52 @@ def test_query_batcher_shares_model_calls(shop, searcher):
         QueryBatcher(broken).encode(["x"])
 
 
+def test_query_batcher_searches_concurrent_callers_together(shop, searcher):
+    """Concurrent searches come back exactly as each alone would, grouped by filters into shared index calls."""
+    import threading
+    import time
+
+    from dashclip.serving.search import QueryBatcher
+
+    def slow_encode(texts):
+        time.sleep(0.05)
+        return searcher.encode_now(texts)
+
+    batcher = QueryBatcher(slow_encode)
+    batched = Searcher(shop.model, shop.index, shop.catalog, shop.model.model_id, encoder=batcher)
+    gender = searcher.filter_values("gender")[0]
+    calls = [(f"red dress number {i}", {"gender": [gender]} if i % 2 else None) for i in range(12)]
+    got, errors = {}, []
+
+    def call(i, q, filters):
+        try:
+            got[i] = batched.search(q, k=5, filters=filters)
+        except Exception as e:  # pragma: no cover - reported by the assert below
+            errors.append(e)
+
+    threads = [threading.Thread(target=call, args=(i, q, f)) for i, (q, f) in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, (q, filters) in enumerate(calls):
+        alone = searcher.search(q, k=5, filters=filters)
+        assert [h.id for h in got[i]] == [h.id for h in alone]
+        assert np.allclose([h.score for h in got[i]], [h.score for h in alone], atol=1e-5)
+        if filters:
+            assert all(h.attributes.get("gender") == gender for h in got[i])
+    assert batcher.index_calls < len(calls)
+
+    class Broken:
+        def search(self, *a, **kw):
+            raise RuntimeError("index on fire")
+
+    with pytest.raises(RuntimeError, match="index on fire"):
+        batcher.search(Broken(), ["x"], 5)
+    assert len(batcher.encode(["still serving"])) == 1
+
+
 def test_rrf_fuse_hand_computed():
     from dashclip.serving.search import rrf_fuse
 

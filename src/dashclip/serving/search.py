@@ -219,6 +219,13 @@ class Searcher:
         parts = [encode(list(queries[i:i + ENCODE_BATCH])) for i in range(0, len(queries), ENCODE_BATCH)]
         return np.concatenate(parts) if parts else np.zeros((0, self.index.dim), dtype=np.float32)
 
+    def vector_search(self, texts: list[str], k: int, filters: dict[str, list[str]] | None = None):
+        """Normalised queries -> the index's (ids per query, scores) for their embeddings; with a QueryBatcher,
+        searched together with concurrent callers' queries."""
+        if self.encoder is not None and hasattr(self.encoder, "search"):
+            return self.encoder.search(self.index, texts, k, filters or None)
+        return self.index.search(self.encode(texts), k, filters or None)
+
     def encode_now(self, texts: list[str]) -> np.ndarray:
         """One model call on this thread (what `encode` does without a QueryBatcher)."""
         from ..models.model import to_numpy
@@ -257,7 +264,7 @@ class Searcher:
         results: list[list[Hit]] = []
         for start in range(0, len(texts), ENCODE_BATCH):
             chunk = texts[start:start + ENCODE_BATCH]
-            ids, scores = self.index.search(self.encode(chunk), depth, filters or None)
+            ids, scores = self.vector_search(chunk, depth, filters)
             firsts = []
             for j, text in enumerate(chunk):
                 row_ids = list(ids[j])
@@ -425,27 +432,39 @@ class Searcher:
 
 
 class QueryBatcher:
-    """Encodes the queries of concurrent callers in one model call (the service's request threads).
+    """Encodes the queries of concurrent callers in one model call, and searches their vectors in one index
+    call (the service's request threads).
 
     One worker thread owns the model. A caller queues its texts and waits; the worker takes everything
     queued so far (up to `max_batch` texts) and encodes it at once. Nothing waits on purpose: while one
     batch is being encoded the next one gathers, so a lone request is encoded alone and a busy server
-    encodes in batches, which costs far less per query on a CPU."""
+    encodes in batches, which costs far less per query on a CPU. `search` goes one step further: the
+    worker also searches the batch's vectors together, one index call per (index, depth, filters), since
+    an exact index reads every product vector once per call however many queries it answers."""
 
     def __init__(self, encode_fn: Callable[[list[str]], np.ndarray], max_batch: int = ENCODE_BATCH):
         import queue
 
         self.encode_fn, self.max_batch = encode_fn, max_batch
         self.batches = 0          # model calls so far (for tests and stats)
+        self.index_calls = 0      # index searches so far (for tests and stats)
         self._queue: "queue.Queue" = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="dashclip-query-encoder", daemon=True)
         self._worker.start()
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        """float32 [len(texts), D] query vectors."""
+        return self._submit(texts, None)
+
+    def search(self, index, texts: list[str], k: int, filters: dict[str, list[str]] | None = None):
+        """`index.search` of the texts' vectors: (ids per query, scores)."""
+        return self._submit(texts, (index, int(k), filters or None))
+
+    def _submit(self, texts: list[str], search):
         from concurrent.futures import Future
 
         future: Future = Future()
-        self._queue.put((list(texts), future))
+        self._queue.put((list(texts), future, search))
         return future.result()
 
     def _run(self) -> None:
@@ -462,16 +481,39 @@ class QueryBatcher:
                 jobs.append(job)
                 n += len(job[0])
             try:
-                vectors = self.encode_fn([t for texts, _ in jobs for t in texts])
+                vectors = self.encode_fn([t for texts, _, _ in jobs for t in texts])
                 self.batches += 1
             except BaseException as e:  # every waiting caller gets the error, and the worker goes on
-                for _, future in jobs:
+                for _, future, _ in jobs:
                     future.set_exception(e)
                 continue
+            groups: dict[tuple, list] = {}
             start = 0
-            for texts, future in jobs:
-                future.set_result(vectors[start:start + len(texts)])
+            for texts, future, search in jobs:
+                part = vectors[start:start + len(texts)]
                 start += len(texts)
+                if search is None:
+                    future.set_result(part)
+                else:
+                    index, k, filters = search
+                    key = (id(index), k, tuple(sorted((f, tuple(v)) for f, v in (filters or {}).items())))
+                    groups.setdefault(key, []).append((part, future, search))
+            for members in groups.values():
+                self._search_group(members)
+
+    def _search_group(self, members: list) -> None:
+        index, k, filters = members[0][2]
+        try:
+            ids, scores = index.search(np.concatenate([part for part, _, _ in members]), k, filters)
+            self.index_calls += 1
+        except BaseException as e:
+            for _, future, _ in members:
+                future.set_exception(e)
+            return
+        start = 0
+        for part, future, _ in members:
+            future.set_result((ids[start:start + len(part)], scores[start:start + len(part)]))
+            start += len(part)
 
 
 def resolve_catalog_dir(meta: dict, catalog_dir: str | Path | None, index_dir: str | Path) -> Path:
