@@ -64,6 +64,8 @@ VARIANTS = {    # name -> (grades, steps scale, lr scale[, AlignConfig overrides
     # on the 4,400-query pool at the demo's 840 steps: a higher learning rate; two mined hard negatives per product
     "unchecked-2x-lr": ("all", 1.0, 2.0),
     "unchecked-hn2": ("all", 1.0, 1.0, {"hard_negatives": 2}),
+    # scales are of the current recipe (840 steps at lr 3e-4 since "unchecked-2x-lr" was chosen): lr 6e-4
+    "unchecked-lr6e-4": ("all", 1.0, 2.0),
 }
 STYLES = ("intent", "synonym", "misspelling", "keyword", "long")
 
