@@ -222,7 +222,7 @@ class Searcher:
     def vector_search(self, texts: list[str], k: int, filters: dict[str, list[str]] | None = None):
         """Normalised queries -> the index's (ids per query, scores) for their embeddings; with a QueryBatcher,
         searched together with concurrent callers' queries."""
-        if self.encoder is not None and hasattr(self.encoder, "search"):
+        if self.encoder is not None:
             return self.encoder.search(self.index, texts, k, filters or None)
         return self.index.search(self.encode(texts), k, filters or None)
 

@@ -376,9 +376,7 @@ def create_app(searcher: Searcher | Callable[[], Searcher] | None = None, *,
         try:
             if rerank and current.reranker is None:
                 raise ValueError("rerank=true: this service has no re-ranker (serve --reranker DIR)")
-            if len(filter) > MAX_FILTERS:
-                raise ValueError(f"{len(filter)} filters; the limit is {MAX_FILTERS}")
-            filters = current.check_filters(parse_filter_args(filter, separators=":"))
+            filters = checked_filters(current, filter)
             query = normalise_query(q)
             hits = current.search(query, k=k, filters=filters, hybrid=hybrid, rerank=rerank)
         except ValueError as e:
