@@ -162,10 +162,8 @@ def serve_precomputed(args) -> None:
     vectors the model gave every request's query before the server started: the results are the real ones
     and encoding costs nothing, so its latency and throughput are the HTTP + index search + results part
     alone, the bound that no encoder, however fast, can pass on this machine."""
-    import uvicorn
-
     from dashclip.serving.search import QueryBatcher, Searcher, normalise_query
-    from dashclip.serving.server import MAX_CONCURRENCY
+    from dashclip.serving.server import run_app
     from dashclip.serving.service import create_app
 
     searcher = Searcher.open(args.model, args.index, args.catalog)
@@ -173,8 +171,7 @@ def serve_precomputed(args) -> None:
         texts = sorted({normalise_query(json.loads(line)["q"]) for line in f if line.strip()})
     table = dict(zip(texts, searcher.encode_now(texts)))
     searcher.encoder = QueryBatcher(lambda batch: np.stack([table[t] for t in batch]))
-    uvicorn.run(create_app(searcher, watch_seconds=0), host="127.0.0.1", port=args.port, log_level="warning",
-                limit_concurrency=MAX_CONCURRENCY)
+    run_app(create_app(searcher, watch_seconds=0), port=args.port)
 
 
 def process_cpu_seconds(pid: int) -> float | None:

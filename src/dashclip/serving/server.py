@@ -32,8 +32,6 @@ def serve_app(model: Path, index: Path, catalog: Optional[Path] = None, host: st
               cors_origins: tuple = (), max_concurrency: int = MAX_CONCURRENCY, backend: str = "auto",
               reranker: Optional[Path] = None, rerank_depth: Optional[int] = None) -> None:
     """Load the model and index, then serve until Ctrl+C (`dashclip serve` and `dashclip demo` both end here)."""
-    import uvicorn
-
     from .service import create_app
 
     with user_errors():
@@ -52,4 +50,13 @@ def serve_app(model: Path, index: Path, catalog: Optional[Path] = None, host: st
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         console.print(f"[yellow]warning:[/] listening on {host} without an API key: anyone who can reach it "
                       f"can search (set DASHCLIP_API_KEY, or put a reverse proxy in front)")
-    uvicorn.run(app_, host=host, port=port, log_level=log_level, limit_concurrency=max_concurrency)
+    run_app(app_, host, port, log_level, max_concurrency)
+
+
+def run_app(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning",
+            max_concurrency: int = MAX_CONCURRENCY) -> None:
+    """Serve a built app (`service.create_app`) until stopped: the one place that says how dashclip runs
+    uvicorn, so a benchmark's server runs exactly as `dashclip serve` does."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level=log_level, limit_concurrency=max_concurrency)
