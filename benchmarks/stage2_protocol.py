@@ -66,6 +66,11 @@ VARIANTS = {    # name -> (grades, steps scale, lr scale[, AlignConfig overrides
     "unchecked-hn2": ("all", 1.0, 1.0, {"hard_negatives": 2}),
     # scales are of the current recipe (840 steps at lr 3e-4 since "unchecked-2x-lr" was chosen): lr 6e-4
     "unchecked-lr6e-4": ("all", 1.0, 2.0),
+    # the QCC loss anchored on the query too (losses/qcc.py "symmetric"): each query ranks the batch's products,
+    # which is the task a search asks of it
+    "unchecked-symmetric": ("all", 1.0, 1.0, {"variant": "symmetric"}),
+    # soft targets: each product's positives share one softmax (grade 1 at 1/3), not one InfoNCE term each
+    "unchecked-graded": ("all", 1.0, 1.0, {"variant": "graded"}),
 }
 STYLES = ("intent", "synonym", "misspelling", "keyword", "long")
 
