@@ -69,8 +69,6 @@ VARIANTS = {    # name -> (grades, steps scale, lr scale[, AlignConfig overrides
     # the QCC loss anchored on the query too (losses/qcc.py "symmetric"): each query ranks the batch's products,
     # which is the task a search asks of it
     "unchecked-symmetric": ("all", 1.0, 1.0, {"variant": "symmetric"}),
-    # soft targets: each product's positives share one softmax (grade 1 at 1/3), not one InfoNCE term each
-    "unchecked-graded": ("all", 1.0, 1.0, {"variant": "graded"}),
 }
 STYLES = ("intent", "synonym", "misspelling", "keyword", "long")
 
