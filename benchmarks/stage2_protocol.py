@@ -68,7 +68,12 @@ VARIANTS = {    # name -> (grades, steps scale, lr scale[, AlignConfig overrides
     "unchecked-lr6e-4": ("all", 1.0, 2.0),
     # the QCC loss anchored on the query too (losses/qcc.py "symmetric"): each query ranks the batch's products,
     # which is the task a search asks of it
-    "unchecked-symmetric": ("all", 1.0, 1.0, {"variant": "symmetric"}),
+    "unchecked-symmetric": ("all", 1.0, 1.0, {"variant": "symmetric", "grade1_weight": None}),
+    # the recipe before it, named now that "unchecked" follows the fashion config (symmetric, grade-1 positives)
+    "unchecked-qcc": ("all", 1.0, 1.0, {"variant": "qcc", "grade1_weight": None}),
+    # symmetric with grade-1 pairs (right aisle, a detail off) as weak positives, weighted 1/3 = (2^1-1)/(2^2-1)
+    # by their NDCG gain: the fashion config's recipe since 2026-12-07 (stage2_protocol_g1.md)
+    "unchecked-g1": ("all", 1.0, 1.0, {"variant": "symmetric", "grade1_weight": 1.0 / 3.0}),
 }
 STYLES = ("intent", "synonym", "misspelling", "keyword", "long")
 

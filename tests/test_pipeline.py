@@ -93,6 +93,22 @@ def test_config_wrong_type_names_the_key(tmp_path):
         parse_config({"grades": {"train": "t.csv"}})
 
 
+def test_stage2_loss_settings_reach_the_aligner(tmp_path):
+    """[stage2] variant and grade1_weight are what Stage 2's loss is built with; an unset grade1_weight leaves the
+    variant's own default (grade 1 masked out for symmetric)."""
+    from dashclip.losses.qcc import QCCLoss
+    from dashclip.pipeline.steps import stage2_settings
+
+    base = {"catalog": {"source": "p.csv"}, "grades": {"train": "t.csv"}}
+    weighted = parse_config({**base, "stage2": {"variant": "symmetric", "grade1_weight": 0.25}})
+    config, _ = stage2_settings(weighted, tmp_path / "a")
+    assert (config.variant, config.grade1_weight) == ("symmetric", 0.25)
+    assert QCCLoss(variant=config.variant, grade1_weight=config.grade1_weight).grade1_weight == 0.25
+    plain, _ = stage2_settings(parse_config({**base, "stage2": {"variant": "symmetric"}}), tmp_path / "b")
+    assert plain.grade1_weight is None
+    assert QCCLoss(variant=plain.variant, grade1_weight=plain.grade1_weight).grade1_weight == 0.0
+
+
 def test_relative_paths_resolve_next_to_the_toml_then_in_the_data_dir(tmp_path, monkeypatch):
     path = tiny_shop(tmp_path / "shop")
     cfg = load_config(path)

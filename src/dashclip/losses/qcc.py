@@ -50,7 +50,8 @@ DEFAULT_VARIANT_EVIDENCE = (
     "first thing to try on your catalog but not enough to change a default. On the phrasing-held-out protocol "
     "(2026-12-06, benchmarks/results/stage2_protocol_symmetric.md, one run, same labels) symmetric scored 0.675 "
     "against 0.662 and led on every style, so the fashion demo's recipe uses it; other shops keep 'qcc' until "
-    "measured on their own grades.")
+    "measured on their own grades. Grade-1 pairs as positives (grade1_weight 1/3) on top of symmetric scored 0.683 "
+    "against 0.675 there (stage2_protocol_g1.md, 2026-12-07), also adopted by the fashion demo only.")
 
 
 def qcc_targets(grades: torch.Tensor, grade1_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
