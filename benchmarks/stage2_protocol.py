@@ -74,6 +74,9 @@ VARIANTS = {    # name -> (grades, steps scale, lr scale[, AlignConfig overrides
     # symmetric with grade-1 pairs (right aisle, a detail off) as weak positives, weighted 1/3 = (2^1-1)/(2^2-1)
     # by their NDCG gain: the fashion config's recipe since 2026-12-07 (stage2_protocol_g1.md)
     "unchecked-g1": ("all", 1.0, 1.0, {"variant": "symmetric", "grade1_weight": 1.0 / 3.0}),
+    # the soft-target loss (losses/qcc.py "graded": a product's positives share its probability mass, grade 1 at
+    # 1/3), the variant examples/homedepot.toml trains with
+    "unchecked-graded": ("all", 1.0, 1.0, {"variant": "graded", "grade1_weight": None}),
 }
 STYLES = ("intent", "synonym", "misspelling", "keyword", "long")
 
