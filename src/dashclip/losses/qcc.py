@@ -47,11 +47,9 @@ DEFAULT_VARIANT_EVIDENCE = (
     "NDCG@10 without averaging: qcc 0.556, symmetric 0.580, graded 0.557; with WiSE-FT 0.5 (the shipped setting): "
     "qcc 0.598, symmetric 0.610. 'qcc' stays the default: it is the paper's product-anchored loss and the demo's "
     "numbers were measured with it; symmetric was ahead by 0.012-0.025 in one seed on 40 queries, which is the "
-    "first thing to try on your catalog but not enough to change a default. On the phrasing-held-out protocol "
-    "(2026-12-06, benchmarks/results/stage2_protocol_symmetric.md, one run, same labels) symmetric scored 0.675 "
-    "against 0.662 and led on every style, so the fashion demo's recipe uses it; other shops keep 'qcc' until "
-    "measured on their own grades. Grade-1 pairs as positives (grade1_weight 1/3) on top of symmetric scored 0.683 "
-    "against 0.675 there (stage2_protocol_g1.md, 2026-12-07), also adopted by the fashion demo only.")
+    "first thing to try on your catalog but not enough to change a default. The fashion demo trains symmetric "
+    "with grade-1 positives, chosen on its phrasing-held-out protocol (the evidence: pipeline.config."
+    "fashion_config); other shops keep 'qcc' until measured on their own grades.")
 
 
 def qcc_targets(grades: torch.Tensor, grade1_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
