@@ -58,7 +58,8 @@ def grocery(args) -> dict:
         raise SystemExit(f"import the grocery catalog first: dashclip catalog import grocery-store-dataset "
                          f"--out {catalog_dir}")
     catalog = Catalog.open(catalog_dir)
-    evaluate = GroceryEvaluator(catalog, split="test", feature_cache_dir=str(Path(args.work) / "../cache/grocery-eval"))
+    evaluate = GroceryEvaluator(catalog, split="test", feature_cache_dir=str(Path(args.work) / "../cache/grocery-eval"),
+                                photo_image_weights=args.photo_image_weights)
     out = {"catalog": str(catalog_dir), "n_products": len(catalog)}
     t = time.time()
     out["zero_shot"] = evaluate(create_model("default"))
@@ -80,7 +81,40 @@ def grocery(args) -> dict:
     train_rows = [m for m in metrics if m.get("kind") == "train"]
     if train_rows:
         out["stage1"]["steps"] = train_rows[-1].get("step")
+    if args.photo_epochs:
+        out["photo_head"] = grocery_photo_head(args, catalog, model_dir, run, evaluate)
     return out
+
+
+def grocery_photo_head(args, catalog, model_dir, run, evaluate) -> dict:
+    """Photo alignment on the Stage 1 model: the photo head trained on the train-split photos against the
+    catalog's product embeddings, no product held out (the val and test photos are the unseen ones; the
+    val photos are evaluated after every epoch), then the test photos as above."""
+    import dashclip
+    from dashclip.evaluation.evaluators import GroceryEvaluator
+    from dashclip.models.embeddings import embed_catalog
+    from dashclip.training.loop import LoopConfig
+    from dashclip.training.photo_align import PhotoAlignConfig, align_photos
+
+    emb = run / "embeddings"
+    if not (emb / "meta.json").exists():
+        embed_catalog(dashclip.load(model_dir), catalog, emb, progress=False)
+    photo_run = run / f"photo-{args.photo_epochs}ep"
+    cfg = PhotoAlignConfig(epochs=args.photo_epochs, heldout_frac=0.0)
+    t = time.time()
+    if (photo_run / "photo_align.json").exists():
+        summary = json.loads((photo_run / "photo_align.json").read_text())
+    else:
+        loop = LoopConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                          progress=False, log_every=5)
+        summary = align_photos(model_dir, catalog, emb, photo_run, cfg, loop,
+                               cache_dir=Path(args.work) / "../cache/grocery-train")
+    model = dashclip.load(photo_run / "model")
+    val = GroceryEvaluator(catalog, split="val", feature_cache_dir=str(Path(args.work) / "../cache/grocery-eval"),
+                           photo_image_weights=args.photo_image_weights)
+    return {**evaluate(model), "val": val(model), "run": str(photo_run), "epochs": cfg.epochs,
+            "train_photos": summary["train_photos"], "steps": summary["steps"], "train_seconds": summary["seconds"],
+            "evals": summary["evals"], "seconds_incl_reused_training": round(time.time() - t, 1)}
 
 
 def precision_at_10(queries: np.ndarray, q_rows: np.ndarray, targets: np.ndarray, labels: np.ndarray,
@@ -133,13 +167,51 @@ def fashion(args) -> dict:
     asked = np.array([rng.choice([c for c in COLOURS if c != colour[r]]) for r in cand])
     words = {c: to_numpy(model.encode_query([f"in {c.lower()}"]))[0] for c in COLOURS}
     text = np.stack([words[c] for c in asked])
-    out["colour"] = {"n_queries": int(len(cand)), "served_weight": IMAGE_TEXT_WEIGHT, "by_weight": {}}
-    for w in args.text_weights:
-        q = (1 - w) * vec["image"][cand] + w * text
+    out["colour"] = colour_shares(vec["image"], cand, text, vec, colour, asked, article, args.text_weights)
+    if args.fashion_photo_model:     # the photo head of photo alignment (`dashclip align-photos`)
+        out["photo_model"] = args.fashion_photo_model
+        photo = photo_head_vectors(args.fashion_photo_model, args.fashion_catalog, ids, rows, len(ids), model.model_id)
+        head = out["p10_articletype_photo_head"] = {
+            "photo head -> fused (product embedding)": precision_at_10(photo[rows], rows, vec["fused"], article),
+            "photo head -> image": precision_at_10(photo[rows], rows, vec["image"], article)}
+        for w in args.photo_image_weights:
+            mixed = photo_vectors(vec["fused"], vec["image"], w)
+            head[f"photo head -> fused+image {w:g}"] = precision_at_10(photo[rows], rows, mixed, article)
+        out["colour_photo_head"] = colour_shares(photo, cand, text, vec, colour, asked, article, args.text_weights)
+    return out
+
+
+def colour_shares(photos, cand, text, vec, colour, asked, article, weights) -> dict:
+    """Photo + "in <colour>" against the product embeddings, for each text weight."""
+    from dashclip.serving.search import IMAGE_TEXT_WEIGHT
+
+    out = {"n_queries": int(len(cand)), "served_weight": IMAGE_TEXT_WEIGHT, "by_weight": {}}
+    for w in weights:
+        q = (1 - w) * photos[cand] + w * text
         q /= np.linalg.norm(q, axis=1, keepdims=True)
-        out["colour"]["by_weight"][f"{w:g}"] = {
+        out["by_weight"][f"{w:g}"] = {
             "colour_share_top10": precision_at_10(q, cand, vec["fused"], colour, asked),
             "p10_articletype": precision_at_10(q, cand, vec["fused"], article)}
+    return out
+
+
+def photo_head_vectors(model_dir, catalog_dir, ids, rows, n, model_id) -> np.ndarray:
+    """[n, D] with the photo head's embedding of each query photo at its row (as served: the photo file
+    decoded, preprocessed and encoded by `encode_photo`); other rows are zeros."""
+    import dashclip
+    from dashclip.data.catalog import Catalog
+    from dashclip.data.images import load_image
+    from dashclip.models.model import to_numpy
+
+    model = dashclip.load(model_dir)
+    if model.model_id != model_id:
+        raise SystemExit(f"{model_dir}: model {model.model_id}, not the embeddings' {model_id}")
+    catalog = Catalog.open(catalog_dir)
+    images = catalog.products.set_index("id").loc[ids["id"].iloc[rows], "image"].tolist()
+    out = np.zeros((n, model.embed_dim), np.float32)
+    for i in range(0, len(rows), 64):
+        batch = [load_image(catalog.image_path(p)) for p in images[i:i + 64]]
+        out[rows[i:i + 64]] = to_numpy(model.encode_photo(batch))
     return out
 
 
@@ -270,10 +342,22 @@ def markdown(r: dict) -> str:
                   "| model | product embedding | fine top-1 | fine top-5 | coarse top-1 | coarse top-5 |",
                   "|---|---|---:|---:|---:|---:|"]
         for name, key in (("zero-shot", "zero_shot"), ("after Stage 1", "stage1")):
-            for kind in ("fused", "text", "image"):
+            for kind in [k for k in g[key] if k in ("fused", "text", "image") or k.startswith("fused+image")]:
                 m = g[key][kind]
                 lines.append(f"| {name} | {kind} | {m['fine_top1']:.3f} | {m['fine_top5']:.3f} | "
                              f"{m['coarse_top1']:.3f} | {m['coarse_top5']:.3f} |")
+        ph = g.get("photo_head")
+        if ph:
+            for kind in [k for k in ph if k in ("fused", "text", "image") or k.startswith("fused+image")]:
+                m = ph[kind]
+                lines.append(f"| after Stage 1 + photo head | {kind} | {m['fine_top1']:.3f} | {m['fine_top5']:.3f} | "
+                             f"{m['coarse_top1']:.3f} | {m['coarse_top5']:.3f} |")
+            lines += ["", f"Photo head: `dashclip align-photos` on the Stage 1 model, {ph['epochs']} epochs, "
+                          f"{ph['train_photos']} train-split photos (iconic images included), {ph['steps']} steps, "
+                          f"{ph['train_seconds']:.0f} s; no product held out. Validation photos "
+                          f"({ph['val']['n_photos']}), fine top-1 / top-5: " + ", ".join(
+                              f"{k} {ph['val'][k]['fine_top1']:.3f} / {ph['val'][k]['fine_top5']:.3f}"
+                              for k in ph['val'] if isinstance(ph['val'][k], dict)) + "."]
         s = g["stage1"]["fused"]
         lines += ["", f"Targets (fused, after Stage 1): fine top-1 >= 0.65: **{s['fine_top1']:.3f}** "
                       f"({'met' if s['fine_top1'] >= 0.65 else 'missed'}); top-5 >= 0.92: **{s['fine_top5']:.3f}** "
@@ -291,6 +375,15 @@ def markdown(r: dict) -> str:
         lines += [f"| {w} | {m['colour_share_top10']:.3f} | {m['p10_articletype']:.3f} |"
                   for w, m in f["colour"]["by_weight"].items()]
         lines.append("")
+        if f.get("p10_articletype_photo_head"):
+            lines += [f"With the photo head of photo alignment ({f['photo_model']}; the same photos, decoded "
+                      "and encoded as served):", "", "| query -> product embedding | P@10 same articleType |",
+                      "|---|---:|"]
+            lines += [f"| {k} | {v:.3f} |" for k, v in f["p10_articletype_photo_head"].items()]
+            lines += ["", "| text weight | asked colour in top 10 | P@10 same articleType |", "|---:|---:|---:|"]
+            lines += [f"| {w} | {m['colour_share_top10']:.3f} | {m['p10_articletype']:.3f} |"
+                      for w, m in f["colour_photo_head"]["by_weight"].items()]
+            lines.append("")
     fs = r.get("fashion_stage1")
     if fs:
         lines += ["## Fashion after Stage 1 with the image -> product term", "", *stamp(fs),
@@ -327,10 +420,14 @@ def main() -> None:
     p.add_argument("--work", default="runs/exp")
     p.add_argument("--grocery-epochs", type=int, default=3)
     p.add_argument("--image-product-weight", type=float, default=1.0)
+    p.add_argument("--photo-epochs", type=int, default=12, help="grocery: photo alignment epochs on the Stage 1 "
+                   "model (0: none)")
     p.add_argument("--fashion-model", default="runs/demo/stage1/model")
     p.add_argument("--fashion-embeddings", default="runs/demo/embeddings")
     p.add_argument("--fashion-catalog", default="runs/demo/catalog")
     p.add_argument("--fashion-queries", type=int, default=1000)
+    p.add_argument("--fashion-photo-model", default=None, help="a model with a photo head (`dashclip "
+                   "align-photos` on --fashion-model's product side): its photo queries are measured too")
     p.add_argument("--fashion-subset", type=int, default=4096, help="fashion after Stage 1 with the term: embed "
                    "and rank only the catalog's first N products (0: all 44,439; about 30 min on 2 busy cores)")
     p.add_argument("--fashion-cache", default="runs/cache/fashion", help="image-feature caches of the fashion "

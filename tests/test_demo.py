@@ -20,7 +20,7 @@ def test_quick_demo_runs_end_to_end_and_reuses_its_steps(tmp_path):
     res = CliRunner().invoke(app, ["demo", "--quick", "--no-serve", "--work", str(work)])
     assert res.exit_code == 0, res.output
     record = json.loads((work / "demo.json").read_text())
-    assert list(record["steps"]) == ["import", "stage1", "embed", "labels", "stage2", "index", "eval"]
+    assert list(record["steps"]) == ["import", "stage1", "embed", "labels", "stage2", "photos", "index", "eval"]
     labels = record["steps"]["labels"]
     assert labels["graded_pairs"] > labels["seed_grades"]
     # the default recipe does not filter grades by the reading rule (close to the evaluation's label
@@ -29,6 +29,9 @@ def test_quick_demo_runs_end_to_end_and_reuses_its_steps(tmp_path):
 
     model = dashclip.load(work / "model")
     assert model.has_query_encoder
+    # photo alignment ran on the sample's images and its head ships in the model
+    photos = record["steps"]["photos"]
+    assert model.has_photo_encoder and photos["train_photos"] > 1000 and photos["steps"] >= 2
     index = open_index(work / "index", model.model_id)
     ids, scores = index.search(model.encode_query(["black running shoes for men"]).numpy(), 5)
     assert len(ids[0]) == 5 and scores[0][0] >= scores[0][-1]
@@ -37,4 +40,4 @@ def test_quick_demo_runs_end_to_end_and_reuses_its_steps(tmp_path):
 
     again = CliRunner().invoke(app, ["demo", "--quick", "--no-serve", "--work", str(work)])
     assert again.exit_code == 0, again.output
-    assert again.output.count("reused") == 7
+    assert again.output.count("reused") == 8

@@ -75,7 +75,8 @@ def test_export_layout_and_model_id(exported):
         manifest = json.loads((path / "onnx.json").read_text())
         assert manifest["model_id"] == model.model_id
         assert manifest["precision"] == precision
-        assert {p.name for p in path.glob("*.onnx")} == {"query.onnx", "text.onnx", "image.onnx", "product.onnx"}
+        assert {p.name for p in path.glob("*.onnx")} == {"query.onnx", "text.onnx", "image.onnx", "product.onnx",
+                                                      "photo.onnx"}
         onnx_model = load_model(path)           # auto: an export runs on ONNX Runtime
         assert isinstance(onnx_model, OnnxModel) and onnx_model.model_id == model.model_id
     # int8: the text graphs' matmuls run on int8 weights (but the feed-forward outputs), the image tower stays fp32

@@ -173,8 +173,9 @@ def test_tiny_text_only_shop_end_to_end(tiny_run):
     assert res.exit_code == 0, res.output
     out = tmp_path / "shop" / "out"
     record = json.loads((out / "pipeline.json").read_text())
-    assert list(record["steps"]) == ["import", "stage1", "embed", "labels", "stage2", "index", "eval"]
+    assert list(record["steps"]) == ["import", "stage1", "embed", "labels", "stage2", "photos", "index", "eval"]
     assert record["steps"]["stage1"]["skipped"] is True
+    assert record["steps"]["photos"]["skipped"] is True     # no images: no photo head
     # the import facts are data a reader can use: problem counts by code, not a repr
     assert record["steps"]["import"]["problems"] == {} and record["steps"]["import"]["products"] == 40
     labels = record["steps"]["labels"]
@@ -218,7 +219,7 @@ def test_tiny_text_only_shop_end_to_end(tiny_run):
 
     again = _run(path)
     assert again.exit_code == 0, again.output
-    assert again.output.count("reused") == 7
+    assert again.output.count("reused") == 8
 
 
 def test_guard_ships_the_base_encoder_when_training_made_things_worse(tiny_run, monkeypatch):
@@ -270,7 +271,7 @@ def test_a_changed_config_section_redoes_that_step_and_the_ones_after_it(tiny_ru
     again = _run(path)
     assert again.exit_code == 0, again.output
     text = " ".join(again.output.split())
-    assert "redoing stage2, index, eval" in text
+    assert "redoing stage2, photos, index, eval" in text
     assert again.output.count("reused") == 4          # import, stage1, embed, labels
     record = json.loads((tmp_path / "shop" / "out" / "pipeline.json").read_text())
     assert record["steps"]["stage2"]["config_hash"] != before["stage2"]["config_hash"]

@@ -249,7 +249,8 @@ def topk_hits(ranked_labels: np.ndarray, truth: np.ndarray, ks: Sequence[int] = 
 
 class GroceryEvaluator:
     """Match real in-store photos (catalog images with role "extra" and the given split) against every
-    product, by cosine of `model.encode_image(photo)` with three product embeddings: fused
+    product, by cosine of the photo's query embedding (`model.encode_photo`: the photo head after photo
+    alignment, else the image embedding) with three product embeddings: fused
     (`encode_product(text, iconic image)`), text-only (`encode_text`) and iconic image-only
     (`encode_image`). Top-1/top-5 accuracy for the fine class (the product) and the coarse class (the
     product's category; a ranking of products becomes a ranking of its distinct categories).
@@ -290,7 +291,7 @@ class GroceryEvaluator:
         from ..models.model import to_numpy
 
         rels = self.photos["image"].tolist()
-        if self.feature_cache_dir is not None and hasattr(model, "image_tower") and hasattr(model, "project_image"):
+        if self.feature_cache_dir is not None and hasattr(model, "image_tower") and hasattr(model, "project_photo"):
             from ..models.feature_cache import build_or_open
 
             cache = build_or_open(model, [self.catalog.image_path(r) for r in rels], self.feature_cache_dir,
@@ -299,10 +300,11 @@ class GroceryEvaluator:
             valid = np.asarray(cache.valid, dtype=bool)
             _, pooled = cache.features(np.flatnonzero(valid))
             with torch.inference_mode():
-                return to_numpy(model.project_image(pooled.to(next(model.parameters()).device))), valid
+                return to_numpy(model.project_photo(pooled.to(next(model.parameters()).device))), valid
         parts = []
         for i in range(0, len(rels), self.batch_size):
-            parts.append(to_numpy(model.encode_image(self._images(rels[i:i + self.batch_size]))))
+            encode = getattr(model, "encode_photo", model.encode_image)
+            parts.append(to_numpy(encode(self._images(rels[i:i + self.batch_size]))))
             if progress is not None:
                 progress(len(rels[i:i + self.batch_size]))
         return np.concatenate(parts), np.ones(len(rels), dtype=bool)

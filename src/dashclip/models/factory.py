@@ -7,8 +7,9 @@
     model = dashclip.load("runs/my-model")
 
 A saved model directory holds everything a stranger needs, with no download:
-    config.json          {"format": "dashclip-model", "config": <ModelConfig>, "has_query_encoder", "model_id"}
-    model.safetensors    every weight (towers, fusion, projections, ITM head, query encoder)
+    config.json          {"format": "dashclip-model", "config": <ModelConfig>, "has_query_encoder",
+                          "photo_encoder" ({"hidden": N} after photo alignment, else null), "model_id"}
+    model.safetensors    every weight (towers, fusion, projections, ITM head, query encoder, photo head)
     tokenizer/           the HF tokenizer files
     query_speller.json   after Stage 2: the words misspelled queries are corrected to (models/speller.py)
     README.md            how to load it
@@ -149,6 +150,8 @@ def load(path: str | Path, device: str | torch.device | None = None) -> DashCLIP
     model = create_model(cfg, pretrained=False, tokenizer=AutoTokenizer.from_pretrained(str(path / "tokenizer")))
     if saved.get("has_query_encoder"):
         model.add_query_encoder()
+    if saved.get("photo_encoder"):
+        model.add_photo_encoder(**saved["photo_encoder"])
     missing, unexpected = load_weights(model, str(path / "model.safetensors"), strict=False)
     if missing or unexpected:
         raise ValueError(f"{path / 'model.safetensors'}: weights do not fit the config "

@@ -4,6 +4,7 @@
     title  --text_tower---> (tokens, pooled)  --text_proj---> text embedding
     tokens + patches --fusion (title attends to image)--> fused --fused_proj--> PRODUCT EMBEDDING
     query  --query_tower--> pooled --query_proj--> query embedding   (after `add_query_encoder`)
+    photo  --image_tower--> pooled --photo_proj--> photo-query embedding (after `add_photo_encoder`)
 
 Every embedding is L2-normalised and lives in one `embed_dim`-dimensional space. The training code
 calls the building blocks (`image_features`, `text_features`, `fuse`, `project_*`, `itm_logits`); users
@@ -30,11 +31,13 @@ from .preprocess import preprocess_images
 # A fast (Rust) tokenizer sets its padding state on every call and refuses a second thread meanwhile
 # ("Already borrowed"), so batches made in loader threads tokenize one at a time.
 _TOKENIZE_LOCK = threading.Lock()
-from .towers import clone
+from .towers import PhotoHead, clone
 
 # Parts of the product side that Stage 2 may unfreeze (`dashclip align --unfreeze-product`).
 PRODUCT_TRAINABLE = ("fusion", "image_proj", "text_proj", "fused_proj")
 QUERY_ENCODER_PREFIXES = ("query_tower.", "query_proj.")
+# The photo-query head (`add_photo_encoder`): like the query encoder, a query-side part outside the model_id.
+PHOTO_ENCODER_PREFIXES = ("photo_proj.",)
 # Config fields added after models were first saved, with the default older models load with.
 LATER_CONFIG_FIELDS = {"dropout": None, "fusion_weights": "copy"}
 
@@ -52,6 +55,8 @@ class DashCLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.as_tensor(init, dtype=torch.float32).reshape(()))
         self.query_tower: nn.Module | None = None
         self.query_proj: nn.Module | None = None
+        self.photo_proj: nn.Module | None = None
+        self.photo_hidden: int | None = None
         # Stage 2 adds a spelling corrector for queries (models/speller.py); None: queries as typed.
         self.query_speller = None
 
@@ -59,6 +64,24 @@ class DashCLIP(nn.Module):
     def add_query_encoder(self) -> None:
         self.query_tower = clone(self.text_tower)
         self.query_proj = clone(self.text_proj)
+
+    # ---- photo alignment: a photo-query head over the image tower, starting as the image projection
+    def add_photo_encoder(self, hidden: int = 1024) -> None:
+        self.photo_proj = PhotoHead(self.image_proj, self.image_tower.width, hidden)
+        self.photo_hidden = hidden
+
+    @property
+    def has_photo_encoder(self) -> bool:
+        return self.photo_proj is not None
+
+    def lock_for_photos(self) -> list[nn.Module]:
+        """Freeze all but the photo head (the image tower's features and the product side stay as the
+        index has them). Returns the trained modules."""
+        if self.photo_proj is None:
+            self.add_photo_encoder()
+        self.requires_grad_(False)
+        self.photo_proj.requires_grad_(True)
+        return [self.photo_proj]
 
     # ---- surgery: what each stage trains (as open_clip's `lock_*`); the trainer only calls these
     def lock_image_tower(self) -> None:
@@ -135,6 +158,11 @@ class DashCLIP(nn.Module):
     def project_fused(self, fused):
         return F.normalize(self.fused_proj(fused), dim=-1)
 
+    def project_photo(self, pooled):
+        """A photo query's embedding: the photo head after photo alignment, the image projection before."""
+        proj = self.photo_proj if self.photo_proj is not None else self.image_proj
+        return F.normalize(proj(pooled), dim=-1)
+
     def project_query(self, pooled):
         proj = self.query_proj if self.query_proj is not None else self.text_proj
         return F.normalize(proj(pooled), dim=-1)
@@ -192,6 +220,12 @@ class DashCLIP(nn.Module):
         return self._batched(lambda s: self.project_image(self.image_features(self._pixels(images[s]))[1]),
                              len(images), batch_size)
 
+    def encode_photo(self, images, batch_size: int = 64) -> torch.Tensor:
+        """A shopper's photo as a query: the photo head (`add_photo_encoder`, trained by `dashclip
+        align-photos`) over the image tower; the image embedding when the model has none."""
+        return self._batched(lambda s: self.project_photo(self.image_features(self._pixels(images[s]))[1]),
+                             len(images), batch_size)
+
     def encode_product(self, texts: Sequence[str], images, batch_size: int = 64) -> torch.Tensor:
         """The product embedding: title (and attributes) grounded in the product image."""
         texts = list(texts)
@@ -211,7 +245,8 @@ class DashCLIP(nn.Module):
         """A hash of the config and the weights of the product side (everything but the Stage 2 query
         encoder): it names the product embedding space. Embeddings and indexes record it, so vectors
         made by one model are never searched with another; Stage 2 with a frozen product side keeps
-        the id, so its query encoder searches the Stage 1 index as it should."""
+        the id, so its query encoder searches the Stage 1 index as it should (and so does the photo
+        head of photo alignment)."""
         h = hashlib.blake2b(digest_size=8)
         config = self.config.to_dict()
         for name, default in LATER_CONFIG_FIELDS.items():   # at its default, a newer field changes no id
@@ -220,7 +255,7 @@ class DashCLIP(nn.Module):
         # JSON, not repr: the hash must survive a save/load round trip of the config
         h.update(json.dumps(config, sort_keys=True, default=str).encode())
         for name, t in sorted(self.state_dict().items()):
-            if name.startswith(QUERY_ENCODER_PREFIXES):
+            if name.startswith(QUERY_ENCODER_PREFIXES + PHOTO_ENCODER_PREFIXES):
                 continue
             t = t.detach().cpu().contiguous()
             h.update(name.encode())

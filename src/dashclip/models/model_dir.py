@@ -23,7 +23,10 @@ def save_model(model, path: str | Path) -> Path:
     with atomic_dir(path) as tmp:
         (tmp / "config.json").write_text(json.dumps({
             "format": FORMAT, "format_version": FORMAT_VERSION, "model_id": model_id,
-            "has_query_encoder": model.has_query_encoder, "config": model.config.to_dict()},
+            "has_query_encoder": model.has_query_encoder,
+            # the photo head's hidden width (None: no photo head)
+            "photo_encoder": {"hidden": model.photo_hidden} if model.has_photo_encoder else None,
+            "config": model.config.to_dict()},
             indent=2, default=list) + "\n")
         save_weights(model, str(tmp / "model.safetensors"))
         model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
@@ -37,7 +40,8 @@ def _model_card(model, model_id: str) -> str:
     c = model.config
     return (f"# dashclip model `{c.name}` ({model_id})\n\n"
             f"kind {c.kind}, embedding dim {c.embed_dim}, image size {c.image_size}, "
-            f"query encoder: {'yes (Stage 2)' if model.has_query_encoder else 'no (text tower serves queries)'}\n\n"
+            f"query encoder: {'yes (Stage 2)' if model.has_query_encoder else 'no (text tower serves queries)'}, "
+            f"photo encoder: {'yes (photo alignment)' if model.has_photo_encoder else 'no (image tower serves photos)'}\n\n"
             "```python\nimport dashclip\nmodel = dashclip.load(\"<this directory>\")\n"
             "q = model.encode_query([\"red summer dress\"])          # [1, D], L2-normalised\n"
             "p = model.encode_product([\"Red floral dress\"], [pil_image])  # the product embedding\n```\n")

@@ -12,6 +12,8 @@ An exported dir holds everything search and batch embedding need, with no torch 
     text.onnx            tokens -> text embedding (text tower + projection)
     image.onnx           pixels -> (patches, pooled): the image tower
     product.onnx         tokens + patches + pooled -> (fused, image, text) embeddings: the product side
+    photo.onnx           pooled -> a photo query's embedding (the photo head, or the image projection
+                         for a model without one); exports made before it answer photos with `image`
     tokenizer/           the model's tokenizer (tokenizer.json is read by the `tokenizers` library)
     query_speller.json   the query speller with its symmetric-delete index (read, not rebuilt)
 
@@ -46,7 +48,7 @@ FORMAT_VERSION = 1
 MANIFEST = "onnx.json"
 KIND = "onnx-model"
 OPSET = 17
-GRAPHS = ("query", "text", "image", "product")
+GRAPHS = ("query", "text", "image", "product", "photo")
 INT8_GRAPHS = ("query", "text", "product")      # the image tower stays float32 (see the module doc)
 
 
@@ -98,7 +100,11 @@ def _graph_modules(model):
             return (self.m.project_fused(self.m.fuse(tokens, attention_mask, patches)),
                     self.m.project_image(pooled), self.m.project_text(text_pooled))
 
-    return {"query": Query(), "text": Text(), "image": Image(), "product": Product()}
+    class Photo(Query):
+        def forward(self, pooled):
+            return self.m.project_photo(pooled)
+
+    return {"query": Query(), "text": Text(), "image": Image(), "product": Product(), "photo": Photo()}
 
 
 _TOKENS = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}}
@@ -110,6 +116,7 @@ _SPECS = {   # graph: (input names, output names, dynamic axes)
     "product": (["input_ids", "attention_mask", "patches", "pooled"], ["fused", "image", "text"],
                 {**_TOKENS, "patches": {0: "batch"}, "pooled": {0: "batch"}, "fused": {0: "batch"},
                  "image": {0: "batch"}, "text": {0: "batch"}}),
+    "photo": (["pooled"], ["embedding"], {"pooled": {0: "batch"}, "embedding": {0: "batch"}}),
 }
 
 
@@ -189,7 +196,7 @@ def _example_inputs(model):
     with torch.no_grad():
         patches, pooled = model.image_features(pixels)
     return {"query": (ids, mask), "text": (ids, mask), "image": (pixels,),
-            "product": (ids, mask, patches, pooled)}
+            "product": (ids, mask, patches, pooled), "photo": (pooled,)}
 
 
 def export_onnx(model_dir: str | Path, out: str | Path, int8: bool = False, overwrite: bool = False,
@@ -252,7 +259,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, int8: bool = False, over
             "precision": "int8" if int8 else "fp32",
             "graphs": {g: {"file": f"{g}.onnx", "precision": "int8" if int8 and g in INT8_GRAPHS else "fp32"}
                        for g in GRAPHS},
-            "has_query_encoder": model.has_query_encoder,
+            "has_query_encoder": model.has_query_encoder, "has_photo_encoder": model.has_photo_encoder,
             "tokenizer": {"pad_id": int(tok.pad_token_id), "pad_token": str(tok.pad_token),
                           "max_length": int(model.config.max_length)},
             "image_tower_fingerprint": module_fingerprint(model.image_tower),
@@ -294,7 +301,7 @@ def _quantize(src: Path, dst: Path) -> None:
 
 class OnnxModel:
     """An exported model on ONNX Runtime, with the inference API of `DashCLIP` (`encode_query`, `encode_text`,
-    `encode_image`, `encode_product`, `correct_queries`, `model_id`, `embed_dim`, `config`). The encoders
+    `encode_image`, `encode_photo`, `encode_product`, `correct_queries`, `model_id`, `embed_dim`, `config`). The encoders
     return float32 numpy arrays (`models.model.to_numpy` takes either). Thread-safe."""
 
     training = False
@@ -306,6 +313,7 @@ class OnnxModel:
         self.model_id = str(manifest["model_id"])
         self.precision = f"onnx-{manifest.get('precision', 'fp32')}"
         self.has_query_encoder = bool(manifest.get("has_query_encoder"))
+        self.has_photo_encoder = bool(manifest.get("has_photo_encoder"))
         self.image_tower_fingerprint = manifest.get("image_tower_fingerprint")
         import torch
 
@@ -412,6 +420,18 @@ class OnnxModel:
             patches, pooled = self.image_features(pixels)
             # the image embedding is the product graph's `image` output; its text inputs do not change it
             out.append(self._product([""] * len(pooled), patches, pooled)["image"])
+        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
+
+    def encode_photo(self, images, batch_size: int = 64) -> np.ndarray:
+        """A photo query: the image graph, then the photo graph (`DashCLIP.encode_photo`); an export made
+        before the photo graph answers with the image embedding, as its source model did."""
+        if "photo" not in self._sessions:
+            return self.encode_image(images, batch_size)
+        out = []
+        for i in range(0, len(images), batch_size):
+            chunk = images[i:i + batch_size]
+            _, pooled = self.image_features(chunk if hasattr(chunk, "shape") else self.preprocess(chunk))
+            out.append(self._run("photo", {"pooled": np.ascontiguousarray(pooled, dtype=np.float32)})[0])
         return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
 
     def encode_product(self, texts: Sequence[str], images, batch_size: int = 64) -> np.ndarray:

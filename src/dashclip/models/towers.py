@@ -259,6 +259,25 @@ class FusionEncoder(nn.Module):
         return enc
 
 
+class PhotoHead(nn.Module):
+    """The photo-query projection: a copy of the image projection plus a residual MLP on the same pooled
+    image features, whose output layer starts at zero, so a new head answers exactly as the image
+    projection does and training only moves it from there. The MLP lets a shopper's photo land on its
+    product's embedding, which is not a linear function of the image tower's features (the fused
+    embedding also knows the title)."""
+
+    def __init__(self, image_proj: nn.Module, width: int, hidden: int, dropout: float = 0.1):
+        super().__init__()
+        self.base = clone(image_proj)
+        out = self.base(torch.zeros(1, width)).shape[-1]
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.base(pooled) + self.mlp(pooled)
+
+
 def clone(module: nn.Module) -> nn.Module:
     """A deep copy that shares nothing with the original (the query encoder starts as the text tower)."""
     return copy.deepcopy(module)

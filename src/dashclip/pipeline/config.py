@@ -129,6 +129,16 @@ class Stage2Config:
 
 
 @dataclass
+class PhotosConfig:
+    """Photo alignment (`training.photo_align`): a photo-query head so a shopper's photo finds its product."""
+    enabled: str = "auto"            # "auto": when Stage 1 ran (the catalog has images); "on"; "off"
+    epochs: int = 12
+    batch_size: int = 512
+    lr: float = 1e-3
+    hidden: int = 1024
+
+
+@dataclass
 class EvalConfig:
     kind: str = "grades"             # "grades": the evaluation-only grades; "fashion-queries": the demo's report
     hybrid: bool = False             # also report the model fused with BM25 (search --hybrid)
@@ -156,6 +166,7 @@ class PipelineConfig:
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
+    photos: PhotosConfig = field(default_factory=PhotosConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     base_dir: str = ""               # where relative paths are looked up first (the TOML file's folder)
 
@@ -177,6 +188,7 @@ class PipelineConfig:
     def check(self, where: str = "config") -> "PipelineConfig":
         """Values that are of the right type but cannot work."""
         choices = {("labeler", "kind"): ("cross-encoder", "llm"), ("stage1", "enabled"): ("auto", "on", "off"),
+                   ("photos", "enabled"): ("auto", "on", "off"),
                    ("stage2", "variant"): ("qcc", "symmetric", "graded"),
                    ("eval", "kind"): ("grades", "fashion-queries"),
                    ("eval", "default_search"): ("auto", "hybrid", "dense"),
@@ -194,7 +206,9 @@ class PipelineConfig:
         if self.eval.rerank != "off" and self.eval.rerank_depth < 1:
             raise ConfigError(f"{where}: [eval] rerank_depth = {self.eval.rerank_depth}; must be >= 1 "
                               f"(or rerank = \"off\")")
-        for section in ("labeler", "labels", "stage1", "stage2", "grades", "catalog"):
+        if self.photos.enabled != "off" and min(self.photos.epochs, self.photos.batch_size, self.photos.hidden) < 1:
+            raise ConfigError(f"{where}: [photos] epochs, batch_size and hidden must be >= 1 (or enabled = \"off\")")
+        for section in ("labeler", "labels", "stage1", "stage2", "photos", "grades", "catalog"):
             for f in dataclasses.fields(getattr(self, section)):
                 v = getattr(getattr(self, section), f.name)
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0 and f.name != "grade1_weight":
@@ -319,6 +333,7 @@ def fashion_config(quick: bool = False) -> PipelineConfig:
                                 pool_k_near=1, pool_n_random=1),
             stage1=Stage1Config(enabled="on", image_size=64, max_steps=12),
             stage2=Stage2Config(epochs=1, max_steps=8, **FASHION_STAGE2_LOSS),
+            photos=PhotosConfig(epochs=2),
             eval=EvalConfig(kind="fashion-queries", guard=False))
     return PipelineConfig(
         name="demo", catalog=CatalogConfig(preset=FASHION),

@@ -27,7 +27,7 @@ import pandas as pd
 from ..text import query_key
 from .config import ConfigError, PipelineConfig
 
-STEP_NAMES = ("import", "stage1", "embed", "labels", "stage2", "index", "eval")
+STEP_NAMES = ("import", "stage1", "embed", "labels", "stage2", "photos", "index", "eval")
 HUMAN = "human"
 
 
@@ -82,10 +82,12 @@ class Run:
 
 # The config sections each step reads (with those of the steps before it), and the dirs it writes.
 STEP_SECTIONS = {"import": ("catalog",), "stage1": ("model", "stage1"), "embed": (),
-                 "labels": ("grades", "queries", "labeler", "labels"), "stage2": ("stage2",), "index": (),
+                 "labels": ("grades", "queries", "labeler", "labels"), "stage2": ("stage2",), "photos": ("photos",),
+                 "index": (),
                  "eval": ("eval",)}
 STEP_OUTPUTS = {"import": ("catalog", "source"), "stage1": ("stage1",), "embed": ("embeddings", "embeddings.partial"),
-                "labels": ("labels",), "stage2": ("stage2", "model"), "index": ("index", "index-embeddings"),
+                "labels": ("labels",), "stage2": ("stage2", "model"), "photos": ("photos",),
+                "index": ("index", "index-embeddings"),
                 "eval": ("report",)}
 
 
@@ -661,7 +663,47 @@ def step_stage2(r: Run) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------
-# 6. index
+# 6. photos
+
+
+def step_photos(r: Run) -> dict:
+    """Photo alignment: a photo-query head trained on the catalog's images against the product embeddings."""
+    from ..data.catalog import Catalog
+    from ..io import atomic_dir
+    from ..training.loop import LoopConfig
+    from ..training.photo_align import PhotoAlignConfig, align_photos
+    from ..training.pretrain import PretrainConfig
+
+    p = r.cfg.photos
+    if p.enabled == "off" or (p.enabled == "auto" and text_only(r)):
+        why = "[photos] enabled = off" if p.enabled == "off" else "no Stage 1 (no images): photos have no tower"
+        r.log(f"photo alignment skipped ({why}); photo queries use the image embedding")
+        import dashclip
+
+        model = dashclip.load(r.path("model"))
+        if model.has_photo_encoder:      # an earlier run's head, now turned off
+            model.photo_proj, model.photo_hidden = None, None
+            with atomic_dir(r.path("model")) as tmp:
+                model.save(tmp)
+        return {"skipped": True, "why": why}
+    out = r.path("photos")
+    stage1 = PretrainConfig()      # hold out Stage 1's products: they stay unseen by every step
+    cfg = PhotoAlignConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, hidden=p.hidden,
+                           heldout_frac=stage1.heldout_frac, seed=stage1.seed)
+    loop = LoopConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=cfg.weight_decay,
+                      seed=cfg.seed, log_every=5, resume=(out / "checkpoints" / "last.pt").exists())
+    summary = align_photos(r.path("model"), Catalog.open(r.path("catalog")), r.path("embeddings"), out, cfg, loop,
+                           cache_dir=r.path("cache"))
+    with atomic_dir(r.path("model")) as tmp:      # the model users keep: both encoders and the photo head
+        shutil.copytree(out / "model", tmp, dirs_exist_ok=True)
+    last = summary["evals"][-1] if summary["evals"] else {}
+    return {"steps": summary["steps"], "train_photos": summary["train_photos"],
+            **{f"start_{k}": round(v, 4) for k, v in summary["start"].items() if k.endswith(("@1", "@10"))},
+            **{k: round(v, 4) for k, v in last.items() if k.endswith(("@1", "@10"))}}
+
+
+# ---------------------------------------------------------------------------------------------------
+# 7. index
 
 
 def step_index(r: Run) -> dict:
@@ -680,7 +722,7 @@ def step_index(r: Run) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------
-# 7. eval, and the guard: never ship a model worse than the encoder it started from
+# 8. eval, and the guard: never ship a model worse than the encoder it started from
 
 
 BASE, TRAINED = "base encoder (before Stage 2)", "trained query encoder (Stage 2)"
@@ -696,6 +738,9 @@ def ship_base(r: Run) -> None:
 
     base = dashclip.load(r.path("stage1", "model"))
     base.add_query_encoder()
+    shipped = dashclip.load(r.path("model"))
+    if shipped.has_photo_encoder:       # photo search is not what the guard judges: keep the photo head
+        base.photo_proj, base.photo_hidden = shipped.photo_proj, shipped.photo_hidden
     with atomic_dir(r.path("model")) as tmp:
         base.save(tmp)
 
@@ -898,7 +943,7 @@ def step_eval(r: Run) -> dict:
 
 
 STEPS = [("import", step_import), ("stage1", step_stage1), ("embed", step_embed), ("labels", step_labels),
-         ("stage2", step_stage2), ("index", step_index), ("eval", step_eval)]
+         ("stage2", step_stage2), ("photos", step_photos), ("index", step_index), ("eval", step_eval)]
 
 
 def run_steps(r: Run) -> Run:

@@ -8,7 +8,9 @@ the benchmarks and `dashclip eval`.
     hits = searcher.search_image(photo, text="in red")           # a photo plus words ("this, but in red")
     hits = searcher.search_similar(product_id, k=10)             # more like this product (itself left out)
 
-Photo queries. A photo is encoded by the image tower (`model.encode_image`). Alone, it searches the
+Photo queries. A photo is encoded by the image tower and the photo head (`model.encode_photo`: the image
+embedding for a model without photo alignment). With a photo head, every photo query searches the product
+embeddings. Without one, a photo alone searches the
 index's photo index, where a product's score is (1 - w) cos(photo, product embedding) + w cos(photo,
 product image) (`ranking.photo_vectors`; w recorded in the index): with Stage 1's image -> product term
 (`pretrain --image-product-weight`) the photo lands next to its product's embedding, and the image term
@@ -327,19 +329,21 @@ class Searcher:
 
     def _photo_routes(self, words: list) -> list[tuple[Any, list[int]]]:
         """Which index answers each photo query: the photo index for a photo alone, the main index for a
-        photo with words (and for every photo when there is no photo index)."""
+        photo with words, and for every photo when there is no photo index or the model has a photo head
+        (trained to land a photo on its product's embedding, it finds the articleType better against the
+        product embeddings alone than against the photo index's mix: photo_search.md)."""
         alone = [i for i, w in enumerate(words) if not w]
         with_words = [i for i, w in enumerate(words) if w]
-        if self.photo_index is None:
+        if self.photo_index is None or getattr(self.model, "has_photo_encoder", False):
             return [(self.index, alone + with_words)]
         return [(ix, rows) for ix, rows in ((self.photo_index, alone), (self.index, with_words)) if rows]
 
     def encode_images(self, images: list, texts: Sequence[str | None] | None = None) -> np.ndarray:
-        """Photo queries -> float32 [Q, D] unit vectors: the image embedding, mixed with the query
+        """Photo queries -> float32 [Q, D] unit vectors: the photo embedding, mixed with the query
         encoder's embedding of `texts[i]` where one is given (IMAGE_TEXT_WEIGHT)."""
         from ..models.model import to_numpy
 
-        vectors = to_numpy(self.model.encode_image(images))
+        vectors = to_numpy(self.model.encode_photo(images))
         with_text = [i for i, t in enumerate(texts or []) if t]
         if with_text:
             words = self.encode([texts[i] for i in with_text])

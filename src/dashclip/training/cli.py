@@ -202,6 +202,50 @@ def register(app: typer.Typer) -> None:
         console.print(f"aligned: {summary['steps']} steps, last loss {summary['last'].get('loss', float('nan')):.4f}; "
                       f"model with query encoder in {out / 'model'}")
 
+    @app.command("align-photos")
+    def align_photos(
+        model: Path = typer.Option(..., "--model", help="Model dir (`dashclip pretrain` or `align` output)."),
+        catalog: Path = typer.Option(..., "--catalog", help="Catalog dir whose images train the photo head."),
+        embeddings: Path = typer.Option(..., "--embeddings", help="Product embeddings of this model "
+                                        "(`dashclip embed-catalog`): what a photo is aligned to."),
+        out: Path = typer.Option(Path("runs/align-photos"), "--out", help="Work dir: checkpoints, metrics.jsonl, "
+                                 "photo_align.json and model/ (the model with its photo head)."),
+        epochs: int = typer.Option(12),
+        batch_size: int = typer.Option(512, help="Photos per step."),
+        lr: float = typer.Option(1e-3),
+        hidden: int = typer.Option(1024, help="Width of the photo head's MLP."),
+        heldout_frac: float = typer.Option(0.1, help="Share of products never trained on (use Stage 1's)."),
+        train_split: list[str] = typer.Option(["train"], "--train-split", help="Extra photos of this split "
+                                              "train (repeatable); images without a split always do."),
+        eval_split: Optional[str] = typer.Option("val", help="Extra photos of this split are evaluated each epoch."),
+        cache_dir: Optional[Path] = typer.Option(None, help="Where image-tower features are cached (default "
+                                                 "OUT/cache; give Stage 1's to reuse its features)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.pt."),
+        seed: int = typer.Option(0),
+        device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if available)."),
+        progress: bool = typer.Option(True, help="Show a progress bar."),
+    ):
+        """Photo alignment: train a photo-query head so a shopper's photo lands next to its product's
+        embedding (search by photo). The product side and the index stay as they are."""
+        from ..clihelp import console, user_errors
+        from ..data.catalog import Catalog
+        from .loop import LoopConfig
+        from .photo_align import PhotoAlignConfig, align_photos as run
+
+        with user_errors():
+            cfg = PhotoAlignConfig(epochs=epochs, batch_size=batch_size, lr=lr, hidden=hidden,
+                                   heldout_frac=heldout_frac, seed=seed, train_splits=tuple(train_split),
+                                   eval_split=eval_split or None)
+            loop = LoopConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=cfg.weight_decay,
+                              seed=seed, resume=resume, progress=progress, device=device, log_every=5)
+            summary = run(model, Catalog.open(catalog), embeddings, out, cfg, loop, cache_dir=cache_dir)
+        last = summary["evals"][-1] if summary["evals"] else {}
+        console.print("photo -> own product, before / after: " + "  ".join(
+            f"{k} {summary['start'].get(k, float('nan')):.3f} / {last[k]:.3f}" for k in last
+            if k.endswith(("recall@1", "recall@10"))))
+        console.print(f"aligned photos: {summary['train_photos']} photos, {summary['steps']} steps in "
+                      f"{summary['seconds']:.0f}s; model with photo head in {out / 'model'}")
+
 
 def _todo(name, issue):
     typer.echo(f"`dashclip {name}` is not built yet (issue #{issue}).", err=True)

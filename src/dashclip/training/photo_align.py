@@ -1,0 +1,213 @@
+"""Photo alignment: teach a photo-query head to put a shopper's photo next to its product (`dashclip align-photos`).
+
+Stage 2 aligns typed queries to the product embedding space; this does the same for photos. The product
+side stays frozen (the fused product embeddings of an embeddings dir, as the index holds them); a photo
+head over the frozen image tower (`model.add_photo_encoder`, `towers.PhotoHead`: the image projection plus
+a residual MLP that starts at zero) is trained with the image-text contrastive loss (`losses.itc`) on
+(catalog photo, its product's embedding) pairs: every image of a product, the primary one and any extra
+photos of the training splits (in-store photos, for example). Several photos of one product in a batch are
+not negatives of each other (same-id masking).
+
+The image tower is frozen, so its pooled features are computed once through the Stage 1 feature cache
+(`models.feature_cache`) and the head trains on them in seconds to minutes; the run goes through the
+shared loop (`training/loop.py`: checkpoints, --resume, progress, metrics.jsonl). Products held out by id
+(`heldout_frac`, `seed`: pass Stage 1's, so its held-out products stay unseen) are never trained on; after
+every epoch their photos, and any photos of the `eval_split`, are searched against all products
+(recall@1 and @10 of the photo's own product).
+
+The model's id does not change (the head is outside it, as the Stage 2 query encoder is), so the aligned
+model serves the index it was aligned to.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..losses.itc import itc_loss
+from .data import heldout_mask
+
+PHOTO_ALIGN_FILE = "photo_align.json"
+
+
+@dataclass
+class PhotoAlignConfig:
+    epochs: int = 12
+    batch_size: int = 512           # photos per step (capped at the number of training photos)
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    hidden: int = 1024              # the photo head's MLP width
+    temperature: float = 0.05       # start of the learnable contrastive temperature
+    heldout_frac: float = 0.1       # products never trained on (pass Stage 1's, with its seed)
+    seed: int = 0
+    train_splits: tuple = ("train",)   # extra photos of these splits train (images without a split always do)
+    eval_split: str | None = "val"  # extra photos of this split are evaluated after each epoch (if any)
+
+    def __post_init__(self):
+        if not 0.0 <= self.heldout_frac < 1.0:
+            raise ValueError(f"heldout_frac must be in [0, 1), not {self.heldout_frac}")
+        if self.hidden < 1:
+            raise ValueError(f"hidden must be >= 1, not {self.hidden}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, not {self.temperature}")
+        self.train_splits = tuple(self.train_splits)
+
+
+class PhotoAligner(nn.Module):
+    """What the loop trains: the model (only its photo head trainable), a learnable temperature, and the
+    frozen product table (a non-persistent buffer: it stays out of checkpoints)."""
+
+    def __init__(self, model: nn.Module, product_vectors: torch.Tensor, temperature: float):
+        super().__init__()
+        self.model = model
+        self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1.0 / temperature))))
+        self.register_buffer("product_vectors", product_vectors.float(), persistent=False)
+
+
+@dataclass
+class PhotoSet:
+    """Photos as rows of cached pooled image-tower features, each with the product-table row it shows."""
+    pooled: torch.Tensor        # [N, C] float16
+    product_rows: np.ndarray    # [N] int64
+
+
+@torch.no_grad()
+def photo_recall(model: nn.Module, photos: PhotoSet, product_vectors: torch.Tensor, batch_size: int = 1024) -> dict:
+    """recall@1 / @10 of each photo's own product among all products (photo head -> product embeddings)."""
+    if len(photos.product_rows) == 0:
+        return {}
+    device = product_vectors.device
+    ranks = []
+    for i in range(0, len(photos.product_rows), batch_size):
+        q = model.project_photo(photos.pooled[i:i + batch_size].float().to(device))
+        sims = q @ product_vectors.t()
+        rows = torch.from_numpy(photos.product_rows[i:i + batch_size]).to(device)
+        own = sims.gather(1, rows[:, None])
+        ranks.append((sims > own).sum(1).cpu())
+    r = torch.cat(ranks)
+    return {"recall@1": float((r < 1).float().mean()), "recall@10": float((r < 10).float().mean()),
+            "photos": float(len(r))}
+
+
+class PhotoAlignTask:
+    """Photo alignment as a task of the shared training loop."""
+
+    def __init__(self, train: PhotoSet, evals: dict[str, PhotoSet]):
+        self.train, self.evals = train, evals
+
+    def train_size(self) -> int:
+        return len(self.train.product_rows)
+
+    def make_batch(self, indices: list[int]) -> dict:
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return {"pooled": self.train.pooled[idx].float(), "rows": torch.from_numpy(self.train.product_rows[idx.numpy()])}
+
+    def loss(self, aligner: PhotoAligner, batch: dict) -> tuple[torch.Tensor, dict]:
+        photos = aligner.model.project_photo(batch["pooled"])
+        products = aligner.product_vectors[batch["rows"]]
+        # ids = product rows: two photos of one product are not each other's negatives
+        loss, _ = itc_loss(photos, products, batch["rows"], aligner.logit_scale)
+        return loss, {"temperature": float(aligner.logit_scale.detach().exp().reciprocal())}
+
+    def evaluate(self, aligner: PhotoAligner) -> dict:
+        out = {}
+        for name, photos in self.evals.items():
+            out.update({f"{name}_{k}": v for k, v in photo_recall(aligner.model, photos, aligner.product_vectors).items()})
+        return out
+
+    def train_mode(self, aligner: PhotoAligner) -> None:
+        aligner.eval()            # the frozen tower's features are cached; only the head's dropout trains
+        aligner.model.photo_proj.train()
+
+
+def _photo_sets(model, catalog, product_ids: np.ndarray, cfg: PhotoAlignConfig, cache_dir, device,
+                progress: bool) -> tuple[PhotoSet, dict[str, PhotoSet], dict]:
+    """The training photos and the evaluation sets ("heldout": photos of held-out products; the
+    eval_split's photos), their pooled features from the feature cache."""
+    from ..models.feature_cache import build_or_open
+
+    images = catalog.images
+    split = images["split"] if "split" in images else None
+    no_split = split.isna() if split is not None else np.ones(len(images), dtype=bool)
+    train_ok = no_split | (split.isin(cfg.train_splits) if split is not None else False)
+    eval_ok = (split == cfg.eval_split) if (split is not None and cfg.eval_split) else np.zeros(len(images), bool)
+    used = images[np.asarray(train_ok | eval_ok)].reset_index(drop=True)
+    index = dataclasses.replace(catalog, images=used).image_index()
+    row_of = {pid: i for i, pid in enumerate(product_ids.tolist())}
+    table_row = np.array([row_of.get(pid, -1) for pid in catalog.products["id"].tolist()], dtype=np.int64)
+    rows = table_row[index.pair_product]          # catalog row -> product-table row (-1: not embedded)
+    cache = build_or_open(model, index.paths, cache_dir, device=device, show_progress=progress)
+    valid = np.asarray(cache.valid, dtype=bool)[index.pair_image] & (rows >= 0)
+    held = heldout_mask(catalog.products["id"].tolist(), cfg.heldout_frac, cfg.seed)[index.pair_product]
+    path_split = {}
+    if split is not None:
+        for rel, s in zip(used["image"].tolist(), used["split"].tolist()):
+            path_split[str(catalog.image_path(rel))] = s
+    is_eval = np.array([path_split.get(str(index.paths[i])) == cfg.eval_split if cfg.eval_split else False
+                        for i in index.pair_image], dtype=bool)
+
+    def subset(mask) -> PhotoSet:
+        sel = np.flatnonzero(mask)
+        _, pooled = cache.features(index.pair_image[sel]) if len(sel) else (None, torch.zeros((0, 1)))
+        return PhotoSet(pooled.to(torch.float16), rows[sel])
+
+    train = subset(valid & ~held & ~is_eval)
+    evals = {"heldout": subset(valid & held & ~is_eval)}
+    if is_eval.any():
+        evals[cfg.eval_split] = subset(valid & is_eval & ~held)
+    stats = {"train_photos": len(train.product_rows), "unreadable_or_not_embedded": int((~valid).sum()),
+             **{f"{k}_photos": len(v.product_rows) for k, v in evals.items()}}
+    return train, {k: v for k, v in evals.items() if len(v.product_rows)}, stats
+
+
+def align_photos(model_dir: str | Path, catalog, embeddings_dir: str | Path, out_dir: str | Path,
+                 config: PhotoAlignConfig | None = None, loop=None, cache_dir: str | Path | None = None,
+                 model: nn.Module | None = None) -> dict:
+    """Train a photo head for the model in `model_dir` on the photos of `catalog` against the product
+    embeddings of `embeddings_dir` (made by this model); write `out_dir/model` and `out_dir/photo_align.json`.
+    `cache_dir`: where the image-tower features are kept (default `out_dir/cache`). Returns the summary."""
+    from ..io import atomic_dir, write_json
+    from ..losses.gather import rank
+    from .align import load_product_vectors
+    from .loop import LoopConfig, pick_device, train
+
+    config = config or PhotoAlignConfig()
+    out_dir = Path(out_dir)
+    if model is None:
+        import dashclip
+
+        model = dashclip.load(model_dir)
+    product_ids, product_vectors = load_product_vectors(model, embeddings_dir)
+    loop = loop or LoopConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                              weight_decay=config.weight_decay, seed=config.seed, warmup_steps=0, log_every=5)
+    device = pick_device(loop.device)
+    model.add_photo_encoder(config.hidden)      # a new head, starting as the image projection
+    model.lock_for_photos()
+    train_set, evals, stats = _photo_sets(model, catalog, np.asarray(product_ids), config,
+                                          cache_dir or out_dir / "cache", device, loop.progress)
+    if stats["train_photos"] < 2:
+        raise ValueError(f"{catalog.root}: {stats['train_photos']} photos to train on; photo alignment needs "
+                         "catalog images of products that are embedded and not held out")
+    # a small catalog (a few thousand photos) still gets several steps per epoch
+    loop = dataclasses.replace(loop, batch_size=min(loop.batch_size, stats["train_photos"]))
+    aligner = PhotoAligner(model, torch.from_numpy(np.array(product_vectors, dtype=np.float32)),
+                           config.temperature).to(device)
+    task = PhotoAlignTask(train_set, evals)
+    aligner.eval()
+    start = task.evaluate(aligner)            # the image projection's answers, before any training
+    result = train(aligner, task, loop, out_dir)
+    summary = {"model_dir": str(model_dir), "embeddings": str(embeddings_dir), "catalog": str(catalog.root),
+               "config": asdict(config), "loop": dict(vars(loop)), **stats, "steps": result.step,
+               "epochs": result.epoch, "seconds": round(result.seconds, 1), "start": start,
+               "evals": result.evals, "temperature": float(aligner.logit_scale.detach().exp().reciprocal())}
+    if rank() == 0:
+        model.to("cpu")
+        with atomic_dir(out_dir / "model") as tmp:
+            model.save(tmp)
+        write_json(out_dir / PHOTO_ALIGN_FILE, summary)
+    return summary
+

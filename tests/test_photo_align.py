@@ -1,0 +1,138 @@
+"""Photo alignment (issue 20): a photo head trained on catalog photos against the frozen product embeddings.
+It starts as the image projection, learns to put photos next to their products, keeps the model id (so the
+index still opens), saves and loads with the model, exports to ONNX, and serves photo queries."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import dashclip
+from dashclip.data.catalog import Catalog
+from dashclip.models.embeddings import embed_catalog
+from dashclip.training.loop import LoopConfig
+from dashclip.training.photo_align import PhotoAlignConfig, align_photos
+from toy_catalog import make_catalog
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("photo-align")
+    cat_dir = make_catalog(tmp / "toy")
+    images = pd.read_parquet(cat_dir / "images.parquet")
+    images.loc[images["role"] == "extra", "split"] = ["train", "train", "val", "test", "train", "val"]
+    images.to_parquet(cat_dir / "images.parquet")
+    torch.manual_seed(0)
+    dashclip.create_model("tiny", pretrained=False).save(tmp / "model")
+    catalog = Catalog.open(cat_dir)
+    embed_catalog(dashclip.load(tmp / "model"), catalog, tmp / "emb", progress=False)
+    cfg = PhotoAlignConfig(epochs=30, batch_size=16, lr=3e-3, hidden=64, heldout_frac=0.2)
+    loop = LoopConfig(epochs=30, batch_size=16, lr=3e-3, weight_decay=0.01, progress=False, log_every=5)
+    summary = align_photos(tmp / "model", catalog, tmp / "emb", tmp / "run", cfg, loop)
+    return tmp, catalog, summary
+
+
+def test_photo_head_starts_as_the_image_projection_and_keeps_the_model_id():
+    model = dashclip.create_model("tiny", pretrained=False).eval()
+    before = model.model_id
+    pixels = torch.rand(3, 3, model.config.image_size, model.config.image_size)
+    image = model.encode_image(pixels)
+    assert torch.allclose(model.encode_photo(pixels), image)          # no head: photos are image embeddings
+    model.add_photo_encoder(hidden=32)
+    assert torch.allclose(model.encode_photo(pixels), image, atol=1e-6)   # the MLP's output layer starts at 0
+    with torch.no_grad():
+        model.photo_proj.mlp[-1].weight.normal_()
+    assert not torch.allclose(model.encode_photo(pixels), image, atol=1e-3)
+    assert model.model_id == before                                   # the head is outside the product space
+    trained = model.lock_for_photos()
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == \
+        [f"photo_proj.{n}" for n, _ in trained[0].named_parameters()]
+
+
+def test_alignment_trains_on_train_photos_and_puts_photos_on_their_products(aligned):
+    tmp, catalog, s = aligned
+    # 48 products, 20% held out by id; extra photos: 3 "train" (trained unless held out), 2 "val"
+    # (evaluated), 1 "test" (neither)
+    assert s["train_photos"] + s["heldout_photos"] + s.get("val_photos", 0) <= 48 + 5
+    assert s["heldout_photos"] >= 1 and s["val_photos"] >= 1
+    assert s["steps"] == 30 * (s["train_photos"] // 16)
+    last = s["evals"][-1]
+    assert last["heldout_recall@1"] == pytest.approx(last["heldout_recall@1"])
+    # training photos are where the head learns; the toy products differ in colour and stripe, so held-out
+    # photos land on their own product far more often than the untrained image projection puts them there
+    assert last["heldout_recall@10"] > s["start"]["heldout_recall@10"]
+    assert (tmp / "run" / "photo_align.json").is_file() and (tmp / "run" / "metrics.jsonl").is_file()
+
+
+def test_aligned_model_loads_with_its_head_and_serves_the_same_index(aligned, tmp_path):
+    from dashclip.index.catalog_index import build_catalog_index
+    from dashclip.serving.search import Searcher
+
+    tmp, catalog, _ = aligned
+    base, model = dashclip.load(tmp / "model"), dashclip.load(tmp / "run" / "model")
+    assert model.has_photo_encoder and not base.has_photo_encoder and model.photo_hidden == 64
+    assert model.model_id == base.model_id
+    # nothing but the photo head moved: text search (query encoder, product side) is the same to the bit
+    assert all(torch.equal(t, base.state_dict()[k]) for k, t in model.state_dict().items()
+               if not k.startswith("photo_proj."))
+    build_catalog_index(base, tmp / "model", catalog, tmp_path / "index", embeddings=tmp / "emb", quiet=True)
+    # the aligned model opens the index built with the model it came from (Searcher.open checks the id)
+    s = Searcher.open(tmp / "run" / "model", tmp_path / "index")
+    from PIL import Image
+
+    photo = Image.open(catalog.image_path(catalog.product(100)["image"])).convert("RGB")
+    want = model.encode_photo([photo]).numpy()
+    assert not np.allclose(want, base.encode_image([photo]).numpy(), atol=1e-3)
+    assert np.allclose(s.encode_images([photo]), want / np.linalg.norm(want), atol=1e-5)
+    # with a photo head a photo alone searches the product embeddings, not the photo index's mix
+    assert s.photo_index is not None
+    ids, _ = s.index.search(s.encode_images([photo]), 5)
+    assert [h.id for h in s.search_image(photo, k=5)] == list(ids[0])
+    without = Searcher.open(tmp / "model", tmp_path / "index")
+    ids, _ = without.photo_index.search(without.encode_images([photo]), 5)
+    assert [h.id for h in without.search_image(photo, k=5)] == list(ids[0])
+
+
+def test_onnx_export_carries_the_photo_head(aligned, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from dashclip.models.onnx_model import OnnxModel, export_onnx
+
+    tmp, catalog, _ = aligned
+    model = dashclip.load(tmp / "run" / "model")
+    export_onnx(tmp / "run" / "model", tmp_path / "onnx")
+    onnx = OnnxModel.open(tmp_path / "onnx")
+    pixels = torch.rand(4, 3, model.config.image_size, model.config.image_size)
+    got, want = onnx.encode_photo(pixels), model.encode_photo(pixels).numpy()
+    assert (got * want).sum(1).min() > 0.9999
+    assert onnx.manifest["has_photo_encoder"] is True
+
+
+def test_nothing_to_train_on_is_a_clear_error(tmp_path):
+    cat_dir = make_catalog(tmp_path / "toy", extra_photos=0)
+    dashclip.create_model("tiny", pretrained=False).save(tmp_path / "model")
+    catalog = Catalog.open(cat_dir)
+    embed_catalog(dashclip.load(tmp_path / "model"), catalog, tmp_path / "emb", progress=False)
+    with pytest.raises(ValueError, match="heldout_frac"):
+        PhotoAlignConfig(heldout_frac=1.0)
+    cfg = PhotoAlignConfig(heldout_frac=0.99)       # every product held out: no photo left to train on
+    with pytest.raises(ValueError, match="photos to train on"):
+        align_photos(tmp_path / "model", catalog, tmp_path / "emb", tmp_path / "run", cfg,
+                     LoopConfig(progress=False))
+
+
+def test_the_pipeline_guard_keeps_the_photo_head_when_it_ships_the_base_encoder(aligned, tmp_path):
+    import shutil
+    from types import SimpleNamespace
+
+    from dashclip.pipeline.steps import ship_base
+
+    tmp, _, _ = aligned
+    (tmp_path / "stage1").mkdir()
+    shutil.copytree(tmp / "model", tmp_path / "stage1" / "model")
+    shutil.copytree(tmp / "run" / "model", tmp_path / "model")
+    ship_base(SimpleNamespace(path=lambda *parts: tmp_path.joinpath(*parts)))
+    shipped, aligned_model = dashclip.load(tmp_path / "model"), dashclip.load(tmp / "run" / "model")
+    pixels = torch.rand(2, 3, shipped.config.image_size, shipped.config.image_size)
+    assert shipped.has_photo_encoder
+    assert torch.allclose(shipped.encode_photo(pixels), aligned_model.encode_photo(pixels), atol=1e-6)
