@@ -54,8 +54,16 @@ def test_alignment_trains_on_train_photos_and_puts_photos_on_their_products(alig
     tmp, catalog, s = aligned
     # 48 products, 20% held out by id; extra photos: 3 "train" (trained unless held out), 2 "val"
     # (evaluated), 1 "test" (neither)
-    assert s["train_photos"] + s["heldout_photos"] + s.get("val_photos", 0) <= 48 + 5
-    assert s["heldout_photos"] >= 1 and s["val_photos"] >= 1
+    from dashclip.training.data import heldout_mask
+
+    ids = catalog.products["id"].tolist()
+    held = dict(zip(ids, heldout_mask(ids, 0.2, 0)))
+    extras = dict(zip([100, 105, 110, 115, 120, 125], ["train", "train", "val", "test", "train", "val"]))
+    want_train = sum(not held[i] for i in ids) + sum(not held[i] for i, sp in extras.items() if sp == "train")
+    want_held = sum(held[i] for i in ids) + sum(held[i] for i, sp in extras.items() if sp == "train")
+    assert s["train_photos"] == want_train and s["heldout_photos"] == want_held
+    assert s.get("val_photos", 0) == sum(not held[i] for i, sp in extras.items() if sp == "val")
+    assert s["heldout_photos"] >= 1
     assert s["steps"] == 30 * (s["train_photos"] // 16)
     last = s["evals"][-1]
     assert last["heldout_recall@1"] == pytest.approx(last["heldout_recall@1"])

@@ -6,7 +6,7 @@ import typer
 
 app = typer.Typer(
     help="dashclip: multimodal e-commerce search (DashCLIP). Stages, in order: "
-    "catalog import -> pretrain (Stage 1) -> labels -> align (Stage 2) -> index -> search/serve -> eval "
+    "catalog import -> pretrain (Stage 1) -> labels -> align (Stage 2) -> align-photos -> index -> search/serve -> eval "
     "(`dashclip export onnx` for fast CPU serving). "
     "`dashclip train shop.toml` runs them all on your shop, `dashclip demo` on the fashion catalog.",
     no_args_is_help=True,

@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option("127.0.0.1", "--host"),
         port: int = typer.Option(8000, "--port"),
     ):
-        """Run the whole method on the fashion catalog: import, Stage 1, labels, Stage 2, index, eval,
+        """Run the whole method on the fashion catalog: import, Stage 1, labels, Stage 2, photos, index, eval,
         then serve the web page. A second run reuses finished steps."""
         from .clihelp import console, user_errors
 

@@ -143,12 +143,8 @@ def _photo_sets(model, catalog, product_ids: np.ndarray, cfg: PhotoAlignConfig, 
     cache = build_or_open(model, index.paths, cache_dir, device=device, show_progress=progress)
     valid = np.asarray(cache.valid, dtype=bool)[index.pair_image] & (rows >= 0)
     held = heldout_mask(catalog.products["id"].tolist(), cfg.heldout_frac, cfg.seed)[index.pair_product]
-    path_split = {}
-    if split is not None:
-        for rel, s in zip(used["image"].tolist(), used["split"].tolist()):
-            path_split[str(catalog.image_path(rel))] = s
-    is_eval = np.array([path_split.get(str(index.paths[i])) == cfg.eval_split if cfg.eval_split else False
-                        for i in index.pair_image], dtype=bool)
+    eval_paths = {str(catalog.image_path(rel)) for rel in images.loc[np.asarray(eval_ok), "image"].tolist()}
+    is_eval = np.array([str(index.paths[i]) in eval_paths for i in index.pair_image], dtype=bool)
 
     def subset(mask) -> PhotoSet:
         sel = np.flatnonzero(mask)
