@@ -144,3 +144,22 @@ def test_the_pipeline_guard_keeps_the_photo_head_when_it_ships_the_base_encoder(
     pixels = torch.rand(2, 3, shipped.config.image_size, shipped.config.image_size)
     assert shipped.has_photo_encoder
     assert torch.allclose(shipped.encode_photo(pixels), aligned_model.encode_photo(pixels), atol=1e-6)
+
+
+def test_cli_align_photos(aligned, tmp_path):
+    from typer.testing import CliRunner
+
+    from dashclip.cli import app
+
+    tmp, catalog, _ = aligned
+    res = CliRunner().invoke(app, ["align-photos", "--model", str(tmp / "model"), "--catalog", str(catalog.root),
+                                   "--embeddings", str(tmp / "emb"), "--out", str(tmp_path / "run"), "--epochs", "2",
+                                   "--hidden", "16", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "photo -> own product, before / after" in res.output and "heldout_recall@10" in res.output
+    model = dashclip.load(tmp_path / "run" / "model")
+    assert model.has_photo_encoder and model.photo_hidden == 16
+    bad = CliRunner().invoke(app, ["align-photos", "--model", str(tmp / "model"), "--catalog", str(catalog.root),
+                                   "--embeddings", str(tmp / "emb"), "--out", str(tmp_path / "run2"),
+                                   "--heldout-frac", "1.5", "--no-progress"])
+    assert bad.exit_code != 0 and "heldout_frac" in bad.output

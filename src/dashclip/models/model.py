@@ -242,11 +242,10 @@ class DashCLIP(nn.Module):
     # ---- identity and persistence
     @property
     def model_id(self) -> str:
-        """A hash of the config and the weights of the product side (everything but the Stage 2 query
-        encoder): it names the product embedding space. Embeddings and indexes record it, so vectors
+        """A hash of the config and the weights of the product side (everything but the query-side parts:
+        the Stage 2 query encoder and the photo head): it names the product embedding space. Embeddings and indexes record it, so vectors
         made by one model are never searched with another; Stage 2 with a frozen product side keeps
-        the id, so its query encoder searches the Stage 1 index as it should (and so does the photo
-        head of photo alignment)."""
+        the id, so its query encoder searches the Stage 1 index as it should, and so does photo alignment."""
         h = hashlib.blake2b(digest_size=8)
         config = self.config.to_dict()
         for name, default in LATER_CONFIG_FIELDS.items():   # at its default, a newer field changes no id
