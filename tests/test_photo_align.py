@@ -23,6 +23,7 @@ def aligned(tmp_path_factory):
     images = pd.read_parquet(cat_dir / "images.parquet")
     images.loc[images["role"] == "extra", "split"] = ["train", "train", "val", "test", "train", "val"]
     images.to_parquet(cat_dir / "images.parquet")
+    (cat_dir / "images" / "120_b.png").write_bytes(b"not a png")     # a corrupt train photo: left out, counted
     torch.manual_seed(0)
     dashclip.create_model("tiny", pretrained=False).save(tmp / "model")
     catalog = Catalog.open(cat_dir)
@@ -59,9 +60,11 @@ def test_alignment_trains_on_train_photos_and_puts_photos_on_their_products(alig
     ids = catalog.products["id"].tolist()
     held = dict(zip(ids, heldout_mask(ids, 0.2, 0)))
     extras = dict(zip([100, 105, 110, 115, 120, 125], ["train", "train", "val", "test", "train", "val"]))
-    want_train = sum(not held[i] for i in ids) + sum(not held[i] for i, sp in extras.items() if sp == "train")
-    want_held = sum(held[i] for i in ids) + sum(held[i] for i, sp in extras.items() if sp == "train")
+    readable = {i: sp for i, sp in extras.items() if i != 120}
+    want_train = sum(not held[i] for i in ids) + sum(not held[i] for i, sp in readable.items() if sp == "train")
+    want_held = sum(held[i] for i in ids) + sum(held[i] for i, sp in readable.items() if sp == "train")
     assert s["train_photos"] == want_train and s["heldout_photos"] == want_held
+    assert s["unreadable_or_not_embedded"] == 1 and "120_b.png" in s["first_unreadable"][0]
     assert s.get("val_photos", 0) == sum(not held[i] for i, sp in extras.items() if sp == "val")
     assert s["heldout_photos"] >= 1
     assert s["steps"] == 30 * (s["train_photos"] // 16)

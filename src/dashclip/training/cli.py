@@ -239,6 +239,9 @@ def register(app: typer.Typer) -> None:
             loop = LoopConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=cfg.weight_decay,
                               seed=seed, resume=resume, progress=progress, device=device, log_every=5)
             summary = run(model, Catalog.open(catalog), embeddings, out, cfg, loop, cache_dir=cache_dir)
+        if summary["unreadable_or_not_embedded"]:
+            console.print(f"left out: {summary['unreadable_or_not_embedded']} images unreadable or of products "
+                          "without an embedding; first: " + "; ".join(summary["first_unreadable"]))
         last = summary["evals"][-1] if summary["evals"] else {}
         console.print("photo -> own product, before / after: " + "  ".join(
             f"{k} {summary['start'].get(k, float('nan')):.3f} / {last[k]:.3f}" for k in last

@@ -156,6 +156,7 @@ def _photo_sets(model, catalog, product_ids: np.ndarray, cfg: PhotoAlignConfig, 
     if is_eval.any():
         evals[cfg.eval_split] = subset(valid & is_eval & ~held)
     stats = {"train_photos": len(train.product_rows), "unreadable_or_not_embedded": int((~valid).sum()),
+             "first_unreadable": list(cache.meta.get("first_errors", []))[:5],   # file: why, for the user
              **{f"{k}_photos": len(v.product_rows) for k, v in evals.items()}}
     return train, {k: v for k, v in evals.items() if len(v.product_rows)}, stats
 
