@@ -93,7 +93,6 @@ def grocery_photo_head(args, catalog, model_dir, run, evaluate) -> dict:
     import dashclip
     from dashclip.evaluation.evaluators import GroceryEvaluator
     from dashclip.models.embeddings import embed_catalog
-    from dashclip.training.loop import LoopConfig
     from dashclip.training.photo_align import PhotoAlignConfig, align_photos
 
     emb = run / "embeddings"
@@ -105,9 +104,7 @@ def grocery_photo_head(args, catalog, model_dir, run, evaluate) -> dict:
     if (photo_run / "photo_align.json").exists():
         summary = json.loads((photo_run / "photo_align.json").read_text())
     else:
-        loop = LoopConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                          progress=False, log_every=5)
-        summary = align_photos(model_dir, catalog, emb, photo_run, cfg, loop,
+        summary = align_photos(model_dir, catalog, emb, photo_run, cfg, cfg.loop(progress=False),
                                cache_dir=Path(args.work) / "../cache/grocery-train")
     model = dashclip.load(photo_run / "model")
     val = GroceryEvaluator(catalog, split="val", feature_cache_dir=str(Path(args.work) / "../cache/grocery-eval"),

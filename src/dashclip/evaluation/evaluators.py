@@ -302,8 +302,8 @@ class GroceryEvaluator:
             with torch.inference_mode():
                 return to_numpy(model.project_photo(pooled.to(next(model.parameters()).device))), valid
         parts = []
+        encode = getattr(model, "encode_photo", model.encode_image)
         for i in range(0, len(rels), self.batch_size):
-            encode = getattr(model, "encode_photo", model.encode_image)
             parts.append(to_numpy(encode(self._images(rels[i:i + self.batch_size]))))
             if progress is not None:
                 progress(len(rels[i:i + self.batch_size]))

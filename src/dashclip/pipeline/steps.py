@@ -669,31 +669,30 @@ def step_stage2(r: Run) -> dict:
 def step_photos(r: Run) -> dict:
     """Photo alignment: a photo-query head trained on the catalog's images against the product embeddings."""
     from ..data.catalog import Catalog
-    from ..io import atomic_dir
-    from ..training.loop import LoopConfig
+    from ..io import atomic_dir, read_json
     from ..training.photo_align import PhotoAlignConfig, align_photos
-    from ..training.pretrain import PretrainConfig
+    from ..training.pretrain import CONFIG_FILE
 
     p = r.cfg.photos
     if p.enabled == "off" or (p.enabled == "auto" and text_only(r)):
         why = "[photos] enabled = off" if p.enabled == "off" else "no Stage 1 (no images): photos have no tower"
         r.log(f"photo alignment skipped ({why}); photo queries use the image embedding")
-        import dashclip
+        if read_json(r.path("model", "config.json")).get("photo_encoder"):   # an earlier run's head, now off
+            import dashclip
 
-        model = dashclip.load(r.path("model"))
-        if model.has_photo_encoder:      # an earlier run's head, now turned off
+            model = dashclip.load(r.path("model"))
             model.photo_proj, model.photo_hidden = None, None
             with atomic_dir(r.path("model")) as tmp:
                 model.save(tmp)
         return {"skipped": True, "why": why}
+    if text_only(r):
+        raise ConfigError("[photos] enabled = \"on\", but Stage 1 did not run (no images): no photo to align")
     out = r.path("photos")
-    stage1 = PretrainConfig()      # hold out Stage 1's products: they stay unseen by every step
+    stage1 = read_json(r.path("stage1", CONFIG_FILE))   # its held-out products stay unseen by every step
     cfg = PhotoAlignConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, hidden=p.hidden,
-                           heldout_frac=stage1.heldout_frac, seed=stage1.seed)
-    loop = LoopConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=cfg.weight_decay,
-                      seed=cfg.seed, log_every=5, resume=(out / "checkpoints" / "last.pt").exists())
-    summary = align_photos(r.path("model"), Catalog.open(r.path("catalog")), r.path("embeddings"), out, cfg, loop,
-                           cache_dir=r.path("cache"))
+                           heldout_frac=stage1["heldout_frac"], seed=stage1["seed"])
+    summary = align_photos(r.path("model"), Catalog.open(r.path("catalog")), r.path("embeddings"), out, cfg,
+                           cfg.loop(resume=(out / "checkpoints" / "last.pt").exists()), cache_dir=r.path("cache"))
     with atomic_dir(r.path("model")) as tmp:      # the model users keep: both encoders and the photo head
         shutil.copytree(out / "model", tmp, dirs_exist_ok=True)
     last = summary["evals"][-1] if summary["evals"] else {}

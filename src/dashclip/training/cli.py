@@ -229,16 +229,14 @@ def register(app: typer.Typer) -> None:
         embedding (search by photo). The product side and the index stay as they are."""
         from ..clihelp import console, user_errors
         from ..data.catalog import Catalog
-        from .loop import LoopConfig
         from .photo_align import PhotoAlignConfig, align_photos as run
 
         with user_errors():
             cfg = PhotoAlignConfig(epochs=epochs, batch_size=batch_size, lr=lr, hidden=hidden,
                                    heldout_frac=heldout_frac, seed=seed, train_splits=tuple(train_split),
                                    eval_split=eval_split or None)
-            loop = LoopConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=cfg.weight_decay,
-                              seed=seed, resume=resume, progress=progress, device=device, log_every=5)
-            summary = run(model, Catalog.open(catalog), embeddings, out, cfg, loop, cache_dir=cache_dir)
+            summary = run(model, Catalog.open(catalog), embeddings, out, cfg,
+                          cfg.loop(resume=resume, progress=progress, device=device), cache_dir=cache_dir)
         if summary["unreadable_or_not_embedded"]:
             console.print(f"left out: {summary['unreadable_or_not_embedded']} images unreadable or of products "
                           "without an embedding; first: " + "; ".join(summary["first_unreadable"]))

@@ -56,6 +56,14 @@ class PhotoAlignConfig:
             raise ValueError(f"temperature must be > 0, not {self.temperature}")
         self.train_splits = tuple(self.train_splits)
 
+    def loop(self, **options):
+        """The shared loop's settings for this run (epochs, batch, lr, ... from here); `options` are the
+        run's own (resume, progress, device)."""
+        from .loop import LoopConfig
+
+        return LoopConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                          seed=self.seed, warmup_steps=0, log_every=5, **options)
+
 
 class PhotoAligner(nn.Module):
     """What the loop trains: the model (only its photo head trainable), a learnable temperature, and the
@@ -166,11 +174,12 @@ def align_photos(model_dir: str | Path, catalog, embeddings_dir: str | Path, out
                  model: nn.Module | None = None) -> dict:
     """Train a photo head for the model in `model_dir` on the photos of `catalog` against the product
     embeddings of `embeddings_dir` (made by this model); write `out_dir/model` and `out_dir/photo_align.json`.
-    `cache_dir`: where the image-tower features are kept (default `out_dir/cache`). Returns the summary."""
+    `cache_dir`: where the image-tower features are kept (default `out_dir/cache`); `loop` (default
+    `config.loop()`): the shared loop's settings. Returns the summary."""
     from ..io import atomic_dir, write_json
     from ..losses.gather import rank
     from .align import load_product_vectors
-    from .loop import LoopConfig, pick_device, train
+    from .loop import pick_device, train
 
     config = config or PhotoAlignConfig()
     out_dir = Path(out_dir)
@@ -179,8 +188,7 @@ def align_photos(model_dir: str | Path, catalog, embeddings_dir: str | Path, out
 
         model = dashclip.load(model_dir)
     product_ids, product_vectors = load_product_vectors(model, embeddings_dir)
-    loop = loop or LoopConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                              weight_decay=config.weight_decay, seed=config.seed, warmup_steps=0, log_every=5)
+    loop = loop or config.loop()
     device = pick_device(loop.device)
     model.add_photo_encoder(config.hidden)      # a new head, starting as the image projection
     model.lock_for_photos()
