@@ -138,3 +138,20 @@ def test_cli_imports_a_preset_without_flags(fake_data, tmp_path):
                                    str(tmp_path / "cat"), "-q"])
     assert res.exit_code == 0, res.output
     assert Catalog.open(tmp_path / "cat").product(1)["image"] == "images/1.jpg"
+
+
+def test_product_texts_read_only_their_columns_and_match_product_text():
+    """`product_texts` (column lists) gives what `product_text` gives row by row: missing values, repeats of
+    the title and columns that are not attributes are left out, the text field comes last."""
+    import pandas as pd
+
+    from dashclip.data.catalog import product_text, product_texts
+
+    products = pd.DataFrame({
+        "id": [1, 2, 3], "title": ["Blue Shirt", "Red Mug", "Lamp"], "category": ["Shirts", None, "lamp"],
+        "colour": pd.array(["Blue", pd.NA, "White"], dtype="string[pyarrow]"), "price": [9.5, 3.0, float("nan")],
+        "text": ["cotton", None, ""]})
+    want = [product_text(r, ["colour", "size"]) for r in products.to_dict("records")]
+    assert product_texts(products, ["colour", "size"]) == want
+    assert want == ["Blue Shirt | Shirts | Blue | cotton", "Red Mug", "Lamp | White"]
+    assert product_texts(products.iloc[[2, 0]], ["colour"]) == [want[2], want[0]]

@@ -116,8 +116,7 @@ class Catalog:
     def product_texts(self, rows=None) -> list[str]:
         """The text of every product (or of catalog `rows`, in that order) as the text models read it:
         see `product_text`."""
-        products = self.products if rows is None else self.products.iloc[list(rows)]
-        return [product_text(r, self.attributes) for r in products.to_dict("records")]
+        return product_texts(self.products if rows is None else self.products.iloc[list(rows)], self.attributes)
 
 
 @dataclass
@@ -175,6 +174,15 @@ class ImageIndex:
         return ImageIndex(self.paths, self.pair_product[keep], self.pair_image[keep], primary, skipped)
 
 
+def product_texts(products: pd.DataFrame, attributes: list[str] | tuple = ()) -> list[str]:
+    """`product_text` of every row of a catalog's products table (or a part of it), in its order."""
+    # only the columns product_text reads, each as one Python list: to_dict("records") of every column
+    # took 0.95 of the 1.25 s that the fashion catalog's 44,439 texts took (now 0.3 s)
+    columns = [c for c in dict.fromkeys(("title", "category", *attributes, "text")) if c in products]
+    values = [products[c].tolist() for c in columns]
+    return [product_text(dict(zip(columns, row)), attributes) for row in zip(*values)]
+
+
 def product_text(row: dict, attributes: list[str] | tuple = ()) -> str:
     """Title plus category and attribute values, e.g.
     "Turtle Check Men Navy Blue Shirt | Shirts | Men | Navy Blue | Casual".
@@ -191,7 +199,8 @@ def product_text(row: dict, attributes: list[str] | tuple = ()) -> str:
         if s and s.lower() not in seen:
             parts.append(s)
             seen.add(s.lower())
-    extra = str(row.get("text") or "").strip()
+    extra = row.get("text")
+    extra = "" if is_missing(extra) else str(extra).strip()   # pandas' str columns hold a missing value as NaN
     if extra:
         parts.append(extra)
     return " | ".join(parts)

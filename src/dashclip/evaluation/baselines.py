@@ -204,23 +204,23 @@ def retrieval_products(catalog, embedding_ids: Sequence | None = None):
 
 def bm25_scorer(catalog, products=None) -> BM25Scorer:
     """BM25 over `product_text` (title + category + attributes), the project's one product text."""
-    from ..data.catalog import product_text
+    from ..data.catalog import product_texts
 
     products = retrieval_products(catalog) if products is None else products
-    texts = [product_text(r, catalog.attributes) for r in products.to_dict("records")]
+    texts = product_texts(products, catalog.attributes)
     return BM25Scorer("BM25 (title + attributes)", texts, products["id"].tolist())
 
 
 def minilm_scorer(catalog, products=None, field: str = "title", cache_dir: str | Path | None = None,
                   encoder=None, progress=None) -> EmbeddingScorer:
     """The off-the-shelf MiniLM, query vs one product field (`title`, or `text`: `product_text`)."""
-    from ..data.catalog import product_text
+    from ..data.catalog import product_texts
 
     products = retrieval_products(catalog) if products is None else products
     if field == "title":
         texts = products["title"].astype(str).tolist()
     elif field == "text":
-        texts = [product_text(r, catalog.attributes) for r in products.to_dict("records")]
+        texts = product_texts(products, catalog.attributes)
     else:
         raise ValueError(f"MiniLM baseline: field must be 'title' or 'text', not {field!r}")
     name = "MiniLM (query vs title)" if field == "title" else "MiniLM (query vs title + attributes)"

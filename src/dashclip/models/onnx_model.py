@@ -392,8 +392,7 @@ class OnnxModel:
         out = []
         for i in range(0, len(texts), batch_size):
             out.append(self._run(graph, self.tokenize(texts[i:i + batch_size]))[0])
-        return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros((0, self.embed_dim),
-                                                                                      np.float32)
+        return self._stack(out).astype(np.float32, copy=False)
 
     def encode_query(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """Misspellings corrected, then the query graph: float32 [N, D], L2-normalised."""
@@ -412,39 +411,34 @@ class OnnxModel:
                  "pooled": np.ascontiguousarray(pooled, dtype=np.float32)}
         return dict(zip(("fused", "image", "text"), self._run("product", feeds)))
 
-    def encode_image(self, images, batch_size: int = 64) -> np.ndarray:
-        out = []
+    def _image_batches(self, images, batch_size: int):
+        """(start, patches, pooled) of the image graph over `images` (PIL images or pixels), a batch at a time."""
         for i in range(0, len(images), batch_size):
             chunk = images[i:i + batch_size]
-            pixels = chunk if hasattr(chunk, "shape") else self.preprocess(chunk)
-            patches, pooled = self.image_features(pixels)
-            # the image embedding is the product graph's `image` output; its text inputs do not change it
-            out.append(self._product([""] * len(pooled), patches, pooled)["image"])
-        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
+            yield (i, *self.image_features(chunk if hasattr(chunk, "shape") else self.preprocess(chunk)))
+
+    def _stack(self, parts: list) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros((0, self.embed_dim), np.float32)
+
+    def encode_image(self, images, batch_size: int = 64) -> np.ndarray:
+        # the image embedding is the product graph's `image` output; its text inputs do not change it
+        return self._stack([self._product([""] * len(pooled), patches, pooled)["image"]
+                            for _, patches, pooled in self._image_batches(images, batch_size)])
 
     def encode_photo(self, images, batch_size: int = 64) -> np.ndarray:
         """A photo query: the image graph, then the photo graph (`DashCLIP.encode_photo`); an export made
         before the photo graph answers with the image embedding, as its source model did."""
         if "photo" not in self._sessions:
             return self.encode_image(images, batch_size)
-        out = []
-        for i in range(0, len(images), batch_size):
-            chunk = images[i:i + batch_size]
-            _, pooled = self.image_features(chunk if hasattr(chunk, "shape") else self.preprocess(chunk))
-            out.append(self._run("photo", {"pooled": np.ascontiguousarray(pooled, dtype=np.float32)})[0])
-        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
+        return self._stack([self._run("photo", {"pooled": np.ascontiguousarray(pooled, dtype=np.float32)})[0]
+                            for _, _, pooled in self._image_batches(images, batch_size)])
 
     def encode_product(self, texts: Sequence[str], images, batch_size: int = 64) -> np.ndarray:
         texts = list(texts)
         if len(texts) != len(images):
             raise ValueError(f"encode_product: {len(texts)} texts but {len(images)} images")
-        out = []
-        for i in range(0, len(texts), batch_size):
-            chunk = images[i:i + batch_size]
-            pixels = chunk if hasattr(chunk, "shape") else self.preprocess(chunk)
-            patches, pooled = self.image_features(pixels)
-            out.append(self._product(texts[i:i + batch_size], patches, pooled)["fused"])
-        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), np.float32)
+        return self._stack([self._product(texts[i:i + batch_size], patches, pooled)["fused"]
+                            for i, patches, pooled in self._image_batches(images, batch_size)])
 
     def embed_rows(self, texts: list[str], rows: np.ndarray, inputs, kinds) -> tuple[dict, list[bool]]:
         """`models.embeddings.embed_rows` for this backend: the same inputs (`image_inputs`), the same outputs."""
