@@ -176,3 +176,25 @@ def test_build_writes_a_photo_index_and_add_remove_keep_it_in_step(setup, tmp_pa
                        "--no-photo-index")
     assert code == 0 and "photo index" not in out, out
     assert not (tmp_path / "idx" / "photo").exists()
+
+
+def test_build_tunes_hnsw_on_the_queries_given(setup, tmp_path):
+    catalog, model, _ = setup
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps({"qid": f"q{i % 3}", "query": q}) + "\n"   # a log: q0 again
+                               for i, q in enumerate(["red shirt", "black heels for women", "watch", "red shirt"])))
+    out = tmp_path / "idx"
+    code, output = invoke("build", "--model", model, "--catalog", catalog, "--out", out, "--factory", "HNSW4,Flat",
+                          "--tune-queries", queries, "--no-photo-index", "-q")
+    assert code == 0, output
+    meta = open_index(out).meta
+    assert meta["ef_search_tuned_on"] == "3 queries" and meta["ef_search_tuned_recall_at_10"] >= 0.95  # distinct
+    assert "recall@10" in output and "on 3 queries" in output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"qid": "q1", "query": "shirt"}\n{"qid": "q2"}\n')
+    code, output = invoke("build", "--model", model, "--catalog", catalog, "--out", tmp_path / "x",
+                          "--tune-queries", bad, "-q")
+    assert code == 2 and "bad.jsonl: line 2: no 'query' field" in output and not (tmp_path / "x").exists()
+    code, output = invoke("build", "--model", model, "--catalog", catalog, "--out", tmp_path / "x",
+                          "--backend", "milvus", "--tune-queries", queries, "-q")
+    assert code == 2 and "--tune-queries" in output and not (tmp_path / "x").exists()

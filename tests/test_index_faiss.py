@@ -120,3 +120,28 @@ def test_refining_index_tunes_k_factor_keeps_it_and_reranks_exactly(data, tmp_pa
     np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="no efSearch or k_factor"):
         build_index(vectors, ids, tmp_path / "flat").set_search_setting(8)
+
+
+def test_hnsw_tunes_on_real_queries_when_given(tmp_path):
+    """Queries far from every product (as shoppers' are) need a wider beam than noisy copies of products:
+    tuned on them, the index meets the recall target on them; an exact index never encodes the queries."""
+    rng = np.random.default_rng(5)
+    vectors, ids = unit(rng, 4000, 32), [f"p{i}" for i in range(4000)]
+    queries = unit(rng, 300, 32)
+    copies = build_index(vectors, ids, tmp_path / "copies", factory="HNSW8,Flat")
+    tuned = build_index(vectors, ids, tmp_path / "queries", factory="HNSW8,Flat", tune_queries=lambda: queries)
+    assert copies.meta["ef_search_tuned_on"] == "noisy copies of stored vectors"
+    assert tuned.meta["ef_search_tuned_on"] == "300 queries"
+    assert tuned.meta["ef_search"] > copies.meta["ef_search"]
+
+    def recall(index):
+        got, _ = index.search(queries, 10)
+        truth = exact(vectors, ids, queries, 10, np.ones(len(ids), bool))
+        return np.mean([len(set(g) & set(t)) / 10 for g, t in zip(got, truth)])
+
+    assert recall(tuned) >= faiss_index.TUNE_RECALL_TARGET > recall(copies)
+    assert abs(recall(tuned) - tuned.meta["ef_search_tuned_recall_at_10"]) < 1e-6
+
+    def never():
+        raise AssertionError("an exact index has nothing to tune")
+    assert build_index(vectors, ids, tmp_path / "flat", factory="Flat", tune_queries=never).meta["factory"] == "Flat"

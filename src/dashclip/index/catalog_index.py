@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 EMBEDDING_KIND = "fused"  # the product embedding (title grounded in the image)
 PHOTO_SUBDIR = "photo"    # the photo index inside an index dir
 PHOTO_IMAGE_WEIGHT = 0.5  # w of ranking.photo_vectors; chosen in benchmarks/results/photo_search.md
+TUNE_QUERIES = 1000       # queries an approximate index tunes its search setting on (recall to ~0.01)
 
 
 def catalog_attributes(catalog):
@@ -61,17 +62,30 @@ def catalog_embeddings(model, catalog, out: Path, embeddings: Optional[Path], qu
     return embeddings, emb
 
 
+def query_sample_vectors(model, queries: Sequence[str], n: int = TUNE_QUERIES, seed: int = 0) -> np.ndarray:
+    """The model's vectors of up to `n` distinct queries (a seeded sample), as search encodes them."""
+    from ..models.model import to_numpy
+
+    distinct = sorted({str(q).strip() for q in queries if str(q).strip()})
+    if len(distinct) > n:
+        distinct = [distinct[i] for i in sorted(np.random.default_rng(seed).choice(len(distinct), n, replace=False))]
+    return to_numpy(model.encode_query(distinct)).astype(np.float32)
+
+
 def build_catalog_index(model, model_dir: Path, catalog, out: Path, embeddings: Optional[Path] = None,
                         backend: str = "faiss", factory: Optional[str] = None, uri: Optional[str] = None,
                         quiet: bool = False, image_cache: Optional[Path] = None, overwrite: bool = False,
-                        photo_image_weight: Optional[float] = PHOTO_IMAGE_WEIGHT):
+                        photo_image_weight: Optional[float] = PHOTO_IMAGE_WEIGHT,
+                        tune_queries: Optional[Sequence[str]] = None):
     """The index of `catalog`'s product embeddings by `model` (loaded from `model_dir`), with the metadata
     and catalog attributes search needs: `dashclip index build` and the demo both build through here.
     With image embeddings (a model with an image tower, a catalog with images), also the photo index in
     `out/photo/` (`photo_image_weight` None: none).
 
     `out` is checked before any embedding: it may be missing, empty or an index; another dir only with
-    `overwrite`; never one of the inputs or a dir that holds one."""
+    `overwrite`; never one of the inputs or a dir that holds one. `tune_queries`: shoppers' queries (up to
+    `TUNE_QUERIES` of them, a seeded sample) on which an approximate FAISS index tunes its search setting;
+    without them it tunes on noisy copies of product vectors (`faiss_index.tune_search_setting`)."""
     check_out(out, [catalog.root, model_dir, embeddings], overwrite)
     emb_dir, emb = catalog_embeddings(model, catalog, out, embeddings, quiet, image_cache)
     meta = {"model_id": model.model_id, "model_dir": str(model_dir), "catalog_hash": catalog.content_hash,
@@ -83,10 +97,17 @@ def build_catalog_index(model, model_dir: Path, catalog, out: Path, embeddings: 
     if photo:
         meta["photo_index"] = {"dir": PHOTO_SUBDIR, "image_weight": photo_image_weight}
 
+    options = {}
+    if tune_queries is not None and len(tune_queries):
+        if backend != "faiss":
+            raise ValueError(f"tuning on queries is for the faiss backend, not {backend}")
+        # encoded only if the index tunes a setting (an exact one does not)
+        options["tune_queries"] = lambda: query_sample_vectors(model, tune_queries)
+
     def build_main():
         return build_index(emb.vectors[EMBEDDING_KIND], emb.ids, out, meta=meta, backend=backend,
                            factory=factory, attributes=attributes, uri=uri, progress=not quiet,
-                           overwrite=overwrite)
+                           overwrite=overwrite, **options)
 
     def build_photo():
         vectors = product_photo_vectors(emb.vectors[EMBEDDING_KIND], emb.vectors["image"], emb.has_image,

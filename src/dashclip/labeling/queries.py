@@ -434,9 +434,10 @@ def reading_of(value) -> dict:
     return json.loads(value) if isinstance(value, str) else dict(value)
 
 
-def read_queries(path) -> pd.DataFrame:
+def read_queries(path, unique_qids: bool = True) -> pd.DataFrame:
     """A query file: JSONL with `query` (and `qid`), or CSV/TSV/Parquet with a `query` column, or plain text
-    (one query per line). Missing qids become q000001...; a blank query is an error naming the line."""
+    (one query per line). Missing qids become q000001...; a blank query is an error naming the line, and so
+    is a repeated qid unless `unique_qids` is False (a table of pairs or a log, read for its texts)."""
     from pathlib import Path
 
     from ..io import InputFileError, check_unique_qids, iter_jsonl
@@ -472,7 +473,7 @@ def read_queries(path) -> pd.DataFrame:
         line_numbers = [i for i, l in enumerate(lines, 1) if l]
     if "qid" not in df.columns:
         df["qid"] = [f"q{i:06d}" for i in range(1, len(df) + 1)]
-    if "qid" in df.columns:
+    if unique_qids:
         check_unique_qids(zip(line_numbers, df["qid"].tolist()), path,
                           label="line" if suffix != ".parquet" else "row")
     df["qid"] = df["qid"].astype(str).str.strip()

@@ -714,10 +714,15 @@ def step_index(r: Run) -> dict:
     from ..index.catalog_index import build_catalog_index
 
     model = dashclip.load(r.path("model"))
+    # the shop's training queries (logged and synthesized, never the eval's): an approximate index (above
+    # 200,000 products) tunes its search setting on them rather than on noisy copies of product vectors
+    pairs = r.path("labels", "pool_pairs.parquet")
+    queries = pd.read_parquet(pairs, columns=["query"])["query"].tolist() if pairs.exists() else None
     index = build_catalog_index(model, r.path("model"), Catalog.open(r.path("catalog")), r.path("index"),
-                                embeddings=r.path("embeddings"), quiet=True)
+                                embeddings=r.path("embeddings"), quiet=True, tune_queries=queries)
     return {"products": len(index), "factory": index.meta.get("factory"),
-            "photo_index": index.meta.get("photo_index")}
+            "photo_index": index.meta.get("photo_index"),
+            **{k: v for k, v in index.meta.items() if k.startswith(("ef_search", "k_factor"))}}
 
 
 # ---------------------------------------------------------------------------------------------------
