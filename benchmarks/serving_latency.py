@@ -385,8 +385,8 @@ def embed_sample(model, catalog, rows, repeat: int = 2) -> tuple[dict, float]:
     for _ in range(repeat):
         vecs = {}
         t0 = time.perf_counter()
-        # the sample's own texts, timed: the whole catalog's (4 s for the fashion catalog, made once per job
-        # by embed-catalog) would dwarf 512 products' towers and hide the backends' difference
+        # the sample's own texts, timed: the whole catalog's (~1 s for the fashion catalog, made once per job
+        # by embed-catalog) are 10-20% of a 512-product run and would hide part of the backends' difference
         texts = dict(zip(rows.tolist(), catalog.product_texts(rows)))
         for batch, v, _ in embed_batches(model, catalog, texts, rows, 64, cached=None,
                                          amp=getattr(model, "_bench_amp", "auto")):

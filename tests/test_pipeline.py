@@ -352,3 +352,25 @@ def test_the_eval_step_records_how_the_index_is_searched_by_default(tiny_run):
     path.write_text(path.read_text().replace('default_search = "hybrid"', 'default_search = "sometimes"'))
     bad = _run(path)
     assert bad.exit_code != 0 and "default_search" in bad.output and "sometimes" in bad.output
+
+
+def test_an_approximate_index_tunes_on_the_shops_training_queries(tiny_run, monkeypatch, tmp_path):
+    """The index step hands its training queries (labels/pool_pairs.parquet: the log's and the pool's, never the
+    eval's) to the build, so an HNSW index (above EXACT_MAX products; 1 here) tunes efSearch on them."""
+    from dashclip.index import faiss_index, open_index
+    from dashclip.pipeline import steps
+
+    run_dir, path, res = tiny_run
+    assert res.exit_code == 0, res.output
+    out = run_dir / "shop" / "out"
+    monkeypatch.setattr(faiss_index, "EXACT_MAX", 1)
+    work = tmp_path / "copy"
+    import shutil
+    shutil.copytree(out, work, ignore=shutil.ignore_patterns("index"))
+    facts = steps.step_index(steps.Run(work, load_config(path), "tiny-shop", log=lambda *_: None))
+    trained = pd.read_parquet(out / "labels" / "pool_pairs.parquet")["query"].str.strip().nunique()
+    meta = open_index(work / "index").meta
+    assert meta["factory"] == "HNSW32,Flat" and meta["ef_search_tuned_on"] == f"{trained} queries"
+    assert facts["ef_search"] == meta["ef_search"] and facts["ef_search_tuned_on"] == f"{trained} queries"
+    evaluated = set(pd.read_csv(run_dir / "shop" / "dev.csv")["query"])
+    assert not evaluated & set(pd.read_parquet(out / "labels" / "pool_pairs.parquet")["query"])
