@@ -327,31 +327,35 @@ def test_the_eval_step_records_how_the_index_is_searched_by_default(tiny_run):
     tmp_path, path, res = tiny_run
     assert res.exit_code == 0, res.output
     out = tmp_path / "shop" / "out"
-    path.write_text(path.read_text() + '\n[eval]\nhybrid = true\n')
-    again = _run(path)
-    assert again.exit_code == 0, again.output
-    ev = json.loads((out / "pipeline.json").read_text())["steps"]["eval"]
-    fused, alone = ev["headline"][steps.HYBRID]["ndcg@10"], ev["headline"][steps.TRAINED]["ndcg@10"]
-    assert ev["default_search"]["hybrid"] == (fused > alone) and f"{fused:.4f}" in ev["default_search"]["why"]
-    assert search_defaults(open_index(out / "index").meta)["hybrid"] == (fused > alone)
+    original = path.read_text()
+    try:  # the shop file is shared by this module's tests: leave it as found
+        path.write_text(path.read_text() + '\n[eval]\nhybrid = true\n')
+        again = _run(path)
+        assert again.exit_code == 0, again.output
+        ev = json.loads((out / "pipeline.json").read_text())["steps"]["eval"]
+        fused, alone = ev["headline"][steps.HYBRID]["ndcg@10"], ev["headline"][steps.TRAINED]["ndcg@10"]
+        assert ev["default_search"]["hybrid"] == (fused > alone) and f"{fused:.4f}" in ev["default_search"]["why"]
+        assert search_defaults(open_index(out / "index").meta)["hybrid"] == (fused > alone)
 
-    path.write_text(path.read_text().replace("hybrid = true\n", 'hybrid = true\ndefault_search = "hybrid"\n'))
-    again = _run(path)
-    assert again.exit_code == 0, again.output
-    assert search_defaults(open_index(out / "index").meta) == {"hybrid": True, "why": '[eval] default_search = "hybrid"'}
-    assert "searched **hybrid" in (out / "report" / "report.md").read_text()
-    from dashclip.cli import app
+        path.write_text(path.read_text().replace("hybrid = true\n", 'hybrid = true\ndefault_search = "hybrid"\n'))
+        again = _run(path)
+        assert again.exit_code == 0, again.output
+        assert search_defaults(open_index(out / "index").meta) == {"hybrid": True, "why": '[eval] default_search = "hybrid"'}
+        assert "searched **hybrid" in (out / "report" / "report.md").read_text()
+        from dashclip.cli import app
 
-    def search(*flags):
-        res = CliRunner().invoke(app, ["search", "red drill", "--model", str(out / "model"), "--index",
-                                       str(out / "index"), "--k", "10", *flags])
-        assert res.exit_code == 0, res.output
-        return res.output
-    assert search() == search("--hybrid") and "hybrid: RRF scores" in search()
+        def search(*flags):
+            res = CliRunner().invoke(app, ["search", "red drill", "--model", str(out / "model"), "--index",
+                                           str(out / "index"), "--k", "10", *flags])
+            assert res.exit_code == 0, res.output
+            return res.output
+        assert search() == search("--hybrid") and "hybrid: RRF scores" in search()
 
-    path.write_text(path.read_text().replace('default_search = "hybrid"', 'default_search = "sometimes"'))
-    bad = _run(path)
-    assert bad.exit_code != 0 and "default_search" in bad.output and "sometimes" in bad.output
+        path.write_text(path.read_text().replace('default_search = "hybrid"', 'default_search = "sometimes"'))
+        bad = _run(path)
+        assert bad.exit_code != 0 and "default_search" in bad.output and "sometimes" in bad.output
+    finally:
+        path.write_text(original)
 
 
 def test_an_approximate_index_tunes_on_the_shops_training_queries(tiny_run, monkeypatch, tmp_path):
@@ -367,7 +371,10 @@ def test_an_approximate_index_tunes_on_the_shops_training_queries(tiny_run, monk
     work = tmp_path / "copy"
     import shutil
     shutil.copytree(out, work, ignore=shutil.ignore_patterns("index"))
-    facts = steps.step_index(steps.Run(work, load_config(path), "tiny-shop", log=lambda *_: None))
+    # the config as the run read it: other tests edit the shop file in place
+    data = json.loads((out / "pipeline.json").read_text())["config"]
+    cfg = parse_config(data, str(path), base_dir=data.pop("base_dir"))
+    facts = steps.step_index(steps.Run(work, cfg, "tiny-shop", log=lambda *_: None))
     trained = pd.read_parquet(out / "labels" / "pool_pairs.parquet")["query"].str.strip().nunique()
     meta = open_index(work / "index").meta
     assert meta["factory"] == "HNSW32,Flat" and meta["ef_search_tuned_on"] == f"{trained} queries"
