@@ -165,15 +165,25 @@ def fashion(args) -> dict:
     words = {c: to_numpy(model.encode_query([f"in {c.lower()}"]))[0] for c in COLOURS}
     text = np.stack([words[c] for c in asked])
     out["colour"] = colour_shares(vec["image"], cand, text, vec, colour, asked, article, args.text_weights)
-    if args.fashion_photo_model:     # the photo head of photo alignment (`dashclip align-photos`)
-        out["photo_model"] = args.fashion_photo_model
-        run = Path(args.fashion_photo_model).parent / "photo_align.json"
-        if run.is_file():        # how the head was trained (its own run record)
-            done = json.loads(run.read_text())
-            out["photo_align"] = {k: done.get(k) for k in ("train_photos", "heldout_photos", "steps", "epochs",
-                                                           "seconds", "start")}
-            out["photo_align"]["last"] = done["evals"][-1] if done.get("evals") else {}
-        photo = photo_head_vectors(args.fashion_photo_model, args.fashion_catalog, ids, rows, len(ids), model.model_id)
+    if args.fashion_photo_model:     # photo heads of photo alignment (`dashclip align-photos`)
+        # validation photos: other held-out products' photos; the head with the best P@10 there is the one
+        # reported in full (its photo size and training are what is being chosen), every head's test row too
+        val = np.random.default_rng(1).choice(np.setdiff1d(np.flatnonzero(held), rows),
+                                              min(args.fashion_queries, int(held.sum()) - len(rows)), replace=False)
+        heads, photos = [], {}
+        for path in args.fashion_photo_model:
+            photo, size = photo_head_vectors(path, args.fashion_catalog, ids, np.concatenate([rows, val]), len(ids),
+                                             model.model_id)
+            photos[path] = photo
+            heads.append({"model": path, "photo_size": size, **head_run(path),
+                          "validation_p10": precision_at_10(photo[val], val, vec["fused"], article),
+                          "test_p10": precision_at_10(photo[rows], rows, vec["fused"], article)})
+        best = max(heads, key=lambda h: h["validation_p10"])
+        out["photo_heads"] = {"n_validation": int(len(val)), "heads": heads, "chosen": best["model"]}
+        out["photo_model"], out["photo_head_size"] = best["model"], best["photo_size"]
+        out["photo_align"] = {k: best[k] for k in ("train_photos", "steps", "epochs", "seconds", "start", "last")
+                              if k in best}
+        photo = photos[best["model"]]
         head = out["p10_articletype_photo_head"] = {
             "photo head -> fused (product embedding)": precision_at_10(photo[rows], rows, vec["fused"], article),
             "photo head -> image": precision_at_10(photo[rows], rows, vec["image"], article)}
@@ -182,6 +192,16 @@ def fashion(args) -> dict:
             head[f"photo head -> fused+image {w:g}"] = precision_at_10(photo[rows], rows, mixed, article)
         out["colour_photo_head"] = colour_shares(photo, cand, text, vec, colour, asked, article, args.text_weights)
     return out
+
+
+def head_run(model_dir) -> dict:
+    """How a photo head was trained, from its run record (`photo_align.json` beside the model), if any."""
+    run = Path(model_dir).parent / "photo_align.json"
+    if not run.is_file():
+        return {}
+    done = json.loads(run.read_text())
+    return {**{k: done.get(k) for k in ("train_photos", "steps", "epochs", "seconds", "start")},
+            "last": done["evals"][-1] if done.get("evals") else {}}
 
 
 def colour_shares(photos, cand, text, vec, colour, asked, article, weights) -> dict:
@@ -198,9 +218,9 @@ def colour_shares(photos, cand, text, vec, colour, asked, article, weights) -> d
     return out
 
 
-def photo_head_vectors(model_dir, catalog_dir, ids, rows, n, model_id) -> np.ndarray:
-    """[n, D] with the photo head's embedding of each query photo at its row (as served: the photo file
-    decoded, preprocessed and encoded by `encode_photo`); other rows are zeros."""
+def photo_head_vectors(model_dir, catalog_dir, ids, rows, n, model_id) -> tuple[np.ndarray, int]:
+    """([n, D] with the photo head's embedding of each query photo at its row (as served: the photo file
+    decoded, preprocessed and encoded by `encode_photo`), other rows zeros; the side photos are read at)."""
     import dashclip
     from dashclip.data.catalog import Catalog
     from dashclip.data.images import load_image
@@ -215,7 +235,7 @@ def photo_head_vectors(model_dir, catalog_dir, ids, rows, n, model_id) -> np.nda
     for i in range(0, len(rows), 64):
         batch = [load_image(catalog.image_path(p)) for p in images[i:i + 64]]
         out[rows[i:i + 64]] = to_numpy(model.encode_photo(batch))
-    return out
+    return out, model.photo_size
 
 
 def fashion_stage1(args) -> dict:
@@ -313,7 +333,7 @@ def latency(args) -> dict:
             "n_text": len(text_ms), "n_image": len(image_ms), "torch_threads": torch.get_num_threads(),
             "text_p50_ms": float(np.median(text_ms)), "image_p50_ms": float(np.median(image_ms)),
             "ratio": float(np.median(image_ms) / np.median(text_ms)),
-            "photo_size": "catalog photos (60x80 JPEG)"}
+            "photo_size": "catalog photos (60x80 JPEG)", "photo_read_at": getattr(searcher.model, "photo_size", None)}
 
 
 def shown(key: str, part: dict) -> str:
@@ -381,9 +401,18 @@ def markdown(r: dict) -> str:
                   for w, m in f["colour"]["by_weight"].items()]
         lines.append("")
         if f.get("p10_articletype_photo_head"):
-            lines += [f"With the photo head of photo alignment ({f['photo_model']}; the same photos, decoded "
+            lines += [f"With the photo head of photo alignment ({f['photo_model']}, photos read at "
+                      f"{f.get('photo_head_size', '?')} px; the same photos, decoded "
                       "and encoded as served; a model with a photo head serves the photo head -> product "
                       "embedding row, one without it the photo index row marked served above).", ""]
+            if f.get("photo_heads"):
+                ph = f["photo_heads"]
+                lines += [f"Heads measured (photo head -> fused P@10 same articleType); the one reported below is "
+                          f"the best on {ph['n_validation']} validation photos (other held-out products' photos):", "",
+                          "| head | photos read at | validation P@10 | test P@10 |", "|---|---:|---:|---:|"]
+                lines += [f"| {h['model']}{' (chosen)' if h['model'] == ph['chosen'] else ''} | {h['photo_size']} px | "
+                          f"{h['validation_p10']:.3f} | {h['test_p10']:.3f} |" for h in ph["heads"]]
+                lines.append("")
             pa = f.get("photo_align")
             if pa:
                 lines += [f"The head: {pa['epochs']} epochs, {pa['steps']} steps of 512 photos, {pa['train_photos']} "
@@ -423,7 +452,9 @@ def markdown(r: dict) -> str:
     if lat:
         lines += ["## Latency (one process, one run)", "", *stamp(lat),
                   f"model {lat['model']}, index of {lat['n_index']} products ({lat['index']}); {lat['n_text']} text queries, "
-                  f"{lat['n_image']} photos ({lat['photo_size']}), k=24, {lat['torch_threads']} torch threads.", "",
+                  f"{lat['n_image']} photos ({lat['photo_size']}"
+                  + (f", read at {lat['photo_read_at']} px" if lat.get("photo_read_at") else "")
+                  + f"), k=24, {lat['torch_threads']} torch threads.", "",
                   f"text p50 {lat['text_p50_ms']:.1f} ms, photo p50 {lat['image_p50_ms']:.1f} ms: "
                   f"ratio **{lat['ratio']:.2f}** (target <= 3).", ""]
     return "\n".join(lines) + "\n"
@@ -440,8 +471,9 @@ def main() -> None:
     p.add_argument("--fashion-embeddings", default="runs/demo/embeddings")
     p.add_argument("--fashion-catalog", default="runs/demo/catalog")
     p.add_argument("--fashion-queries", type=int, default=1000)
-    p.add_argument("--fashion-photo-model", default=None, help="a model with a photo head (`dashclip "
-                   "align-photos` on --fashion-model's product side): its photo queries are measured too")
+    p.add_argument("--fashion-photo-model", nargs="*", default=[], help="models with a photo head (`dashclip "
+                   "align-photos` on --fashion-model's product side), e.g. at several photo sizes: each is "
+                   "measured, the best on the validation photos in full")
     p.add_argument("--fashion-subset", type=int, default=4096, help="fashion after Stage 1 with the term: embed "
                    "and rank only the catalog's first N products (0: all 44,439; about 30 min on 2 busy cores)")
     p.add_argument("--fashion-cache", default="runs/cache/fashion", help="image-feature caches of the fashion "

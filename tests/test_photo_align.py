@@ -119,6 +119,84 @@ def test_onnx_export_carries_the_photo_head(aligned, tmp_path):
     assert onnx.manifest["has_photo_encoder"] is True
 
 
+def test_a_photo_head_reads_photos_at_its_own_size_in_training_serving_and_onnx(aligned, tmp_path):
+    """`image_size` on the head: photos are read at that side wherever a photo is encoded (the training
+    cache, encode_photo, the ONNX photo graph), while the product side and model id stay the catalog's."""
+    from PIL import Image
+
+    from dashclip.io import read_json
+
+    tmp, catalog, _ = aligned
+    cfg = PhotoAlignConfig(epochs=2, batch_size=16, hidden=16, heldout_frac=0.2, image_size=48)
+    loop = LoopConfig(epochs=2, batch_size=16, lr=3e-3, weight_decay=0.01, progress=False, log_every=5)
+    align_photos(tmp / "model", catalog, tmp / "emb", tmp_path / "run", cfg, loop)
+    model, base = dashclip.load(tmp_path / "run" / "model"), dashclip.load(tmp / "model")
+    assert (model.photo_size, model.photo_image_size, model.config.image_size) == (48, 48, 32)
+    assert model.model_id == base.model_id and "photos at 48 px" in (tmp_path / "run" / "model" / "README.md").read_text()
+    # the head trained on features of photos read at 48 px: the cache it built says so
+    sizes = [read_json(m)["preprocessing"]["image_size"] for m in (tmp_path / "run" / "cache").glob("*/meta.json")]
+    assert sizes == [48]
+    photos = [Image.open(catalog.image_path(catalog.product(i)["image"])).convert("RGB") for i in (100, 101, 102)]
+    got = model.encode_photo(photos)
+    with torch.no_grad():
+        at48 = model.project_photo(model.image_features(model.preprocess(photos, 48))[1])
+        at32 = model.project_photo(model.image_features(model.preprocess(photos))[1])
+    assert torch.allclose(got, at48, atol=1e-6) and not torch.allclose(got, at32, atol=1e-3)
+    # the catalog's images are still read at the config's size
+    assert model.preprocess(photos).shape[-1] == 32
+    # the photo evaluator's feature cache reads its photos at the head's size too: the same answers as without
+    from dashclip.evaluation.evaluators import GroceryEvaluator
+
+    direct, _ = GroceryEvaluator(catalog, split="val")._encode_photos(model)
+    cached, _ = GroceryEvaluator(catalog, split="val", feature_cache_dir=tmp_path / "eval-cache")._encode_photos(model)
+    assert np.allclose(cached, direct, atol=5e-3)          # the cache keeps float16 features
+    with pytest.raises(ValueError, match="image_size"):
+        model.add_photo_encoder(16, image_size=8)
+    model.add_photo_encoder(16, image_size=32)       # the catalog's own size is no separate photo size
+    assert model.photo_image_size is None and model.photo_size == 32
+
+    pytest.importorskip("onnxruntime")
+    from dashclip.models.onnx_model import OnnxModel, export_onnx
+
+    export_onnx(tmp_path / "run" / "model", tmp_path / "onnx")
+    onnx = OnnxModel.open(tmp_path / "onnx")
+    assert onnx.manifest["photo_image_size"] == 48 and onnx.photo_size == 48
+    assert (onnx.encode_photo(photos) * got.numpy()).sum(1).min() > 0.9999
+
+
+def test_an_older_onnx_export_whose_photo_graph_reads_pooled_features_still_answers(aligned, tmp_path):
+    """Exports made before photo sizes have a photo graph pooled -> embedding, fed by the image graph."""
+    import warnings
+
+    pytest.importorskip("onnxruntime")
+    from dashclip.io import read_json, write_json
+    from dashclip.models.onnx_model import MANIFEST, OnnxModel, export_onnx
+
+    tmp, _, _ = aligned
+    model = dashclip.load(tmp / "run" / "model").eval()
+    export_onnx(tmp / "run" / "model", tmp_path / "onnx")
+
+    class Pooled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, pooled):
+            return self.m.project_photo(pooled)
+    pooled = torch.rand(2, model.image_tower.width)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")         # the legacy exporter's deprecation notice
+        torch.onnx.export(Pooled(), (pooled,), str(tmp_path / "onnx" / "photo.onnx"), dynamo=False,
+                          input_names=["pooled"], output_names=["embedding"],
+                          dynamic_axes={"pooled": {0: "batch"}, "embedding": {0: "batch"}})
+    manifest = read_json(tmp_path / "onnx" / MANIFEST)
+    manifest.pop("photo_image_size")
+    write_json(tmp_path / "onnx" / MANIFEST, manifest)
+    onnx = OnnxModel.open(tmp_path / "onnx")
+    pixels = torch.rand(3, 3, 32, 32)
+    assert (onnx.encode_photo(pixels) * model.encode_photo(pixels).numpy()).sum(1).min() > 0.9999
+
+
 def test_nothing_to_train_on_is_a_clear_error(tmp_path):
     cat_dir = make_catalog(tmp_path / "toy", extra_photos=0)
     dashclip.create_model("tiny", pretrained=False).save(tmp_path / "model")

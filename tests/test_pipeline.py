@@ -91,6 +91,10 @@ def test_config_wrong_type_names_the_key(tmp_path):
         parse_config({"catalog": {"source": "p.csv"}, "grades": {"train": "t.csv"}, "labeler": {"kind": "gpt"}})
     with pytest.raises(ConfigError, match=r"\[catalog\] source is required"):
         parse_config({"grades": {"train": "t.csv"}})
+    base = {"catalog": {"source": "p.csv"}, "grades": {"train": "t.csv"}}
+    with pytest.raises(ConfigError, match=r"\[photos\] image_size = 8; must be >= 16"):
+        parse_config({**base, "photos": {"image_size": 8}})
+    assert parse_config({**base, "photos": {"image_size": 224}}).photos.image_size == 224
 
 
 def test_stage2_loss_settings_reach_the_aligner(tmp_path):

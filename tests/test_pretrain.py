@@ -92,6 +92,7 @@ def test_feature_cache_matches_tower_and_is_keyed_by_weights_and_preprocessing(c
         want_p, want_q = model.image_features(model.preprocess(load_images([paths[i] for i in (3, 0, 7)])[0]))
     assert torch.allclose(pooled, want_q, atol=2e-2, rtol=2e-2)        # stored as float16
     assert torch.allclose(patches, want_p, atol=2e-2, rtol=2e-2)
+    assert torch.equal(cache.pooled_features([3, 0, 7]), pooled)       # what a photo head reads, alone
     # Same model, same settings: the same cache is opened, not rebuilt.
     again = build_or_open(model, paths, tmp_path, show_progress=False)
     assert again.path == cache.path and again.meta["built_at"] == cache.meta["built_at"]
@@ -101,6 +102,10 @@ def test_feature_cache_matches_tower_and_is_keyed_by_weights_and_preprocessing(c
     # A different resolution, normalisation, image list or image-tower weights: a different key.
     bigger = build_model(tiny_config(image_size=model.config.image_size + 8))
     assert cache_key(bigger, paths)[0] != key
+    # images read at another side than the config's (a photo head's photo_size): another key; the config's
+    # own side given explicitly is the same cache
+    assert cache_key(model, paths, image_size=model.config.image_size + 8)[0] != key
+    assert cache_key(model, paths, image_size=model.config.image_size)[0] == key
     other_mean = build_model(tiny_config())
     other_mean.config = dataclasses.replace(other_mean.config, mean=tuple(0.1 for _ in model.config.mean))
     assert cache_key(other_mean, paths)[0] != key

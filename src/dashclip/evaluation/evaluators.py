@@ -296,9 +296,10 @@ class GroceryEvaluator:
 
             cache = build_or_open(model, [self.catalog.image_path(r) for r in rels], self.feature_cache_dir,
                                   batch_size=self.batch_size, device=next(model.parameters()).device,
-                                  show_progress=progress is not None)
+                                  show_progress=progress is not None,
+                                  image_size=getattr(model, "photo_size", None))   # as encode_photo reads them
             valid = np.asarray(cache.valid, dtype=bool)
-            _, pooled = cache.features(np.flatnonzero(valid))
+            pooled = cache.pooled_features(np.flatnonzero(valid))
             with torch.inference_mode():
                 return to_numpy(model.project_photo(pooled.to(next(model.parameters()).device))), valid
         parts = []

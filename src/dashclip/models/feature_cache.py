@@ -58,18 +58,23 @@ def module_fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def cache_key(model, image_paths: list[Path], amp: str | None = None) -> tuple[str, dict]:
+def cache_key(model, image_paths: list[Path], amp: str | None = None,
+              image_size: int | None = None) -> tuple[str, dict]:
     """(key, inputs): the key is a hash of the inputs, which are stored in meta.json to read.
-    `amp`: the resolved precision the tower ran in (None: float32)."""
-    return _key(_key_inputs(model, image_paths), amp)
+    `amp`: the resolved precision the tower ran in (None: float32); `image_size`: the side images are
+    read at when not config.image_size (photo queries: `DashCLIP.photo_size`)."""
+    return _key(_key_inputs(model, image_paths, image_size), amp)
 
 
-def _key_inputs(model, image_paths: list[Path]) -> dict:
+def _key_inputs(model, image_paths: list[Path], image_size: int | None = None) -> dict:
     """What the key covers except the precision (hashing the tower's weights is the costly part)."""
+    settings = preprocessing_settings(model.config)
+    if image_size is not None and image_size != settings.get("image_size"):
+        settings["image_size"] = image_size      # only when it differs: existing keys stay valid
     return {"format": FORMAT_VERSION,
             # an ONNX export records its source tower's fingerprint (its image graph is that tower)
             "image_tower": getattr(model, "image_tower_fingerprint", None) or module_fingerprint(model.image_tower),
-            "preprocessing": preprocessing_settings(model.config),
+            "preprocessing": settings,
             # absolute: "runs/x/images/1.jpg" from the repo and the same file by its full path are one list
             "images": hashlib.sha256("\n".join(os.path.abspath(p) for p in image_paths).encode()).hexdigest(),
             "n_images": len(image_paths)}
@@ -93,6 +98,15 @@ class ImageFeatureCache:
 
     def __len__(self) -> int:
         return len(self.valid)
+
+    def pooled_features(self, indices) -> torch.Tensor:
+        """pooled [B, Ci] float32 alone: a photo head reads no patches (44K photos' patch grids at 224 px
+        are 11 GB as float32)."""
+        idx = np.asarray(indices)
+        order = np.argsort(idx)
+        pooled = np.empty((len(idx), self.pooled.shape[1]), dtype=np.float32)
+        pooled[order] = self.pooled[idx[order]]
+        return torch.from_numpy(pooled)
 
     def features(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.asarray(indices)
@@ -121,12 +135,12 @@ def load_images(paths: list[Path]):
 
 @torch.inference_mode()
 def compute_image_features(model, paths: list[Path], batch_size: int = 64, device="cpu",
-                           on_batch=None, amp: str | None = None, start: int = 0):
-    """Run image loading, `model.preprocess` and `model.image_features` over `paths[start:]`, under
-    `amp` (see dashclip.precision). Yields (start, patches, pooled, valid, errors) per batch; invalid
-    images get zero features. The next batch is decoded in a thread while the tower runs on this one
-    (Pillow and numpy release the GIL): 15% less time for 2,048 fashion images at 96 px on 2 CPU cores,
-    where decoding and preprocessing are about a quarter of the work."""
+                           on_batch=None, amp: str | None = None, start: int = 0, image_size: int | None = None):
+    """Run image loading, `model.preprocess` (at `image_size`, else the config's) and `model.image_features`
+    over `paths[start:]`, under `amp` (see dashclip.precision). Yields (start, patches, pooled, valid,
+    errors) per batch; invalid images get zero features. The next batch is decoded in a thread while the
+    tower runs on this one (Pillow and numpy release the GIL): 15% less time for 2,048 fashion images at
+    96 px on 2 CPU cores, where decoding and preprocessing are about a quarter of the work."""
     from ..data.images import read_ahead
     from ..precision import autocast
 
@@ -134,7 +148,7 @@ def compute_image_features(model, paths: list[Path], batch_size: int = 64, devic
         chunk = paths[begin:begin + batch_size]
         images, errors = load_images(chunk)
         ok = [i for i, im in enumerate(images) if im is not None]
-        pixels = model.preprocess([images[i] for i in ok]) if ok else None
+        pixels = model.preprocess([images[i] for i in ok], image_size) if ok else None
         return len(chunk), ok, pixels, errors
 
     starts = range(start, len(paths), batch_size)
@@ -186,9 +200,9 @@ def find(model, image_paths: list[Path], cache_root: str | Path) -> ImageFeature
 
 def build_or_open(model, image_paths: list[Path], cache_root: str | Path, batch_size: int = 64,
                   device="cpu", show_progress: bool = True, amp: str | None = None,
-                  save_every: int = 4096) -> ImageFeatureCache:
-    """Open the cache for (model's image tower, preprocessing, these images), building it first if
-    it does not exist. Returns the open cache; `cache.meta["build_seconds"]` says what it cost.
+                  save_every: int = 4096, image_size: int | None = None) -> ImageFeatureCache:
+    """Open the cache for (model's image tower, preprocessing (at `image_size` if given), these images),
+    building it first if it does not exist. Returns the open cache; `cache.meta["build_seconds"]` says what it cost.
 
     `amp`: the precision the tower runs in ("auto": bf16 where the device computes it natively, see
     dashclip.precision); it is part of the key. The build is resumable: the features so far live in
@@ -197,20 +211,21 @@ def build_or_open(model, image_paths: list[Path], cache_root: str | Path, batch_
     from ..precision import resolve_amp
 
     amp = resolve_amp(amp, device)
-    key, inputs = cache_key(model, image_paths, amp)
+    key, inputs = cache_key(model, image_paths, amp, image_size)
     path = Path(cache_root) / key
     if (path / "meta.json").exists():
         return ImageFeatureCache(path)
     was_training = model.image_tower.training
     model.image_tower.eval()
     try:
-        return _build(model, image_paths, path, inputs, batch_size, device, show_progress, amp, save_every)
+        return _build(model, image_paths, path, inputs, batch_size, device, show_progress, amp, save_every,
+                      image_size)
     finally:
         model.image_tower.train(was_training)
 
 
 def _build(model, image_paths, path: Path, inputs: dict, batch_size, device, show_progress, amp,
-           save_every) -> ImageFeatureCache:
+           save_every, image_size=None) -> ImageFeatureCache:
     """The body of `build_or_open`: fill `<key>.partial/` from where it stopped, then rename it."""
     from ..clihelp import progress
 
@@ -247,7 +262,7 @@ def _build(model, image_paths, path: Path, inputs: dict, batch_size, device, sho
         last_saved = done
         for start, patches, pooled, valid, errs in compute_image_features(
                 model, image_paths, batch_size, device, on_batch=lambda k: bar.advance(task, k),
-                amp=amp, start=done):
+                amp=amp, start=done, image_size=image_size):
             errors.update(errs)
             valid_all[start:start + len(valid)] = valid
             if patches is not None:

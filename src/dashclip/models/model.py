@@ -4,7 +4,8 @@
     title  --text_tower---> (tokens, pooled)  --text_proj---> text embedding
     tokens + patches --fusion (title attends to image)--> fused --fused_proj--> PRODUCT EMBEDDING
     query  --query_tower--> pooled --query_proj--> query embedding   (after `add_query_encoder`)
-    photo  --image_tower--> pooled --photo_proj--> photo-query embedding (after `add_photo_encoder`)
+    photo  --image_tower--> pooled --photo_proj--> photo-query embedding (after `add_photo_encoder`; the
+           photo read at `photo_size`, which may be larger than the catalog images' image_size)
 
 Every embedding is L2-normalised and lives in one `embed_dim`-dimensional space. The training code
 calls the building blocks (`image_features`, `text_features`, `fuse`, `project_*`, `itm_logits`); users
@@ -57,6 +58,8 @@ class DashCLIP(nn.Module):
         self.query_proj: nn.Module | None = None
         self.photo_proj: nn.Module | None = None
         self.photo_hidden: int | None = None
+        # the side of the square a photo query is read at (None: the catalog images' config.image_size)
+        self.photo_image_size: int | None = None
         # Stage 2 adds a spelling corrector for queries (models/speller.py); None: queries as typed.
         self.query_speller = None
 
@@ -66,9 +69,21 @@ class DashCLIP(nn.Module):
         self.query_proj = clone(self.text_proj)
 
     # ---- photo alignment: a photo-query head over the image tower, starting as the image projection
-    def add_photo_encoder(self, hidden: int = 1024) -> None:
+    def add_photo_encoder(self, hidden: int = 1024, image_size: int | None = None) -> None:
+        """`image_size`: read photo queries at this side instead of the catalog's config.image_size. A
+        shopper's photo has more pixels than a catalog thumbnail, and the frozen tower tells product types
+        apart better near its pretraining size (photo_search.md); the product side is unchanged."""
+        if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
+                                       or image_size < 16):
+            raise ValueError(f"photo image_size must be an integer >= 16, not {image_size!r}")
         self.photo_proj = PhotoHead(self.image_proj, self.image_tower.width, hidden)
         self.photo_hidden = hidden
+        self.photo_image_size = None if image_size == self.config.image_size else image_size
+
+    @property
+    def photo_size(self) -> int:
+        """The side of the square photo queries are preprocessed to."""
+        return self.photo_image_size or self.config.image_size
 
     @property
     def has_photo_encoder(self) -> bool:
@@ -127,9 +142,10 @@ class DashCLIP(nn.Module):
                                  max_length=max_length or self.config.max_length)
         return {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"]}
 
-    def preprocess(self, images) -> torch.Tensor:
-        """PIL images -> normalised pixels [B, 3, S, S] (letterboxed to a square, see preprocess.py)."""
-        return preprocess_images(images, self.config)
+    def preprocess(self, images, size: int | None = None) -> torch.Tensor:
+        """PIL images -> normalised pixels [B, 3, S, S] (letterboxed to a square, see preprocess.py);
+        S is `size`, else config.image_size."""
+        return preprocess_images(images, self.config, size)
 
     # ---- building blocks used by the training code
     def image_features(self, pixels: torch.Tensor):
@@ -172,8 +188,8 @@ class DashCLIP(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def _pixels(self, images) -> torch.Tensor:
-        pixels = images if isinstance(images, torch.Tensor) else self.preprocess(images)
+    def _pixels(self, images, size: int | None = None) -> torch.Tensor:
+        pixels = images if isinstance(images, torch.Tensor) else self.preprocess(images, size)
         return pixels.to(self.device)
 
     def _tokens(self, texts):
@@ -222,8 +238,9 @@ class DashCLIP(nn.Module):
 
     def encode_photo(self, images, batch_size: int = 64) -> torch.Tensor:
         """A shopper's photo as a query: the photo head (`add_photo_encoder`, trained by `dashclip
-        align-photos`) over the image tower; the image embedding when the model has none."""
-        return self._batched(lambda s: self.project_photo(self.image_features(self._pixels(images[s]))[1]),
+        align-photos`) over the image tower, read at `photo_size`; the image embedding when the model has none.
+        Pixels given as a tensor must be at `photo_size`."""
+        return self._batched(lambda s: self.project_photo(self.image_features(self._pixels(images[s], self.photo_size))[1]),
                              len(images), batch_size)
 
     def encode_product(self, texts: Sequence[str], images, batch_size: int = 64) -> torch.Tensor:

@@ -24,8 +24,9 @@ def save_model(model, path: str | Path) -> Path:
         (tmp / "config.json").write_text(json.dumps({
             "format": FORMAT, "format_version": FORMAT_VERSION, "model_id": model_id,
             "has_query_encoder": model.has_query_encoder,
-            # the photo head's hidden width (None: no photo head)
-            "photo_encoder": {"hidden": model.photo_hidden} if model.has_photo_encoder else None,
+            # the photo head's hidden width and photo size (None: no photo head; size None: config.image_size)
+            "photo_encoder": ({"hidden": model.photo_hidden, "image_size": model.photo_image_size}
+                              if model.has_photo_encoder else None),
             "config": model.config.to_dict()},
             indent=2, default=list) + "\n")
         save_weights(model, str(tmp / "model.safetensors"))
@@ -38,10 +39,12 @@ def save_model(model, path: str | Path) -> Path:
 
 def _model_card(model, model_id: str) -> str:
     c = model.config
+    photo = (f"yes (photo alignment, photos at {model.photo_size} px)" if model.has_photo_encoder
+             else "no (image tower serves photos)")
     return (f"# dashclip model `{c.name}` ({model_id})\n\n"
             f"kind {c.kind}, embedding dim {c.embed_dim}, image size {c.image_size}, "
             f"query encoder: {'yes (Stage 2)' if model.has_query_encoder else 'no (text tower serves queries)'}, "
-            f"photo encoder: {'yes (photo alignment)' if model.has_photo_encoder else 'no (image tower serves photos)'}\n\n"
+            f"photo encoder: {photo}\n\n"
             "```python\nimport dashclip\nmodel = dashclip.load(\"<this directory>\")\n"
             "q = model.encode_query([\"red summer dress\"])          # [1, D], L2-normalised\n"
             "p = model.encode_product([\"Red floral dress\"], [pil_image])  # the product embedding\n```\n")

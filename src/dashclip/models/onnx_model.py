@@ -12,8 +12,10 @@ An exported dir holds everything search and batch embedding need, with no torch 
     text.onnx            tokens -> text embedding (text tower + projection)
     image.onnx           pixels -> (patches, pooled): the image tower
     product.onnx         tokens + patches + pooled -> (fused, image, text) embeddings: the product side
-    photo.onnx           pooled -> a photo query's embedding (the photo head, or the image projection
-                         for a model without one); exports made before it answer photos with `image`
+    photo.onnx           pixels at the photo size -> a photo query's embedding (the image tower and the
+                         photo head, or the image projection for a model without one); older exports'
+                         photo graph reads the image graph's pooled output, and those made before it
+                         answer photos with `image`
     tokenizer/           the model's tokenizer (tokenizer.json is read by the `tokenizers` library)
     query_speller.json   the query speller with its symmetric-delete index (read, not rebuilt)
 
@@ -101,8 +103,9 @@ def _graph_modules(model):
                     self.m.project_image(pooled), self.m.project_text(text_pooled))
 
     class Photo(Query):
-        def forward(self, pooled):
-            return self.m.project_photo(pooled)
+        # from pixels: the photo head may read photos at another size than the catalog's (photo_size)
+        def forward(self, pixels):
+            return self.m.project_photo(self.m.image_features(pixels)[1])
 
     return {"query": Query(), "text": Text(), "image": Image(), "product": Product(), "photo": Photo()}
 
@@ -116,7 +119,7 @@ _SPECS = {   # graph: (input names, output names, dynamic axes)
     "product": (["input_ids", "attention_mask", "patches", "pooled"], ["fused", "image", "text"],
                 {**_TOKENS, "patches": {0: "batch"}, "pooled": {0: "batch"}, "fused": {0: "batch"},
                  "image": {0: "batch"}, "text": {0: "batch"}}),
-    "photo": (["pooled"], ["embedding"], {"pooled": {0: "batch"}, "embedding": {0: "batch"}}),
+    "photo": (["pixels"], ["embedding"], {"pixels": {0: "batch"}, "embedding": {0: "batch"}}),
 }
 
 
@@ -195,8 +198,9 @@ def _example_inputs(model):
     pixels = torch.zeros((2, 3, size, size))
     with torch.no_grad():
         patches, pooled = model.image_features(pixels)
+    photo = torch.zeros((2, 3, model.photo_size, model.photo_size))
     return {"query": (ids, mask), "text": (ids, mask), "image": (pixels,),
-            "product": (ids, mask, patches, pooled), "photo": (pooled,)}
+            "product": (ids, mask, patches, pooled), "photo": (photo,)}
 
 
 def export_onnx(model_dir: str | Path, out: str | Path, int8: bool = False, overwrite: bool = False,
@@ -260,6 +264,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, int8: bool = False, over
             "graphs": {g: {"file": f"{g}.onnx", "precision": "int8" if int8 and g in INT8_GRAPHS else "fp32"}
                        for g in GRAPHS},
             "has_query_encoder": model.has_query_encoder, "has_photo_encoder": model.has_photo_encoder,
+            "photo_image_size": model.photo_size,
             "tokenizer": {"pad_id": int(tok.pad_token_id), "pad_token": str(tok.pad_token),
                           "max_length": int(model.config.max_length)},
             "image_tower_fingerprint": module_fingerprint(model.image_tower),
@@ -314,6 +319,7 @@ class OnnxModel:
         self.precision = f"onnx-{manifest.get('precision', 'fp32')}"
         self.has_query_encoder = bool(manifest.get("has_query_encoder"))
         self.has_photo_encoder = bool(manifest.get("has_photo_encoder"))
+        self.photo_size = int(manifest.get("photo_image_size") or config.image_size)
         self.image_tower_fingerprint = manifest.get("image_tower_fingerprint")
         import torch
 
@@ -377,8 +383,8 @@ class OnnxModel:
     def tokenize(self, texts: Sequence[str]) -> dict:
         return self._tokenizer(texts)
 
-    def preprocess(self, images):
-        return preprocess_images(images, self.config)
+    def preprocess(self, images, size: int | None = None):
+        return preprocess_images(images, self.config, size)
 
     def correct_queries(self, texts: Sequence[str]) -> list[str]:
         if self.query_speller is None:
@@ -430,8 +436,16 @@ class OnnxModel:
         before the photo graph answers with the image embedding, as its source model did."""
         if "photo" not in self._sessions:
             return self.encode_image(images, batch_size)
-        return self._stack([self._run("photo", {"pooled": np.ascontiguousarray(pooled, dtype=np.float32)})[0]
-                            for _, _, pooled in self._image_batches(images, batch_size)])
+        if "pooled" in self._sessions["photo"].input_names():     # an older export: pooled -> embedding
+            return self._stack([self._run("photo", {"pooled": np.ascontiguousarray(pooled, dtype=np.float32)})[0]
+                                for _, _, pooled in self._image_batches(images, batch_size)])
+        out = []
+        for i in range(0, len(images), batch_size):
+            chunk = images[i:i + batch_size]
+            pixels = chunk if hasattr(chunk, "shape") else self.preprocess(chunk, self.photo_size)
+            pixels = pixels.numpy() if hasattr(pixels, "numpy") else pixels
+            out.append(self._run("photo", {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0])
+        return self._stack(out)
 
     def encode_product(self, texts: Sequence[str], images, batch_size: int = 64) -> np.ndarray:
         texts = list(texts)
@@ -483,6 +497,9 @@ class _LazySession:
                     except Exception as e:   # onnxruntime raises its own Fail/InvalidGraph types
                         raise ValueError(f"{self.path}: ONNX Runtime could not load it ({e})") from None
         return self._session
+
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.get().get_inputs()]
 
 
 class _Tokenizer:

@@ -21,8 +21,9 @@ def letterbox(image: Image.Image, size: int, pad_color=(255, 255, 255)) -> Image
     return canvas
 
 
-def preprocess_images(images, config) -> torch.Tensor:
-    size = config.image_size
+def preprocess_images(images, config, size: int | None = None) -> torch.Tensor:
+    """Normalised pixels [B, 3, S, S]; S is `size`, else config.image_size."""
+    size = size or config.image_size
     mean = np.asarray(config.mean, dtype=np.float32).reshape(3, 1, 1)
     std = np.asarray(config.std, dtype=np.float32).reshape(3, 1, 1)
     out = np.empty((len(images), 3, size, size), dtype=np.float32)

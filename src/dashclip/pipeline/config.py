@@ -136,6 +136,7 @@ class PhotosConfig:
     batch_size: int = 512
     lr: float = 1e-3
     hidden: int = 1024
+    image_size: int = 0              # read photo queries at this side in pixels; 0: the model's image size
 
 
 @dataclass
@@ -208,6 +209,9 @@ class PipelineConfig:
                               f"(or rerank = \"off\")")
         if self.photos.enabled != "off" and min(self.photos.epochs, self.photos.batch_size, self.photos.hidden) < 1:
             raise ConfigError(f"{where}: [photos] epochs, batch_size and hidden must be >= 1 (or enabled = \"off\")")
+        if self.photos.image_size and self.photos.image_size < 16:
+            raise ConfigError(f"{where}: [photos] image_size = {self.photos.image_size}; must be >= 16 pixels "
+                              "(or 0: the model's image size)")
         for section in ("labeler", "labels", "stage1", "stage2", "photos", "grades", "catalog"):
             for f in dataclasses.fields(getattr(self, section)):
                 v = getattr(getattr(self, section), f.name)

@@ -214,6 +214,9 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(512, help="Photos per step."),
         lr: float = typer.Option(1e-3),
         hidden: int = typer.Option(1024, help="Width of the photo head's MLP."),
+        image_size: Optional[int] = typer.Option(None, help="Read photos at this side in pixels (default: the "
+                                                 "model's image size). Shoppers' photos are larger than catalog "
+                                                 "thumbnails; the product side does not change."),
         heldout_frac: float = typer.Option(0.1, help="Share of products never trained on (use Stage 1's)."),
         train_split: list[str] = typer.Option(["train"], "--train-split", help="Extra photos of this split "
                                               "train (repeatable); images without a split always do."),
@@ -232,7 +235,7 @@ def register(app: typer.Typer) -> None:
         from .photo_align import PhotoAlignConfig, align_photos as run
 
         with user_errors():
-            cfg = PhotoAlignConfig(epochs=epochs, batch_size=batch_size, lr=lr, hidden=hidden,
+            cfg = PhotoAlignConfig(epochs=epochs, batch_size=batch_size, lr=lr, hidden=hidden, image_size=image_size,
                                    heldout_frac=heldout_frac, seed=seed, train_splits=tuple(train_split),
                                    eval_split=eval_split or None)
             summary = run(model, Catalog.open(catalog), embeddings, out, cfg,

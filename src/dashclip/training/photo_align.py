@@ -8,9 +8,12 @@ a residual MLP that starts at zero) is trained with the image-text contrastive l
 photos of the training splits (in-store photos, for example). Several photos of one product in a batch are
 not negatives of each other (same-id masking).
 
-The image tower is frozen, so its pooled features are computed once through the Stage 1 feature cache
-(`models.feature_cache`) and the head trains on them in seconds to minutes; the run goes through the
-shared loop (`training/loop.py`: checkpoints, --resume, progress, metrics.jsonl). Products held out by id
+`image_size` reads photos at another side than the catalog's images (a shopper's photo is larger than a
+thumbnail, and the tower tells product types apart better near its pretraining size); the head keeps it, so
+serving reads photos the same way. The image tower is frozen, so its pooled features are computed once
+through the Stage 1 feature cache (`models.feature_cache`, keyed by that size too) and the head trains on
+them in seconds to minutes; the run goes through the shared loop (`training/loop.py`: checkpoints, --resume,
+progress, metrics.jsonl). Products held out by id
 (`heldout_frac`, `seed`: pass Stage 1's, so its held-out products stay unseen) are never trained on; after
 every epoch their photos, and any photos of the `eval_split`, are searched against all products
 (recall@1 and @10 of the photo's own product).
@@ -41,6 +44,7 @@ class PhotoAlignConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     hidden: int = 1024              # the photo head's MLP width
+    image_size: int | None = None   # read photos at this side (None: the model's config.image_size)
     temperature: float = 0.05       # start of the learnable contrastive temperature
     heldout_frac: float = 0.1       # products never trained on (pass Stage 1's, with its seed)
     seed: int = 0
@@ -54,6 +58,8 @@ class PhotoAlignConfig:
             raise ValueError(f"hidden must be >= 1, not {self.hidden}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, not {self.temperature}")
+        if self.image_size is not None and self.image_size < 16:
+            raise ValueError(f"image_size must be >= 16, not {self.image_size}")
         self.train_splits = tuple(self.train_splits)
 
     def loop(self, **options):
@@ -148,7 +154,8 @@ def _photo_sets(model, catalog, product_ids: np.ndarray, cfg: PhotoAlignConfig, 
     row_of = {pid: i for i, pid in enumerate(product_ids.tolist())}
     table_row = np.array([row_of.get(pid, -1) for pid in catalog.products["id"].tolist()], dtype=np.int64)
     rows = table_row[index.pair_product]          # catalog row -> product-table row (-1: not embedded)
-    cache = build_or_open(model, index.paths, cache_dir, device=device, show_progress=progress)
+    cache = build_or_open(model, index.paths, cache_dir, device=device, show_progress=progress,
+                          image_size=model.photo_size)     # photos at the head's size (encode_photo)
     valid = np.asarray(cache.valid, dtype=bool)[index.pair_image] & (rows >= 0)
     held = heldout_mask(catalog.products["id"].tolist(), cfg.heldout_frac, cfg.seed)[index.pair_product]
     eval_paths = {str(catalog.image_path(rel)) for rel in images.loc[np.asarray(eval_ok), "image"].tolist()}
@@ -156,7 +163,7 @@ def _photo_sets(model, catalog, product_ids: np.ndarray, cfg: PhotoAlignConfig, 
 
     def subset(mask) -> PhotoSet:
         sel = np.flatnonzero(mask)
-        _, pooled = cache.features(index.pair_image[sel]) if len(sel) else (None, torch.zeros((0, 1)))
+        pooled = cache.pooled_features(index.pair_image[sel]) if len(sel) else torch.zeros((0, 1))
         return PhotoSet(pooled.to(torch.float16), rows[sel])
 
     train = subset(valid & ~held & ~is_eval)
@@ -190,7 +197,7 @@ def align_photos(model_dir: str | Path, catalog, embeddings_dir: str | Path, out
     product_ids, product_vectors = load_product_vectors(model, embeddings_dir)
     loop = loop or config.loop()
     device = pick_device(loop.device)
-    model.add_photo_encoder(config.hidden)      # a new head, starting as the image projection
+    model.add_photo_encoder(config.hidden, config.image_size)   # a new head, starting as the image projection
     model.lock_for_photos()
     train_set, evals, stats = _photo_sets(model, catalog, np.asarray(product_ids), config,
                                           cache_dir or out_dir / "cache", device, loop.progress)
