@@ -19,6 +19,16 @@ from pathlib import Path
 from ..io import read_json
 
 
+MIN_PHOTO_SIZE = 16
+
+
+def check_photo_size(size) -> None:
+    """The one rule for a photo head's own photo size (`add_photo_encoder`, align-photos, [photos]): None
+    (the config's image_size) or an integer of at least MIN_PHOTO_SIZE pixels."""
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < MIN_PHOTO_SIZE):
+        raise ValueError(f"photo image_size must be an integer >= {MIN_PHOTO_SIZE}, not {size!r}")
+
+
 @dataclass
 class ModelConfig:
     name: str = "default"

@@ -102,20 +102,19 @@ class ImageFeatureCache:
     def pooled_features(self, indices) -> torch.Tensor:
         """pooled [B, Ci] float32 alone: a photo head reads no patches (44K photos' patch grids at 224 px
         are 11 GB as float32)."""
-        idx = np.asarray(indices)
-        order = np.argsort(idx)
-        pooled = np.empty((len(idx), self.pooled.shape[1]), dtype=np.float32)
-        pooled[order] = self.pooled[idx[order]]
-        return torch.from_numpy(pooled)
+        return _read_rows(self.pooled, indices)
 
     def features(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = np.asarray(indices)
-        order = np.argsort(idx)          # memmap reads are fastest in file order
-        patches = np.empty((len(idx), *self.patches.shape[1:]), dtype=np.float32)
-        pooled = np.empty((len(idx), self.pooled.shape[1]), dtype=np.float32)
-        patches[order] = self.patches[idx[order]]
-        pooled[order] = self.pooled[idx[order]]
-        return torch.from_numpy(patches), torch.from_numpy(pooled)
+        return _read_rows(self.patches, indices), _read_rows(self.pooled, indices)
+
+
+def _read_rows(mm: np.ndarray, indices) -> torch.Tensor:
+    """Rows `indices` of a float16 memmap as float32, in the order asked."""
+    idx = np.asarray(indices)
+    order = np.argsort(idx)          # memmap reads are fastest in file order
+    out = np.empty((len(idx), *mm.shape[1:]), dtype=np.float32)
+    out[order] = mm[idx[order]]
+    return torch.from_numpy(out)
 
 
 def load_images(paths: list[Path]):

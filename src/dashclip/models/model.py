@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from .config import ModelConfig, check_photo_size
 from .preprocess import preprocess_images
 
 # A fast (Rust) tokenizer sets its padding state on every call and refuses a second thread meanwhile
@@ -73,9 +73,7 @@ class DashCLIP(nn.Module):
         """`image_size`: read photo queries at this side instead of the catalog's config.image_size. A
         shopper's photo has more pixels than a catalog thumbnail, and the frozen tower tells product types
         apart better near its pretraining size (photo_search.md); the product side is unchanged."""
-        if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
-                                       or image_size < 16):
-            raise ValueError(f"photo image_size must be an integer >= 16, not {image_size!r}")
+        check_photo_size(image_size)
         self.photo_proj = PhotoHead(self.image_proj, self.image_tower.width, hidden)
         self.photo_hidden = hidden
         self.photo_image_size = None if image_size == self.config.image_size else image_size

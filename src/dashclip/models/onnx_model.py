@@ -417,11 +417,19 @@ class OnnxModel:
                  "pooled": np.ascontiguousarray(pooled, dtype=np.float32)}
         return dict(zip(("fused", "image", "text"), self._run("product", feeds)))
 
-    def _image_batches(self, images, batch_size: int):
-        """(start, patches, pooled) of the image graph over `images` (PIL images or pixels), a batch at a time."""
+    def _pixel_batches(self, images, batch_size: int, size: int | None = None):
+        """(start, float32 pixels) over `images` (PIL images, preprocessed at `size` or the config's, or
+        pixels as given), a batch at a time."""
         for i in range(0, len(images), batch_size):
             chunk = images[i:i + batch_size]
-            yield (i, *self.image_features(chunk if hasattr(chunk, "shape") else self.preprocess(chunk)))
+            pixels = chunk if hasattr(chunk, "shape") else self.preprocess(chunk, size)
+            pixels = pixels.numpy() if hasattr(pixels, "numpy") else pixels
+            yield i, np.ascontiguousarray(pixels, dtype=np.float32)
+
+    def _image_batches(self, images, batch_size: int):
+        """(start, patches, pooled) of the image graph over `images` (PIL images or pixels), a batch at a time."""
+        for i, pixels in self._pixel_batches(images, batch_size):
+            yield (i, *self.image_features(pixels))
 
     def _stack(self, parts: list) -> np.ndarray:
         return np.concatenate(parts) if parts else np.zeros((0, self.embed_dim), np.float32)
@@ -432,20 +440,16 @@ class OnnxModel:
                             for _, patches, pooled in self._image_batches(images, batch_size)])
 
     def encode_photo(self, images, batch_size: int = 64) -> np.ndarray:
-        """A photo query: the image graph, then the photo graph (`DashCLIP.encode_photo`); an export made
-        before the photo graph answers with the image embedding, as its source model did."""
+        """A photo query: the photo graph on pixels at `photo_size` (`DashCLIP.encode_photo`); an older export's
+        photo graph reads the image graph's pooled output, and one made before the photo graph answers with the
+        image embedding, as its source model did."""
         if "photo" not in self._sessions:
             return self.encode_image(images, batch_size)
         if "pooled" in self._sessions["photo"].input_names():     # an older export: pooled -> embedding
             return self._stack([self._run("photo", {"pooled": np.ascontiguousarray(pooled, dtype=np.float32)})[0]
                                 for _, _, pooled in self._image_batches(images, batch_size)])
-        out = []
-        for i in range(0, len(images), batch_size):
-            chunk = images[i:i + batch_size]
-            pixels = chunk if hasattr(chunk, "shape") else self.preprocess(chunk, self.photo_size)
-            pixels = pixels.numpy() if hasattr(pixels, "numpy") else pixels
-            out.append(self._run("photo", {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0])
-        return self._stack(out)
+        return self._stack([self._run("photo", {"pixels": pixels})[0]
+                            for _, pixels in self._pixel_batches(images, batch_size, self.photo_size)])
 
     def encode_product(self, texts: Sequence[str], images, batch_size: int = 64) -> np.ndarray:
         texts = list(texts)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..clihelp import UserError
+from ..models.config import MIN_PHOTO_SIZE, check_photo_size
 
 
 class ConfigError(UserError, ValueError):
@@ -209,9 +210,11 @@ class PipelineConfig:
                               f"(or rerank = \"off\")")
         if self.photos.enabled != "off" and min(self.photos.epochs, self.photos.batch_size, self.photos.hidden) < 1:
             raise ConfigError(f"{where}: [photos] epochs, batch_size and hidden must be >= 1 (or enabled = \"off\")")
-        if self.photos.image_size and self.photos.image_size < 16:
-            raise ConfigError(f"{where}: [photos] image_size = {self.photos.image_size}; must be >= 16 pixels "
-                              "(or 0: the model's image size)")
+        try:
+            check_photo_size(self.photos.image_size or None)
+        except ValueError:
+            raise ConfigError(f"{where}: [photos] image_size = {self.photos.image_size}; must be >= "
+                              f"{MIN_PHOTO_SIZE} pixels (or 0: the model's image size)") from None
         for section in ("labeler", "labels", "stage1", "stage2", "photos", "grades", "catalog"):
             for f in dataclasses.fields(getattr(self, section)):
                 v = getattr(getattr(self, section), f.name)

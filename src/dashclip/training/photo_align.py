@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..losses.itc import itc_loss
+from ..models.config import check_photo_size
 from .data import heldout_mask
 
 PHOTO_ALIGN_FILE = "photo_align.json"
@@ -58,8 +59,7 @@ class PhotoAlignConfig:
             raise ValueError(f"hidden must be >= 1, not {self.hidden}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, not {self.temperature}")
-        if self.image_size is not None and self.image_size < 16:
-            raise ValueError(f"image_size must be >= 16, not {self.image_size}")
+        check_photo_size(self.image_size)
         self.train_splits = tuple(self.train_splits)
 
     def loop(self, **options):
