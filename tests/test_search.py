@@ -345,6 +345,39 @@ def test_query_batcher_searches_concurrent_callers_together(shop, searcher):
     assert len(batcher.encode(["still serving"])) == 1
 
 
+def test_query_batcher_searches_on_one_faiss_thread():
+    """The service's index calls run in a thread of their own (a pipeline: the encoder thread goes on to the
+    next batch), and that thread runs FAISS without an OpenMP team (single_thread_searches). The setting is
+    the thread's own, so other threads (the encoder, batch search, evaluation) keep theirs."""
+    import threading
+
+    import faiss
+
+    from dashclip.serving.search import QueryBatcher
+
+    main_threads = faiss.omp_get_max_threads()
+    if main_threads < 2:
+        pytest.skip("one core: FAISS runs one thread anyway")
+    seen, encoded_on = [], []
+
+    class Probe:          # an index that records where its searches run and how many OpenMP threads they get
+        def search(self, q, k, filters):
+            seen.append((threading.current_thread().name, faiss.omp_get_max_threads()))
+            return [["p"] for _ in range(len(q))], np.zeros((len(q), 1), dtype=np.float32)
+
+    def encode(texts):
+        encoded_on.append((threading.current_thread().name, faiss.omp_get_max_threads()))
+        return np.zeros((len(texts), 4), dtype=np.float32)
+
+    batcher = QueryBatcher(encode)
+    ids, _ = batcher.search(Probe(), ["x", "y"], 1)
+    assert ids == [["p"], ["p"]]
+    (search_thread, search_omp), = seen
+    (encode_thread, encode_omp), = encoded_on
+    assert search_omp == 1 and encode_omp == main_threads and search_thread != encode_thread
+    assert faiss.omp_get_max_threads() == main_threads
+
+
 def test_rrf_fuse_hand_computed():
     from dashclip.serving.search import rrf_fuse
 

@@ -7,6 +7,7 @@
 """
 from .backends import build_index, open_index, search_defaults, set_search_defaults, updating
 from .base import VectorIndex, is_index_dir, read_meta
+from .faiss_index import single_thread_searches
 
 __all__ = ["VectorIndex", "build_index", "is_index_dir", "open_index", "read_meta", "search_defaults",
-           "set_search_defaults", "updating"]
+           "set_search_defaults", "single_thread_searches", "updating"]

@@ -35,6 +35,18 @@ def default_factory(n: int) -> str:
     return "Flat" if n < EXACT_MAX else DEFAULT_HNSW
 
 
+def single_thread_searches() -> None:
+    """FAISS searches made from now on by the calling thread run on that thread alone, with no OpenMP team.
+
+    For a service's search thread: it searches a few queries at a time, where a team of threads costs more
+    than it gives. Its idle threads spin between calls and take the cores the query encoder (torch's own
+    OpenMP team, or ONNX Runtime) and the HTTP server need next. OpenMP's thread count belongs to the
+    thread that sets it, so this must run in the thread that searches. Measured on 2 cores with the demo's
+    44K-product exact index: the service's CPU per request at concurrency 1 halved (README, "Fast CPU
+    serving")."""
+    faiss.omp_set_num_threads(1)
+
+
 def _inner(index: faiss.Index) -> faiss.Index:
     return faiss.downcast_index(index.index if isinstance(index, faiss.IndexIDMap2) else index)
 

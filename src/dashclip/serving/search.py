@@ -439,12 +439,16 @@ class QueryBatcher:
     """Encodes the queries of concurrent callers in one model call, and searches their vectors in one index
     call (the service's request threads).
 
-    One worker thread owns the model. A caller queues its texts and waits; the worker takes everything
-    queued so far (up to `max_batch` texts) and encodes it at once. Nothing waits on purpose: while one
-    batch is being encoded the next one gathers, so a lone request is encoded alone and a busy server
-    encodes in batches, which costs far less per query on a CPU. `search` goes one step further: the
-    worker also searches the batch's vectors together, one index call per (index, depth, filters), since
-    an exact index reads every product vector once per call however many queries it answers."""
+    Two worker threads, a pipeline: the encoder thread owns the model, the search thread the index calls. A
+    caller queues its texts and waits; the encoder takes everything queued so far (up to `max_batch` texts)
+    and encodes it at once, then hands the batch's searches to the search thread and goes on to the next
+    batch. Nothing waits on purpose: while one batch is being encoded the next one gathers, so a lone
+    request is encoded alone and a busy server encodes in batches, which costs far less per query on a CPU.
+    The search thread searches a batch's vectors together, one index call per (index, depth, filters),
+    since an exact index reads every product vector once per call however many queries it answers, and
+    runs FAISS on itself alone (`index.single_thread_searches`). With one worker doing both in turn, a busy
+    service was bound by that one thread; as a pipeline, batch n's index search runs while batch n+1 is
+    encoded (benchmarks/results/serving_onnx.md)."""
 
     def __init__(self, encode_fn: Callable[[list[str]], np.ndarray], max_batch: int = ENCODE_BATCH):
         import queue
@@ -453,8 +457,11 @@ class QueryBatcher:
         self.batches = 0          # model calls so far (for tests and stats)
         self.index_calls = 0      # index searches so far (for tests and stats)
         self._queue: "queue.Queue" = queue.Queue()
+        self._searches: "queue.Queue" = queue.Queue()   # encoded batches' searches, in the order encoded
         self._worker = threading.Thread(target=self._run, name="dashclip-query-encoder", daemon=True)
         self._worker.start()
+        self._searcher = threading.Thread(target=self._run_searches, name="dashclip-index-search", daemon=True)
+        self._searcher.start()
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """float32 [len(texts), D] query vectors."""
@@ -502,7 +509,15 @@ class QueryBatcher:
                     index, k, filters = search
                     key = (id(index), k, tuple(sorted((f, tuple(v)) for f, v in (filters or {}).items())))
                     groups.setdefault(key, []).append((part, future, search))
-            for members in groups.values():
+            if groups:
+                self._searches.put(list(groups.values()))
+
+    def _run_searches(self) -> None:
+        from ..index import single_thread_searches
+
+        single_thread_searches()     # this thread makes the service's index calls (see its docstring)
+        while True:
+            for members in self._searches.get():
                 self._search_group(members)
 
     def _search_group(self, members: list) -> None:
