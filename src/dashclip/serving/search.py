@@ -448,7 +448,7 @@ class QueryBatcher:
     since an exact index reads every product vector once per call however many queries it answers, and
     runs FAISS on itself alone (`index.single_thread_searches`). With one worker doing both in turn, a busy
     service was bound by that one thread; as a pipeline, batch n's index search runs while batch n+1 is
-    encoded (benchmarks/results/serving_onnx.md)."""
+    encoded (README, "Fast CPU serving", for the A/B)."""
 
     def __init__(self, encode_fn: Callable[[list[str]], np.ndarray], max_batch: int = ENCODE_BATCH):
         import queue
@@ -515,7 +515,7 @@ class QueryBatcher:
     def _run_searches(self) -> None:
         from ..index import single_thread_searches
 
-        single_thread_searches()     # this thread makes the service's index calls (see its docstring)
+        single_thread_searches()     # this thread makes the service's index calls (see that function)
         while True:
             for members in self._searches.get():
                 self._search_group(members)
