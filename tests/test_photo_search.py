@@ -79,6 +79,28 @@ def test_http_similar_by_id(client, shop):
     assert client.get("/products/100/similar", params={"filter": "size:M"}).status_code == 400
 
 
+def test_http_photo_and_similar_search_faiss_on_the_request_thread_alone(client, shop, monkeypatch):
+    """Photos and "more like this" are not batched: their index searches run on the request's thread, and
+    there FAISS gets one OpenMP thread (index.single_thread_searches), as in the words queries' search thread."""
+    import faiss
+
+    from dashclip.index import VectorIndex
+
+    if faiss.omp_get_max_threads() < 2:
+        pytest.skip("one core: FAISS runs one thread anyway")
+    seen, search = [], VectorIndex.search
+
+    def spy(self, *args, **kwargs):
+        seen.append(faiss.omp_get_max_threads())
+        return search(self, *args, **kwargs)
+
+    monkeypatch.setattr(VectorIndex, "search", spy)
+    assert client.post("/search/image", params={"k": 3}, files={"image": ("a.jpg", photo_bytes(shop))}).status_code == 200
+    assert client.get("/products/100/similar", params={"k": 3}).status_code == 200
+    assert seen and set(seen) == {1}
+    assert faiss.omp_get_max_threads() >= 2        # the test's own thread keeps FAISS's team
+
+
 def test_similar_by_id_with_slashes_in_ids(shop, tmp_path):
     """Ids may hold "/": "x/similar" (sent as x%2Fsimilar) is a product, /products/x%2Fimage/similar the
     look-alikes of product "x/image"."""

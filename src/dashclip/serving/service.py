@@ -427,7 +427,7 @@ def create_app(searcher: Searcher | Callable[[], Searcher] | None = None, *,
             words = parts["q"].data.decode("utf-8", "replace") if "q" in parts and q is None else q
             words = normalise_query(words) if words is not None and words.strip() else None
             photo = await run_in_threadpool(as_image, parts.pop("image").data, "uploaded image")
-            hits = await run_in_threadpool(current.search_image, photo, k, filters, words)
+            hits = await run_in_threadpool(_on_one_search_thread, current.search_image, photo, k, filters, words)
         except UploadError as e:
             raise HTTPException(e.status, str(e)) from None
         except ImageError as e:  # the message names the upload, never a path (it has none)
@@ -460,7 +460,7 @@ def create_app(searcher: Searcher | Callable[[], Searcher] | None = None, *,
         p = lookup(current, pid)
         try:
             filters = checked_filters(current, filter)
-            hits = current.search_similar(p["id"], k=k, filters=filters)
+            hits = _on_one_search_thread(current.search_similar, p["id"], k, filters)
         except KeyError:
             raise HTTPException(404, f"unknown product id {pid!r}") from None
         except ValueError as e:
@@ -552,6 +552,16 @@ def create_app(searcher: Searcher | Callable[[], Searcher] | None = None, *,
         return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
 
     return app
+
+
+def _on_one_search_thread(search, *args):
+    """`search(*args)` on this request thread, its FAISS searches on the thread alone. Words queries search in
+    the QueryBatcher's search thread; photos and "more like this" are not batched and search here, where
+    FAISS's default OpenMP team spun on the cores the photo encoder needed (index.single_thread_searches)."""
+    from ..index import single_thread_searches
+
+    single_thread_searches()
+    return search(*args)
 
 
 def _version() -> str:
