@@ -38,12 +38,13 @@ def default_factory(n: int) -> str:
 def single_thread_searches() -> None:
     """FAISS searches made from now on by the calling thread run on that thread alone, with no OpenMP team.
 
-    For a service's search thread: it searches a few queries at a time, where a team of threads costs more
-    than it gives. Its idle threads spin between calls and take the cores the query encoder (torch's own
-    OpenMP team, or ONNX Runtime) and the HTTP server need next. OpenMP's thread count belongs to the
-    thread that sets it, so this must run in the thread that searches. Measured on 2 cores with the demo's
-    44K-product exact index: the service's CPU per request at concurrency 1 halved (README, "Fast CPU
-    serving")."""
+    For a service's searching threads: they search a few queries at a time, where a team of threads costs
+    more than it gives. Its idle threads spin between calls and take the cores the query encoder (torch's
+    own OpenMP team, or ONNX Runtime) and the HTTP server need next. OpenMP's thread count belongs to the
+    thread that sets it, so this must run in the thread that searches. Where torch was imported before
+    FAISS, the two share one OpenMP runtime and torch's ops on that thread run on one thread too
+    (`dashclip serve` imports FAISS first). Measured on 2 cores with the demo's 44K-product exact index: the
+    service's CPU per request at concurrency 1 halved (README, "Fast CPU serving")."""
     faiss.omp_set_num_threads(1)
 
 
