@@ -40,6 +40,7 @@ import pandas as pd
 
 from ..data.catalog import is_missing
 from ..data.ids import plain_id
+from ..index import single_thread_searches
 from ..index.backends import search_defaults
 from ..ranking import HYBRID_DEPTH, RRF_K, rrf_fuse  # noqa: F401  (RRF_K: also public here)
 
@@ -458,10 +459,11 @@ class QueryBatcher:
         self.index_calls = 0      # index searches so far (for tests and stats)
         self._queue: "queue.Queue" = queue.Queue()
         self._searches: "queue.Queue" = queue.Queue()   # encoded batches' searches, in the order encoded
-        self._worker = threading.Thread(target=self._run, name="dashclip-query-encoder", daemon=True)
-        self._worker.start()
-        self._searcher = threading.Thread(target=self._run_searches, name="dashclip-index-search", daemon=True)
-        self._searcher.start()
+        self._encode_thread = threading.Thread(target=self._run, name="dashclip-query-encoder", daemon=True)
+        self._encode_thread.start()
+        self._search_thread = threading.Thread(target=self._run_searches, name="dashclip-index-search",
+                                               daemon=True)
+        self._search_thread.start()
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """float32 [len(texts), D] query vectors."""
@@ -513,8 +515,6 @@ class QueryBatcher:
                 self._searches.put(list(groups.values()))
 
     def _run_searches(self) -> None:
-        from ..index import single_thread_searches
-
         single_thread_searches()     # this thread makes the service's index calls (see that function)
         while True:
             for members in self._searches.get():

@@ -42,6 +42,7 @@ from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from ..index import single_thread_searches
 from .search import MAX_QUERY_CHARS, QueryBatcher, Searcher, normalise_query, parse_filter_args
 
 log = logging.getLogger("dashclip.serving")
@@ -558,8 +559,6 @@ def _on_one_search_thread(search, *args):
     """`search(*args)` on this request thread, its FAISS searches on the thread alone. Words queries search in
     the QueryBatcher's search thread; photos and "more like this" are not batched and search here, where
     FAISS's default OpenMP team spun on the cores the photo encoder needed (index.single_thread_searches)."""
-    from ..index import single_thread_searches
-
     single_thread_searches()
     return search(*args)
 
