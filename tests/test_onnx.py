@@ -15,7 +15,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from dashclip.cli import app  # noqa: E402
-from dashclip.models.onnx_model import OnnxModel, OnnxRuntimeMissing, export_onnx  # noqa: E402
+from dashclip.models.onnx_model import OnnxModel, OnnxRuntimeMissing, export_onnx, is_ffn_out  # noqa: E402
 from dashclip.models.runtime import load_model  # noqa: E402
 from dashclip.serving.search import Searcher  # noqa: E402
 from test_search_fixtures import build_shop_index, shared_shop  # noqa: E402
@@ -79,16 +79,26 @@ def test_export_layout_and_model_id(exported):
                                                       "photo.onnx"}
         onnx_model = load_model(path)           # auto: an export runs on ONNX Runtime
         assert isinstance(onnx_model, OnnxModel) and onnx_model.model_id == model.model_id
-    # int8: the text graphs' matmuls run on int8 weights (but the feed-forward outputs), the image tower stays fp32
+    # int8: the text graphs' weight matmuls run on int8 weights, but the feed-forward outputs (a float weight read
+    # through an Identity node counts as float: test_int8_quantizes_weights_shared_through_identity); the image
+    # tower stays fp32
     import onnx
 
     def ops(path):
         return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+    def float_weight_matmuls(path):
+        graph = onnx.load(str(path)).graph
+        weights = {i.name for i in graph.initializer}
+        made = {o: n for n in graph.node for o in n.output}
+        return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")
+                and (n.input[1] in weights or getattr(made.get(n.input[1]), "op_type", None) == "Identity")]
     for graph in ("query", "text", "product"):
         assert "MatMulInteger" not in ops(fp32 / f"{graph}.onnx")
         int8_ops = ops(int8 / f"{graph}.onnx")
         assert int8_ops.count("MatMulInteger") + int8_ops.count("QAttention") >= 6, graph
-        assert "MatMul" in int8_ops, graph          # the layers kept in float32
+        kept = float_weight_matmuls(int8 / f"{graph}.onnx")
+        assert kept and all(is_ffn_out(n) for n in kept), (graph, kept)
     # the text graphs' BERT layers run as ONNX Runtime's fused kernels (the product graph's stay unfused)
     for graph in ("query", "text"):
         assert {"Attention", "SkipLayerNormalization"} <= set(ops(fp32 / f"{graph}.onnx")), graph
@@ -287,3 +297,33 @@ def test_an_mpnet_text_tower_exports_with_query_parity(tmp_path):
     assert _cosines(onnx_model.encode_query(QUERIES), model.encode_query(QUERIES).numpy()).min() >= 0.9999
     assert _cosines(onnx_model.encode_product(TEXTS, IMAGES),
                     model.encode_product(TEXTS, IMAGES).numpy()).min() >= 0.9999
+
+
+def test_int8_quantizes_weights_shared_through_identity(tmp_path):
+    """A fusion layer that is a text layer reads that layer's weights through an Identity node in the exported
+    graph; `_quantize` points it at the weights, so both matmuls run in int8, and the output stays close."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from dashclip.models.onnx_model import _quantize
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 16)).astype(np.float32) / 4
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="/text/dense/MatMul"),
+         helper.make_node("Identity", ["w"], ["w_shared"], name="/fusion/Identity"),
+         helper.make_node("MatMul", ["h", "w_shared"], ["y"], name="/fusion/dense/MatMul")],
+        "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])], [numpy_helper.from_array(w, "w")])
+    src, dst = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    _quantize(src, dst)
+    ops = [n.op_type for n in onnx.load(str(dst)).graph.node]
+    assert "MatMul" not in ops and "Identity" not in ops
+    assert ops.count("MatMulInteger") + ops.count("DynamicQuantizeMatMul") == 2, ops
+    import onnxruntime as ort
+
+    x = rng.standard_normal((8, 16)).astype(np.float32)
+    y = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    cos = (y * (x @ w @ w)).sum(1) / np.linalg.norm(y, axis=1) / np.linalg.norm(x @ w @ w, axis=1)
+    assert cos.min() > 0.99
