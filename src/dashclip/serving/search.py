@@ -445,11 +445,13 @@ class QueryBatcher:
     and encodes it at once, then hands the batch's searches to the search thread and goes on to the next
     batch. Nothing waits on purpose: while one batch is being encoded the next one gathers, so a lone
     request is encoded alone and a busy server encodes in batches, which costs far less per query on a CPU.
-    The search thread searches a batch's vectors together, one index call per (index, depth, filters),
-    since an exact index reads every product vector once per call however many queries it answers, and
-    runs FAISS on itself alone (`index.single_thread_searches`). With one worker doing both in turn, a busy
-    service was bound by that one thread; as a pipeline, batch n's index search runs while batch n+1 is
-    encoded (README, "Fast CPU serving", for the A/B)."""
+    The search thread searches a batch's vectors together, one index call per (index, depth, filters), and
+    runs FAISS on itself alone (`index.single_thread_searches`); on one thread FAISS's exact scan costs the same
+    per query in a call of 1 or 8, so sharing the call saves calls, not scanning. A query's near-ties may come
+    out in another order than when it is searched alone (FAISS scans 4 queries at a time with another kernel;
+    README, "Fast CPU serving"). With one worker doing both in turn, a busy service was bound by that one
+    thread; as a pipeline, batch n's index search runs while batch n+1 is encoded (README, "Fast CPU
+    serving", for the A/B)."""
 
     def __init__(self, encode_fn: Callable[[list[str]], np.ndarray], max_batch: int = ENCODE_BATCH):
         import queue
