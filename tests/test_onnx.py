@@ -301,7 +301,8 @@ def test_an_mpnet_text_tower_exports_with_query_parity(tmp_path):
 
 def test_int8_quantizes_weights_shared_through_identity(tmp_path):
     """A fusion layer that is a text layer reads that layer's weights through an Identity node in the exported
-    graph; `_quantize` points it at the weights, so both matmuls run in int8, and the output stays close."""
+    graph; `_quantize` points it at the weights, so both matmuls run in int8 (7-bit weights), and the output stays
+    close."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -318,9 +319,13 @@ def test_int8_quantizes_weights_shared_through_identity(tmp_path):
     src, dst = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
     _quantize(src, dst)
-    ops = [n.op_type for n in onnx.load(str(dst)).graph.node]
+    quantized = onnx.load(str(dst)).graph
+    ops = [n.op_type for n in quantized.node]
     assert "MatMul" not in ops and "Identity" not in ops
     assert ops.count("MatMulInteger") + ops.count("DynamicQuantizeMatMul") == 2, ops
+    # 7-bit weights (`_quantize`: no saturation on CPUs without VNNI)
+    weights = [numpy_helper.to_array(i) for i in quantized.initializer if i.data_type == TensorProto.INT8]
+    assert weights and 32 < max(int(np.abs(q.astype(np.int16)).max()) for q in weights) <= 64
     import onnxruntime as ort
 
     x = rng.standard_normal((8, 16)).astype(np.float32)
