@@ -285,6 +285,20 @@ def is_ffn_out(node: str) -> bool:
     return ("output/dense" in node and "attention" not in node) or "ffn_out" in node
 
 
+def _read_shared_weights_directly(graph) -> None:
+    """In place: every node that reads a weight through an Identity node (how the exporter writes a weight two
+    modules share) reads the weight itself, and those Identity nodes go (not one that is a graph output)."""
+    weights = {i.name for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias = {n.output[0]: n.input[0] for n in graph.node
+             if n.op_type == "Identity" and n.input[0] in weights and n.output[0] not in outputs}
+    kept = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for node in kept:
+        node.input[:] = [alias.get(x, x) for x in node.input]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
 def _quantize(src: Path, dst: Path) -> None:
     """Dynamic int8 quantization of the weights of the MatMuls and Gemms with a constant weight (per channel;
     activations are quantized per batch at run time), except each transformer layer's feed-forward output
@@ -308,16 +322,7 @@ def _quantize(src: Path, dst: Path) -> None:
 
     model = onnx.load(str(src))
     graph = model.graph
-    weights = {i.name for i in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    alias = {n.output[0]: n.input[0] for n in graph.node
-             if n.op_type == "Identity" and n.input[0] in weights and n.output[0] not in outputs}
-    if alias:
-        kept = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
-        for node in kept:
-            node.input[:] = [alias.get(x, x) for x in node.input]
-        del graph.node[:]
-        graph.node.extend(kept)
+    _read_shared_weights_directly(graph)
     keep_fp32 = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and is_ffn_out(n.name)]
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # "consider pre-processing"
     # Attention: the fused attention's QKV projection (QAttention); DefaultTensorType: the fused ops' outputs
