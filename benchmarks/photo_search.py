@@ -98,8 +98,9 @@ def grocery_photo_head(args, catalog, model_dir, run, evaluate) -> dict:
     emb = run / "embeddings"
     if not (emb / "meta.json").exists():
         embed_catalog(dashclip.load(model_dir), catalog, emb, progress=False)
-    photo_run = run / f"photo-{args.photo_epochs}ep"
-    cfg = PhotoAlignConfig(epochs=args.photo_epochs, heldout_frac=0.0)
+    weight = args.photo_regression_weight
+    photo_run = run / (f"photo-{args.photo_epochs}ep" + (f"-rw{weight:g}" if weight else ""))
+    cfg = PhotoAlignConfig(epochs=args.photo_epochs, heldout_frac=0.0, regression_weight=weight)
     t = time.time()
     if (photo_run / "photo_align.json").exists():
         summary = json.loads((photo_run / "photo_align.json").read_text())
@@ -110,6 +111,7 @@ def grocery_photo_head(args, catalog, model_dir, run, evaluate) -> dict:
     val = GroceryEvaluator(catalog, split="val", feature_cache_dir=str(Path(args.work) / "../cache/grocery-eval"),
                            photo_image_weights=args.photo_image_weights)
     return {**evaluate(model), "val": val(model), "run": str(photo_run), "epochs": cfg.epochs,
+            "regression_weight": cfg.regression_weight,
             "train_photos": summary["train_photos"], "steps": summary["steps"], "train_seconds": summary["seconds"],
             "evals": summary["evals"], "seconds_incl_reused_training": round(time.time() - t, 1)}
 
@@ -181,7 +183,8 @@ def fashion(args) -> dict:
         best = max(heads, key=lambda h: h["validation_p10"])
         out["photo_heads"] = {"n_validation": int(len(val)), "heads": heads, "chosen": best["model"]}
         out["photo_model"], out["photo_head_size"] = best["model"], best["photo_size"]
-        out["photo_align"] = {k: best[k] for k in ("train_photos", "steps", "epochs", "seconds", "start", "last")
+        out["photo_align"] = {k: best[k] for k in ("train_photos", "steps", "epochs", "seconds", "start", "last",
+                                                    "regression_weight")
                               if k in best}
         photo = photos[best["model"]]
         head = out["p10_articletype_photo_head"] = {
@@ -201,6 +204,8 @@ def head_run(model_dir) -> dict:
         return {}
     done = json.loads(run.read_text())
     return {**{k: done.get(k) for k in ("train_photos", "steps", "epochs", "seconds", "start")},
+            # heads trained before the cosine term existed were contrastive only
+            "regression_weight": done.get("config", {}).get("regression_weight", 0.0),
             "last": done["evals"][-1] if done.get("evals") else {}}
 
 
@@ -376,6 +381,7 @@ def markdown(r: dict) -> str:
                 lines.append(f"| after Stage 1 + photo head | {kind} | {m['fine_top1']:.3f} | {m['fine_top5']:.3f} | "
                              f"{m['coarse_top1']:.3f} | {m['coarse_top5']:.3f} |")
             lines += ["", f"Photo head: `dashclip align-photos` on the Stage 1 model, {ph['epochs']} epochs, "
+                          f"regression weight {ph.get('regression_weight', 0.0):g}, "
                           f"{ph['train_photos']} train-split photos (iconic images included), {ph['steps']} steps, "
                           f"{ph['train_seconds']:.0f} s; no product held out. Validation photos "
                           f"({ph['val']['n_photos']}), fine top-1 / top-5: " + ", ".join(
@@ -409,13 +415,17 @@ def markdown(r: dict) -> str:
                 ph = f["photo_heads"]
                 lines += [f"Heads measured (photo head -> fused P@10 same articleType); the one reported below is "
                           f"the best on {ph['n_validation']} validation photos (other held-out products' photos):", "",
-                          "| head | photos read at | validation P@10 | test P@10 |", "|---|---:|---:|---:|"]
+                          "| head | photos read at | epochs | regression weight | validation P@10 | test P@10 | "
+                          "own product in top 10 (held-out photos) |", "|---|---:|---:|---:|---:|---:|---:|"]
                 lines += [f"| {h['model']}{' (chosen)' if h['model'] == ph['chosen'] else ''} | {h['photo_size']} px | "
-                          f"{h['validation_p10']:.3f} | {h['test_p10']:.3f} |" for h in ph["heads"]]
+                          f"{h.get('epochs', '?')} | {h.get('regression_weight', 0.0):g} | {h['validation_p10']:.3f} | "
+                          f"{h['test_p10']:.3f} | {h.get('last', {}).get('heldout_recall@10', float('nan')):.3f} |"
+                          for h in ph["heads"]]
                 lines.append("")
             pa = f.get("photo_align")
             if pa:
-                lines += [f"The head: {pa['epochs']} epochs, {pa['steps']} steps of 512 photos, {pa['train_photos']} "
+                lines += [f"The head: {pa['epochs']} epochs, regression weight {pa.get('regression_weight', 0.0):g}, "
+                          f"{pa['steps']} steps of 512 photos, {pa['train_photos']} "
                           f"training photos (the Stage 1 held-out products left out), {pa['seconds']:.0f} s; its "
                           f"held-out photos' own product in the top 10 of all products: "
                           f"{pa['start'].get('heldout_recall@10', float('nan')):.3f} before, "
@@ -465,6 +475,8 @@ def main() -> None:
     p.add_argument("--work", default="runs/exp")
     p.add_argument("--grocery-epochs", type=int, default=3)
     p.add_argument("--image-product-weight", type=float, default=1.0)
+    p.add_argument("--photo-regression-weight", type=float, default=0.0, help="grocery: the photo head's "
+                   "cosine term (PhotoAlignConfig.regression_weight)")
     p.add_argument("--photo-epochs", type=int, default=12, help="grocery: photo alignment epochs on the Stage 1 "
                    "model (0: none)")
     p.add_argument("--fashion-model", default="runs/demo/stage1/model")

@@ -138,6 +138,7 @@ class PhotosConfig:
     lr: float = 1e-3
     hidden: int = 1024
     image_size: int = 0              # read photo queries at this side in pixels; 0: the model's image size
+    regression_weight: float = 0.0   # cosine term beside the contrastive loss (PhotoAlignConfig); 0: contrastive only
 
 
 @dataclass
@@ -210,6 +211,8 @@ class PipelineConfig:
                               f"(or rerank = \"off\")")
         if self.photos.enabled != "off" and min(self.photos.epochs, self.photos.batch_size, self.photos.hidden) < 1:
             raise ConfigError(f"{where}: [photos] epochs, batch_size and hidden must be >= 1 (or enabled = \"off\")")
+        if self.photos.regression_weight < 0:
+            raise ConfigError(f"{where}: [photos] regression_weight = {self.photos.regression_weight}; must be >= 0")
         try:
             check_photo_size(self.photos.image_size or None)
         except ValueError:
