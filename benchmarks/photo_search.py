@@ -15,7 +15,8 @@
    query against every other product: Precision@10 of its articleType, for the photo's image embedding
    against the fused, image and text product embeddings (which embedding should answer a photo), and for
    "more like this" (its own fused embedding). Photo + "in <colour>": the share of the top 10 in that colour,
-   for the text weights of `serving.search` (IMAGE_TEXT_WEIGHT is the one served). The photo's embedding is
+   for the text weights of `serving.search` (IMAGE_TEXT_WEIGHT is the one served), mixed as served
+   (`ranking.mix_photo_and_words`: each side in units of its spread over the same product sample). The photo's embedding is
    the embeddings dir's image.npy row (what `encode_image` gives the same photo).
 3. Latency, one process, one run: p50 of `Searcher.search` (text) and `Searcher.search_image` (the photo's
    file bytes: decode + image tower + index search) over the same index.
@@ -177,9 +178,11 @@ def fashion(args) -> dict:
             photo, size = photo_head_vectors(path, args.fashion_catalog, ids, np.concatenate([rows, val]), len(ids),
                                              model.model_id)
             photos[path] = photo
+            served_mix = colour_shares(photo, cand, text, vec, colour, asked, article, [IMAGE_TEXT_WEIGHT])
             heads.append({"model": path, "photo_size": size, **head_run(path),
                           "validation_p10": precision_at_10(photo[val], val, vec["fused"], article),
-                          "test_p10": precision_at_10(photo[rows], rows, vec["fused"], article)})
+                          "test_p10": precision_at_10(photo[rows], rows, vec["fused"], article),
+                          "colour_served": served_mix["by_weight"][f"{IMAGE_TEXT_WEIGHT:g}"]})
         best = max(heads, key=lambda h: h["validation_p10"])
         out["photo_heads"] = {"n_validation": int(len(val)), "heads": heads, "chosen": best["model"]}
         out["photo_model"], out["photo_head_size"] = best["model"], best["photo_size"]
@@ -210,13 +213,15 @@ def head_run(model_dir) -> dict:
 
 
 def colour_shares(photos, cand, text, vec, colour, asked, article, weights) -> dict:
-    """Photo + "in <colour>" against the product embeddings, for each text weight."""
+    """Photo + "in <colour>" against the product embeddings, for each text weight, mixed as served."""
     from dashclip.serving.search import IMAGE_TEXT_WEIGHT
 
+    from dashclip.ranking import mix_photo_and_words, spread_sample_rows
+
     out = {"n_queries": int(len(cand)), "served_weight": IMAGE_TEXT_WEIGHT, "by_weight": {}}
+    sample = vec["fused"][spread_sample_rows(len(vec["fused"]))]     # as Searcher.spread_products
     for w in weights:
-        q = (1 - w) * photos[cand] + w * text
-        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        q = mix_photo_and_words(photos[cand], text, sample, w)
         out["by_weight"][f"{w:g}"] = {
             "colour_share_top10": precision_at_10(q, cand, vec["fused"], colour, asked),
             "p10_articletype": precision_at_10(q, cand, vec["fused"], article)}
@@ -416,11 +421,15 @@ def markdown(r: dict) -> str:
                 lines += [f"Heads measured (photo head -> fused P@10 same articleType); the one reported below is "
                           f"the best on {ph['n_validation']} validation photos (other held-out products' photos):", "",
                           "| head | photos read at | epochs | regression weight | validation P@10 | test P@10 | "
-                          "own product in top 10 (held-out photos) |", "|---|---:|---:|---:|---:|---:|---:|"]
+                          "own product in top 10 (held-out photos) | photo + colour: colour in top 10 / P@10 |",
+                          "|---|---:|---:|---:|---:|---:|---:|---:|"]
                 lines += [f"| {h['model']}{' (chosen)' if h['model'] == ph['chosen'] else ''} | {h['photo_size']} px | "
                           f"{h.get('epochs', '?')} | {h.get('regression_weight', 0.0):g} | {h['validation_p10']:.3f} | "
-                          f"{h['test_p10']:.3f} | {h.get('last', {}).get('heldout_recall@10', float('nan')):.3f} |"
-                          for h in ph["heads"]]
+                          f"{h['test_p10']:.3f} | {h.get('last', {}).get('heldout_recall@10', float('nan')):.3f} | "
+                          + (f"{h['colour_served']['colour_share_top10']:.3f} / {h['colour_served']['p10_articletype']:.3f} |"
+                             if h.get("colour_served") else "|") for h in ph["heads"]]
+                lines += ["", f"Photo + colour: the {f['colour']['n_queries']} photo + \"in <colour>\" queries at the "
+                          f"served text weight {f['colour']['served_weight']}."]
                 lines.append("")
             pa = f.get("photo_align")
             if pa:
@@ -475,9 +484,9 @@ def main() -> None:
     p.add_argument("--work", default="runs/exp")
     p.add_argument("--grocery-epochs", type=int, default=3)
     p.add_argument("--image-product-weight", type=float, default=1.0)
-    p.add_argument("--photo-regression-weight", type=float, default=0.0, help="grocery: the photo head's "
+    p.add_argument("--photo-regression-weight", type=float, default=10.0, help="grocery: the photo head's "
                    "cosine term (PhotoAlignConfig.regression_weight)")
-    p.add_argument("--photo-epochs", type=int, default=12, help="grocery: photo alignment epochs on the Stage 1 "
+    p.add_argument("--photo-epochs", type=int, default=24, help="grocery: photo alignment epochs on the Stage 1 "
                    "model (0: none)")
     p.add_argument("--fashion-model", default="runs/demo/stage1/model")
     p.add_argument("--fashion-embeddings", default="runs/demo/embeddings")

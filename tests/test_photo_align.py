@@ -28,7 +28,9 @@ def aligned(tmp_path_factory):
     dashclip.create_model("tiny", pretrained=False).save(tmp / "model")
     catalog = Catalog.open(cat_dir)
     embed_catalog(dashclip.load(tmp / "model"), catalog, tmp / "emb", progress=False)
-    cfg = PhotoAlignConfig(epochs=30, batch_size=16, lr=3e-3, hidden=64, heldout_frac=0.2)
+    # contrastive only: this fixture checks that held-out photos find their own product, which the cosine term
+    # trades for landing among products like it (its own test below)
+    cfg = PhotoAlignConfig(epochs=30, batch_size=16, lr=3e-3, hidden=64, heldout_frac=0.2, regression_weight=0.0)
     loop = LoopConfig(epochs=30, batch_size=16, lr=3e-3, weight_decay=0.01, progress=False, log_every=5)
     summary = align_photos(tmp / "model", catalog, tmp / "emb", tmp / "run", cfg, loop)
     return tmp, catalog, summary

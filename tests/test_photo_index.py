@@ -116,3 +116,35 @@ def test_photo_vectors_weight_is_checked():
     assert np.allclose(photo_vectors(f, i, 0.25), 0.75 * f + 0.25 * i)
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         photo_vectors(f, i, 1.5)
+
+
+def test_photo_and_words_mix_in_units_of_each_sides_spread():
+    """A product's score under the mixed vector is the two sides' cosines, each divided by its spread over the
+    sample, mixed by the text weight: a side whose cosines spread twice as wide does not count twice."""
+    from dashclip.ranking import mix_photo_and_words, spread_sample_rows
+
+    rng = np.random.default_rng(0)
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
+    # products vary widely along the first 8 dimensions and little along the last 8
+    products = unit(rng.normal(size=(300, 16)) * np.r_[np.ones(8), np.full(8, 0.2)]).astype(np.float32)
+    sample = products[spread_sample_rows(len(products))]
+    assert len(sample) == 256 and len(np.unique(spread_sample_rows(300))) == 256
+    # the photo lies along the wide dimensions, the words along the narrow ones
+    photo = unit(np.r_[rng.normal(size=8), np.zeros(8)][None])
+    words = unit(np.r_[np.zeros(8), rng.normal(size=8)][None])
+    sp, sw = (photo @ sample.T).std(), (words @ sample.T).std()
+    assert sp > 1.5 * sw
+    mixed = mix_photo_and_words(photo, words, sample, 0.5)
+    assert np.isclose(np.linalg.norm(mixed), 1.0)
+    want = 0.5 * (photo @ products.T) / sp + 0.5 * (words @ products.T) / sw
+    got = mixed @ products.T
+    assert np.allclose(got / got[0, 0], want / want[0, 0], atol=1e-4)   # the same scores up to one scale
+    plain = unit(0.5 * photo + 0.5 * words)
+    # the words' best product ranks higher than under the plain sum of the two vectors
+    best = int(np.argmax(words @ products.T))
+    rank = lambda scores: int((scores[0] > scores[0, best]).sum())  # noqa: E731
+    assert rank(got) < rank(plain @ products.T)
+    # no spread to measure with one product: the plain sum
+    assert np.allclose(mix_photo_and_words(photo, words, products[:1], 0.5), plain, atol=1e-6)
+    with pytest.raises(ValueError, match="text weight"):
+        mix_photo_and_words(photo, words, sample, 1.5)

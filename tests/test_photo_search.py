@@ -37,9 +37,13 @@ def test_api_photo_photo_plus_words_and_more_like_this(shop):
     assert np.allclose(s.encode_images([pil.convert("RGB")]), img / np.linalg.norm(img), atol=1e-5)
     words = s.encode(["in red"])
     mixed = s.encode_images([pil.convert("RGB")], ["in red"])[0]
+    from dashclip.ranking import mix_photo_and_words, spread_sample_rows
     from dashclip.serving.search import IMAGE_TEXT_WEIGHT
-    want = (1 - IMAGE_TEXT_WEIGHT) * img[0] + IMAGE_TEXT_WEIGHT * words[0]
-    assert np.allclose(mixed, want / np.linalg.norm(want), atol=1e-5)
+    sample = s.spread_products()
+    assert len(sample) == min(len(shop.catalog.products), 256)
+    assert np.allclose(sample, s.product_vectors(spread_sample_rows(len(shop.catalog.products))), atol=1e-6)
+    want = mix_photo_and_words(img, words, sample, IMAGE_TEXT_WEIGHT)[0]
+    assert np.allclose(mixed, want, atol=1e-5)
     # filters apply to photo queries too
     assert {h.attributes["gender"] for h in s.search_image(raw, k=5, filters={"gender": ["Men"]})} == {"Men"}
     # more like this: the product's own (indexed) embedding, the product itself left out

@@ -15,8 +15,9 @@ index's photo index, where a product's score is (1 - w) cos(photo, product embed
 product image) (`ranking.photo_vectors`; w recorded in the index): with Stage 1's image -> product term
 (`pretrain --image-product-weight`) the photo lands next to its product's embedding, and the image term
 finds look-alikes. An index without a photo index (built before there was one, or by a text-only model)
-serves photos from the product embeddings alone. Photo plus text searches the product embeddings with the
-normalised sum (1 - IMAGE_TEXT_WEIGHT) * image + IMAGE_TEXT_WEIGHT * query-encoder(text), normalised again.
+serves photos from the product embeddings alone. Photo plus text searches the product embeddings with
+`ranking.mix_photo_and_words`: (1 - IMAGE_TEXT_WEIGHT) * photo + IMAGE_TEXT_WEIGHT * query-encoder(text), each
+side in units of the spread of its cosines over a fixed sample of products (`spread_products`), normalised.
 More like this: the product's own embedding, computed from its catalog record (title and image) as
 `embed-catalog` does, so every index backend serves it. benchmarks/photo_search.py measures the choices.
 
@@ -43,6 +44,7 @@ from ..data.ids import plain_id
 from ..index import single_thread_searches
 from ..index.backends import search_defaults
 from ..ranking import HYBRID_DEPTH, RRF_K, rrf_fuse  # noqa: F401  (RRF_K: also public here)
+from ..ranking import mix_photo_and_words, spread_sample_rows
 
 MAX_QUERY_CHARS = 256      # longer queries are refused, not cut: a truncated query is a different query
 MAX_K = 1000               # the service bounds k further (MAX_K_HTTP in service.py)
@@ -143,6 +145,7 @@ class Searcher:
         self._bm25_rows: np.ndarray | None = None      # catalog row of each BM25 document
         self._bm25_attrs: pd.DataFrame | None = None   # attribute strings of each BM25 document
         self._lock = threading.Lock()
+        self._spread_products: np.ndarray | None = None   # made on the first photo + words query
         # One plain dict per catalog row: turning hits into results must not cost a DataFrame lookup each.
         self._records = catalog.products.to_dict("records")
 
@@ -341,14 +344,15 @@ class Searcher:
 
     def encode_images(self, images: list, texts: Sequence[str | None] | None = None) -> np.ndarray:
         """Photo queries -> float32 [Q, D] unit vectors: the photo embedding, mixed with the query
-        encoder's embedding of `texts[i]` where one is given (IMAGE_TEXT_WEIGHT)."""
+        encoder's embedding of `texts[i]` where one is given (`ranking.mix_photo_and_words`, IMAGE_TEXT_WEIGHT)."""
         from ..models.model import to_numpy
 
         vectors = to_numpy(self.model.encode_photo(images))
         with_text = [i for i, t in enumerate(texts or []) if t]
         if with_text:
             words = self.encode([texts[i] for i in with_text])
-            vectors[with_text] = (1 - IMAGE_TEXT_WEIGHT) * vectors[with_text] + IMAGE_TEXT_WEIGHT * words
+            vectors[with_text] = mix_photo_and_words(vectors[with_text], words, self.spread_products(),
+                                                     IMAGE_TEXT_WEIGHT)
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
     def search_similar(self, product_id, k: int = 10, filters: dict[str, Sequence[str]] | None = None) -> list[Hit]:
@@ -364,6 +368,15 @@ class Searcher:
         ids, scores = self.index.search(vector, k + 1, filters or None)
         keep = [(p, float(s)) for p, s in zip(ids[0], scores[0]) if plain_id(p) != pid][:k]
         return self._hits([p for p, _ in keep], [s for _, s in keep], k)
+
+    def spread_products(self) -> np.ndarray:
+        """The product embeddings of a fixed sample of the catalog (`ranking.spread_sample_rows`), on which
+        photo + words queries measure each side's spread; made once, on first use (256 products: about
+        5 s on 2 CPU cores with the torch model)."""
+        with self._lock:
+            if self._spread_products is None:
+                self._spread_products = self.product_vectors(spread_sample_rows(len(self.catalog.products)))
+            return self._spread_products
 
     def product_vectors(self, rows: np.ndarray) -> np.ndarray:
         """The product embeddings of catalog `rows`, made from their catalog records (title and image, a

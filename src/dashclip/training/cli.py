@@ -210,15 +210,13 @@ def register(app: typer.Typer) -> None:
                                         "(`dashclip embed-catalog`): what a photo is aligned to."),
         out: Path = typer.Option(Path("runs/align-photos"), "--out", help="Work dir: checkpoints, metrics.jsonl, "
                                  "photo_align.json and model/ (the model with its photo head)."),
-        epochs: int = typer.Option(12),
+        epochs: int = typer.Option(24),
         batch_size: int = typer.Option(512, help="Photos per step."),
         lr: float = typer.Option(1e-3),
         hidden: int = typer.Option(1024, help="Width of the photo head's MLP."),
-        regression_weight: float = typer.Option(0.0, help="Weight of the cosine term pulling a photo onto its "
+        regression_weight: float = typer.Option(10.0, help="Weight of the cosine term pulling a photo onto its "
                                                 "product's embedding, beside the contrastive loss (0: "
-                                                "contrastive only). 10 (with --epochs 24) found the "
-                                                "articleType better on fashion but lets words mixed with a "
-                                                "photo count for less: see the README."),
+                                                "contrastive only): photos land among products like theirs."),
         image_size: Optional[int] = typer.Option(None, help="Read photos at this side in pixels (default: the "
                                                  "model's image size). Shoppers' photos are larger than catalog "
                                                  "thumbnails; the product side does not change."),

@@ -6,14 +6,14 @@ head over the frozen image tower (`model.add_photo_encoder`, `towers.PhotoHead`:
 a residual MLP that starts at zero) is trained with the image-text contrastive loss (`losses.itc`) on
 (catalog photo, its product's embedding) pairs: every image of a product, the primary one and any extra
 photos of the training splits (in-store photos, for example). Several photos of one product in a batch are
-not negatives of each other (same-id masking). An optional cosine term (`regression_weight` * (1 - cos))
+not negatives of each other (same-id masking). Beside it a cosine term (`regression_weight` * (1 - cos))
 pulls each photo onto its product's embedding: the contrastive loss alone learns to tell a product from its
 near-twins (other shirts) and spreads photos away from them, while a photo search should land among products
-like the one shown. Measured on fashion (photo_search.md, 2026-12-07): weight 10 and 24 epochs raised P@10
-of the same articleType from 0.813 to 0.841 on 1,000 validation photos (test 0.821 -> 0.838) and grocery
-fine top-1 / top-5 from 0.711 / 0.938 to 0.722 / 0.953, but it is off by default: such a head's cosines
-spread about 1.7x wider than the query encoder's, so at the served photo + words mix (IMAGE_TEXT_WEIGHT 0.5)
-the words lose their say ("in red": the asked colour in 0.51 of the top 10, against 0.82 without the term).
+like the one shown. Measured (photo_search.md, 2026-12-07): weight 10 and 24 epochs raised fashion P@10 of
+the same articleType from 0.813 to 0.841 on 1,000 validation photos (test 0.821 -> 0.838), and grocery fine
+top-1 / top-5 from 0.711 / 0.938 to 0.722 / 0.953; the photo's own product in its top 10 fell (0.36 -> 0.26).
+Such a head's cosines spread wider than the query encoder's, which is why photo + words queries mix the two
+in units of each one's spread (`ranking.mix_photo_and_words`).
 
 `image_size` reads photos at another side than the catalog's images (a shopper's photo is larger than a
 thumbnail, and the tower tells product types apart better near its pretraining size); the head keeps it, so
@@ -47,14 +47,14 @@ PHOTO_ALIGN_FILE = "photo_align.json"
 
 @dataclass
 class PhotoAlignConfig:
-    epochs: int = 12
+    epochs: int = 24
     batch_size: int = 512           # photos per step (capped at the number of training photos)
     lr: float = 1e-3
     weight_decay: float = 0.01
     hidden: int = 1024              # the photo head's MLP width
     image_size: int | None = None   # read photos at this side (None: the model's config.image_size)
     temperature: float = 0.05       # start of the learnable contrastive temperature
-    regression_weight: float = 0.0  # weight of the cosine term (1 - cos(photo, its product)); 0: contrastive only
+    regression_weight: float = 10.0  # weight of the cosine term (1 - cos(photo, its product)); 0: contrastive only
     heldout_frac: float = 0.1       # products never trained on (pass Stage 1's, with its seed)
     seed: int = 0
     train_splits: tuple = ("train",)   # extra photos of these splits train (images without a split always do)
