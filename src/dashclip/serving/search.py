@@ -371,8 +371,8 @@ class Searcher:
 
     def spread_products(self) -> np.ndarray:
         """The product embeddings of a fixed sample of the catalog (`ranking.spread_sample_rows`), on which
-        photo + words queries measure each side's spread; made once, on first use (256 products: about
-        5 s on 2 CPU cores with the torch model)."""
+        photo + words queries measure each side's spread; made once, on first use (256 products: 5.6 s
+        for the demo model in torch on 2 CPU cores)."""
         with self._lock:
             if self._spread_products is None:
                 self._spread_products = self.product_vectors(spread_sample_rows(len(self.catalog.products)))
