@@ -219,7 +219,7 @@ def test_the_regression_term_pulls_photos_onto_their_products():
     g = torch.Generator().manual_seed(0)
     products = F.normalize(torch.randn(32, 8, generator=g), dim=-1)
     photos = PhotoSet(torch.randn(64, 16, generator=g).half(), np.arange(64) % 32)
-    batch = PhotoAlignTask(photos, {}).make_batch(list(range(64)))
+    batch = PhotoAlignTask(photos, {}, 0.0).make_batch(list(range(64)))
     own_cos = {}
     for weight in (0.0, 10.0):
         torch.manual_seed(0)

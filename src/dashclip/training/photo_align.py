@@ -120,7 +120,7 @@ def photo_recall(model: nn.Module, photos: PhotoSet, product_vectors: torch.Tens
 class PhotoAlignTask:
     """Photo alignment as a task of the shared training loop."""
 
-    def __init__(self, train: PhotoSet, evals: dict[str, PhotoSet], regression_weight: float = 0.0):
+    def __init__(self, train: PhotoSet, evals: dict[str, PhotoSet], regression_weight: float):
         self.train, self.evals, self.regression_weight = train, evals, regression_weight
 
     def train_size(self) -> int:
