@@ -95,6 +95,9 @@ def test_config_wrong_type_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"\[photos\] image_size = 8; must be >= 16"):
         parse_config({**base, "photos": {"image_size": 8}})
     assert parse_config({**base, "photos": {"image_size": 224}}).photos.image_size == 224
+    with pytest.raises(ConfigError, match=r"\[photos\] regression_weight must be >= 0, not -1.0"):
+        parse_config({**base, "photos": {"regression_weight": -1.0}})
+    assert parse_config({**base, "photos": {"regression_weight": 0.0}}).photos.regression_weight == 0.0
 
 
 def test_stage2_loss_settings_reach_the_aligner(tmp_path):

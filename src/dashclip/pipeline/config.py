@@ -211,8 +211,12 @@ class PipelineConfig:
                               f"(or rerank = \"off\")")
         if self.photos.enabled != "off" and min(self.photos.epochs, self.photos.batch_size, self.photos.hidden) < 1:
             raise ConfigError(f"{where}: [photos] epochs, batch_size and hidden must be >= 1 (or enabled = \"off\")")
-        if self.photos.regression_weight < 0:
-            raise ConfigError(f"{where}: [photos] regression_weight = {self.photos.regression_weight}; must be >= 0")
+        try:     # the rule lives with the photo alignment's own settings
+            from ..training.photo_align import PhotoAlignConfig
+
+            PhotoAlignConfig(regression_weight=self.photos.regression_weight)
+        except ValueError as e:
+            raise ConfigError(f"{where}: [photos] {e}") from None
         try:
             check_photo_size(self.photos.image_size or None)
         except ValueError:

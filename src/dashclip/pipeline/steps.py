@@ -690,7 +690,8 @@ def step_photos(r: Run) -> dict:
     out = r.path("photos")
     stage1 = read_json(r.path("stage1", CONFIG_FILE))   # its held-out products stay unseen by every step
     cfg = PhotoAlignConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, hidden=p.hidden,
-                           image_size=p.image_size or None, regression_weight=p.regression_weight, heldout_frac=stage1["heldout_frac"], seed=stage1["seed"])
+                           image_size=p.image_size or None, regression_weight=p.regression_weight,
+                           heldout_frac=stage1["heldout_frac"], seed=stage1["seed"])
     summary = align_photos(r.path("model"), Catalog.open(r.path("catalog")), r.path("embeddings"), out, cfg,
                            cfg.loop(resume=(out / "checkpoints" / "last.pt").exists()), cache_dir=r.path("cache"))
     with atomic_dir(r.path("model")) as tmp:      # the model users keep: both encoders and the photo head
