@@ -398,3 +398,26 @@ def test_catalog_synth_grows_a_catalog_deterministically_and_reuses_its_images(t
     assert small.products["id"].tolist() == src.products["id"].tolist()[:10]
     bad = runner.invoke(app, ["catalog", "synth", "--from", str(src.root), "--n", "50", "--out", str(src.root / "x")])
     assert bad.exit_code != 0 and "inside" in " ".join(bad.output.split()).lower()
+
+
+@pytest.mark.parametrize("sep", ["\t", ";", "|"])
+def test_the_delimiter_is_read_off_the_header_whatever_the_extension(tmp_path, sep):
+    # shops export tab-separated files named .csv (WANDS does) and semicolon CSVs (European spreadsheets);
+    # a comma inside a field is then just text
+    text = sep.join(["sku", "name", "img", "aisle"]) + "\n" + \
+        "\n".join(sep.join(r) for r in [["1", "Mug, blue", "a.jpg", "Kitchen"], ["2", "Lamp", "", "Home, garden"]]) + "\n"
+    result, _ = run(tmp_path, text, {"a.jpg": drawn()})
+    cat = Catalog.open(result.out)
+    assert [cat.product(i)["title"] for i in (1, 2)] == ["Mug, blue", "Lamp"]
+    assert cat.product(2)["category"] == "Home, garden"
+    assert result.report.products_with_image == 1 and result.report.rows_dropped == 0
+
+
+def test_header_delimiter_counts_outside_quotes_and_keeps_the_default_on_a_tie():
+    from dashclip.data.tables import header_delimiter
+
+    assert header_delimiter('id,"a;b;c",name') == ","
+    assert header_delimiter("query") == ","
+    assert header_delimiter("query", "\t") == "\t"
+    assert header_delimiter("a,b\tc", "\t") == "\t"
+    assert header_delimiter('"x\ty"\tz,w,v') == ","

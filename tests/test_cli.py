@@ -22,3 +22,11 @@ def test_a_mapping_file_that_is_not_json_is_named_with_its_line(tmp_path):
     bad.write_bytes(b'{"id": "\xff"}')
     with pytest.raises(ValueError, match="mapping.json: not valid JSON .not UTF-8"):
         read_json(bad)
+
+
+def test_log_lines_keep_their_brackets(capsys):
+    # pipeline messages name config sections ("raise [labels] k_bm25"); rich must not read them as markup
+    from dashclip.clihelp import tagged
+
+    tagged("train")("raise [labels] k_bm25 / k_dense, see [grades]")
+    assert "train raise [labels] k_bm25 / k_dense, see [grades]" in capsys.readouterr().err

@@ -388,3 +388,110 @@ def test_an_approximate_index_tunes_on_the_shops_training_queries(tiny_run, monk
     assert facts["ef_search"] == meta["ef_search"] and facts["ef_search_tuned_on"] == f"{trained} queries"
     evaluated = set(pd.read_csv(run_dir / "shop" / "dev.csv")["query"])
     assert not evaluated & set(pd.read_parquet(out / "labels" / "pool_pairs.parquet")["query"])
+
+
+def wands_shaped(root):
+    """The tiny shop in the shape of Wayfair's WANDS files: tab-separated files named .csv, grades written as
+    Exact / Partial / Irrelevant, and a label file that names queries by id (their texts in query.csv)."""
+    path = tiny_shop(root)
+    products = pd.read_csv(root / "products.csv")
+    products.rename(columns={"sku": "product_id", "name": "product_name"}).to_csv(
+        root / "product.csv", sep="\t", index=False)
+    grades = pd.concat([pd.read_csv(root / "train.csv"), pd.read_csv(root / "dev.csv")])
+    queries = grades[["query"]].drop_duplicates().reset_index(drop=True)
+    queries["query_id"] = queries.index + 100
+    queries[["query_id", "query"]].to_csv(root / "query.csv", sep="\t", index=False)
+    labels = grades.merge(queries, on="query")
+    labels["label"] = labels["grade"].map({2: "Exact", 1: "partial", 0: "Irrelevant"})   # any case
+    labels[["query_id", "product_id", "label"]].to_csv(root / "label.csv", sep="\t", index=False)
+    toml = path.read_text()
+    toml = toml.replace('source = "products.csv"\nid = "sku"\ntitle = "name"',
+                        'source = "product.csv"\nid = "product_id"\ntitle = "product_name"')
+    toml = toml.replace('log = "log.csv"\ncount_column = "n"', 'log = "query.csv"')
+    toml = toml.replace('train = "train.csv"\neval = "dev.csv"',
+                        'train = "label.csv"\neval_fraction = 0.25\nqueries = "query.csv"\ngrade_column = "label"\n'
+                        'grade_map = { Exact = 2, Partial = 1, Irrelevant = 0 }')
+    path.write_text(toml)
+    return path, grades
+
+
+def test_a_wands_shaped_shop_reads_tabs_in_csv_a_grade_map_and_query_ids(tmp_path):
+    from dashclip.pipeline.steps import check_inputs, read_grade_table, read_query_log
+
+    path, grades = wands_shaped(tmp_path)
+    cfg = load_config(path)
+    check_inputs(cfg)
+    df, grade, query, first_row = read_grade_table(tmp_path / "label.csv", cfg, "train")
+    assert first_row == 2
+    got = sorted(zip(query, df["product_id"].astype(int), grade.astype(int)))
+    assert got == sorted(zip(grades["query"], grades["product_id"], grades["grade"]))
+    assert sorted(read_query_log(tmp_path / "query.csv", cfg)["query"]) == sorted(grades["query"].unique())
+
+
+def test_a_wands_shaped_shop_trains_end_to_end(tmp_path):
+    path, grades = wands_shaped(tmp_path)
+    res = _run(path)
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "out" / "pipeline.json").read_text())
+    assert record["steps"]["import"]["products"] == 40
+    human = record["steps"]["labels"]["human"]
+    assert human["train"]["rows"] == len(grades)                # every label row, its query found by id
+    assert human["train"]["unknown_product_rows"] == 1          # the ghost product
+    assert human["eval"]["rows_kept"] > 0 and human["train_pairs"] > 0
+
+
+def test_a_grade_the_map_lacks_names_the_row_and_the_map(tmp_path):
+    path, _ = wands_shaped(tmp_path)
+    labels = pd.read_csv(tmp_path / "label.csv", sep="\t")
+    labels.loc[4, "label"] = "Exactish"
+    labels.to_csv(tmp_path / "label.csv", sep="\t", index=False)
+    res = _run(path)
+    assert res.exit_code != 0
+    out = " ".join(res.output.split())
+    assert "label.csv: row 6: field 'label' is 'Exactish', expected one of 'Exact', 'Partial', 'Irrelevant'" in out
+
+
+def test_a_query_id_the_queries_table_lacks_names_the_row(tmp_path):
+    path, _ = wands_shaped(tmp_path)
+    labels = pd.read_csv(tmp_path / "label.csv", sep="\t")
+    labels.loc[2, "query_id"] = 999
+    labels.to_csv(tmp_path / "label.csv", sep="\t", index=False)
+    res = _run(path)
+    assert res.exit_code != 0
+    out = " ".join(res.output.split())
+    assert "label.csv: row 4: field 'query_id' is '999', a query id that [grades] queries" in out
+
+
+def test_grade_map_values_must_be_grades():
+    with pytest.raises(ConfigError, match=r"grade_map: 'Exact' = 3; grades are 0, 1 or 2"):
+        parse_config({"catalog": {"source": "p.csv"}, "grades": {"train": "g.csv", "grade_map": {"Exact": 3}}})
+    with pytest.raises(ConfigError, match="expected a table"):
+        parse_config({"catalog": {"source": "p.csv"}, "grades": {"train": "g.csv", "grade_map": "Exact=2"}})
+
+
+def test_a_sample_of_a_jsonl_catalog_keeps_its_columns(tmp_path):
+    from dashclip.data.catalog import Catalog
+
+    path = tiny_shop(tmp_path)
+    products = pd.read_csv(tmp_path / "products.csv")
+    products.to_json(tmp_path / "products.jsonl", orient="records", lines=True)
+    path.write_text(path.read_text().replace('source = "products.csv"', 'source = "products.jsonl"\nsample = 12'))
+    from dashclip.pipeline.steps import Run, step_import
+
+    run = Run(tmp_path / "out", load_config(path), "train")
+    facts = step_import(run)
+    assert facts["products"] == 12 and facts["rows_dropped"] == 0
+    catalog = Catalog.open(tmp_path / "out" / "catalog")
+    names = dict(zip(products["sku"], products["name"]))
+    assert all(names[int(pid)] == title for pid, title in zip(catalog.products["id"], catalog.products["title"]))
+
+
+def test_every_example_config_is_valid():
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))
+    assert {p.name for p in examples} >= {"homedepot.toml", "wands.toml"}
+    for p in examples:
+        load_config(p)       # unknown keys, wrong types and impossible values are errors
+    wands = load_config(examples[[p.name for p in examples].index("wands.toml")])
+    assert wands.grades.grade_map == {"Exact": 2, "Partial": 1, "Irrelevant": 0}

@@ -204,7 +204,12 @@ def test_hot_swap_keeps_answering(shop, tmp_path):
         meta = json.loads((index_dir / "meta.json").read_text())
         meta["model_id"] = "0000000000000000"
         (index_dir / "meta.json").write_text(json.dumps(meta))
-        holder.poll().join()
+        reload = holder.poll()      # None when the watcher (every 0.05 s) has already started that reload
+        if reload is not None:
+            reload.join()
+        deadline = time.time() + 20
+        while "built with model" not in (holder.last_error or "") and time.time() < deadline:
+            time.sleep(0.05)
         assert holder.generation == 1 and "built with model" in holder.last_error
         assert c.get("/search", params={"q": "dress"}).status_code == 200
 

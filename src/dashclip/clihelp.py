@@ -22,6 +22,14 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
     return typer.Exit(code)
 
 
+def tagged(tag: str, style: str = "bold cyan"):
+    """A log function for long commands: each message printed after a styled `tag`, as plain text (a
+    message's own [brackets], such as a config section's name, are not read as markup)."""
+    from rich.markup import escape
+
+    return lambda message: console.print(f"[{style}]{tag}[/] {escape(str(message))}")
+
+
 @contextmanager
 def user_errors():
     """Turn UserError / FileNotFoundError / ValueError into a clean message and exit code 2."""

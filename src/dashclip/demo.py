@@ -69,10 +69,10 @@ def register(app: typer.Typer) -> None:
     ):
         """Run the whole method on the fashion catalog: import, Stage 1, labels, Stage 2, photos, index, eval,
         then serve the web page. A second run reuses finished steps."""
-        from .clihelp import console, user_errors
+        from .clihelp import console, tagged, user_errors
 
         with user_errors():
-            d = run_demo(work, quick=quick, fresh=fresh, log=lambda m: console.print(f"[bold cyan]demo[/] {m}"))
+            d = run_demo(work, quick=quick, fresh=fresh, log=tagged("demo"))
         print_headline(d, console)
         if serve:
             from .serving.server import serve_app

@@ -58,7 +58,7 @@ class Report:
         groups = self.by_code()
         return {
             "source": self.source,
-            "row_numbers": ("line numbers in the file, the header being line 1" if self.row_label == "line"
+            "row_numbers": ("line numbers in the file (a CSV's header is line 1)" if self.row_label == "line"
                             else "row numbers, 1 = the first row"),
             "rows_read": self.rows_read,
             "rows_dropped": self.rows_dropped,

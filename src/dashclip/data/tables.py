@@ -1,5 +1,7 @@
 """Reading a user's product file (CSV, Parquet or JSONL) into a `Table` of rows of text, with row numbers as
 the user sees them: CSV and JSONL give the line number (CSV counts the header as line 1), Parquet the row number.
+A delimited file's delimiter (comma, tab, semicolon or pipe) is read off its header line (`csv_delimiter`),
+whatever its extension: shops export tab-separated files named .csv (WANDS does) and semicolon CSVs.
 
 Bytes that are not valid in the encoding become U+FFFD and NUL characters are removed, each noted on its row
 (`RawRow.non_utf8`, `RawRow.nul_bytes`); a byte-order mark is skipped. A CSV quote left open does not swallow the
@@ -19,6 +21,7 @@ from ..clihelp import UserError
 from .rows import RawRow, Table
 
 FORMATS = ("csv", "parquet", "jsonl")
+DELIMITERS = (",", "\t", ";", "|")
 EXTENSION_FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet",
                      ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -51,6 +54,41 @@ def _clean_cell(row: "RawRow", name: str, value: Any) -> Any:
     if nuls:
         row.nul_bytes[name] = nuls
     return value
+
+
+def header_delimiter(header: str, default: str = ",") -> str:
+    """The delimiter of a delimited text file whose first line is `header`: the one of comma, tab, semicolon
+    and pipe that occurs most often in it outside quotes; `default` on a tie with it, or when none occurs."""
+    bare = re.sub(r'"[^"]*"', "", header)
+    counts = {d: bare.count(d) for d in DELIMITERS}
+    best = max(DELIMITERS, key=lambda d: (counts[d], d == default))
+    return best if counts[best] > counts.get(default, 0) else default
+
+
+def csv_delimiter(path: str | os.PathLike, encoding: str = "utf-8", default: str | None = None) -> str:
+    """`header_delimiter` of a file's first line; `default` (else tab for a .tsv, comma for anything else)
+    when its header does not say."""
+    path = Path(path)
+    with open(path, encoding=encoding, errors="replace", newline="") as f:
+        header = f.readline().lstrip("\ufeff")
+    return header_delimiter(header, default or ("\t" if path.suffix.lower() == ".tsv" else ","))
+
+
+def read_frame(path: str | os.PathLike, encoding: str = "utf-8") -> tuple["pd.DataFrame", int]:
+    """A small user table (grades, a query list, a search log) as a DataFrame of strings, for code that works
+    on whole columns: CSV/TSV (delimiter from the header line), JSONL or Parquet by the extension. Returns
+    (the frame, the number the user sees for its first row: 2 for CSV, whose header is line 1, else 1).
+    A product file goes through `read_table`, which accounts for every row."""
+    import pandas as pd
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return pd.read_parquet(path), 1
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return pd.read_json(path, lines=True, dtype=False), 1
+    return pd.read_csv(path, sep=csv_delimiter(path, encoding), dtype=str, keep_default_na=False,
+                       encoding="utf-8-sig" if encoding.lower().replace("_", "-") == "utf-8" else encoding), 2
 
 
 def read_table(path: str | os.PathLike, fmt: str | None = None, encoding: str = "utf-8") -> Table:
@@ -128,8 +166,8 @@ def _read_csv(path: Path, encoding: str = "utf-8") -> Table:
     text = path.read_bytes().decode(encoding, "surrogateescape")
     if text.startswith("\ufeff"):
         text = text[1:]
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     lines = list(io.StringIO(text, newline=""))  # splits at \n, \r\n and \r only, as the csv module does
+    delimiter = header_delimiter(lines[0] if lines else "", "\t" if path.suffix.lower() == ".tsv" else ",")
     try:
         header = next(csv.reader(lines[:1], delimiter=delimiter))
     except (StopIteration, csv.Error):

@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
                              grocery_model_dir=grocery_model, grocery_stage1_epochs=grocery_stage1_epochs,
                              heldout_only=heldout_only, reranker_dir=reranker, rerank_depth=rerank_depth,
                              cache_dir=cache_dir or runs_dir() / "cache" / "eval", baselines=not no_baselines,
-                             log=lambda msg: console.print(f"[dim]{msg}[/]"))
+                             log=lambda msg: console.print(str(msg), style="dim", markup=False))
         headline = paths["headline"]
         if headline:
             from rich.table import Table

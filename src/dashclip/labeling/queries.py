@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.catalog import is_missing
+from ..data.tables import csv_delimiter
 from ..text import query_key, stem_plural
 from .vocabulary import Vocabulary
 
@@ -456,7 +457,7 @@ def read_queries(path, unique_qids: bool = True) -> pd.DataFrame:
         line_numbers = [i for i, _ in numbered]
     elif suffix in (".csv", ".tsv", ".parquet"):
         df = (pd.read_parquet(path) if suffix == ".parquet"
-              else pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str))
+              else pd.read_csv(path, sep=csv_delimiter(path), dtype=str))
         if "query" not in df.columns:
             raise ValueError(f"{path}: no 'query' column (columns: {', '.join(df.columns)})")
         line_numbers = list(range(1, len(df) + 1) if suffix == ".parquet" else range(2, len(df) + 2))  # CSV: header

@@ -9,6 +9,7 @@ import pandas as pd
 
 from .candidates import pick_candidates
 from ..data.ids import plain_id
+from ..data.tables import csv_delimiter
 from .grades import GRADE_COLUMNS, check_grades
 
 SEED_LABELER = "seed"
@@ -19,7 +20,7 @@ def read_qrels(path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such qrels file")
-    df = pd.read_csv(path, sep="\t" if path.suffix.lower() != ".csv" else ",", dtype={"qid": str})
+    df = pd.read_csv(path, sep=csv_delimiter(path, default="," if path.suffix.lower() == ".csv" else "\t"), dtype={"qid": str})
     if "grade" in df.columns and "label" not in df.columns:
         df = df.rename(columns={"grade": "label"})
     missing = [c for c in ("qid", "product_id", "label") if c not in df.columns]

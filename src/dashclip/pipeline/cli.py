@@ -18,22 +18,22 @@ def register(app: typer.Typer) -> None:
         labeler fine-tuned on your human grades, labels for your logged queries, Stage 2, index and a
         report on the evaluation-only grades (beside BM25, MiniLM and the base encoder). Resumable:
         a second run reuses finished steps."""
-        from ..clihelp import console, user_errors
+        from ..clihelp import console, tagged, user_errors
         from .config import load_config
         from .steps import output_dir, run_pipeline
 
         with user_errors():
             cfg = load_config(config)
             if check:
-                console.print(f"{config}: ok (output {out or output_dir(cfg)})")
+                console.print(f"{config}: ok (output {out or output_dir(cfg)})", markup=False)
                 return
-            r = run_pipeline(cfg, out=out, fresh=fresh, log=lambda m: console.print(f"[bold cyan]train[/] {m}"))
+            r = run_pipeline(cfg, out=out, fresh=fresh, log=tagged("train"))
         ev = r.record["steps"].get("eval", {})
         for name, m in ev.get("headline", {}).items():
             console.print(f"{name:60s} NDCG@10 {m.get('ndcg@10', float('nan')):.4f}  "
                           f"Recall@100 {m.get('recall@100', float('nan')):.4f}  MRR {m.get('mrr', float('nan')):.4f}")
         if ev.get("warning"):
-            console.print(f"[bold yellow]warning[/] {ev['warning']}")
+            tagged("warning", "bold yellow")(ev["warning"])
         timings = ", ".join(f"{k} {v['seconds']:.0f}s" for k, v in r.record["steps"].items())
         console.print(f"steps: {timings}; shipped: {ev.get('shipped', '?')}")
         console.print(f"model:  {r.path('model')}\nindex:  {r.path('index')}\nreport: {r.path('report', 'report.md')}")

@@ -52,13 +52,19 @@ class QueriesConfig:
 
 @dataclass
 class GradesConfig:
-    """Human grades (columns query, product_id, grade 0/1/2; qid optional) and the evaluation split."""
+    """Human grades (columns query, product_id, grade 0/1/2; qid optional) and the evaluation split.
+    Grades in another scale are mapped with `grade_map` (WANDS: {Exact = 2, Partial = 1, Irrelevant = 0});
+    grade files that name queries by id get their texts from a `queries` table (query_id_column ->
+    query_column)."""
     train: str = ""                  # grades the labeler (and Stage 2) learn from
     eval: str = ""                   # evaluation-only grades: never trained on
     eval_fraction: float = 0.0       # without `eval`: this share of the train grades' queries (by a hash)
-    query_column: str = "query"
+    query_column: str = "query"      # the query text: in the grade files, or in `queries` when that is set
     product_column: str = "product_id"
     grade_column: str = "grade"
+    grade_map: dict[str, int] = field(default_factory=dict)   # raw grade -> 0/1/2 ({}: grades are 0/1/2)
+    queries: str = ""                # a table of query ids and texts, for grade files that name queries by id
+    query_id_column: str = "query_id"   # with `queries`: the id column, in it and in the grade files
     # The fashion preset: no human grades, a dataset whose labels.py grades each query's candidates
     # (BM25 + MiniLM top K + random) stands in for the annotators.
     seed_rule: str = ""
@@ -202,6 +208,10 @@ class PipelineConfig:
                 raise ConfigError(f"{where}: [{section}] {key} = {v!r}; expected one of {', '.join(allowed)}")
         if not (self.catalog.source or self.catalog.preset):
             raise ConfigError(f"{where}: [catalog] source is required (a catalog file or a preset name)")
+        bad = {k: v for k, v in self.grades.grade_map.items() if v not in (0, 1, 2)}
+        if bad:
+            k, v = next(iter(bad.items()))
+            raise ConfigError(f"{where}: [grades] grade_map: {k!r} = {v}; grades are 0, 1 or 2")
         if not 0.0 <= self.grades.eval_fraction < 1.0:
             raise ConfigError(f"{where}: [grades] eval_fraction = {self.grades.eval_fraction}; expected 0 <= x < 1")
         if not (self.grades.train or self.grades.seed_rule):
@@ -244,7 +254,7 @@ def _type_name(t) -> str:
 
 
 def _coerce(value, hint, where: str):
-    """`value` checked against the type hint (str, int, float, bool, list[str], X | None)."""
+    """`value` checked against the type hint (str, int, float, bool, list[str], dict[str, int], X | None)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
@@ -252,6 +262,12 @@ def _coerce(value, hint, where: str):
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
+    if origin is dict:
+        key, item = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table of {_type_name(item)} (e.g. {{ Exact = 2 }}), "
+                              f"got {type(value).__name__} {value!r}")
+        return {_coerce(k, key, where): _coerce(v, item, f"{where}.{k}") for k, v in value.items()}
     if origin is list:
         (item,) = typing.get_args(hint)
         if isinstance(value, str):

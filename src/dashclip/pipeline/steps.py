@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data.ids import plain_id
+from ..data.tables import read_frame
 from ..text import query_key
 from .config import ConfigError, PipelineConfig
 
@@ -122,7 +124,7 @@ def _mapping(cfg: PipelineConfig, preset_mapping=None) -> dict:
 def step_import(r: Run) -> dict:
     """The catalog (or a seeded sample of it) into `catalog/`, through `dashclip catalog import`."""
     from ..data.importer import import_catalog
-    from ..data.tables import read_table
+    from ..data.tables import csv_delimiter, read_table
     from ..data.presets import PRESETS, get_preset
     from ..data.rows import Mapping
 
@@ -139,18 +141,29 @@ def step_import(r: Run) -> dict:
             file, mapping, name = r.cfg.resolve(c.source), _mapping(r.cfg), r.cfg.name
             if not file.is_file():
                 raise ConfigError(f"[catalog] source: {file}: no such file")
+        encoding = c.encoding
         if c.sample:
-            rows = pd.read_csv(file, dtype=str, keep_default_na=False, on_bad_lines="skip", encoding=c.encoding) \
-                if file.suffix.lower() == ".csv" else pd.DataFrame(read_table(file, encoding=c.encoding).rows)
+            # the sample is written as UTF-8 in the source's kind of file: CSV stays CSV (its cells are text),
+            # anything else becomes JSONL, which keeps numbers and lists as they were
+            if file.suffix.lower() in (".csv", ".tsv"):
+                rows = pd.read_csv(file, sep=csv_delimiter(file, c.encoding), dtype=str, keep_default_na=False,
+                                   on_bad_lines="skip", encoding=c.encoding)
+            else:
+                rows = pd.DataFrame([row.values for row in read_table(file, encoding=c.encoding).rows
+                                     if not row.malformed])
             sample = rows.sample(n=min(c.sample, len(rows)), random_state=0).sort_index()
-            csv = r.path("source", "catalog-sample.csv")
-            csv.parent.mkdir(parents=True, exist_ok=True)
-            sample.to_csv(csv, index=False)
+            out = r.path("source", "catalog-sample.csv" if file.suffix.lower() in (".csv", ".tsv")
+                         else "catalog-sample.jsonl")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if out.suffix == ".csv":
+                sample.to_csv(out, index=False)
+            else:
+                sample.to_json(out, orient="records", lines=True, force_ascii=False)
             if mapping.get("images_dir") is None and (mapping.get("image") or mapping.get("image_pattern")):
                 mapping["images_dir"] = str(Path(file).parent)
-            file = csv
+            file, encoding = out, "utf-8"
         result = import_catalog(file, r.path("catalog"), mapping=Mapping.from_dict(mapping), name=name,
-                                encoding=c.encoding)
+                                encoding=encoding)
     rep = result.report
     return {"products": rep.products, "with_image": rep.products_with_image,
             "rows_dropped": rep.rows_dropped, "problems": rep.counts()}
@@ -244,35 +257,83 @@ def _qid(text: str) -> str:
 
 
 def read_grade_table(path: Path, cfg: PipelineConfig, what: str) -> tuple[pd.DataFrame, pd.Series, pd.Series, int]:
-    """(the table, its grades, its queries, the row number of its first row) of a human grade file;
-    a missing column, a grade outside 0..2 or an empty query is an error naming the file, row and field."""
+    """(the table, its grades 0/1/2, its query texts, the row number of its first row) of a human grade file;
+    a missing column, a grade outside 0..2 (after `grade_map`), a query id the `queries` table lacks or an
+    empty query is an error naming the file, row and field."""
     g = cfg.grades
     if not path.is_file():
         raise ConfigError(f"[grades] {what}: {path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        df, first_row = pd.read_parquet(path), 1
-    elif suffix in (".jsonl", ".json"):
-        df, first_row = pd.read_json(path, lines=True, dtype=False), 1
-    else:
-        df, first_row = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig"), 2
-    cols = {"query": g.query_column, "product_id": g.product_column, "grade": g.grade_column}
+    df, first_row = read_frame(path)
+    by_id = bool(g.queries)
+    cols = {"query": g.query_id_column if by_id else g.query_column, "product_id": g.product_column,
+            "grade": g.grade_column}
     missing = [v for v in cols.values() if v not in df.columns]
     if missing:
         raise ConfigError(f"{path}: missing column(s) {', '.join(missing)} (have {', '.join(map(str, df.columns))}); "
-                          f"set [grades] query_column / product_column / grade_column")
-    grade = pd.to_numeric(df[cols["grade"]], errors="coerce")
+                          f"set [grades] {'query_id_column' if by_id else 'query_column'} / product_column / "
+                          f"grade_column")
+    grade = _grades(df[cols["grade"]], g.grade_map)
     bad = grade.isna() | ~grade.isin([0, 1, 2])
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
+        expected = (f"one of {', '.join(map(repr, g.grade_map))} ([grades] grade_map)" if g.grade_map
+                    else "0, 1 or 2 (or set [grades] grade_map)")
         raise ConfigError(f"{path}: row {i + first_row}: field {cols['grade']!r} is {df[cols['grade']].iloc[i]!r}, "
-                          f"expected 0, 1 or 2")
-    query = df[cols["query"]].astype(str).str.strip()
+                          f"expected {expected}")
+    if by_id:
+        texts = read_query_texts(cfg.resolve(g.queries), cfg)
+        ids = df[cols["query"]].map(_id_text)
+        unknown = ~ids.isin(texts.index)
+        if unknown.any():
+            i = int(np.flatnonzero(unknown.to_numpy())[0])
+            raise ConfigError(f"{path}: row {i + first_row}: field {cols['query']!r} is {ids.iloc[i]!r}, a query id "
+                              f"that [grades] queries ({cfg.resolve(g.queries)}) does not have")
+        query = ids.map(texts)
+    else:
+        query = df[cols["query"]].astype(str).str.strip()
     empty = query == ""
     if empty.any():
         i = int(np.flatnonzero(empty.to_numpy())[0])
-        raise ConfigError(f"{path}: row {i + first_row}: field {cols['query']!r} is empty")
+        raise ConfigError(f"{path}: row {i + first_row}: field {cols['query']!r} is empty"
+                          + (" (no text in [grades] queries)" if by_id else ""))
     return df, grade, query, first_row
+
+
+def _id_text(value) -> str:
+    """An id cell as text: 7, 7.0, "7" and " 7" are "7" (JSONL and Parquet ids may be numbers)."""
+    value = plain_id(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def _grades(raw: pd.Series, grade_map: dict[str, int]) -> pd.Series:
+    """The grade column as numbers: through `grade_map` when one is given (exact text first, then any case),
+    else as written; NaN where a value is not a grade."""
+    if not grade_map:
+        return pd.to_numeric(raw, errors="coerce")
+    folded = {k.strip().casefold(): v for k, v in grade_map.items()}
+    text = raw.map(_id_text)
+    return text.map(lambda t: grade_map.get(t, folded.get(t.casefold()))).astype(float)
+
+
+def read_query_texts(path: Path, cfg: PipelineConfig) -> pd.Series:
+    """[grades] queries: query text by query id (text), for grade files that name queries by id."""
+    g = cfg.grades
+    if not path.is_file():
+        raise ConfigError(f"[grades] queries: {path}: no such file")
+    df, first_row = read_frame(path)
+    missing = [c for c in (g.query_id_column, g.query_column) if c not in df.columns]
+    if missing:
+        raise ConfigError(f"{path}: missing column(s) {', '.join(missing)} (have {', '.join(map(str, df.columns))}); "
+                          f"set [grades] query_id_column / query_column")
+    ids = df[g.query_id_column].map(_id_text)
+    dup = ids.duplicated()
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        raise ConfigError(f"{path}: row {i + first_row}: field {g.query_id_column!r} is {ids.iloc[i]!r}, a query id "
+                          f"seen before (row {int(np.flatnonzero((ids == ids.iloc[i]).to_numpy())[0]) + first_row})")
+    return pd.Series(df[g.query_column].astype(str).str.strip().to_numpy(), index=ids.to_numpy())
 
 
 def check_inputs(cfg: PipelineConfig) -> None:
@@ -323,15 +384,10 @@ def read_query_log(path: Path, cfg: PipelineConfig) -> pd.DataFrame:
     q = cfg.queries
     if not path.is_file():
         raise ConfigError(f"[queries] log: {path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
+    if path.suffix.lower() == ".txt":
         df = pd.DataFrame({q.column: path.read_text(encoding="utf-8").splitlines()})
-    elif suffix in (".jsonl", ".json"):
-        df = pd.read_json(path, lines=True, dtype=False)
-    elif suffix == ".parquet":
-        df = pd.read_parquet(path)
     else:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        df = read_frame(path)[0]
     if q.column not in df.columns:
         raise ConfigError(f"{path}: missing column {q.column!r} (have {', '.join(map(str, df.columns))}); "
                           f"set [queries] column")
