@@ -1,5 +1,6 @@
 """Catalog import: every bad-input case of issue #2, each with its own tiny fixture made here
 (Pillow-drawn images, hand-written CSV/JSONL/Parquet). Each test checks the message and the report counts."""
+import contextlib
 import io
 import json
 
@@ -287,31 +288,36 @@ def test_parquet_source_row_numbers(tmp_path):
     assert json.loads((result.out / "report.json").read_text())["row_numbers"].startswith("row numbers")
 
 
-def test_image_urls_fetched_from_local_server(tmp_path):
+@contextlib.contextmanager
+def http_server(directory):
+    """A quiet local HTTP server of `directory`; yields its base URL."""
     import http.server
     import threading
 
-    served = tmp_path / "www"
-    served.mkdir()
-    (served / "a.jpg").write_bytes(drawn())
-    (served / "big.jpg").write_bytes(drawn() + bytes(5000))
-
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(served), **kw)
+            super().__init__(*a, directory=str(directory), **kw)
 
         def log_message(self, *a):
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def test_image_urls_fetched_from_local_server(tmp_path):
+    served = tmp_path / "www"
+    served.mkdir()
+    (served / "a.jpg").write_bytes(drawn())
+    (served / "big.jpg").write_bytes(drawn() + bytes(5000))
+    with http_server(served) as base:
         result, source = run(tmp_path, f"sku,name,img,aisle\n1,Good,{base}/a.jpg,X\n2,Gone,{base}/nope.jpg,X\n"
                                        f"3,Big,{base}/big.jpg,X\n", max_image_bytes=3000,
                              allow_private_urls=True)
-    finally:
-        server.shutdown()
     ps = only(result.report, "image_fetch_failed")
     assert [p.row for p in ps] == [3, 4]
     assert "HTTP 404" in ps[0].message and "over the limit of 3,000" in ps[1].message
@@ -421,3 +427,28 @@ def test_header_delimiter_counts_outside_quotes_and_keeps_the_default_on_a_tie()
     assert header_delimiter("query", "\t") == "\t"
     assert header_delimiter("a,b\tc", "\t") == "\t"
     assert header_delimiter('"x\ty"\tz,w,v') == ","
+
+
+def test_downloads_stop_when_no_host_can_be_reached(tmp_path):
+    # port 9 on loopback refuses at once, as a machine without network access fails every download;
+    # after NETWORK_GIVE_UP such failures (and none reached) the rest are not tried, and every product is kept
+    from dashclip.data.image_copy import NETWORK_GIVE_UP
+
+    n = NETWORK_GIVE_UP + 40
+    rows = "".join(f"{i},Thing {i},http://127.0.0.1:9/{i}.jpg,X\n" for i in range(1, n + 1))
+    result, _ = run(tmp_path, "sku,name,img,aisle\n" + rows, allow_private_urls=True, workers=2)
+    failed, skipped = only(result.report, "image_fetch_failed"), only(result.report, "image_fetch_skipped")
+    assert NETWORK_GIVE_UP <= len(failed) < n and len(failed) + len(skipped) == n
+    assert "could not reach their hosts" in skipped[0].message and "kept without image" in skipped[0].message
+    assert result.report.products == n and result.report.rows_dropped == 0
+
+
+def test_downloads_that_reach_a_host_never_stop_the_others(tmp_path):
+    from dashclip.data.image_copy import NETWORK_GIVE_UP
+
+    n = NETWORK_GIVE_UP + 8
+    with http_server(tmp_path) as base:
+        rows = "".join(f"{i},Thing {i},{base}/none-{i}.jpg,X\n" for i in range(1, n + 1))
+        result, _ = run(tmp_path, "sku,name,img,aisle\n" + rows, allow_private_urls=True, workers=2)
+    assert len(only(result.report, "image_fetch_failed")) == n      # HTTP 404: a host answered, so all are tried
+    assert "image_fetch_skipped" not in result.report.counts()

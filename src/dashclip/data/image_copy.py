@@ -27,6 +27,10 @@ DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024   # one cap for a local image file (c
 IMPORT_MAX_PIXELS = 40_000_000
 LARGE_DECODE_PIXELS = 4_000_000   # images above this decode one at a time, so the threads never hold many
 MAX_REDIRECTS = 5
+# Downloads that could not reach their host (no name resolved, no connection, timed out), in a row and with no
+# download having reached one, before the import stops trying the rest: behind a firewall that drops packets
+# each try waits out its timeout, hours for a large catalog. The products are kept without an image.
+NETWORK_GIVE_UP = 32
 
 
 @dataclass
@@ -89,7 +93,7 @@ def _private_address(host: str, port: int) -> str | None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError, OSError) as e:
-        raise ImageError("fetch_failed", f"download failed: cannot resolve host {host!r} ({e})") from None
+        raise _unreachable(ImageError("fetch_failed", f"download failed: cannot resolve host {host!r} ({e})")) from None
     for info in infos:
         ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -111,6 +115,37 @@ def _check_url(url, allow_private: bool) -> None:
     if address is not None:
         raise ImageError("url_refused", f"URL refused: host {url.host!r} resolves to the non-public address "
                                         f"{address} (give --allow-private-urls to fetch from a local network)")
+
+
+class _NetworkWatch:
+    """Whether downloading can work at all on this machine (see NETWORK_GIVE_UP). Thread-safe."""
+
+    def __init__(self, give_up: int = NETWORK_GIVE_UP):
+        self.give_up, self.failures, self.reached, self.last = give_up, 0, False, ""
+        self._lock = threading.Lock()
+
+    def down(self) -> bool:
+        with self._lock:
+            return not self.reached and self.failures >= self.give_up
+
+    def record(self, error: ImageError | None) -> None:
+        """A download's end: a response of any status reaches a host; an unreachable host counts against."""
+        with self._lock:
+            if error is None or not getattr(error, "unreachable", False):
+                self.reached = True
+            else:
+                self.failures += 1
+                self.last = error.reason
+
+    def skipped(self, ref: str) -> ImageError:
+        return ImageError("fetch_skipped", f"not downloaded: the first {self.failures} downloads could not reach "
+                                           f"their hosts (the last: {self.last}); no network here? Import again "
+                                           f"where there is, or give local image paths", ref)
+
+
+def _unreachable(error: ImageError) -> ImageError:
+    error.unreachable = True       # no host answered: what _NetworkWatch counts
+    return error
 
 
 def _fetch(client, url: str, max_bytes: int, allow_private: bool = False) -> bytes:
@@ -140,21 +175,37 @@ def _fetch(client, url: str, max_bytes: int, allow_private: bool = False) -> byt
                 return b"".join(chunks)
         raise ImageError("fetch_failed", f"download failed: more than {MAX_REDIRECTS} redirects")
     except ImageError as e:
-        raise ImageError(e.kind, e.reason, url) from None
+        error = ImageError(e.kind, e.reason, url)
+        raise (_unreachable(error) if getattr(e, "unreachable", False) else error) from None
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError) as e:   # no connection made
+        raise _unreachable(ImageError("fetch_failed", f"download failed ({type(e).__name__}: {e})", url)) from None
     except (httpx.HTTPError, httpx.InvalidURL, ValueError) as e:
         raise ImageError("fetch_failed", f"download failed ({type(e).__name__}: {e})", url) from None
 
 
 def _process_image(job: ImageJob, out_root: Path, max_side: int, max_pixels: int, client,
                    max_image_bytes: int, allow_private_urls: bool = False,
-                   large_decode: threading.Lock | None = None) -> ImageOutcome:
+                   large_decode: threading.Lock | None = None,
+                   network: _NetworkWatch | None = None) -> ImageOutcome:
     """Read (or download), validate and copy one image. Fine images keep their original bytes.
     The file size and pixel count are checked before decoding; an image over LARGE_DECODE_PIXELS decodes
-    under `large_decode`, so the threads never hold more than one large image at a time."""
+    under `large_decode`, so the threads never hold more than one large image at a time. A URL is not
+    tried once `network` says downloads cannot work here."""
     outcome = ImageOutcome(job)
     try:
-        data = (_fetch(client, job.ref, max_image_bytes, allow_private_urls) if job.path is None
-                else read_image_bytes(job.path, max_bytes=max_image_bytes))
+        if job.path is not None:
+            data = read_image_bytes(job.path, max_bytes=max_image_bytes)
+        elif network is not None and network.down():
+            raise network.skipped(job.ref)
+        else:
+            try:
+                data = _fetch(client, job.ref, max_image_bytes, allow_private_urls)
+            except ImageError as e:
+                if network is not None and e.kind == "fetch_failed":
+                    network.record(e)
+                raise
+            if network is not None:
+                network.record(None)
         info = probe_image(data, job.ref, max_pixels=max_pixels)
         large = info.width * info.height > LARGE_DECODE_PIXELS and large_decode is not None
         with (large_decode if large else contextlib.nullcontext()):
@@ -213,7 +264,7 @@ def run_image_jobs(jobs, out_root, max_side, max_pixels, workers, fetch_timeout,
     if any(j.path is None for j in jobs):
         client = httpx.Client(timeout=fetch_timeout, follow_redirects=False,  # each hop is checked: _fetch
                               limits=httpx.Limits(max_connections=workers))
-    large_decode = threading.Lock()
+    large_decode, network = threading.Lock(), _NetworkWatch()
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             outcomes = []
@@ -222,7 +273,7 @@ def run_image_jobs(jobs, out_root, max_side, max_pixels, workers, fetch_timeout,
                 batch = jobs[start:start + chunk]
                 outcomes.extend(pool.map(lambda j: _process_image(j, out_root, max_side, max_pixels, client,
                                                                    max_image_bytes, allow_private_urls,
-                                                                   large_decode), batch))
+                                                                   large_decode, network), batch))
                 if progress:
                     progress(len(outcomes), len(jobs))
     finally:

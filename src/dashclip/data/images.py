@@ -37,7 +37,7 @@ EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GI
 IMAGE_ERROR_KINDS = ("missing", "unreadable", "zero_byte", "too_large", "not_an_image", "truncated", "corrupt",
                      "decompression_bomb", "fetch_failed",
                      # in the import only (image_copy.py): URLs, and paths that leave the images dir
-                     "url_refused", "outside_images_dir")
+                     "url_refused", "outside_images_dir", "fetch_skipped")
 
 # Pillow *warns* (and only errors at twice its limit) about oversized images; make the warning an
 # exception so it can never be missed. Set once here, because warnings.catch_warnings is not thread-safe.

@@ -16,7 +16,8 @@ Bad input is normal input. Every input row ends up either in the catalog or in t
     no_image                kept without image (the image cell is empty)
     image_<kind>            kept without image: image_missing, image_zero_byte, image_not_an_image,
                             image_truncated, image_corrupt, image_decompression_bomb, image_unreadable,
-                            image_fetch_failed (URL)
+                            image_fetch_failed (URL), image_fetch_skipped (a URL not tried: the first 32
+                            downloads could not reach their hosts and none had, so the network looks down)
                             image_too_large (over max_image_bytes), image_decompression_bomb (over max_pixels,
                             40 MP by default, refused from the header), image_outside_images_dir (a path that
                             leaves the images dir: "../", absolute, or a symlink out), image_url_refused (a URL
