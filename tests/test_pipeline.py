@@ -495,3 +495,12 @@ def test_every_example_config_is_valid():
         load_config(p)       # unknown keys, wrong types and impossible values are errors
     wands = load_config(examples[[p.name for p in examples].index("wands.toml")])
     assert wands.grades.grade_map == {"Exact": 2, "Partial": 1, "Irrelevant": 0}
+
+
+def test_the_labeler_learns_from_a_capped_sample_by_default():
+    # a shop with hundreds of thousands of grades must not train the labeler for hours on a laptop by default
+    from dashclip.pipeline.config import LabelerConfig
+
+    assert 0 < LabelerConfig().max_pairs <= 50_000
+    assert parse_config({"catalog": {"source": "p.csv"}, "grades": {"train": "g.csv"},
+                         "labeler": {"max_pairs": 0}}).labeler.max_pairs == 0     # 0: every pair, when asked

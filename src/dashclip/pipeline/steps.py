@@ -523,9 +523,13 @@ def train_labeler(r: Run, seed: pd.DataFrame, catalog, vocabulary, bm25, exclude
                              examples=few_shot_examples(train, catalog), cache_dir=out.parent / "llm-cache")
         return labeler, 0
     train, held = split_by_query(seed)
+    available = len(train)
     if lab.max_pairs and len(train) > lab.max_pairs:
         train = train.sample(n=lab.max_pairs, random_state=0)
     if not (out / "labeler.json").exists():
+        if len(train) < available:
+            r.log(f"the labeler learns from a seeded sample of {len(train)} of the {available} human train pairs "
+                  f"([labeler] max_pairs; 0 takes them all)")
         lessons = None
         if vocabulary is not None and lab.reading_queries:
             lessons = reading_examples(catalog, vocabulary, lab.reading_queries, seed=7, bm25=bm25, exclude=exclude)
