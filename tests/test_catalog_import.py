@@ -410,8 +410,8 @@ def test_catalog_synth_grows_a_catalog_deterministically_and_reuses_its_images(t
 def test_the_delimiter_is_read_off_the_header_whatever_the_extension(tmp_path, sep):
     # shops export tab-separated files named .csv (WANDS does) and semicolon CSVs (European spreadsheets);
     # a comma inside a field is then just text
-    text = sep.join(["sku", "name", "img", "aisle"]) + "\n" + \
-        "\n".join(sep.join(r) for r in [["1", "Mug, blue", "a.jpg", "Kitchen"], ["2", "Lamp", "", "Home, garden"]]) + "\n"
+    rows = [["sku", "name", "img", "aisle"], ["1", "Mug, blue", "a.jpg", "Kitchen"], ["2", "Lamp", "", "Home, garden"]]
+    text = "".join(sep.join(r) + "\n" for r in rows)
     result, _ = run(tmp_path, text, {"a.jpg": drawn()})
     cat = Catalog.open(result.out)
     assert [cat.product(i)["title"] for i in (1, 2)] == ["Mug, blue", "Lamp"]

@@ -20,7 +20,8 @@ def read_qrels(path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such qrels file")
-    df = pd.read_csv(path, sep=csv_delimiter(path, default="," if path.suffix.lower() == ".csv" else "\t"), dtype={"qid": str})
+    sep = csv_delimiter(path, default="," if path.suffix.lower() == ".csv" else "\t")
+    df = pd.read_csv(path, sep=sep, dtype={"qid": str})
     if "grade" in df.columns and "label" not in df.columns:
         df = df.rename(columns={"grade": "label"})
     missing = [c for c in ("qid", "product_id", "label") if c not in df.columns]
