@@ -504,3 +504,19 @@ def test_the_labeler_learns_from_a_capped_sample_by_default():
     assert 0 < LabelerConfig().max_pairs <= 50_000
     assert parse_config({"catalog": {"source": "p.csv"}, "grades": {"train": "g.csv"},
                          "labeler": {"max_pairs": 0}}).labeler.max_pairs == 0     # 0: every pair, when asked
+
+
+def test_unreadable_grade_files_are_named_with_what_to_do(tmp_path):
+    path = tiny_shop(tmp_path)
+    (tmp_path / "train.csv").write_bytes("query,product_id,grade\nred drill,1000,2\nbl\xe5 lamp,1001,1\n".encode("latin-1"))
+    out = " ".join(_run(path).output.split())
+    assert "train.csv: line 3: not valid utf-8 text" in out and "save it as UTF-8" in out
+    (tmp_path / "grades.xlsx").write_bytes(b"PK\x03\x04 not really a spreadsheet")
+    path.write_text(path.read_text().replace('train = "train.csv"', 'train = "grades.xlsx"'))
+    out = " ".join(_run(path).output.split())
+    assert "grades.xlsx: spreadsheet files are not read; save it as CSV" in out
+    (tmp_path / "log.txt").write_bytes("red drill\nbl\xe5 lamp\n".encode("latin-1"))
+    path.write_text(path.read_text().replace('train = "grades.xlsx"', 'train = "dev.csv"')
+                    .replace('log = "log.csv"', 'log = "log.txt"'))
+    out = " ".join(_run(path).output.split())
+    assert "log.txt: line 2: not valid UTF-8 text" in out

@@ -385,7 +385,11 @@ def read_query_log(path: Path, cfg: PipelineConfig) -> pd.DataFrame:
     if not path.is_file():
         raise ConfigError(f"[queries] log: {path}: no such file")
     if path.suffix.lower() == ".txt":
-        df = pd.DataFrame({q.column: path.read_text(encoding="utf-8").splitlines()})
+        try:
+            df = pd.DataFrame({q.column: path.read_text(encoding="utf-8-sig").splitlines()})
+        except UnicodeDecodeError as e:
+            line = path.read_bytes().count(b"\n", 0, e.start) + 1
+            raise ConfigError(f"{path}: line {line}: not valid UTF-8 text ({e.reason}); save it as UTF-8") from None
     else:
         df = read_frame(path)[0]
     if q.column not in df.columns:
