@@ -11,6 +11,15 @@ def plain_id(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
+def id_text(value) -> str:
+    """An id from outside as text, for ids that are matched as text (query ids): 7, 7.0, np.int64(7), "7" and
+    " 7" are "7" (JSONL and Parquet ids may be numbers, CSV ids are text)."""
+    value = plain_id(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
 def coerce_id(pid, integer_ids: bool):
     """`pid` as an id of a table with integer ids ("15970", " 15970", 15970.0 and np.int64(15970) are
     15970) or string ids (15970 is "15970"). A value that cannot be an id of that table is a KeyError:

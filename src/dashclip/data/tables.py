@@ -85,10 +85,11 @@ def read_frame(path: str | os.PathLike, encoding: str = "utf-8") -> tuple["pd.Da
     suffix = path.suffix.lower()
     if suffix in (".xlsx", ".xls", ".ods"):
         raise UserError(f"{path}: spreadsheet files are not read; save it as CSV (or TSV, JSONL, Parquet)")
+    fmt = "jsonl" if suffix == ".json" else EXTENSION_FORMATS.get(suffix, "csv")   # .txt and the like: CSV
     try:
-        if suffix in (".parquet", ".pq"):
+        if fmt == "parquet":
             return pd.read_parquet(path), 1
-        if suffix in (".jsonl", ".json", ".ndjson"):
+        if fmt == "jsonl":
             return pd.read_json(path, lines=True, dtype=False), 1
         return pd.read_csv(path, sep=csv_delimiter(path, encoding), dtype=str, keep_default_na=False,
                            encoding="utf-8-sig" if encoding.lower().replace("_", "-") == "utf-8" else encoding), 2
@@ -102,8 +103,7 @@ def read_frame(path: str | os.PathLike, encoding: str = "utf-8") -> tuple["pd.Da
             where = f" line {line}:"
         raise UserError(f"{path}:{where} not valid {e.encoding} text ({e.reason}); save it as UTF-8") from None
     except (ValueError, pd.errors.ParserError, OSError) as e:      # pyarrow's errors are ValueError / OSError
-        kind = {".parquet": "Parquet", ".pq": "Parquet", ".jsonl": "JSONL", ".json": "JSONL", ".ndjson": "JSONL"}
-        raise UserError(f"{path}: cannot read it as {kind.get(suffix, 'CSV')} ({type(e).__name__}: {e})") from None
+        raise UserError(f"{path}: cannot read it as {fmt} ({type(e).__name__}: {e})") from None
 
 
 def read_table(path: str | os.PathLike, fmt: str | None = None, encoding: str = "utf-8") -> Table:

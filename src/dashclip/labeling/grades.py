@@ -11,6 +11,7 @@ from ..data.ids import plain_id
 from ..settings import is_heldout_qid
 
 GRADE_COLUMNS = ("qid", "query", "product_id", "grade", "confidence", "labeler", "labeler_version")
+GRADE_VALUES = (0, 1, 2)        # irrelevant, partial, exact: every grade file, human or model, in this scale
 SHARD_GLOB = "grades-*.parquet"
 
 
@@ -21,7 +22,7 @@ def check_grades(df: pd.DataFrame, source: str = "grades", required: tuple = GRA
     if missing:
         raise ValueError(f"{source}: missing column(s) {', '.join(missing)} (expected {', '.join(required)})")
     grade = pd.to_numeric(df["grade"], errors="coerce")
-    bad = grade.isna() | ~grade.isin([0, 1, 2])
+    bad = grade.isna() | ~grade.isin(GRADE_VALUES)
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise ValueError(f"{source}: row {i}: field 'grade' is {plain_id(df['grade'].iloc[i])!r}, expected 0, 1 or 2")

@@ -212,7 +212,9 @@ class PipelineConfig:
                 raise ConfigError(f"{where}: [{section}] {key} = {v!r}; expected one of {', '.join(allowed)}")
         if not (self.catalog.source or self.catalog.preset):
             raise ConfigError(f"{where}: [catalog] source is required (a catalog file or a preset name)")
-        bad = {k: v for k, v in self.grades.grade_map.items() if v not in (0, 1, 2)}
+        from ..labeling.grades import GRADE_VALUES
+
+        bad = {k: v for k, v in self.grades.grade_map.items() if v not in GRADE_VALUES}
         if bad:
             k, v = next(iter(bad.items()))
             raise ConfigError(f"{where}: [grades] grade_map: {k!r} = {v}; grades are 0, 1 or 2")

@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.ids import plain_id
+from ..data.ids import id_text
 from ..data.tables import read_frame
+from ..labeling.grades import GRADE_VALUES
 from ..text import query_key
 from .config import ConfigError, PipelineConfig
 
@@ -124,7 +125,7 @@ def _mapping(cfg: PipelineConfig, preset_mapping=None) -> dict:
 def step_import(r: Run) -> dict:
     """The catalog (or a seeded sample of it) into `catalog/`, through `dashclip catalog import`."""
     from ..data.importer import import_catalog
-    from ..data.tables import csv_delimiter, read_table
+    from ..data.tables import EXTENSION_FORMATS, csv_delimiter, read_table
     from ..data.presets import PRESETS, get_preset
     from ..data.rows import Mapping
 
@@ -145,17 +146,17 @@ def step_import(r: Run) -> dict:
         if c.sample:
             # the sample is written as UTF-8 in the source's kind of file: CSV stays CSV (its cells are text),
             # anything else becomes JSONL, which keeps numbers and lists as they were
-            if file.suffix.lower() in (".csv", ".tsv"):
+            as_csv = EXTENSION_FORMATS.get(file.suffix.lower()) == "csv"
+            if as_csv:
                 rows = pd.read_csv(file, sep=csv_delimiter(file, c.encoding), dtype=str, keep_default_na=False,
                                    on_bad_lines="skip", encoding=c.encoding)
             else:
                 rows = pd.DataFrame([row.values for row in read_table(file, encoding=c.encoding).rows
                                      if not row.malformed])
             sample = rows.sample(n=min(c.sample, len(rows)), random_state=0).sort_index()
-            out = r.path("source", "catalog-sample.csv" if file.suffix.lower() in (".csv", ".tsv")
-                         else "catalog-sample.jsonl")
+            out = r.path("source", "catalog-sample.csv" if as_csv else "catalog-sample.jsonl")
             out.parent.mkdir(parents=True, exist_ok=True)
-            if out.suffix == ".csv":
+            if as_csv:
                 sample.to_csv(out, index=False)
             else:
                 sample.to_json(out, orient="records", lines=True, force_ascii=False)
@@ -273,7 +274,7 @@ def read_grade_table(path: Path, cfg: PipelineConfig, what: str) -> tuple[pd.Dat
                           f"set [grades] {'query_id_column' if by_id else 'query_column'} / product_column / "
                           f"grade_column")
     grade = _grades(df[cols["grade"]], g.grade_map)
-    bad = grade.isna() | ~grade.isin([0, 1, 2])
+    bad = grade.isna() | ~grade.isin(GRADE_VALUES)
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         expected = (f"one of {', '.join(map(repr, g.grade_map))} ([grades] grade_map)" if g.grade_map
@@ -282,7 +283,7 @@ def read_grade_table(path: Path, cfg: PipelineConfig, what: str) -> tuple[pd.Dat
                           f"expected {expected}")
     if by_id:
         texts = read_query_texts(cfg.resolve(g.queries), cfg)
-        ids = df[cols["query"]].map(_id_text)
+        ids = df[cols["query"]].map(id_text)
         unknown = ~ids.isin(texts.index)
         if unknown.any():
             i = int(np.flatnonzero(unknown.to_numpy())[0])
@@ -299,21 +300,13 @@ def read_grade_table(path: Path, cfg: PipelineConfig, what: str) -> tuple[pd.Dat
     return df, grade, query, first_row
 
 
-def _id_text(value) -> str:
-    """An id cell as text: 7, 7.0, "7" and " 7" are "7" (JSONL and Parquet ids may be numbers)."""
-    value = plain_id(value)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value).strip()
-
-
 def _grades(raw: pd.Series, grade_map: dict[str, int]) -> pd.Series:
     """The grade column as numbers: through `grade_map` when one is given (exact text first, then any case),
     else as written; NaN where a value is not a grade."""
     if not grade_map:
         return pd.to_numeric(raw, errors="coerce")
     folded = {k.strip().casefold(): v for k, v in grade_map.items()}
-    text = raw.map(_id_text)
+    text = raw.map(id_text)
     return text.map(lambda t: grade_map.get(t, folded.get(t.casefold()))).astype(float)
 
 
@@ -327,7 +320,7 @@ def read_query_texts(path: Path, cfg: PipelineConfig) -> pd.Series:
     if missing:
         raise ConfigError(f"{path}: missing column(s) {', '.join(missing)} (have {', '.join(map(str, df.columns))}); "
                           f"set [grades] query_id_column / query_column")
-    ids = df[g.query_id_column].map(_id_text)
+    ids = df[g.query_id_column].map(id_text)
     dup = ids.duplicated()
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
