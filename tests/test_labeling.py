@@ -322,3 +322,12 @@ def test_grading_killed_midway_resumes_without_loss_or_repeats(cat, cat_dir, tmp
         {key(q, p) for q, p in zip(pairs["query"], pairs["product_id"])}
     truth = grades.merge(cat.products[["id", "baseColour"]], left_on="product_id", right_on="id")
     assert (truth["grade"] == [2 if c.lower() in q else 0 for c, q in zip(truth["baseColour"], truth["query"])]).all()
+
+
+def test_report_markdown_confusion_rows_are_seed_grades():
+    from dashclip.labeling.evaluate import agreement, report_markdown
+
+    report = {**agreement([0, 1, 2, 2, 0], [0, 2, 2, 1, 0]), "pairs": 5, "labeler": "x", "labeler_version": "1"}
+    md = report_markdown(report)
+    assert "| seed \\ labeler | 0 | 1 | 2 |" in md
+    assert "| 0 | 2 | 0 | 0 |" in md and "| 1 | 0 | 0 | 1 |" in md and "| 2 | 0 | 1 | 1 |" in md

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..io import check_unique_qids, iter_jsonl
+from ..labeling.grades import GRADE_VALUES
 from ..settings import is_heldout_qid, load_labels_module  # noqa: F401  (also public here)
 
 
@@ -104,7 +105,7 @@ def read_qrels_tsv(path: str | Path, id_type=int) -> dict[str, dict]:
                 pid, label = id_type(cells[1]), int(cells[2])
             except ValueError:
                 raise ValueError(f"{path}:{lineno}: bad product_id {cells[1]!r} or label {cells[2]!r}") from None
-            if label not in (0, 1, 2):
+            if label not in GRADE_VALUES:
                 raise ValueError(f"{path}:{lineno}: label must be 0, 1 or 2, got {label}")
             if label > 0:
                 out.setdefault(cells[0], {})[pid] = label

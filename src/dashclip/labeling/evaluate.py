@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from .grades import split_by_query
+from .grades import GRADE_VALUES, split_by_query
 from .labelers import Labeler, pairs_from
 
 CONFIDENCE_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -22,11 +22,11 @@ def agreement(truth, pred, confidence=None) -> dict:
     def kappa(t, p):
         if len(t) == 0 or (len(set(t)) < 2 and len(set(p)) < 2):
             return None
-        return float(cohen_kappa_score(t, p, weights="quadratic", labels=[0, 1, 2]))
+        return float(cohen_kappa_score(t, p, weights="quadratic", labels=list(GRADE_VALUES)))
 
     out = {"pairs": int(len(truth)), "accuracy": float((truth == pred).mean()) if len(truth) else None,
            "kappa_quadratic": kappa(truth, pred),
-           "confusion": confusion_matrix(truth, pred, labels=[0, 1, 2]).tolist(),
+           "confusion": confusion_matrix(truth, pred, labels=list(GRADE_VALUES)).tolist(),
            "truth_counts": np.bincount(truth, minlength=3).tolist(),
            "pred_counts": np.bincount(pred, minlength=3).tolist()}
     if confidence is not None:
@@ -75,8 +75,9 @@ def report_markdown(report: dict, title: str = "Labeler quality on held-out seed
              f"- quadratic-weighted Cohen's kappa: {report['kappa_quadratic']:.3f}" if report["kappa_quadratic"]
              is not None else "- kappa: n/a", "",
              "Confusion matrix (rows: seed grade, columns: labeler grade):", "",
-             "| seed \\ labeler | 0 | 1 | 2 |", "|---|---:|---:|---:|"]
-    lines += [f"| {g} | {cm[g][0]} | {cm[g][1]} | {cm[g][2]} |" for g in range(3)]
+             "| seed \\ labeler | " + " | ".join(map(str, GRADE_VALUES)) + " |",
+             "|---|" + "---:|" * len(GRADE_VALUES)]
+    lines += [f"| {g} | " + " | ".join(map(str, cm[i])) + " |" for i, g in enumerate(GRADE_VALUES)]
     if report.get("by_confidence"):
         lines += ["", "| min confidence | coverage | accuracy | kappa |", "|---:|---:|---:|---:|"]
         for r in report["by_confidence"]:

@@ -10,7 +10,7 @@ import pandas as pd
 from .candidates import pick_candidates
 from ..data.ids import plain_id
 from ..data.tables import csv_delimiter
-from .grades import GRADE_COLUMNS, check_grades
+from .grades import GRADE_COLUMNS, GRADE_VALUES, check_grades
 
 SEED_LABELER = "seed"
 
@@ -27,7 +27,7 @@ def read_qrels(path) -> pd.DataFrame:
     missing = [c for c in ("qid", "product_id", "label") if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (expected qid, product_id, label)")
-    bad = ~df["label"].isin([0, 1, 2])
+    bad = ~df["label"].isin(GRADE_VALUES)
     if bad.any():
         i = int(bad.to_numpy().nonzero()[0][0])
         raise ValueError(f"{path}: row {i + 2}: field 'label' is {plain_id(df['label'].iloc[i])!r}, expected 0, 1 or 2")

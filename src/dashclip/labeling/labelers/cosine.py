@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import Grade, Pair
+from ..grades import GRADE_VALUES
 
 
 class CosineLabeler:
@@ -47,7 +48,7 @@ class CosineLabeler:
         for i, lo in enumerate(cuts):
             for hi in cuts[i:]:
                 pred = np.where(s >= hi, 2, np.where(s >= lo, 1, 0))
-                k = cohen_kappa_score(grades, pred, weights="quadratic", labels=[0, 1, 2])
+                k = cohen_kappa_score(grades, pred, weights="quadratic", labels=list(GRADE_VALUES))
                 if k > best[0]:
                     best = (k, lo, hi)
         return cls(best[1], best[2], encoder)

@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from . import Grade, Pair
+from ..grades import GRADE_VALUES
 
 LABELER_FILE = "labeler.json"
 VOCABULARY_FILE = "vocabulary.json"
@@ -134,7 +135,7 @@ def train_cross_encoder(queries: list[str], texts: list[str], grades, out_dir, b
     if not (len(queries) == len(texts) == len(grades)) or len(grades) == 0:
         raise ValueError(f"training needs equal, non-empty lists (queries {len(queries)}, texts {len(texts)}, "
                          f"grades {len(grades)})")
-    if not np.isin(grades, [0, 1, 2]).all():
+    if not np.isin(grades, GRADE_VALUES).all():
         raise ValueError("grades must be 0, 1 or 2")
     base = str(base or minilm_path())
     torch.manual_seed(config.seed)

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import GRADE_NAMES, Grade, Pair
+from ..grades import GRADE_VALUES
 
 RUBRIC = """You judge how relevant a product is to a shopper's search query in an online store.
 Grades:
@@ -209,4 +210,4 @@ def few_shot_examples(seed, catalog, per_grade: int = 2, random_state: int = 0) 
     return list(zip(pairs, rows["grade"].astype(int).tolist()))
 
 
-assert set(GRADE_NAMES) == {0, 1, 2}
+assert set(GRADE_NAMES) == set(GRADE_VALUES)
