@@ -21,7 +21,8 @@
 3. Latency, one process, one run: p50 of `Searcher.search` (text) and `Searcher.search_image` (the photo's
    file bytes: decode + image tower + index search) over the same index.
 
-Writes benchmarks/results/photo_search.json and .md, stamped with the date, commit and machine.
+Writes benchmarks/results/photo_search.json and .md (--results NAME: NAME.json and .md), stamped with the
+date, commit and machine.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def grocery(args) -> dict:
                          f"--out {catalog_dir}")
     catalog = Catalog.open(catalog_dir)
     evaluate = GroceryEvaluator(catalog, split="test", feature_cache_dir=str(Path(args.work) / "../cache/grocery-eval"),
-                                photo_image_weights=args.photo_image_weights)
+                                photo_image_weights=args.photo_image_weights, photo_expansions=args.photo_expansions)
     out = {"catalog": str(catalog_dir), "n_products": len(catalog)}
     t = time.time()
     out["zero_shot"] = evaluate(create_model("default"))
@@ -110,7 +111,7 @@ def grocery_photo_head(args, catalog, model_dir, run, evaluate) -> dict:
                                cache_dir=Path(args.work) / "../cache/grocery-train")
     model = dashclip.load(photo_run / "model")
     val = GroceryEvaluator(catalog, split="val", feature_cache_dir=str(Path(args.work) / "../cache/grocery-eval"),
-                           photo_image_weights=args.photo_image_weights)
+                           photo_image_weights=args.photo_image_weights, photo_expansions=args.photo_expansions)
     return {**evaluate(model), "val": val(model), "run": str(photo_run), "epochs": cfg.epochs,
             "regression_weight": cfg.regression_weight,
             "train_photos": summary["train_photos"], "steps": summary["steps"], "train_seconds": summary["seconds"],
@@ -132,7 +133,7 @@ def fashion(args) -> dict:
     import dashclip
     from dashclip.models.model import to_numpy
     from dashclip.index.catalog_index import PHOTO_IMAGE_WEIGHT
-    from dashclip.ranking import photo_vectors
+    from dashclip.ranking import PHOTO_EXPANSION, photo_vectors
     from dashclip.serving.search import IMAGE_TEXT_WEIGHT
     from dashclip.training.data import heldout_mask
 
@@ -168,11 +169,19 @@ def fashion(args) -> dict:
     words = {c: to_numpy(model.encode_query([f"in {c.lower()}"]))[0] for c in COLOURS}
     text = np.stack([words[c] for c in asked])
     out["colour"] = colour_shares(vec["image"], cand, text, vec, colour, asked, article, args.text_weights)
+    # validation photos: other held-out products' photos, on which a head and the expansion are chosen
+    val = np.random.default_rng(1).choice(np.setdiff1d(np.flatnonzero(held), rows),
+                                          min(args.fashion_queries, int(held.sum()) - len(rows)), replace=False)
+    served = photo_vectors(vec["fused"], vec["image"], PHOTO_IMAGE_WEIGHT)
+    out["expansion"] = {"photo -> fused+image (photo index)": expansion_sweep(vec["image"], served, val, rows,
+                                                                                article, args.photo_expansions),
+                        "n_validation": int(len(val)), "served_m": PHOTO_EXPANSION,
+                        "colour_m": args.colour_expansion}
+    out["colour_expanded"] = colour_shares(vec["image"], cand, text, vec, colour, asked, article,
+                                           [IMAGE_TEXT_WEIGHT], expansion=args.colour_expansion)
     if args.fashion_photo_model:     # photo heads of photo alignment (`dashclip align-photos`)
-        # validation photos: other held-out products' photos; the head with the best P@10 there is the one
-        # reported in full (its photo size and training are what is being chosen), every head's test row too
-        val = np.random.default_rng(1).choice(np.setdiff1d(np.flatnonzero(held), rows),
-                                              min(args.fashion_queries, int(held.sum()) - len(rows)), replace=False)
+        # the head with the best P@10 on the validation photos is the one reported in full (its photo size
+        # and training are what is being chosen), every head's test row too
         heads, photos = [], {}
         for path in args.fashion_photo_model:
             photo, size = photo_head_vectors(path, args.fashion_catalog, ids, np.concatenate([rows, val]), len(ids),
@@ -197,7 +206,22 @@ def fashion(args) -> dict:
             mixed = photo_vectors(vec["fused"], vec["image"], w)
             head[f"photo head -> fused+image {w:g}"] = precision_at_10(photo[rows], rows, mixed, article)
         out["colour_photo_head"] = colour_shares(photo, cand, text, vec, colour, asked, article, args.text_weights)
+        out["expansion"]["photo head -> fused"] = expansion_sweep(photo, vec["fused"], val, rows, article,
+                                                                  args.photo_expansions)
+        out["colour_photo_head_expanded"] = colour_shares(photo, cand, text, vec, colour, asked, article,
+                                                          [IMAGE_TEXT_WEIGHT], expansion=args.colour_expansion)
     return out
+
+
+def expansion_sweep(photos, targets, val, rows, article, ms) -> dict:
+    """P@10 same articleType on the validation and test photos, each photo's vector expanded with its first m
+    hits among `targets` (`ranking.expand_exactly`, as the served two searches; m 0: not expanded). A
+    photo's own product is used neither as a hit nor for the expansion: a shopper's photo has none."""
+    from dashclip.ranking import expand_exactly
+
+    return {str(m): {part: precision_at_10(expand_exactly(photos[r], targets, m, exclude=r), r, targets, article)
+                     for part, r in (("validation", val), ("test", rows))}
+            for m in sorted({0, *ms})}
 
 
 def head_run(model_dir) -> dict:
@@ -212,16 +236,17 @@ def head_run(model_dir) -> dict:
             "last": done["evals"][-1] if done.get("evals") else {}}
 
 
-def colour_shares(photos, cand, text, vec, colour, asked, article, weights) -> dict:
-    """Photo + "in <colour>" against the product embeddings, for each text weight, mixed as served."""
+def colour_shares(photos, cand, text, vec, colour, asked, article, weights, expansion: int = 0) -> dict:
+    """Photo + "in <colour>" against the product embeddings, for each text weight, mixed as served, then
+    expanded with the first `expansion` hits (0: not), the photo's own product left out."""
     from dashclip.serving.search import IMAGE_TEXT_WEIGHT
 
-    from dashclip.ranking import mix_photo_and_words, spread_sample_rows
+    from dashclip.ranking import expand_exactly, mix_photo_and_words, spread_sample_rows
 
     out = {"n_queries": int(len(cand)), "served_weight": IMAGE_TEXT_WEIGHT, "by_weight": {}}
     sample = vec["fused"][spread_sample_rows(len(vec["fused"]))]     # as Searcher.spread_products
     for w in weights:
-        q = mix_photo_and_words(photos[cand], text, sample, w)
+        q = expand_exactly(mix_photo_and_words(photos[cand], text, sample, w), vec["fused"], expansion, exclude=cand)
         out["by_weight"][f"{w:g}"] = {
             "colour_share_top10": precision_at_10(q, cand, vec["fused"], colour, asked),
             "p10_articletype": precision_at_10(q, cand, vec["fused"], article)}
@@ -356,6 +381,28 @@ def shown(key: str, part: dict) -> str:
     return f"{key} (served)" if key == f"photo -> fused+image {served:g}" else key
 
 
+def expansion_markdown(f: dict) -> list[str]:
+    ex = f.get("expansion")
+    if not ex:
+        return []
+    routes = {k: v for k, v in ex.items() if isinstance(v, dict)}
+    ms = list(next(iter(routes.values())))
+    lines = [f"Photo query expansion (`ranking.expand_query`: the query vector plus the vectors of its first m hits, "
+             f"weighted by their scores, then the search; m 0: none; served m = {ex['served_m']}). P@10 same "
+             f"articleType, validation ({ex['n_validation']} other held-out photos) / test ({f['n_queries']} "
+             "photos); a photo's own product is neither a hit nor used:", "",
+             "| route | " + " | ".join(f"m {m}" for m in ms) + " |", "|---|" + "---:|" * len(ms)]
+    lines += [f"| {route} | " + " | ".join(f"{v[m]['validation']:.3f} / {v[m]['test']:.3f}" for m in ms) + " |"
+              for route, v in routes.items()]
+    lines += ["", f"Photo + \"in <colour>\" at the served text weight, expanded with m = {ex.get('colour_m')} after the "
+              "words are mixed in (as `Searcher` does): asked colour in top 10 / P@10 same articleType (unexpanded: "
+              "the tables above):", ""]
+    for name, key in (("photo (no head)", "colour_expanded"), ("photo head", "colour_photo_head_expanded")):
+        for w, m in (f.get(key) or {}).get("by_weight", {}).items():
+            lines.append(f"- {name}, text weight {w}: {m['colour_share_top10']:.3f} / {m['p10_articletype']:.3f}")
+    return lines + [""]
+
+
 def markdown(r: dict) -> str:
     g, f, lat = r.get("grocery"), r.get("fashion"), r.get("latency")
     lines = [f"# Search by photo (`benchmarks/photo_search.py`)", "",
@@ -375,13 +422,13 @@ def markdown(r: dict) -> str:
                   "| model | product embedding | fine top-1 | fine top-5 | coarse top-1 | coarse top-5 |",
                   "|---|---|---:|---:|---:|---:|"]
         for name, key in (("zero-shot", "zero_shot"), ("after Stage 1", "stage1")):
-            for kind in [k for k in g[key] if k in ("fused", "text", "image") or k.startswith("fused+image")]:
+            for kind in [k for k in g[key] if isinstance(g[key][k], dict) and "fine_top1" in g[key][k]]:
                 m = g[key][kind]
                 lines.append(f"| {name} | {kind} | {m['fine_top1']:.3f} | {m['fine_top5']:.3f} | "
                              f"{m['coarse_top1']:.3f} | {m['coarse_top5']:.3f} |")
         ph = g.get("photo_head")
         if ph:
-            for kind in [k for k in ph if k in ("fused", "text", "image") or k.startswith("fused+image")]:
+            for kind in [k for k in ph if isinstance(ph[k], dict) and "fine_top1" in ph[k]]:
                 m = ph[kind]
                 lines.append(f"| after Stage 1 + photo head | {kind} | {m['fine_top1']:.3f} | {m['fine_top5']:.3f} | "
                              f"{m['coarse_top1']:.3f} | {m['coarse_top5']:.3f} |")
@@ -446,6 +493,7 @@ def markdown(r: dict) -> str:
             lines += [f"| {w} | {m['colour_share_top10']:.3f} | {m['p10_articletype']:.3f} |"
                       for w, m in f["colour_photo_head"]["by_weight"].items()]
             lines.append("")
+        lines += expansion_markdown(f)
     fs = r.get("fashion_stage1")
     if fs:
         lines += ["## Fashion after Stage 1 with the image -> product term", "", *stamp(fs),
@@ -502,16 +550,23 @@ def main() -> None:
     p.add_argument("--text-weights", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     p.add_argument("--photo-image-weights", type=float, nargs="*", default=[0.25, 0.5, 0.75],
                    help="photo scored against (1 - w) fused + w image (ranking.photo_vectors)")
+    p.add_argument("--photo-expansions", type=int, nargs="*", default=[1, 2, 3, 5, 8],
+                   help="photo queries also measured expanded with their first m hits (ranking.expand_exactly)")
+    p.add_argument("--colour-expansion", type=int, default=3, help="photo + colour queries also measured expanded "
+                   "with their first m hits")
     p.add_argument("--latency-model", default="runs/demo-quick/model")
     p.add_argument("--latency-index", default="runs/demo-quick/index")
     p.add_argument("--latency-n", type=int, default=60)
     p.add_argument("--skip", nargs="*", default=[], choices=["grocery", "fashion", "fashion_stage1", "latency"])
+    p.add_argument("--results", default="photo_search", help="results/NAME.json and .md (parts skipped keep "
+                   "that file's earlier record)")
     args = p.parse_args()
     result = {"script": "benchmarks/photo_search.py", "commit": _machine.commit(), "machine": _machine.cpu_model()
               + f", {os.cpu_count()} cores",
               "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "load_at_start": round(os.getloadavg()[0], 2), "args": vars(args)}
-    before = json.loads((RESULTS / "photo_search.json").read_text()) if (RESULTS / "photo_search.json").is_file() else {}
+    out = RESULTS / f"{args.results}.json"
+    before = json.loads(out.read_text()) if out.is_file() else {}
     for name, fn in (("latency", latency), ("fashion", fashion), ("fashion_stage1", fashion_stage1),
                      ("grocery", grocery)):
         if name in args.skip:
@@ -524,8 +579,8 @@ def main() -> None:
         result[name]["bench_seconds"] = round(time.time() - t, 1)
         print(name, json.dumps(result[name])[:600], flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "photo_search.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "photo_search.md").write_text(markdown(result))
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
 
 

@@ -311,6 +311,10 @@ def test_grocery_transfer_with_a_fake_model(tmp_path):
     mixed = GroceryEvaluator(cat, photo_image_weights=(0.0, 1.0))(FakeModel())
     assert mixed["fused+image 0"] == mixed["fused"] and mixed["fused+image 1"] == mixed["image"]
     assert "fused+image 0.5" not in mixed
+    # photo query expansion: every row again, expanded with its first m hits in that row's vectors
+    expanded = GroceryEvaluator(cat, photo_image_weights=(1.0,), photo_expansions=(1,))(FakeModel())
+    assert {"fused expanded 1", "image expanded 1", "fused+image 1 expanded 1"} <= set(expanded)
+    assert expanded["image expanded 1"] == expanded["image"]   # the first hit is the product: nothing moves
 
 
 # --- baseline cache --------------------------------------------------------------------------------

@@ -254,3 +254,31 @@ def test_ids_must_be_all_ints_or_all_strings(tmp_path):
     with pytest.raises(ValueError, match="unknown index backend 'qdrant'"):
         build_index(vectors, [1, 2, 3], tmp_path / "i", backend="qdrant")
     assert not (tmp_path / "i").exists()
+
+
+def test_vectors_read_back_in_the_order_asked(build, data, tmp_path):
+    vectors, ids, _, _ = data
+    index = build()
+    got = index.vectors([ids[5], ids[0], str(ids[9])])     # an id as text, as a URL gives it
+    assert got.dtype == np.float32 and got.shape == (3, D)
+    np.testing.assert_allclose(got, vectors[[5, 0, 9]], atol=1e-6)
+    assert index.vectors([]).shape == (0, D)
+    with pytest.raises(KeyError, match="not in the index"):
+        index.vectors([ids[0], 123])
+    # after changes and a reopen: the live products' vectors, by id
+    index.add([1], vectors[7:8])
+    index.remove([ids[5]])
+    index.save()
+    reopened = open_index(tmp_path / "index", model_id=MODEL)
+    np.testing.assert_allclose(reopened.vectors([1, ids[9]]), vectors[[7, 9]], atol=1e-6)
+    with pytest.raises(KeyError):
+        reopened.vectors([ids[5]])
+
+
+def test_vectors_of_an_hnsw_and_an_ivf_index(data, tmp_path):
+    vectors, ids, _, _ = data
+    hnsw = build_index(vectors, ids, tmp_path / "hnsw", meta={"model_id": MODEL}, factory="HNSW16,Flat")
+    np.testing.assert_allclose(hnsw.vectors(ids[:4]), vectors[:4], atol=1e-6)
+    # an IVF index keeps no map from label to list: it cannot read vectors back, and says so with None
+    ivf = build_index(vectors, ids, tmp_path / "ivf", meta={"model_id": MODEL}, factory="IVF4,Flat")
+    assert ivf.vectors(ids[:4]) is None

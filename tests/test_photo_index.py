@@ -62,6 +62,13 @@ def test_build_writes_the_photo_index_and_photos_alone_search_it(shop, built):
     mixed = s.encode_images([Image.open(io.BytesIO(raw)).convert("RGB")], ["in red"])
     ids, _ = main.search(mixed, 5)
     assert [h.id for h in s.search_image(raw, k=5, text="in red")] == list(ids[0])
+    # expanded, a photo alone moves toward the photo index's own stored vectors (the mixes), not the main index's
+    from dashclip.ranking import expand_query
+
+    expanding = Searcher.open(shop.model_dir, built, photo_expansion=3)
+    first, scores = photo.search(q, expanding.photo_expansion)
+    moved = expand_query(q[None], photo.vectors(first[0])[None], scores)
+    assert [h.id for h in expanding.search_image(raw, k=8)] == photo.search(moved, 8)[0][0]
 
 
 def test_add_and_remove_keep_the_photo_index_in_step(shop, built):
@@ -148,3 +155,22 @@ def test_photo_and_words_mix_in_units_of_each_sides_spread():
     assert np.allclose(mix_photo_and_words(photo, words, products[:1], 0.5), plain, atol=1e-6)
     with pytest.raises(ValueError, match="text weight"):
         mix_photo_and_words(photo, words, sample, 1.5)
+
+
+def test_query_expansion_exactly_and_by_hand():
+    from dashclip.ranking import expand_exactly, expand_query
+
+    products = np.array([[1, 0, 0], [0.8, 0.6, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
+    q = np.array([[0.6, 0.8, 0]], dtype=np.float32)
+    # first 2 hits: product 1 (0.96) and product 2 (0.8); product 0 (0.6) is third
+    want = q[0] + 0.96 * products[1] + 0.8 * products[2]
+    assert np.allclose(expand_exactly(q, products, 2)[0], want / np.linalg.norm(want), atol=1e-6)
+    # a query's own product left out: product 1 may not be used, so products 2 and 0 are
+    want = q[0] + 0.8 * products[2] + 0.6 * products[0]
+    assert np.allclose(expand_exactly(q, products, 2, exclude=np.array([1]))[0], want / np.linalg.norm(want),
+                       atol=1e-6)
+    assert np.array_equal(expand_exactly(q, products, 0), q)
+    # a negative score, or none (-inf: fewer hits than asked), adds nothing
+    hits = products[None, [1, 3]]
+    assert np.allclose(expand_query(q, hits, np.array([[0.0, -0.5]], np.float32)), q)
+    assert np.allclose(expand_query(q, hits, np.array([[-np.inf, -np.inf]], np.float32)), q)

@@ -244,3 +244,72 @@ def test_encoding_leaves_an_eval_model_in_eval_and_restores_a_training_one(shop)
         assert m.training
     finally:
         m.eval()
+
+
+def test_photo_queries_search_from_the_photo_moved_toward_its_first_hits(shop, monkeypatch):
+    from dashclip.ranking import expand_query
+    from dashclip.ranking import PHOTO_EXPANSION
+
+    assert Searcher(shop.model, shop.index, shop.catalog).photo_expansion == PHOTO_EXPANSION == 0   # off by default
+    m = 3
+    s = Searcher(shop.model, shop.index, shop.catalog, photo_expansion=m)
+    pil = Image.open(io.BytesIO(photo_bytes(shop))).convert("RGB")
+    photo = s.encode_images([pil])
+    first, scores = shop.index.search(photo, m)
+    stored = shop.index.vectors(first[0])
+    moved = expand_query(photo, stored[None], scores)
+    # by hand: the photo plus its first hits' vectors, weighted by their scores (a negative one adds nothing)
+    want = photo[0] + (np.maximum(scores[0], 0)[:, None] * stored).sum(0)
+    assert np.allclose(moved[0], want / np.linalg.norm(want), atol=1e-5)
+    calls = []
+    search = shop.index.search
+
+    def spy(queries, k, filters=None):
+        calls.append((np.array(queries), k))
+        return search(queries, k, filters)
+
+    monkeypatch.setattr(shop.index, "search", spy)
+    assert ids(s.search_image(pil, k=6)) == search(moved, 6)[0][0]
+    assert [k for _, k in calls] == [m, 6]
+    assert np.allclose(calls[0][0], photo, atol=1e-6) and np.allclose(calls[1][0], moved, atol=1e-6)
+    # 0 (the default) is one search from the photo itself; so is an index that cannot read its vectors back
+    calls.clear()
+    Searcher(shop.model, shop.index, shop.catalog).search_image(pil, k=6)
+    assert [k for _, k in calls] == [6] and np.allclose(calls[0][0], photo, atol=1e-6)
+    calls.clear()
+    monkeypatch.setattr(type(shop.index), "_vectors", lambda self, ids, rows: None)
+    s.search_image(pil, k=6)
+    assert [k for _, k in calls] == [m, 6] and np.allclose(calls[1][0], photo, atol=1e-6)
+
+
+def test_more_like_this_reads_the_indexed_vector_back(shop, monkeypatch):
+    s = Searcher(shop.model, shop.index, shop.catalog)
+    want = ids(s.search_similar(100, k=5))
+
+    def no_encoding(rows):
+        raise AssertionError("a product in the index is not encoded again")
+
+    monkeypatch.setattr(s, "product_vectors", no_encoding)
+    assert ids(s.search_similar(100, k=5)) == want
+
+
+def test_cli_photo_expansion_reaches_the_searcher(shop, tmp_path, monkeypatch):
+    from dashclip.cli import app
+
+    seen = []
+    expanded = Searcher._expanded
+
+    def spy(self, index, queries, filters):
+        seen.append(self.photo_expansion)
+        return expanded(self, index, queries, filters)
+
+    monkeypatch.setattr(Searcher, "_expanded", spy)
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(photo_bytes(shop))
+    base = ["search", "--model", str(shop.model_dir), "--index", str(shop.index_dir), "--image", str(photo)]
+    for extra, want in (([], 0), (["--photo-expansion", "2"], 2)):
+        r = CliRunner().invoke(app, [*base, *extra, "-k", "3"], terminal_width=200)
+        assert r.exit_code == 0 and "3 results" in r.output, r.output
+        assert seen[-1] == want
+    r = CliRunner().invoke(app, [*base, "--photo-expansion", "-1"], terminal_width=200)
+    assert r.exit_code == 2

@@ -9,6 +9,8 @@ and reciprocal-rank fusion.
   labeling candidates all rank by it.
 - `photo_vectors`: what a photo query is scored against (the product embedding mixed with the image's).
 - `mix_photo_and_words`: a photo + words query as one vector, each side weighed in units of its spread.
+- `expand_query`, `expand_exactly`: a query vector moved toward its first hits (average query expansion;
+  photo queries).
 - `rrf_fuse`: the hybrid ranking of `dashclip search --hybrid` and of the evaluation's hybrid system.
 - `rerank_order`: a first-stage list with its head re-ordered by a re-ranker (search --rerank, and eval).
 """
@@ -22,6 +24,12 @@ RRF_K = 60                 # reciprocal-rank fusion constant (Cormack et al. 200
 HYBRID_DEPTH = 100         # each list contributes its top max(k, HYBRID_DEPTH) to the fusion
 RERANK_DEPTH = 20          # products of the first stage a cross-encoder re-ranks per query by default
 SPREAD_SAMPLE = 256        # products on whose cosines mix_photo_and_words measures each side's spread
+# Photo queries may be expanded with their first m hits (`expand_query`; serving.search does it through the
+# index, the evaluations exactly). Off by default: it trades the product a photo shows for its kind. Measured
+# (photo_search.md, photo_search_expansion.md, 2026-12-08): with m 3 fashion photos find their articleType
+# better without a photo head (P@10 +0.03) and about as well with one, but grocery photos find their own
+# product less often (fine top-1 0.596 -> 0.572 without a head; validation 0.709 -> 0.693 with one).
+PHOTO_EXPANSION = 0
 
 
 def cosine_scores(queries: np.ndarray, products: np.ndarray) -> np.ndarray:
@@ -68,6 +76,37 @@ def mix_photo_and_words(photos: np.ndarray, words: np.ndarray, products: np.ndar
 
     mixed = (1.0 - text_weight) * in_spread_units(photos) + text_weight * in_spread_units(words)
     return mixed / np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)
+
+
+def expand_query(queries: np.ndarray, hits: np.ndarray, scores: np.ndarray, query_weight: float = 1.0) -> np.ndarray:
+    """Average query expansion (Chum et al. 2007, weighted as alpha-QE with alpha 1, Radenovic et al. 2018):
+    each query [Q, D] plus the vectors of its first hits [Q, m, D] weighted by their scores [Q, m] (a
+    negative or missing score, -inf, adds nothing), normalised. The hits' vectors are product embeddings,
+    which sit among their own kind more tightly than a query lands (photo_search.md), so their weighted
+    mean pulls a query off its stray neighbours toward the kind most of them are."""
+    queries = np.asarray(queries, dtype=np.float32)
+    hits, scores = np.asarray(hits, dtype=np.float32), np.asarray(scores, dtype=np.float32)
+    weights = np.where(np.isfinite(scores), np.maximum(scores, 0.0), 0.0)
+    out = np.float32(query_weight) * queries + np.einsum("qm,qmd->qd", weights, hits)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def expand_exactly(queries: np.ndarray, products: np.ndarray, m: int = PHOTO_EXPANSION,
+                   exclude: np.ndarray | None = None) -> np.ndarray:
+    """`expand_query` with each query's first m hits found by exact scores over `products` [N, D] (what
+    the served two searches do through an index); `exclude[i]`: a product row query i may not use
+    (its own product, in an evaluation of catalog photos), -1 for none. m < 1: the queries as they are."""
+    queries = np.asarray(queries, dtype=np.float32)
+    if m < 1:
+        return queries
+    sims = cosine_scores(queries, products)
+    if exclude is not None:
+        own = np.asarray(exclude)
+        sims[np.flatnonzero(own >= 0), own[own >= 0]] = -np.inf
+    m = min(m, sims.shape[1])
+    first = np.argpartition(-sims, m - 1, axis=1)[:, :m]
+    return expand_query(queries, np.asarray(products, dtype=np.float32)[first],
+                        np.take_along_axis(sims, first, 1))
 
 
 def tiebreak_order(n: int, seed: int = 0) -> np.ndarray:

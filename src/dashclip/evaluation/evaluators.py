@@ -20,7 +20,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from ..data.catalog import is_missing
-from ..ranking import photo_vectors, tiebreak_order, top_k
+from ..ranking import expand_exactly, photo_vectors, tiebreak_order, top_k
 from .metrics import TOP, evaluate_rankings
 
 RECALL_KS = (1, 5, 10, 20, 50, 100)
@@ -255,7 +255,9 @@ class GroceryEvaluator:
     (`encode_image`). Top-1/top-5 accuracy for the fine class (the product) and the coarse class (the
     product's category; a ranking of products becomes a ranking of its distinct categories).
     Each of `photo_image_weights` adds the mix a photo is served with (`ranking.photo_vectors`),
-    reported as "fused+image <w>".
+    reported as "fused+image <w>". Each m of `photo_expansions` adds every row again with the photo's vector
+    moved toward its first m hits in that row's product vectors (`ranking.expand_exactly`, as served),
+    reported as "<row> expanded <m>".
 
     With `feature_cache_dir`, the photos' image-tower features go through the Stage 1 feature cache
     (`models.feature_cache`, float16): models that share an image tower (a model before and after
@@ -263,9 +265,10 @@ class GroceryEvaluator:
     are left out and counted (`n_photos_unreadable`)."""
 
     def __init__(self, catalog, split: str = "test", batch_size: int = 64, max_photos: int | None = None,
-                 feature_cache_dir=None, name: str = "grocery", photo_image_weights=()):
+                 feature_cache_dir=None, name: str = "grocery", photo_image_weights=(), photo_expansions=()):
         self.catalog, self.split, self.batch_size, self.name = catalog, split, batch_size, name
         self.photo_image_weights = tuple(photo_image_weights)
+        self.photo_expansions = tuple(int(m) for m in photo_expansions)
         self.feature_cache_dir = feature_cache_dir
         images = catalog.images
         photos = images[(images["role"] == "extra") & (images["split"] == split)]
@@ -330,9 +333,12 @@ class GroceryEvaluator:
         truth_coarse = np.array([coarse_of[p] for p in truth_fine.tolist()])
         out = {"split": self.split, "n_photos": int(valid.sum()), "n_photos_unreadable": int((~valid).sum()),
                "n_products": len(products), "n_coarse_classes": int(len(set(coarse.tolist())))}
-        scores = {kind: photos @ vectors.T for kind, vectors in targets.items()}
         for w in self.photo_image_weights:   # the photo's score as served: a mix of two cosines
-            scores[f"fused+image {w:g}"] = photos @ photo_vectors(targets["fused"], targets["image"], w).T
+            targets[f"fused+image {w:g}"] = photo_vectors(targets["fused"], targets["image"], w)
+        scores = {kind: photos @ vectors.T for kind, vectors in targets.items()}
+        for m in self.photo_expansions:
+            for kind, vectors in list(targets.items()):
+                scores[f"{kind} expanded {m}"] = expand_exactly(photos, vectors, m) @ vectors.T
         for kind, sims in scores.items():
             ranked = top_k(sims, len(products))
             fine = topk_hits(pid[ranked], truth_fine)

@@ -137,7 +137,8 @@ class VectorIndex(abc.ABC):
 
     The shared part keeps the table of live products (`id` + attributes) in memory, and saves (lock, data
     subdir, atomic switch of meta.json, clean-up); a backend stores the vectors and implements `_search`,
-    `_add`, `_remove` and `_write_data` (its own files in a new data subdir).
+    `_add`, `_remove` and `_write_data` (its own files in a new data subdir), and `_vectors` where it can
+    read them back.
     """
 
     backend: str = ""
@@ -216,6 +217,19 @@ class VectorIndex(abc.ABC):
             return [[] for _ in range(len(q))], np.zeros((len(q), 0), dtype=np.float32)
         return self._search(q, k, filters, mask)
 
+    def vectors(self, ids: Sequence) -> np.ndarray | None:
+        """The stored vectors of products `ids`, in that order (float32 [n, dim]; a compressed index gives its
+        approximations), or None when this backend cannot read its vectors back (then a caller does
+        without them). An id not in the index is a KeyError."""
+        keys = [self.key(p) for p in ids]
+        missing = [p for p in keys if p not in self._row_of]
+        if missing:
+            raise KeyError(f"product id {missing[0]!r} is not in the index at {self.path}")
+        if not keys:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = self._vectors(keys, np.array([self._row_of[p] for p in keys], dtype=np.int64))
+        return None if out is None else np.asarray(out, dtype=np.float32).reshape(len(keys), self.dim)
+
     def _check_field(self, field: str) -> None:
         if field not in self.fields:
             known = ", ".join(self.fields) or "none"
@@ -290,6 +304,11 @@ class VectorIndex(abc.ABC):
 
     def _after_remove(self, keep: np.ndarray) -> None:
         """Hook for backends that keep arrays aligned with the table."""
+
+    def _vectors(self, ids: list, rows: np.ndarray) -> np.ndarray | None:
+        """Hook for backends that can read vectors back (`vectors`): those of live products `ids` (table
+        `rows`), or None."""
+        return None
 
     # -- backend
     @abc.abstractmethod

@@ -282,6 +282,12 @@ class FaissIndex(VectorIndex):
         scores = np.where(labels >= 0, scores, -np.inf).astype(np.float32)
         return ids, scores
 
+    def _vectors(self, ids, rows):
+        try:
+            return self._index.reconstruct_batch(self._labels[rows])
+        except RuntimeError:    # e.g. an IVF index without a direct map cannot reconstruct
+            return None
+
     # -- changes
     def _add(self, ids, vectors, attributes):
         start = int(self.meta["next_label"])

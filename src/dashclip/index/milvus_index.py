@@ -183,6 +183,10 @@ class MilvusIndex(VectorIndex):
             scores[r, :len(row)] = [h["distance"] for h in row]
         return ids, scores
 
+    def _vectors(self, ids, rows):
+        got = {h[PK]: h[VECTOR] for h in self._client.get(self._collection, ids=list(ids), output_fields=[VECTOR])}
+        return np.stack([np.asarray(got[p], dtype=np.float32) for p in ids])
+
     # -- changes
     def _insert(self, ids: list, vectors: np.ndarray, attributes: pd.DataFrame, progress: bool) -> None:
         from ..clihelp import progress as progress_bar

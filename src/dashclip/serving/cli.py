@@ -19,6 +19,9 @@ RERANKER = typer.Option(None, "--reranker", help="A cross-encoder labeler dir (`
                         "model dir's reranker/ when it has one.")
 RERANK_DEPTH = typer.Option(None, "--rerank-depth", min=1, help="How many first-stage products the re-ranker "
                             "re-orders per query (default: as recorded with it, else 20).")
+PHOTO_EXPANSION = typer.Option(None, "--photo-expansion", min=0, help="Photo queries: search again from the "
+                               "photo moved toward its first N hits (finds more of the photo's kind, less often "
+                               "the exact product); default 0, off.")
 CATALOG = typer.Option(None, "--catalog", help="Catalog dir for titles and images; default: the one the "
                                                "index was built from (catalog_dir in its meta.json).")
 
@@ -54,6 +57,7 @@ def register(app: typer.Typer) -> None:
                                               "is one, see --reranker)."),
         reranker: Optional[Path] = RERANKER,
         rerank_depth: Optional[int] = RERANK_DEPTH,
+        photo_expansion: Optional[int] = PHOTO_EXPANSION,
     ):
         """Search an index with a query (prints a table), or a file of queries (writes runs JSONL)."""
         from .search import parse_filter_args
@@ -66,7 +70,7 @@ def register(app: typer.Typer) -> None:
                     raise UserError("--hybrid ranks words; it does not apply to --image")
                 photo = photo_from_file(image, "--image")
                 words = query_words(query_text, "--query")
-                searcher = open_searcher(model, index, catalog, backend)
+                searcher = open_searcher(model, index, catalog, backend, photo_expansion=photo_expansion)
                 hits = searcher.search_image(photo, k=k, filters=searcher.check_filters(
                     parse_filter_args(filters, separators="=")), text=words)
                 _print_table(f"photo {image.name}" + (f" + {words!r}" if words else ""), hits, False)
@@ -85,7 +89,7 @@ def register(app: typer.Typer) -> None:
                 check_output_file(output, "--output")
             filter_dict = parse_filter_args(filters, separators="=")
             batch = read_batch_queries(queries) if queries is not None else None
-            searcher = open_searcher(model, index, catalog, backend, reranker, rerank_depth)
+            searcher = open_searcher(model, index, catalog, backend, reranker, rerank_depth, photo_expansion)
             if rerank and searcher.reranker is None:
                 raise UserError(f"--rerank: {model} has no reranker/; give a cross-encoder dir with --reranker")
             filter_dict = searcher.check_filters(filter_dict)
@@ -127,11 +131,12 @@ def register(app: typer.Typer) -> None:
         backend: str = BACKEND,
         reranker: Optional[Path] = RERANKER,
         rerank_depth: Optional[int] = RERANK_DEPTH,
+        photo_expansion: Optional[int] = PHOTO_EXPANSION,
     ):
         """Serve search over HTTP, with a web page at / and the API schema at /docs."""
         serve_app(model, index, catalog, host=host, port=port, watch_seconds=watch_seconds, log_level=log_level,
                   api_key=api_key, cors_origins=cors_origins, max_concurrency=max_concurrency,
-                  backend=backend, reranker=reranker, rerank_depth=rerank_depth)
+                  backend=backend, reranker=reranker, rerank_depth=rerank_depth, photo_expansion=photo_expansion)
 
 
 def _print_table(query: str, hits, hybrid: bool) -> None:

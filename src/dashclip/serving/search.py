@@ -18,8 +18,12 @@ finds look-alikes. An index without a photo index (built before there was one, o
 serves photos from the product embeddings alone. Photo plus text searches the product embeddings with
 `ranking.mix_photo_and_words`: (1 - IMAGE_TEXT_WEIGHT) * photo + IMAGE_TEXT_WEIGHT * query-encoder(text), each
 side in units of the spread of its cosines over a fixed sample of products (`spread_products`), normalised.
-More like this: the product's own embedding, computed from its catalog record (title and image) as
-`embed-catalog` does, so every index backend serves it. benchmarks/photo_search.py measures the choices.
+With `photo_expansion=m` (default `ranking.PHOTO_EXPANSION`, 0: off) every photo query searches twice: its
+vector is moved toward the stored vectors of its first m hits (`ranking.expand_query`, average query
+expansion), and that vector finds the results; an index that cannot read its vectors back is searched once.
+More like this: the product's own embedding, read back from the index (`VectorIndex.vectors`), else
+computed from its catalog record (title and image) as `embed-catalog` does, so every index backend and
+every catalog product serves it. benchmarks/photo_search.py measures the choices.
 
 Scores. A vector search hit's `score` is the cosine similarity of the query embedding and the product
 embedding (both L2-normalised; higher is better, at most 1). A hybrid hit's `score` is its reciprocal-rank
@@ -44,7 +48,7 @@ from ..data.ids import plain_id
 from ..index import single_thread_searches
 from ..index.backends import search_defaults
 from ..ranking import HYBRID_DEPTH, RRF_K, rrf_fuse  # noqa: F401  (RRF_K: also public here)
-from ..ranking import mix_photo_and_words, spread_sample_rows
+from ..ranking import PHOTO_EXPANSION, expand_query, mix_photo_and_words, spread_sample_rows
 
 MAX_QUERY_CHARS = 256      # longer queries are refused, not cut: a truncated query is a different query
 MAX_K = 1000               # the service bounds k further (MAX_K_HTTP in service.py)
@@ -120,8 +124,11 @@ class Searcher:
     and images. Safe to call from several threads at once (the service does)."""
 
     def __init__(self, model, index, catalog, model_id: str | None = None, encoder: "QueryBatcher | None" = None,
-                 reranker=None, photo_index=None):
+                 reranker=None, photo_index=None, photo_expansion: int = PHOTO_EXPANSION):
         self.model, self.index, self.catalog = model, index, catalog
+        # m >= 1: photo queries search twice, the photo's vector moved toward the stored vectors of its
+        # first m hits (ranking.expand_query), then the search the shopper sees; 0: once
+        self.photo_expansion = int(photo_expansion)
         # photos alone search the photo index (index.catalog_index): the product embedding mixed with the
         # product image's; photo + words search the main index, as words do
         self.photo_index = photo_index
@@ -152,7 +159,7 @@ class Searcher:
     @classmethod
     def open(cls, model_dir: str | Path, index_dir: str | Path, catalog_dir: str | Path | None = None,
              model=None, backend: str = "auto", reranker: str | Path | None = None,
-             rerank_depth: int | None = None) -> "Searcher":
+             rerank_depth: int | None = None, photo_expansion: int = PHOTO_EXPANSION) -> "Searcher":
         """Load a model dir, open the index built with it (another model's index is a ValueError) and its
         catalog (`catalog_dir`, else the `catalog_dir` recorded in the index's meta.json). An already
         loaded `model` skips loading `model_dir`. `backend`: torch, onnx (an export, `dashclip export onnx`)
@@ -171,13 +178,13 @@ class Searcher:
         index = open_index(index_dir, model_id=model_id)
         catalog = Catalog.open(resolve_catalog_dir(index.meta, catalog_dir, index_dir))
         return cls(model, index, catalog, model_id, reranker=model_reranker(model_dir, reranker, rerank_depth),
-                   photo_index=open_photo_index(index, model_id))
+                   photo_index=open_photo_index(index, model_id), photo_expansion=photo_expansion)
 
     def with_index(self, index, catalog=None, photo_index=None) -> "Searcher":
         """A new Searcher over another index (e.g. a rebuilt one, with its photo index), sharing this one's
         model."""
         return Searcher(self.model, index, catalog if catalog is not None else self.catalog, self.model_id,
-                        self.encoder, self.reranker, photo_index)
+                        self.encoder, self.reranker, photo_index, self.photo_expansion)
 
     # ------------------------------------------------------------------ filters
     def filter_values(self, field_name: str) -> list[str]:
@@ -323,7 +330,7 @@ class Searcher:
             vectors = self.encode_images(chunk, chunk_words)
             found = [None] * len(chunk)
             for index, rows in self._photo_routes(chunk_words):
-                ids, scores = index.search(vectors[rows], k, filters or None)
+                ids, scores = index.search(self._expanded(index, vectors[rows], filters), k, filters or None)
                 for j, r in enumerate(rows):
                     found[r] = self._hits(list(ids[j]), [float(s) for s in scores[j]], k)
             results.extend(found)
@@ -341,6 +348,27 @@ class Searcher:
         if self.photo_index is None or getattr(self.model, "has_photo_encoder", False):
             return [(self.index, alone + with_words)]
         return [(ix, rows) for ix, rows in ((self.photo_index, alone), (self.index, with_words)) if rows]
+
+    def _expanded(self, index, queries: np.ndarray, filters: dict) -> np.ndarray:
+        """Photo query vectors moved toward the stored vectors of their first `photo_expansion` hits in
+        `index` (`ranking.expand_query`); as they are where the index cannot read its vectors back."""
+        m = self.photo_expansion
+        if m < 1:
+            return queries
+        ids, scores = index.search(queries, m, filters or None)
+        try:
+            stored = index.vectors([p for row in ids for p in row])
+        except KeyError:        # a product removed between the two calls: search from the photo alone
+            return queries
+        if stored is None:
+            return queries
+        hits = np.zeros((len(queries), scores.shape[1], index.dim), dtype=np.float32)
+        weights = np.full(scores.shape, -np.inf, dtype=np.float32)   # fewer hits than m: the rest adds nothing
+        at = 0
+        for i, row in enumerate(ids):
+            hits[i, :len(row)], weights[i, :len(row)] = stored[at:at + len(row)], scores[i, :len(row)]
+            at += len(row)
+        return expand_query(queries, hits, weights)
 
     def encode_images(self, images: list, texts: Sequence[str | None] | None = None) -> np.ndarray:
         """Photo queries -> float32 [Q, D] unit vectors: the photo embedding, mixed with the query
@@ -364,7 +392,10 @@ class Searcher:
         if row is None:
             raise KeyError(f"unknown product id {product_id!r}")
         pid = plain_id(self.catalog.products["id"].iat[row])
-        vector = self.product_vectors(np.array([row]))
+        # the vector the index holds, where it can read it back (no image to decode, no tower to run)
+        vector = self.index.vectors([pid]) if self.index.has(pid) else None
+        if vector is None:
+            vector = self.product_vectors(np.array([row]))
         ids, scores = self.index.search(vector, k + 1, filters or None)
         keep = [(p, float(s)) for p, s in zip(ids[0], scores[0]) if plain_id(p) != pid][:k]
         return self._hits([p for p, _ in keep], [s for _, s in keep], k)

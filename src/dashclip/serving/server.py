@@ -11,9 +11,10 @@ MAX_CONCURRENCY = 64  # connections and requests served at once (`dashclip serve
 
 
 def open_searcher(model: Path, index: Path, catalog: Optional[Path], backend: str = "auto",
-                  reranker: Optional[Path] = None, rerank_depth: Optional[int] = None):
+                  reranker: Optional[Path] = None, rerank_depth: Optional[int] = None,
+                  photo_expansion: Optional[int] = None):
     """The Searcher of a model and index dir, its warnings (e.g. another catalog) printed. `backend`,
-    `reranker`, `rerank_depth`: see `Searcher.open`."""
+    `reranker`, `rerank_depth`, `photo_expansion` (None: the default): see `Searcher.open`."""
     import warnings
 
     from .search import Searcher
@@ -21,7 +22,8 @@ def open_searcher(model: Path, index: Path, catalog: Optional[Path], backend: st
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         searcher = Searcher.open(model, index, catalog, backend=backend, reranker=reranker,
-                                 rerank_depth=rerank_depth)
+                                 rerank_depth=rerank_depth,
+                                 **({} if photo_expansion is None else {"photo_expansion": photo_expansion}))
     for w in caught:
         console.print(f"[yellow]warning:[/] {w.message}")
     return searcher
@@ -30,13 +32,14 @@ def open_searcher(model: Path, index: Path, catalog: Optional[Path], backend: st
 def serve_app(model: Path, index: Path, catalog: Optional[Path] = None, host: str = "127.0.0.1", port: int = 8000,
               watch_seconds: float = 2.0, log_level: str = "warning", api_key: Optional[str] = None,
               cors_origins: tuple = (), max_concurrency: int = MAX_CONCURRENCY, backend: str = "auto",
-              reranker: Optional[Path] = None, rerank_depth: Optional[int] = None) -> None:
+              reranker: Optional[Path] = None, rerank_depth: Optional[int] = None,
+              photo_expansion: Optional[int] = None) -> None:
     """Load the model and index, then serve until Ctrl+C (`dashclip serve` and `dashclip demo` both end here)."""
     from .service import create_app
 
     with user_errors():
         console.print(f"loading model {model} and index {index}")
-        searcher = open_searcher(model, index, catalog, backend, reranker, rerank_depth)
+        searcher = open_searcher(model, index, catalog, backend, reranker, rerank_depth, photo_expansion)
         if searcher.reranker is not None:
             console.print(f"re-ranking the top {searcher.reranker.depth} of every words query with "
                           f"{searcher.reranker.path}")
