@@ -393,7 +393,10 @@ class Searcher:
             raise KeyError(f"unknown product id {product_id!r}")
         pid = plain_id(self.catalog.products["id"].iat[row])
         # the vector the index holds, where it can read it back (no image to decode, no tower to run)
-        vector = self.index.vectors([pid]) if self.index.has(pid) else None
+        try:
+            vector = self.index.vectors([pid])
+        except KeyError:        # not in the index (or removed meanwhile): made from its catalog record
+            vector = None
         if vector is None:
             vector = self.product_vectors(np.array([row]))
         ids, scores = self.index.search(vector, k + 1, filters or None)
