@@ -185,6 +185,7 @@ def test_string_ids(build, data):
     index = build(ids=sids, attributes=None)
     assert_same(index.search(queries, 5), brute_force(vectors, sids, queries, 5))
     assert index.has("sku-3") and not index.has(3) and index.fields == []
+    np.testing.assert_allclose(index.vectors(["sku-7", "sku-3"]), vectors[[7, 3]], atol=1e-6)
 
 
 def test_model_id_mismatch(build, tmp_path):

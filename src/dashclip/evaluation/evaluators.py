@@ -256,7 +256,8 @@ class GroceryEvaluator:
     product's category; a ranking of products becomes a ranking of its distinct categories).
     Each of `photo_image_weights` adds the mix a photo is served with (`ranking.photo_vectors`),
     reported as "fused+image <w>". Each m of `photo_expansions` adds every row again with the photo's vector
-    moved toward its first m hits in that row's product vectors (`ranking.expand_exactly`, as served),
+    moved toward its first m hits in that row's product vectors (`ranking.expand_exactly`: what
+    `Searcher(photo_expansion=m)` serves),
     reported as "<row> expanded <m>".
 
     With `feature_cache_dir`, the photos' image-tower features go through the Stage 1 feature cache
