@@ -520,3 +520,20 @@ def test_unreadable_grade_files_are_named_with_what_to_do(tmp_path):
                     .replace('log = "log.csv"', 'log = "log.txt"'))
     out = " ".join(_run(path).output.split())
     assert "log.txt: line 2: not valid UTF-8 text" in out
+
+
+def test_a_sample_reports_the_source_rows_it_could_not_parse(tmp_path):
+    path = tiny_shop(tmp_path)
+    lines = (tmp_path / "products.csv").read_text().splitlines()
+    width = lines[0].count(",")
+    lines.insert(3, "oops" + "," * (width + 2))             # line 4: more fields than the header
+    (tmp_path / "products.csv").write_text("\n".join(lines) + "\n")
+    path.write_text(path.read_text().replace('source = "products.csv"', 'source = "products.csv"\nsample = 12'))
+    from dashclip.pipeline.steps import Run, step_import
+
+    run = Run(tmp_path / "out", load_config(path), "train")
+    logged = []
+    run.log = logged.append
+    facts = step_import(run)
+    assert facts["products"] == 12 and facts["sample_source_rows_malformed"] == 1
+    assert any("1 row(s)" in m and "line 4:" in m and "products.csv" in m for m in logged), logged

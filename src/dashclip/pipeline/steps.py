@@ -125,11 +125,12 @@ def _mapping(cfg: PipelineConfig, preset_mapping=None) -> dict:
 def step_import(r: Run) -> dict:
     """The catalog (or a seeded sample of it) into `catalog/`, through `dashclip catalog import`."""
     from ..data.importer import import_catalog
-    from ..data.tables import EXTENSION_FORMATS, csv_delimiter, read_table
+    from ..data.tables import EXTENSION_FORMATS, read_table
     from ..data.presets import PRESETS, get_preset
     from ..data.rows import Mapping
 
     c = r.cfg.catalog
+    malformed: list = []            # rows of the source a sample could not parse
     preset = c.preset or (c.source if c.source in PRESETS and not cfg_file_exists(r.cfg, c.source) else "")
     if preset and not c.sample:
         result = import_catalog(None, r.path("catalog"), preset=preset,
@@ -144,15 +145,18 @@ def step_import(r: Run) -> dict:
                 raise ConfigError(f"[catalog] source: {file}: no such file")
         encoding = c.encoding
         if c.sample:
-            # the sample is written as UTF-8 in the source's kind of file: CSV stays CSV (its cells are text),
-            # anything else becomes JSONL, which keeps numbers and lists as they were
+            # the sample is drawn from the rows the import would read (`read_table`), and written as UTF-8 in
+            # the source's kind of file: CSV stays CSV (its cells are text), anything else becomes JSONL,
+            # which keeps numbers and lists as they were. Rows that cannot be parsed are never in a sample,
+            # so they are reported here: the import of the sample cannot see them.
             as_csv = EXTENSION_FORMATS.get(file.suffix.lower()) == "csv"
-            if as_csv:
-                rows = pd.read_csv(file, sep=csv_delimiter(file, c.encoding), dtype=str, keep_default_na=False,
-                                   on_bad_lines="skip", encoding=c.encoding)
-            else:
-                rows = pd.DataFrame([row.values for row in read_table(file, encoding=c.encoding).rows
-                                     if not row.malformed])
+            table = read_table(file, encoding=c.encoding)
+            malformed = [row for row in table.rows if row.malformed]
+            rows = pd.DataFrame([row.values for row in table.rows if not row.malformed])
+            if malformed:
+                first = malformed[0]
+                r.log(f"[catalog] sample: {len(malformed)} row(s) of {file} could not be parsed and were left out "
+                      f"(first: {table.row_label} {first.number}: {first.malformed})")
             sample = rows.sample(n=min(c.sample, len(rows)), random_state=0).sort_index()
             out = r.path("source", "catalog-sample.csv" if as_csv else "catalog-sample.jsonl")
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +171,8 @@ def step_import(r: Run) -> dict:
                                 encoding=encoding)
     rep = result.report
     return {"products": rep.products, "with_image": rep.products_with_image,
-            "rows_dropped": rep.rows_dropped, "problems": rep.counts()}
+            "rows_dropped": rep.rows_dropped, "problems": rep.counts(),
+            **({"sample_source_rows_malformed": len(malformed)} if malformed else {})}
 
 
 def cfg_file_exists(cfg: PipelineConfig, path: str) -> bool:
