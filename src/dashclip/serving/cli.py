@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from ..clihelp import UserError, console, user_errors
+from ..ranking import PHOTO_EXPANSION as DEFAULT_PHOTO_EXPANSION
 from .batch import photo_from_file, query_words, read_batch_queries, search_batch_queries
 from .server import MAX_CONCURRENCY, open_searcher, serve_app
 
@@ -21,7 +22,7 @@ RERANK_DEPTH = typer.Option(None, "--rerank-depth", min=1, help="How many first-
                             "re-orders per query (default: as recorded with it, else 20).")
 PHOTO_EXPANSION = typer.Option(None, "--photo-expansion", min=0, help="Photo queries: search again from the "
                                "photo moved toward its first N hits (finds more of the photo's kind, less often "
-                               "the exact product); default 0, off.")
+                               f"the exact product); default {DEFAULT_PHOTO_EXPANSION} (0: off).")
 CATALOG = typer.Option(None, "--catalog", help="Catalog dir for titles and images; default: the one the "
                                                "index was built from (catalog_dir in its meta.json).")
 

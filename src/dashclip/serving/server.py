@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..clihelp import UserError, console, user_errors
+from ..ranking import PHOTO_EXPANSION
 
 MAX_CONCURRENCY = 64  # connections and requests served at once (`dashclip serve --max-concurrency`)
 
@@ -21,9 +22,8 @@ def open_searcher(model: Path, index: Path, catalog: Optional[Path], backend: st
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        searcher = Searcher.open(model, index, catalog, backend=backend, reranker=reranker,
-                                 rerank_depth=rerank_depth,
-                                 **({} if photo_expansion is None else {"photo_expansion": photo_expansion}))
+        searcher = Searcher.open(model, index, catalog, backend=backend, reranker=reranker, rerank_depth=rerank_depth,
+                                 photo_expansion=PHOTO_EXPANSION if photo_expansion is None else photo_expansion)
     for w in caught:
         console.print(f"[yellow]warning:[/] {w.message}")
     return searcher
