@@ -20,12 +20,12 @@ def cpu_model() -> str:
 
 def commit() -> str:
     """The short hash of the checked-out commit, with "+changes" when the code (src/, benchmarks/ but their
-    results) differs from it, so a figure is never credited to a commit that did not make it; "unknown"
-    outside a git checkout."""
+    results) differs from it, a new script not yet added included, so a figure is never credited to a
+    commit that did not make it; "unknown" outside a git checkout."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                               text=True, check=True).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks",
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", "src", "benchmarks",
                                   ":(exclude)benchmarks/results"], cwd=REPO, capture_output=True, text=True,
                                  check=True).stdout.strip()
         return f"{head}+changes" if changed else head

@@ -1,0 +1,232 @@
+"""Probe (issue 20): would training the image tower's last block for photo queries beat a head on frozen features?
+
+    python benchmarks/photo_tower_probe.py --model runs/ph/stage1/model --embeddings runs/ph/emb \
+        --catalog runs/ph/catalog [--train-photos 8000] [--epochs 12] [--arms frozen 1e-4 3e-4]
+
+The photo head (`dashclip align-photos`) reads the frozen tower's pooled features: fashion P@10 of the same
+articleType stays near 0.84 whatever the head (photo_search_expansion.md), short of issue 20's 0.85. This
+measures the next lever before anyone builds it: a photo-side copy of EfficientNet-Lite's last MBConv block
+and head conv, trained with the head, against the head alone, on the same photos and the same loop.
+
+- Photos: --train-photos of the training products (Stage 1's split: seed 0, 10% held out), and the
+  validation and test photos of photo_search.py's fashion part (held-out products, 1,000 each).
+- The last block's inputs (192 x 7 x 7 at 224 px) are computed once and kept in --work; only the last
+  block, the head conv and the photo head run per step. BatchNorm keeps its ImageNet statistics.
+- Loss as `training.photo_align`: contrastive (learnable temperature) + 10 x (1 - cos) to the photo's
+  product embedding; AdamW, cosine schedule, head lr 1e-3, the tower's lr per arm ("frozen": none).
+- After every epoch: P@10 of the articleType on the validation and test photos against all products.
+
+A probe with fewer photos than the served head (39,660), so compare its arms with each other, not with the
+served figure. Writes benchmarks/results/photo_tower_probe.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+import _machine  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from photo_search import precision_at_10
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+IMAGE_SIZE = 224
+REGRESSION_WEIGHT = 10.0     # PhotoAlignConfig's default
+
+
+def photo_rows(ids, train_photos: int):
+    """(train, validation, test) product rows: test and validation as photo_search.py's fashion part."""
+    from dashclip.training.data import heldout_mask
+
+    has_image = ids["has_image"].to_numpy()
+    held = heldout_mask(ids["id"].tolist(), 0.1, 0)
+    pool = np.flatnonzero(held & has_image)
+    test = np.random.default_rng(0).choice(pool, 1000, replace=False)
+    val = np.random.default_rng(1).choice(np.setdiff1d(pool, test), 1000, replace=False)
+    pool = np.flatnonzero(~held & has_image)
+    train = np.random.default_rng(2).choice(pool, train_photos or len(pool), replace=False)
+    return train, val, test
+
+
+def block_inputs(model, catalog, images: list[str], path: Path) -> np.ndarray:
+    """The last MBConv block's input for each image (float16), computed once and kept at `path`."""
+    import torch
+
+    from dashclip.data.images import load_image
+
+    if path.is_file():
+        return np.load(path)
+    net = model.image_tower.net
+    out, t = None, time.time()
+    with torch.inference_mode():
+        for i in range(0, len(images), 64):
+            pixels = model.preprocess([load_image(catalog.image_path(p)) for p in images[i:i + 64]], IMAGE_SIZE)
+            x = net._swish(net._bn0(net._conv_stem(pixels.contiguous(memory_format=torch.channels_last))))
+            for block in net._blocks[:-1]:
+                x = block(x, drop_connect_rate=0)
+            if out is None:
+                out = np.zeros((len(images), *x.shape[1:]), np.float16)
+            out[i:i + len(x)] = x.numpy()
+            if i % 1280 == 0:
+                print(f"block inputs {i + len(x)}/{len(images)} {time.time() - t:.0f} s", flush=True)
+    tmp = path.with_suffix(".partial.npy")
+    np.save(tmp, out)
+    os.replace(tmp, path)
+    return out
+
+
+def make_top(model, hidden: int):
+    """A photo-side copy of the tower's last block and head conv, then the photo head (as align-photos
+    makes it), on block inputs."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    net = model.image_tower.net
+    model.add_photo_encoder(hidden, IMAGE_SIZE)
+
+    class Top(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block, self.conv, self.bn = (copy.deepcopy(m) for m in (net._blocks[-1], net._conv_head, net._bn1))
+            self.head = model.photo_proj
+            self.drop_connect = net._global_params.drop_connect_rate
+
+        def train(self, mode: bool = True):
+            super().train(mode)
+            for m in self.modules():        # BatchNorm keeps the ImageNet statistics
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+            return self
+
+        def tower(self):
+            return [self.block, self.conv, self.bn]
+
+        def forward(self, x):
+            x = x.float().contiguous(memory_format=torch.channels_last)
+            x = self.block(x, drop_connect_rate=self.drop_connect if self.training else 0)
+            pooled = F.relu6(self.bn(self.conv(x))).flatten(2).mean(2)   # the tower's pooled feature
+            return F.normalize(self.head(pooled), dim=-1)
+
+    return Top()
+
+
+def run_arm(model, hidden, X, rows, products, article, tower_lr, epochs, batch_size) -> dict:
+    import torch
+    from torch import nn
+
+    from dashclip.losses.itc import itc_loss
+
+    torch.manual_seed(0)
+    train, val, test = rows
+    top = make_top(model, hidden)
+    for m in top.tower():
+        m.requires_grad_(tower_lr > 0)
+    scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.05))))
+    groups = [{"params": list(top.head.parameters()) + [scale], "lr": 1e-3}]
+    if tower_lr > 0:
+        groups.append({"params": [p for m in top.tower() for p in m.parameters()], "lr": tower_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
+    base = [g["lr"] for g in opt.param_groups]
+    X = torch.from_numpy(X)
+    n, steps, step, t = len(train), epochs * -(-len(train) // batch_size), 0, time.time()
+    evals = []
+    for epoch in range(epochs):
+        top.train()
+        for sel in torch.randperm(n).split(batch_size):
+            for g, lr in zip(opt.param_groups, base):
+                g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
+            ids = torch.from_numpy(train[sel.numpy()])
+            q, p = top(X[sel]), products[ids]
+            contrastive, _ = itc_loss(q, p, ids, scale, gather=False)
+            loss = contrastive + REGRESSION_WEIGHT * (1 - (q * p).sum(-1)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+        top.eval()
+        with torch.inference_mode():
+            q = torch.cat([top(X[n + i:n + i + 512]) for i in range(0, len(val) + len(test), 512)]).numpy()
+        vec = products.numpy()
+        evals.append({"epoch": epoch + 1, "seconds": round(time.time() - t, 1), "loss": round(loss.item(), 4),
+                      "val": precision_at_10(q[:len(val)], val, vec, article),
+                      "test": precision_at_10(q[len(val):], test, vec, article)})
+        print(json.dumps({"tower_lr": tower_lr, **evals[-1]}), flush=True)
+    return {"tower_lr": tower_lr, "final": evals[-1], "best_val_epoch": max(evals, key=lambda e: e["val"]),
+            "epochs": evals}
+
+
+def markdown(r: dict) -> str:
+    lines = ["# Photo head: a trained last tower block against frozen features (issue 20 probe)", "",
+             f"{r['date']}, commit {r['commit']}, {r['machine']}, load at start {r['load_at_start']}.", "",
+             f"{r['train_photos']} training photos, {r['epochs']} epochs, batch {r['batch_size']}; P@10 of the "
+             f"same articleType on 1,000 validation / 1,000 test photos (photo_search.py's), against all "
+             f"{r['n_products']} products. Block inputs: "
+             + ("read from --work." if r["block_seconds"] is None else f"{r['block_seconds']} s."), "",
+             "| tower | val P@10 | test P@10 | best val (epoch) | train s |", "|---|---:|---:|---:|---:|"]
+    for a in r["arms"]:
+        name = "frozen (the served kind of head)" if a["tower_lr"] == 0 else f"last block + head conv, lr {a['tower_lr']:g}"
+        b = a["best_val_epoch"]
+        lines.append(f"| {name} | {a['final']['val']:.4f} | {a['final']['test']:.4f} | {b['val']:.4f} ({b['epoch']}) "
+                     f"| {a['final']['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="the Stage 1 model whose embeddings the index holds")
+    p.add_argument("--embeddings", required=True)
+    p.add_argument("--catalog", required=True)
+    p.add_argument("--train-photos", type=int, default=8000, help="photos of training products (0: all, 39,660 "
+                   "on the fashion catalog; about 21 min of block inputs on 2 cores)")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--hidden", type=int, default=1024)
+    p.add_argument("--arms", nargs="+", default=["frozen", "1e-4", "3e-4"], help="the tower's lr per arm")
+    p.add_argument("--work", default="runs/photo_tower_probe", help="where the block inputs are kept")
+    p.add_argument("--results", default="photo_tower_probe")
+    args = p.parse_args()
+    import pandas as pd
+    import torch
+
+    import dashclip
+    from dashclip.data.catalog import Catalog
+    from dashclip.training.align import load_product_vectors
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    result = {"script": "benchmarks/photo_tower_probe.py", "commit": _machine.commit(),
+              "machine": _machine.cpu_model() + f", {os.cpu_count()} cores",
+              "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "load_at_start": round(os.getloadavg()[0], 2), "args": vars(args)}
+    model = dashclip.load(args.model).eval()
+    product_ids, vectors = load_product_vectors(model, args.embeddings)
+    ids = pd.read_parquet(Path(args.embeddings) / "ids.parquet")
+    if list(ids["id"]) != list(product_ids):
+        raise SystemExit(f"{args.embeddings}: ids.parquet and the vectors disagree")
+    products = pd.read_parquet(Path(args.catalog) / "catalog.parquet").set_index("id").loc[ids["id"]]
+    article = products["category"].astype(str).to_numpy()
+    rows = photo_rows(ids, args.train_photos)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    blocks, t = work / f"blocks-{model.model_id[:12]}-{args.train_photos}.npy", time.time()
+    cached = blocks.is_file()
+    X = block_inputs(model, Catalog.open(args.catalog), products["image"].iloc[np.concatenate(rows)].tolist(), blocks)
+    result.update(train_photos=len(rows[0]), epochs=args.epochs, batch_size=args.batch_size,
+                  n_products=len(ids), block_seconds=None if cached else round(time.time() - t, 1))
+    tensor = torch.from_numpy(np.array(vectors, np.float32))
+    result["arms"] = [run_arm(model, args.hidden, X, rows, tensor, article, 0.0 if a == "frozen" else float(a),
+                              args.epochs, args.batch_size) for a in args.arms]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.results}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.results}.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
