@@ -127,6 +127,19 @@ def precision_at_10(queries: np.ndarray, q_rows: np.ndarray, targets: np.ndarray
     return float((labels[top] == want[:, None]).mean())
 
 
+def query_photo_rows(ids, n: int, rng=None) -> tuple[np.ndarray, np.ndarray]:
+    """(test, validation) rows of the fashion photo queries: up to n photos each of the products Stage 1
+    holds out (seed 0, 10%), disjoint; the validation photos are those a head and the expansion are chosen
+    on. `rng` (default: seeded 0) draws the test photos."""
+    from dashclip.training.data import heldout_mask
+
+    held = np.flatnonzero(heldout_mask(ids["id"].tolist(), 0.1, 0) & ids["has_image"].to_numpy())
+    rng = np.random.default_rng(0) if rng is None else rng
+    test = rng.choice(held, min(n, len(held)), replace=False)
+    val = np.random.default_rng(1).choice(np.setdiff1d(held, test), min(n, len(held) - len(test)), replace=False)
+    return test, val
+
+
 def fashion(args) -> dict:
     import pandas as pd
 
@@ -135,7 +148,6 @@ def fashion(args) -> dict:
     from dashclip.index.catalog_index import PHOTO_IMAGE_WEIGHT
     from dashclip.ranking import PHOTO_EXPANSION, photo_vectors
     from dashclip.serving.search import IMAGE_TEXT_WEIGHT
-    from dashclip.training.data import heldout_mask
 
     emb = Path(args.fashion_embeddings)
     if emb.suffix == ".npz":      # a subset made by fashion_stage1: its rows are the catalog's first n
@@ -149,9 +161,8 @@ def fashion(args) -> dict:
     products = pd.read_parquet(Path(args.fashion_catalog) / "catalog.parquet").set_index("id").loc[ids["id"]]
     article = products["category"].astype(str).to_numpy()
     colour = products["baseColour"].astype(str).to_numpy()
-    held = heldout_mask(ids["id"].tolist(), 0.1, 0) & ids["has_image"].to_numpy()
-    rng = np.random.default_rng(0)
-    rows = rng.choice(np.flatnonzero(held), min(args.fashion_queries, int(held.sum())), replace=False)
+    rng = np.random.default_rng(0)     # draws the test photos, then the colours asked
+    rows, val = query_photo_rows(ids, args.fashion_queries, rng)
     out = {"embeddings": str(emb), "model": args.fashion_model, "n_products": len(ids), "n_queries": len(rows),
            "served_photo_image_weight": PHOTO_IMAGE_WEIGHT, "p10_articletype": {}}
     for name, q, t in [("photo -> fused (product embedding, served)", "image", "fused"),
@@ -169,9 +180,6 @@ def fashion(args) -> dict:
     words = {c: to_numpy(model.encode_query([f"in {c.lower()}"]))[0] for c in COLOURS}
     text = np.stack([words[c] for c in asked])
     out["colour"] = colour_shares(vec["image"], cand, text, vec, colour, asked, article, args.text_weights)
-    # validation photos: other held-out products' photos, on which a head and the expansion are chosen
-    val = np.random.default_rng(1).choice(np.setdiff1d(np.flatnonzero(held), rows),
-                                          min(args.fashion_queries, int(held.sum()) - len(rows)), replace=False)
     served = photo_vectors(vec["fused"], vec["image"], PHOTO_IMAGE_WEIGHT)
     out["expansion"] = {"photo -> fused+image (photo index)": expansion_sweep(vec["image"], served, val, rows,
                                                                                 article, args.photo_expansions),

@@ -32,24 +32,19 @@ from pathlib import Path
 import numpy as np
 
 import _machine  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
-from photo_search import precision_at_10
+from photo_search import precision_at_10, query_photo_rows
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 IMAGE_SIZE = 224
-REGRESSION_WEIGHT = 10.0     # PhotoAlignConfig's default
 
 
 def photo_rows(ids, train_photos: int):
     """(train, validation, test) product rows: test and validation as photo_search.py's fashion part."""
     from dashclip.training.data import heldout_mask
 
-    has_image = ids["has_image"].to_numpy()
-    held = heldout_mask(ids["id"].tolist(), 0.1, 0)
-    pool = np.flatnonzero(held & has_image)
-    test = np.random.default_rng(0).choice(pool, 1000, replace=False)
-    val = np.random.default_rng(1).choice(np.setdiff1d(pool, test), 1000, replace=False)
-    pool = np.flatnonzero(~held & has_image)
+    test, val = query_photo_rows(ids, 1000)
+    pool = np.flatnonzero(~heldout_mask(ids["id"].tolist(), 0.1, 0) & ids["has_image"].to_numpy())
     train = np.random.default_rng(2).choice(pool, train_photos or len(pool), replace=False)
     return train, val, test
 
@@ -121,18 +116,19 @@ def run_arm(model, hidden, X, rows, products, article, tower_lr, epochs, batch_s
     import torch
     from torch import nn
 
-    from dashclip.losses.itc import itc_loss
+    from dashclip.training.photo_align import PhotoAlignConfig, photo_loss
 
+    cfg = PhotoAlignConfig()      # align-photos' defaults: head lr, temperature, cosine term, weight decay
     torch.manual_seed(0)
     train, val, test = rows
     top = make_top(model, hidden)
     for m in top.tower():
         m.requires_grad_(tower_lr > 0)
-    scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.05))))
-    groups = [{"params": list(top.head.parameters()) + [scale], "lr": 1e-3}]
+    scale = nn.Parameter(torch.tensor(float(np.log(1 / cfg.temperature))))
+    groups = [{"params": list(top.head.parameters()) + [scale], "lr": cfg.lr}]
     if tower_lr > 0:
         groups.append({"params": [p for m in top.tower() for p in m.parameters()], "lr": tower_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=0.01)
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     base = [g["lr"] for g in opt.param_groups]
     X = torch.from_numpy(X)
     n, steps, step, t = len(train), epochs * -(-len(train) // batch_size), 0, time.time()
@@ -143,9 +139,7 @@ def run_arm(model, hidden, X, rows, products, article, tower_lr, epochs, batch_s
             for g, lr in zip(opt.param_groups, base):
                 g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
             ids = torch.from_numpy(train[sel.numpy()])
-            q, p = top(X[sel]), products[ids]
-            contrastive, _ = itc_loss(q, p, ids, scale, gather=False)
-            loss = contrastive + REGRESSION_WEIGHT * (1 - (q * p).sum(-1)).mean()
+            loss, _ = photo_loss(top(X[sel]), products[ids], ids, scale, cfg.regression_weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -187,7 +181,7 @@ def main() -> None:
                    "on the fashion catalog; about 21 min of block inputs on 2 cores)")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--hidden", type=int, default=1024)
+    p.add_argument("--hidden", type=int, default=None, help="the photo head's MLP width (default: align-photos')")
     p.add_argument("--arms", nargs="+", default=["frozen", "1e-4", "3e-4"], help="the tower's lr per arm")
     p.add_argument("--work", default="runs/photo_tower_probe", help="where the block inputs are kept")
     p.add_argument("--results", default="photo_tower_probe")
@@ -198,6 +192,7 @@ def main() -> None:
     import dashclip
     from dashclip.data.catalog import Catalog
     from dashclip.training.align import load_product_vectors
+    from dashclip.training.photo_align import PhotoAlignConfig
 
     torch.set_num_threads(os.cpu_count() or 1)
     result = {"script": "benchmarks/photo_tower_probe.py", "commit": _machine.commit(),
@@ -220,7 +215,8 @@ def main() -> None:
     result.update(train_photos=len(rows[0]), epochs=args.epochs, batch_size=args.batch_size,
                   n_products=len(ids), block_seconds=None if cached else round(time.time() - t, 1))
     tensor = torch.from_numpy(np.array(vectors, np.float32))
-    result["arms"] = [run_arm(model, args.hidden, X, rows, tensor, article, 0.0 if a == "frozen" else float(a),
+    hidden = args.hidden or PhotoAlignConfig().hidden
+    result["arms"] = [run_arm(model, hidden, X, rows, tensor, article, 0.0 if a == "frozen" else float(a),
                               args.epochs, args.batch_size) for a in args.arms]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.results}.json").write_text(json.dumps(result, indent=2) + "\n")

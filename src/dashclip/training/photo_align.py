@@ -117,6 +117,19 @@ def photo_recall(model: nn.Module, photos: PhotoSet, product_vectors: torch.Tens
             "photos": float(len(r))}
 
 
+def photo_loss(photos: torch.Tensor, products: torch.Tensor, rows: torch.Tensor, logit_scale: torch.Tensor,
+               regression_weight: float) -> tuple[torch.Tensor, dict]:
+    """The photo head's loss on unit vectors: contrastive + `regression_weight` * (1 - cos(photo, its
+    product)), and its parts for the log. `rows`: each photo's product row."""
+    # ids = product rows: two photos of one product are not each other's negatives
+    contrastive, _ = itc_loss(photos, products, rows, logit_scale)
+    # both sides are unit vectors: 1 - cos is half their squared distance
+    regression = (1.0 - (photos * products).sum(-1)).mean()
+    loss = contrastive + regression_weight * regression
+    return loss, {"contrastive": float(contrastive.detach()), "regression": float(regression.detach()),
+                  "temperature": float(logit_scale.detach().exp().reciprocal())}
+
+
 class PhotoAlignTask:
     """Photo alignment as a task of the shared training loop."""
 
@@ -132,14 +145,8 @@ class PhotoAlignTask:
 
     def loss(self, aligner: PhotoAligner, batch: dict) -> tuple[torch.Tensor, dict]:
         photos = aligner.model.project_photo(batch["pooled"])
-        products = aligner.product_vectors[batch["rows"]]
-        # ids = product rows: two photos of one product are not each other's negatives
-        contrastive, _ = itc_loss(photos, products, batch["rows"], aligner.logit_scale)
-        # both sides are unit vectors: 1 - cos is half their squared distance
-        regression = (1.0 - (photos * products).sum(-1)).mean()
-        loss = contrastive + self.regression_weight * regression
-        return loss, {"contrastive": float(contrastive.detach()), "regression": float(regression.detach()),
-                      "temperature": float(aligner.logit_scale.detach().exp().reciprocal())}
+        return photo_loss(photos, aligner.product_vectors[batch["rows"]], batch["rows"], aligner.logit_scale,
+                          self.regression_weight)
 
     def evaluate(self, aligner: PhotoAligner) -> dict:
         out = {}
