@@ -100,9 +100,10 @@ def grocery_photo_head(args, catalog, model_dir, run, evaluate) -> dict:
     emb = run / "embeddings"
     if not (emb / "meta.json").exists():
         embed_catalog(dashclip.load(model_dir), catalog, emb, progress=False)
-    weight = args.photo_regression_weight
-    photo_run = run / (f"photo-{args.photo_epochs}ep" + (f"-rw{weight:g}" if weight else ""))
-    cfg = PhotoAlignConfig(epochs=args.photo_epochs, heldout_frac=0.0, regression_weight=weight)
+    weight, tower_lr = args.photo_regression_weight, args.photo_tower_lr
+    photo_run = run / (f"photo-{args.photo_epochs}ep" + (f"-rw{weight:g}" if weight else "")
+                       + (f"-tl{tower_lr:g}" if tower_lr else ""))
+    cfg = PhotoAlignConfig(epochs=args.photo_epochs, heldout_frac=0.0, regression_weight=weight, tower_lr=tower_lr)
     t = time.time()
     if (photo_run / "photo_align.json").exists():
         summary = json.loads((photo_run / "photo_align.json").read_text())
@@ -113,7 +114,7 @@ def grocery_photo_head(args, catalog, model_dir, run, evaluate) -> dict:
     val = GroceryEvaluator(catalog, split="val", feature_cache_dir=str(Path(args.work) / "../cache/grocery-eval"),
                            photo_image_weights=args.photo_image_weights, photo_expansions=args.photo_expansions)
     return {**evaluate(model), "val": val(model), "run": str(photo_run), "epochs": cfg.epochs,
-            "regression_weight": cfg.regression_weight,
+            "regression_weight": cfg.regression_weight, "tower_lr": cfg.tower_lr,
             "train_photos": summary["train_photos"], "steps": summary["steps"], "train_seconds": summary["seconds"],
             "evals": summary["evals"], "seconds_incl_reused_training": round(time.time() - t, 1)}
 
@@ -204,7 +205,7 @@ def fashion(args) -> dict:
         out["photo_heads"] = {"n_validation": int(len(val)), "heads": heads, "chosen": best["model"]}
         out["photo_model"], out["photo_head_size"] = best["model"], best["photo_size"]
         out["photo_align"] = {k: best[k] for k in ("train_photos", "steps", "epochs", "seconds", "start", "last",
-                                                    "regression_weight")
+                                                    "regression_weight", "tower_lr", "batch_size")
                               if k in best}
         photo = photos[best["model"]]
         head = out["p10_articletype_photo_head"] = {
@@ -239,8 +240,10 @@ def head_run(model_dir) -> dict:
         return {}
     done = json.loads(run.read_text())
     return {**{k: done.get(k) for k in ("train_photos", "steps", "epochs", "seconds", "start")},
-            # heads trained before the cosine term existed were contrastive only
+            # heads trained before the cosine term (or the tower top) existed were contrastive only (head only)
             "regression_weight": done.get("config", {}).get("regression_weight", 0.0),
+            "tower_lr": done.get("config", {}).get("tower_lr", 0.0),
+            "batch_size": done.get("loop", {}).get("batch_size"),
             "last": done["evals"][-1] if done.get("evals") else {}}
 
 
@@ -448,6 +451,7 @@ def markdown(r: dict) -> str:
                              f"{m['coarse_top1']:.3f} | {m['coarse_top5']:.3f} |")
             lines += ["", f"Photo head: `dashclip align-photos` on the Stage 1 model, {ph['epochs']} epochs, "
                           f"regression weight {ph.get('regression_weight', 0.0):g}, "
+                          f"tower top lr {ph.get('tower_lr', 0.0):g} (0: head only), "
                           f"{ph['train_photos']} train-split photos (iconic images included), {ph['steps']} steps, "
                           f"{ph['train_seconds']:.0f} s; no product held out. Validation photos "
                           f"({ph['val']['n_photos']}), fine top-1 / top-5: " + ", ".join(
@@ -481,11 +485,12 @@ def markdown(r: dict) -> str:
                 ph = f["photo_heads"]
                 lines += [f"Heads measured (photo head -> fused P@10 same articleType); the one reported below is "
                           f"the best on {ph['n_validation']} validation photos (other held-out products' photos):", "",
-                          "| head | photos read at | epochs | regression weight | validation P@10 | test P@10 | "
-                          "own product in top 10 (held-out photos) | photo + colour: colour in top 10 / P@10 |",
-                          "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                          "| head | photos read at | epochs | regression weight | tower top lr | validation P@10 | "
+                          "test P@10 | own product in top 10 (held-out photos) | photo + colour: colour in top 10 / P@10 |",
+                          "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
                 lines += [f"| {h['model']}{' (chosen)' if h['model'] == ph['chosen'] else ''} | {h['photo_size']} px | "
-                          f"{h.get('epochs', '?')} | {h.get('regression_weight', 0.0):g} | {h['validation_p10']:.3f} | "
+                          f"{h.get('epochs', '?')} | {h.get('regression_weight', 0.0):g} | {h.get('tower_lr', 0.0):g} | "
+                          f"{h['validation_p10']:.3f} | "
                           f"{h['test_p10']:.3f} | {h.get('last', {}).get('heldout_recall@10', float('nan')):.3f} | "
                           + (f"{h['colour_served']['colour_share_top10']:.3f} / {h['colour_served']['p10_articletype']:.3f} |"
                              if h.get("colour_served") else "|") for h in ph["heads"]]
@@ -495,7 +500,8 @@ def markdown(r: dict) -> str:
             pa = f.get("photo_align")
             if pa:
                 lines += [f"The head: {pa['epochs']} epochs, regression weight {pa.get('regression_weight', 0.0):g}, "
-                          f"{pa['steps']} steps of 512 photos, {pa['train_photos']} "
+                          f"tower top lr {pa.get('tower_lr', 0.0):g} (0: head only), "
+                          f"{pa['steps']} steps of {pa.get('batch_size') or 512} photos, {pa['train_photos']} "
                           f"training photos (the Stage 1 held-out products left out), {pa['seconds']:.0f} s; its "
                           f"held-out photos' own product in the top 10 of all products: "
                           f"{pa['start'].get('heldout_recall@10', float('nan')):.3f} before, "
@@ -552,6 +558,8 @@ def main() -> None:
                    "cosine term (PhotoAlignConfig.regression_weight)")
     p.add_argument("--photo-epochs", type=int, default=24, help="grocery: photo alignment epochs on the Stage 1 "
                    "model (0: none)")
+    p.add_argument("--photo-tower-lr", type=float, default=0.0, help="grocery: train the photo side's own copy of "
+                   "the tower's last stage at this lr (PhotoAlignConfig.tower_lr; 0: the head alone)")
     p.add_argument("--fashion-model", default="runs/demo/stage1/model")
     p.add_argument("--fashion-embeddings", default="runs/demo/embeddings")
     p.add_argument("--fashion-catalog", default="runs/demo/catalog")

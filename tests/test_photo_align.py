@@ -16,18 +16,26 @@ from dashclip.training.photo_align import PhotoAlignConfig, align_photos
 from toy_catalog import make_catalog
 
 
-@pytest.fixture(scope="module")
-def aligned(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("photo-align")
+def photo_catalog(tmp, corrupt: bool = False) -> Catalog:
+    """The toy catalog with its extra photos in splits, a tiny model at `tmp/model` and its product embeddings at
+    `tmp/emb`. `corrupt`: one train photo is not an image."""
     cat_dir = make_catalog(tmp / "toy")
     images = pd.read_parquet(cat_dir / "images.parquet")
     images.loc[images["role"] == "extra", "split"] = ["train", "train", "val", "test", "train", "val"]
     images.to_parquet(cat_dir / "images.parquet")
-    (cat_dir / "images" / "120_b.png").write_bytes(b"not a png")     # a corrupt train photo: left out, counted
+    if corrupt:
+        (cat_dir / "images" / "120_b.png").write_bytes(b"not a png")
     torch.manual_seed(0)
     dashclip.create_model("tiny", pretrained=False).save(tmp / "model")
     catalog = Catalog.open(cat_dir)
     embed_catalog(dashclip.load(tmp / "model"), catalog, tmp / "emb", progress=False)
+    return catalog
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("photo-align")
+    catalog = photo_catalog(tmp, corrupt=True)     # the corrupt train photo: left out, counted
     # contrastive only: this fixture checks that held-out photos find their own product, which the cosine term
     # trades for landing among products like it (its own test below)
     cfg = PhotoAlignConfig(epochs=30, batch_size=16, lr=3e-3, hidden=64, heldout_frac=0.2, regression_weight=0.0)
@@ -89,6 +97,7 @@ def test_aligned_model_loads_with_its_head_and_serves_the_same_index(aligned, tm
     # nothing but the photo head moved: text search (query encoder, product side) is the same to the bit
     assert all(torch.equal(t, base.state_dict()[k]) for k, t in model.state_dict().items()
                if not k.startswith("photo_proj."))
+    assert model.photo_tower is None                   # no --tower-lr: the head alone
     build_catalog_index(base, tmp / "model", catalog, tmp_path / "index", embeddings=tmp / "emb", quiet=True)
     # the aligned model opens the index built with the model it came from (Searcher.open checks the id)
     s = Searcher.open(tmp / "run" / "model", tmp_path / "index")
@@ -213,7 +222,7 @@ def test_the_regression_term_pulls_photos_onto_their_products():
             super().__init__()
             self.photo_proj = nn.Linear(16, 8)
 
-        def project_photo(self, pooled):
+        def embed_photo_features(self, pooled):
             return F.normalize(self.photo_proj(pooled), dim=-1)
 
     g = torch.Generator().manual_seed(0)
@@ -233,7 +242,8 @@ def test_the_regression_term_pulls_photos_onto_their_products():
             task.loss(aligner, batch)[0].backward()
             opt.step()
         with torch.no_grad():
-            own_cos[weight] = float((aligner.model.project_photo(batch["pooled"]) * products[batch["rows"]]).sum(1).mean())
+            own_cos[weight] = float((aligner.model.embed_photo_features(batch["features"]) * products[batch["rows"]])
+                                    .sum(1).mean())
     assert own_cos[10.0] > own_cos[0.0] + 0.03, own_cos     # 0.53 against 0.47 when written
     with pytest.raises(ValueError, match="regression_weight"):
         PhotoAlignConfig(regression_weight=-1.0)
@@ -252,21 +262,26 @@ def test_nothing_to_train_on_is_a_clear_error(tmp_path):
                      LoopConfig(progress=False))
 
 
-def test_the_pipeline_guard_keeps_the_photo_head_when_it_ships_the_base_encoder(aligned, tmp_path):
+def assert_the_guard_keeps_the_photo_encoder(base_dir, aligned_dir, tmp_path):
+    """The pipeline's guard ships the base encoder (`ship_base`): the photo encoder of `aligned_dir` stays."""
     import shutil
     from types import SimpleNamespace
 
     from dashclip.pipeline.steps import ship_base
 
-    tmp, _, _ = aligned
     (tmp_path / "stage1").mkdir()
-    shutil.copytree(tmp / "model", tmp_path / "stage1" / "model")
-    shutil.copytree(tmp / "run" / "model", tmp_path / "model")
+    shutil.copytree(base_dir, tmp_path / "stage1" / "model")
+    shutil.copytree(aligned_dir, tmp_path / "model")
     ship_base(SimpleNamespace(path=lambda *parts: tmp_path.joinpath(*parts)))
-    shipped, aligned_model = dashclip.load(tmp_path / "model"), dashclip.load(tmp / "run" / "model")
+    shipped, aligned_model = dashclip.load(tmp_path / "model"), dashclip.load(aligned_dir)
     pixels = torch.rand(2, 3, shipped.config.image_size, shipped.config.image_size)
-    assert shipped.has_photo_encoder
+    assert shipped.has_photo_encoder and shipped.photo_encoder_spec == aligned_model.photo_encoder_spec
     assert torch.allclose(shipped.encode_photo(pixels), aligned_model.encode_photo(pixels), atol=1e-6)
+
+
+def test_the_pipeline_guard_keeps_the_photo_head_when_it_ships_the_base_encoder(aligned, tmp_path):
+    tmp, _, _ = aligned
+    assert_the_guard_keeps_the_photo_encoder(tmp / "model", tmp / "run" / "model", tmp_path)
 
 
 def test_cli_align_photos(aligned, tmp_path):

@@ -295,17 +295,18 @@ class GroceryEvaluator:
         from ..models.model import to_numpy
 
         rels = self.photos["image"].tolist()
-        if self.feature_cache_dir is not None and hasattr(model, "image_tower") and hasattr(model, "project_photo"):
+        if self.feature_cache_dir is not None and hasattr(model, "embed_photo_features"):
             from ..models.feature_cache import build_or_open
 
             cache = build_or_open(model, [self.catalog.image_path(r) for r in rels], self.feature_cache_dir,
                                   batch_size=self.batch_size, device=next(model.parameters()).device,
                                   show_progress=progress is not None,
-                                  image_size=getattr(model, "photo_size", None))   # as encode_photo reads them
+                                  image_size=getattr(model, "photo_size", None),   # as encode_photo reads them
+                                  part=model.photo_feature_part)
             valid = np.asarray(cache.valid, dtype=bool)
-            pooled = cache.pooled_features(np.flatnonzero(valid))
+            features = cache.photo_features(np.flatnonzero(valid))
             with torch.inference_mode():
-                return to_numpy(model.project_photo(pooled.to(next(model.parameters()).device))), valid
+                return to_numpy(model.embed_photo_features(features.to(next(model.parameters()).device))), valid
         parts = []
         encode = getattr(model, "encode_photo", model.encode_image)
         for i in range(0, len(rels), self.batch_size):

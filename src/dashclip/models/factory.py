@@ -8,8 +8,8 @@
 
 A saved model directory holds everything a stranger needs, with no download:
     config.json          {"format": "dashclip-model", "config": <ModelConfig>, "has_query_encoder",
-                          "photo_encoder" ({"hidden": N} after photo alignment, else null), "model_id"}
-    model.safetensors    every weight (towers, fusion, projections, ITM head, query encoder, photo head)
+                          "photo_encoder" (after photo alignment {"hidden", "image_size", "tower_top"}, else null), "model_id"}
+    model.safetensors    every weight (towers, fusion, projections, ITM head, query encoder, photo head and tower top)
     tokenizer/           the HF tokenizer files
     query_speller.json   after Stage 2: the words misspelled queries are corrected to (models/speller.py)
     README.md            how to load it

@@ -11,6 +11,8 @@ Layout of `<cache_root>/<key>/`: `patches.npy` [N, P, Ci] float16, `pooled.npy` 
 (memory-mapped when read), `valid.npy` [N] bool (False: the image failed to load), `meta.json`
 (the key's inputs, counts, the first load errors and the build time). A build in progress lives in
 `<key>.partial/` and resumes from its last saved position; the key's dir appears only when whole.
+A "trunk" cache (`part="trunk"`, its own key) holds `trunk.npy` [N, C, h, w] instead: the tower's output
+below its last stage, which a photo encoder with its own tower top (`DashCLIP.photo_tower`) trains on.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ import torch
 from ..io import read_json, write_json
 
 FORMAT_VERSION = 1
+# What a cache holds: the tower's output (patch grid and pooled), or its trunk's (below the last stage).
+PARTS = {"tower": ("patches", "pooled"), "trunk": ("trunk",)}
 # Config fields that change what the image tower sees or outputs.
 _PREPROCESS_WORDS = ("image", "mean", "std", "resize", "interp", "crop", "pad", "patch", "pixel", "resolution")
 
@@ -59,19 +63,21 @@ def module_fingerprint(module: torch.nn.Module) -> str:
 
 
 def cache_key(model, image_paths: list[Path], amp: str | None = None,
-              image_size: int | None = None) -> tuple[str, dict]:
+              image_size: int | None = None, part: str = "tower") -> tuple[str, dict]:
     """(key, inputs): the key is a hash of the inputs, which are stored in meta.json to read.
     `amp`: the resolved precision the tower ran in (None: float32); `image_size`: the side images are
-    read at when not config.image_size (photo queries: `DashCLIP.photo_size`)."""
-    return _key(_key_inputs(model, image_paths, image_size), amp)
+    read at when not config.image_size (photo queries: `DashCLIP.photo_size`); `part`: see PARTS."""
+    return _key(_key_inputs(model, image_paths, image_size, part), amp)
 
 
-def _key_inputs(model, image_paths: list[Path], image_size: int | None = None) -> dict:
+def _key_inputs(model, image_paths: list[Path], image_size: int | None = None, part: str = "tower") -> dict:
     """What the key covers except the precision (hashing the tower's weights is the costly part)."""
+    if part not in PARTS:
+        raise ValueError(f"feature cache part must be one of {sorted(PARTS)}, not {part!r}")
     settings = preprocessing_settings(model.config)
     if image_size is not None and image_size != settings.get("image_size"):
         settings["image_size"] = image_size      # only when it differs: existing keys stay valid
-    return {"format": FORMAT_VERSION,
+    return {"format": FORMAT_VERSION, **({"part": part} if part != "tower" else {}),   # tower keys as before
             # an ONNX export records its source tower's fingerprint (its image graph is that tower)
             "image_tower": getattr(model, "image_tower_fingerprint", None) or module_fingerprint(model.image_tower),
             "preprocessing": settings,
@@ -87,25 +93,45 @@ def _key(inputs: dict, amp: str | None) -> tuple[str, dict]:
 
 
 class ImageFeatureCache:
-    """Read side: `features(indices) -> (patches [B, P, Ci], pooled [B, Ci])` as float32 tensors."""
+    """Read side: `features(indices) -> (patches [B, P, Ci], pooled [B, Ci])` as float32 tensors (a trunk
+    cache: `read("trunk", indices)`)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.meta = read_json(self.path / "meta.json")
-        self.patches = np.load(self.path / "patches.npy", mmap_mode="r")
-        self.pooled = np.load(self.path / "pooled.npy", mmap_mode="r")
+        self.part = self.meta.get("part", "tower")
+        self.arrays = {name: np.load(self.path / f"{name}.npy", mmap_mode="r") for name in PARTS[self.part]}
         self.valid = np.load(self.path / "valid.npy")
 
     def __len__(self) -> int:
         return len(self.valid)
 
+    @property
+    def patches(self) -> np.ndarray:
+        return self.arrays["patches"]
+
+    @property
+    def pooled(self) -> np.ndarray:
+        return self.arrays["pooled"]
+
+    def read(self, name: str, indices) -> torch.Tensor:
+        """Rows `indices` of one array ("patches", "pooled" or "trunk") as float32."""
+        if name not in self.arrays:
+            raise KeyError(f"{self.path}: a {self.part!r} feature cache has no {name!r} (it has {sorted(self.arrays)})")
+        return _read_rows(self.arrays[name], indices)
+
     def pooled_features(self, indices) -> torch.Tensor:
         """pooled [B, Ci] float32 alone: a photo head reads no patches (44K photos' patch grids at 224 px
         are 11 GB as float32)."""
-        return _read_rows(self.pooled, indices)
+        return self.read("pooled", indices)
 
     def features(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        return _read_rows(self.patches, indices), _read_rows(self.pooled, indices)
+        return self.read("patches", indices), self.read("pooled", indices)
+
+    def photo_features(self, indices) -> torch.Tensor:
+        """What a photo encoder reads (`DashCLIP.embed_photo_features`): a tower cache's pooled output, a trunk
+        cache's trunk."""
+        return self.read("pooled" if self.part == "tower" else "trunk", indices)
 
 
 def _read_rows(mm: np.ndarray, indices) -> torch.Tensor:
@@ -134,10 +160,12 @@ def load_images(paths: list[Path]):
 
 @torch.inference_mode()
 def compute_image_features(model, paths: list[Path], batch_size: int = 64, device="cpu",
-                           on_batch=None, amp: str | None = None, start: int = 0, image_size: int | None = None):
+                           on_batch=None, amp: str | None = None, start: int = 0, image_size: int | None = None,
+                           part: str = "tower"):
     """Run image loading, `model.preprocess` (at `image_size`, else the config's) and `model.image_features`
-    over `paths[start:]`, under `amp` (see dashclip.precision). Yields (start, patches, pooled, valid,
-    errors) per batch; invalid images get zero features. The next batch is decoded in a thread while the
+    (`part` "trunk": `model.image_tower.trunk`) over `paths[start:]`, under `amp` (see dashclip.precision).
+    Yields (start, arrays, valid, errors) per batch, `arrays` one float32 tensor per name of PARTS[part] (None
+    when no image of the batch loads); invalid images get zero features. The next batch is decoded in a thread while the
     tower runs on this one (Pillow and numpy release the GIL): 15% less time for 2,048 fashion images at
     96 px on 2 CPU cores, where decoding and preprocessing are about a quarter of the work."""
     from ..data.images import read_ahead
@@ -154,14 +182,16 @@ def compute_image_features(model, paths: list[Path], batch_size: int = 64, devic
     for begin, (n, ok, pixels, errors) in zip(starts, read_ahead(load, starts)):
         valid = np.zeros(n, dtype=bool)
         valid[ok] = True
-        patches = pooled = None
+        arrays = None
         if ok:
             with autocast(device, amp):
-                p, q = model.image_features(pixels.to(device))
-            patches = torch.zeros((n, *p.shape[1:]), dtype=torch.float32)
-            pooled = torch.zeros((n, q.shape[1]), dtype=torch.float32)
-            patches[ok], pooled[ok] = p.float().cpu(), q.float().cpu()
-        yield begin, patches, pooled, valid, {begin + j: e for j, e in errors.items()}
+                pixels = pixels.to(device)
+                out = model.image_features(pixels) if part == "tower" else (model.image_tower.trunk(pixels),)
+            arrays = {}
+            for name, t in zip(PARTS[part], out):
+                arrays[name] = torch.zeros((n, *t.shape[1:]), dtype=torch.float32)
+                arrays[name][ok] = t.float().cpu()
+        yield begin, arrays, valid, {begin + j: e for j, e in errors.items()}
         if on_batch is not None:
             on_batch(n)
 
@@ -188,7 +218,7 @@ def _open_reserved(path: Path, shape: tuple) -> np.memmap:
 
 
 def find(model, image_paths: list[Path], cache_root: str | Path) -> ImageFeatureCache | None:
-    """The finished cache for this image tower, preprocessing and image list, in any precision."""
+    """The finished (tower) cache for this image tower, preprocessing and image list, in any precision."""
     inputs = _key_inputs(model, image_paths)
     for amp in (None, "bf16", "fp16"):
         path = Path(cache_root) / _key(inputs, amp)[0]
@@ -199,9 +229,10 @@ def find(model, image_paths: list[Path], cache_root: str | Path) -> ImageFeature
 
 def build_or_open(model, image_paths: list[Path], cache_root: str | Path, batch_size: int = 64,
                   device="cpu", show_progress: bool = True, amp: str | None = None,
-                  save_every: int = 4096, image_size: int | None = None) -> ImageFeatureCache:
-    """Open the cache for (model's image tower, preprocessing (at `image_size` if given), these images),
-    building it first if it does not exist. Returns the open cache; `cache.meta["build_seconds"]` says what it cost.
+                  save_every: int = 4096, image_size: int | None = None, part: str = "tower") -> ImageFeatureCache:
+    """Open the cache for (model's image tower, preprocessing (at `image_size` if given), these images, `part`
+    of the tower: see PARTS), building it first if it does not exist. Returns the open cache;
+    `cache.meta["build_seconds"]` says what it cost.
 
     `amp`: the precision the tower runs in ("auto": bf16 where the device computes it natively, see
     dashclip.precision); it is part of the key. The build is resumable: the features so far live in
@@ -210,7 +241,7 @@ def build_or_open(model, image_paths: list[Path], cache_root: str | Path, batch_
     from ..precision import resolve_amp
 
     amp = resolve_amp(amp, device)
-    key, inputs = cache_key(model, image_paths, amp, image_size)
+    key, inputs = cache_key(model, image_paths, amp, image_size, part)
     path = Path(cache_root) / key
     if (path / "meta.json").exists():
         return ImageFeatureCache(path)
@@ -218,13 +249,13 @@ def build_or_open(model, image_paths: list[Path], cache_root: str | Path, batch_
     model.image_tower.eval()
     try:
         return _build(model, image_paths, path, inputs, batch_size, device, show_progress, amp, save_every,
-                      image_size)
+                      image_size, part)
     finally:
         model.image_tower.train(was_training)
 
 
 def _build(model, image_paths, path: Path, inputs: dict, batch_size, device, show_progress, amp,
-           save_every, image_size=None) -> ImageFeatureCache:
+           save_every, image_size=None, part="tower") -> ImageFeatureCache:
     """The body of `build_or_open`: fill `<key>.partial/` from where it stopped, then rename it."""
     from ..clihelp import progress
 
@@ -238,45 +269,44 @@ def _build(model, image_paths, path: Path, inputs: dict, batch_size, device, sho
         state = {"done": 0, "seconds": 0.0, "errors": {}, "shapes": None}
     done, errors = state["done"], {int(k): v for k, v in state["errors"].items()}
     valid_all = np.load(partial / "valid.npy") if done else np.zeros(n, dtype=bool)
-    patches_mm = pooled_mm = None
+    names = PARTS[part]
+    mms: dict[str, np.ndarray] = {}
     if state["shapes"]:
-        patches_mm = np.load(partial / "patches.npy", mmap_mode="r+")
-        pooled_mm = np.load(partial / "pooled.npy", mmap_mode="r+")
+        mms = {name: np.load(partial / f"{name}.npy", mmap_mode="r+") for name in names}
 
     def save_progress(upto: int) -> None:
         """Make everything before `upto` durable, then say so (in that order: a kill between the
         two only repeats work)."""
-        for mm in (patches_mm, pooled_mm):
-            if mm is not None:
-                mm.flush()
+        for mm in mms.values():
+            mm.flush()
         np.save(partial / "valid.npy", valid_all)
         write_json(partial / "progress.json", {
             "done": upto, "seconds": state["seconds"] + time.time() - t0,
             "errors": {str(i): e for i, e in errors.items()},
-            "shapes": None if patches_mm is None else [list(patches_mm.shape), list(pooled_mm.shape)]})
+            "shapes": [list(mms[name].shape) for name in names] if mms else None})
 
     t0 = time.time()
     with progress(disable=not show_progress) as bar:
         task = bar.add_task("caching image features", total=n, completed=done)
         last_saved = done
-        for start, patches, pooled, valid, errs in compute_image_features(
+        for start, arrays, valid, errs in compute_image_features(
                 model, image_paths, batch_size, device, on_batch=lambda k: bar.advance(task, k),
-                amp=amp, start=done, image_size=image_size):
+                amp=amp, start=done, image_size=image_size, part=part):
             errors.update(errs)
             valid_all[start:start + len(valid)] = valid
-            if patches is not None:
-                if patches_mm is None:       # shapes are known after the first good batch
-                    patches_mm = _open_reserved(partial / "patches.npy", (n, *patches.shape[1:]))
-                    pooled_mm = _open_reserved(partial / "pooled.npy", (n, pooled.shape[1]))
-                patches_mm[start:start + len(valid)] = patches.numpy().astype(np.float16)
-                pooled_mm[start:start + len(valid)] = pooled.numpy().astype(np.float16)
+            if arrays is not None:
+                if not mms:       # shapes are known after the first good batch
+                    mms = {name: _open_reserved(partial / f"{name}.npy", (n, *arrays[name].shape[1:]))
+                           for name in names}
+                for name in names:
+                    mms[name][start:start + len(valid)] = arrays[name].numpy().astype(np.float16)
             if start + len(valid) - last_saved >= save_every:
                 last_saved = start + len(valid)
                 save_progress(last_saved)
-    if patches_mm is None:
+    if not mms:
         raise ValueError(f"none of the {n} images could be loaded; first errors: {list(errors.values())[:3]}")
     save_progress(n)
-    del patches_mm, pooled_mm
+    mms.clear()
     seconds = state["seconds"] + time.time() - t0
     write_json(partial / "meta.json", {
         **inputs, "key": key, "n_valid": int(valid_all.sum()), "n_failed": int((~valid_all).sum()),

@@ -6,6 +6,8 @@
     query  --query_tower--> pooled --query_proj--> query embedding   (after `add_query_encoder`)
     photo  --image_tower--> pooled --photo_proj--> photo-query embedding (after `add_photo_encoder`; the
            photo read at `photo_size`, which may be larger than the catalog images' image_size)
+    photo  --image_tower.trunk--> --photo_tower--> pooled --photo_proj-->   (with `tower_top`: the photo
+           side's own copy of the tower's last stage, trained for photos)
 
 Every embedding is L2-normalised and lives in one `embed_dim`-dimensional space. The training code
 calls the building blocks (`image_features`, `text_features`, `fuse`, `project_*`, `itm_logits`); users
@@ -38,7 +40,7 @@ from .towers import PhotoHead, clone
 PRODUCT_TRAINABLE = ("fusion", "image_proj", "text_proj", "fused_proj")
 QUERY_ENCODER_PREFIXES = ("query_tower.", "query_proj.")
 # The photo-query head (`add_photo_encoder`): like the query encoder, a query-side part outside the model_id.
-PHOTO_ENCODER_PREFIXES = ("photo_proj.",)
+PHOTO_ENCODER_PREFIXES = ("photo_proj.", "photo_tower.")
 # Config fields added after models were first saved, with the default older models load with.
 LATER_CONFIG_FIELDS = {"dropout": None, "fusion_weights": "copy"}
 
@@ -58,6 +60,8 @@ class DashCLIP(nn.Module):
         self.query_proj: nn.Module | None = None
         self.photo_proj: nn.Module | None = None
         self.photo_hidden: int | None = None
+        # with `add_photo_encoder(tower_top=True)`: the photo side's own copy of the image tower's last stage
+        self.photo_tower: nn.Module | None = None
         # the side of the square a photo query is read at (None: the catalog images' config.image_size)
         self.photo_image_size: int | None = None
         # Stage 2 adds a spelling corrector for queries (models/speller.py); None: queries as typed.
@@ -69,14 +73,37 @@ class DashCLIP(nn.Module):
         self.query_proj = clone(self.text_proj)
 
     # ---- photo alignment: a photo-query head over the image tower, starting as the image projection
-    def add_photo_encoder(self, hidden: int = 1024, image_size: int | None = None) -> None:
+    def add_photo_encoder(self, hidden: int = 1024, image_size: int | None = None, tower_top: bool = False) -> None:
         """`image_size`: read photo queries at this side instead of the catalog's config.image_size. A
         shopper's photo has more pixels than a catalog thumbnail, and the frozen tower tells product types
-        apart better near its pretraining size (photo_search.md); the product side is unchanged."""
+        apart better near its pretraining size (photo_search.md); the product side is unchanged.
+        `tower_top`: the photo side gets its own copy of the image tower's last stage (`photo_tower`, starting
+        as the tower's), so photo alignment can train it while the product side keeps the tower as it is."""
         check_photo_size(image_size)
+        if tower_top and not hasattr(self.image_tower, "top_copy"):
+            raise ValueError(f"tower_top: the {type(self.image_tower).__name__} image tower has no last stage to "
+                             "copy (a CNN tower does: efficientnet or tiny); train the photo head alone")
         self.photo_proj = PhotoHead(self.image_proj, self.image_tower.width, hidden)
+        self.photo_tower = self.image_tower.top_copy() if tower_top else None
         self.photo_hidden = hidden
         self.photo_image_size = None if image_size == self.config.image_size else image_size
+
+    def remove_photo_encoder(self) -> None:
+        """Back to photos answered by the image embedding (the product side is untouched)."""
+        self.photo_proj = self.photo_tower = self.photo_hidden = self.photo_image_size = None
+
+    def copy_photo_encoder(self, other: "DashCLIP") -> None:
+        """Take `other`'s photo encoder (a model with the same product side: the photo side reads its tower)."""
+        self.photo_proj, self.photo_tower = other.photo_proj, other.photo_tower
+        self.photo_hidden, self.photo_image_size = other.photo_hidden, other.photo_image_size
+
+    @property
+    def photo_encoder_spec(self) -> dict | None:
+        """What `add_photo_encoder` needs to rebuild this photo encoder (saved in config.json); None without one."""
+        if self.photo_proj is None:
+            return None
+        return {"hidden": self.photo_hidden, "image_size": self.photo_image_size,
+                "tower_top": self.photo_tower is not None}
 
     @property
     def photo_size(self) -> int:
@@ -88,13 +115,19 @@ class DashCLIP(nn.Module):
         return self.photo_proj is not None
 
     def lock_for_photos(self) -> list[nn.Module]:
-        """Freeze all but the photo head (the image tower's features and the product side stay as the
-        index has them). Returns the trained modules."""
+        """Freeze all but the photo side: its head and its own tower top, if any (the image tower and the
+        product side stay as the index has them). Returns the trained modules."""
         if self.photo_proj is None:
             self.add_photo_encoder()
         self.requires_grad_(False)
-        self.photo_proj.requires_grad_(True)
-        return [self.photo_proj]
+        mods = self.photo_encoder_modules()
+        for m in mods:
+            m.requires_grad_(True)
+        return mods
+
+    def photo_encoder_modules(self) -> list[nn.Module]:
+        """The photo side's own modules: the head, and the tower top if it has one."""
+        return [m for m in (self.photo_proj, self.photo_tower) if m is not None]
 
     # ---- surgery: what each stage trains (as open_clip's `lock_*`); the trainer only calls these
     def lock_image_tower(self) -> None:
@@ -155,6 +188,25 @@ class DashCLIP(nn.Module):
     def query_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         tower = self.query_tower if self.query_tower is not None else self.text_tower
         return tower(input_ids, attention_mask)[1]
+
+    def photo_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The pooled image features a photo query's head reads: the image tower's, or with a photo tower top,
+        the tower's trunk finished by the photo side's own last stage."""
+        if self.photo_tower is None:
+            return self.image_features(pixels)[1]
+        return self.photo_tower(self.image_tower.trunk(pixels))[1]
+
+    @property
+    def photo_feature_part(self) -> str:
+        """Which cached image-tower features (models.feature_cache.PARTS) a photo query is computed from:
+        the tower's ("tower": its pooled output), or with a photo tower top its trunk's ("trunk")."""
+        return "tower" if self.photo_tower is None else "trunk"
+
+    def embed_photo_features(self, features: torch.Tensor) -> torch.Tensor:
+        """A photo query's embedding from its cached features of `photo_feature_part` (pooled [B, C], or the
+        trunk's [B, C, h, w]): what training and evaluation on a feature cache compute, as `encode_photo` does."""
+        pooled = features if self.photo_tower is None else self.photo_tower(features)[1]
+        return self.project_photo(pooled)
 
     def fuse(self, tokens: torch.Tensor, attention_mask: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         """The image-grounded text encoder: the title's tokens attend to the image patches."""
@@ -238,7 +290,7 @@ class DashCLIP(nn.Module):
         """A shopper's photo as a query: the photo head (`add_photo_encoder`, trained by `dashclip
         align-photos`) over the image tower, read at `photo_size`; the image embedding when the model has none.
         Pixels given as a tensor must be at `photo_size`."""
-        return self._batched(lambda s: self.project_photo(self.image_features(self._pixels(images[s], self.photo_size))[1]),
+        return self._batched(lambda s: self.project_photo(self.photo_features(self._pixels(images[s], self.photo_size))),
                              len(images), batch_size)
 
     def encode_product(self, texts: Sequence[str], images, batch_size: int = 64) -> torch.Tensor:

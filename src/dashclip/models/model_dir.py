@@ -24,9 +24,8 @@ def save_model(model, path: str | Path) -> Path:
         (tmp / "config.json").write_text(json.dumps({
             "format": FORMAT, "format_version": FORMAT_VERSION, "model_id": model_id,
             "has_query_encoder": model.has_query_encoder,
-            # the photo head's hidden width and photo size (None: no photo head; size None: config.image_size)
-            "photo_encoder": ({"hidden": model.photo_hidden, "image_size": model.photo_image_size}
-                              if model.has_photo_encoder else None),
+            # `add_photo_encoder`'s arguments: head width, photo size (None: config.image_size), own tower top
+            "photo_encoder": model.photo_encoder_spec,
             "config": model.config.to_dict()},
             indent=2, default=list) + "\n")
         save_weights(model, str(tmp / "model.safetensors"))

@@ -49,8 +49,49 @@ class EfficientNetLiteTower(nn.Module):
     def forward(self, pixels: torch.Tensor):
         # channels-last: ~1.35x faster convolutions on CPU (measured at 96 px), the same numbers
         grid = self.net.extract_features(pixels.contiguous(memory_format=torch.channels_last))  # [B, C, h, w]
-        patches = grid.flatten(2).transpose(1, 2)             # [B, h*w, C]
-        return patches, patches.mean(1)
+        return grid_features(grid)
+
+    def trunk(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Everything below the last MBConv block: the stem and every other block ([B, 192, 7, 7] at 224 px
+        for lite0). `top_copy()` finishes it as `forward` does."""
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(pixels.contiguous(memory_format=torch.channels_last))))
+        for idx, block in enumerate(net._blocks[:-1]):
+            rate = net._global_params.drop_connect_rate      # scaled by depth, as extract_features does
+            x = block(x, drop_connect_rate=rate * idx / len(net._blocks) if rate else rate)
+        return x
+
+    def top_copy(self) -> "TowerTop":
+        """A copy of the last MBConv block and the head conv, its norm and activation, sharing nothing."""
+        net = self.net
+        return TowerTop(nn.Sequential(*(clone(m) for m in (net._blocks[-1], net._conv_head, net._bn1, net._swish))))
+
+
+def grid_features(grid: torch.Tensor):
+    """A conv map [B, C, h, w] as an image tower's output: (patches [B, h*w, C], pooled [B, C])."""
+    patches = grid.flatten(2).transpose(1, 2)
+    return patches, patches.mean(1)
+
+
+class TowerTop(nn.Module):
+    """A photo-side copy of a CNN image tower's last stage (`tower.top_copy()`), trained for photo queries
+    while the shared trunk below it and the tower itself stay as the index has them. Its BatchNorm layers keep
+    the pretrained statistics (eval mode even in training): a batch of photos of few products would move them
+    away from what the rest of the tower expects."""
+
+    def __init__(self, layers: nn.Module):
+        super().__init__()
+        self.layers = layers
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+    def forward(self, trunk: torch.Tensor):
+        return grid_features(self.layers(trunk.contiguous(memory_format=torch.channels_last)))
 
 
 def _efficientnet_weights(variant: str) -> str:
@@ -79,8 +120,13 @@ class TinyConvTower(nn.Module):
             nn.Conv2d(width, width, 3, stride=2, padding=1))
 
     def forward(self, pixels: torch.Tensor):
-        patches = self.net(pixels).flatten(2).transpose(1, 2)
-        return patches, patches.mean(1)
+        return grid_features(self.net(pixels))
+
+    def trunk(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net[:-1](pixels)
+
+    def top_copy(self) -> TowerTop:
+        return TowerTop(nn.Sequential(clone(self.net[-1])))
 
 
 # ---------------------------------------------------------------------------------------------

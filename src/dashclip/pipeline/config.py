@@ -149,6 +149,7 @@ class PhotosConfig:
     hidden: int = 1024
     image_size: int = 0              # read photo queries at this side in pixels; 0: the model's image size
     regression_weight: float = 10.0  # cosine term beside the contrastive loss (PhotoAlignConfig); 0: contrastive only
+    tower_lr: float = 0.0            # > 0: train the photo side's own copy of the tower's last stage (PhotoAlignConfig)
 
 
 @dataclass
@@ -230,7 +231,7 @@ class PipelineConfig:
         try:     # the rule lives with the photo alignment's own settings
             from ..training.photo_align import PhotoAlignConfig
 
-            PhotoAlignConfig(regression_weight=self.photos.regression_weight)
+            PhotoAlignConfig(regression_weight=self.photos.regression_weight, tower_lr=self.photos.tower_lr)
         except ValueError as e:
             raise ConfigError(f"{where}: [photos] {e}") from None
         try:

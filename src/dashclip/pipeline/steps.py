@@ -743,7 +743,7 @@ def step_photos(r: Run) -> dict:
             import dashclip
 
             model = dashclip.load(r.path("model"))
-            model.photo_proj, model.photo_hidden = None, None
+            model.remove_photo_encoder()
             with atomic_dir(r.path("model")) as tmp:
                 model.save(tmp)
         return {"skipped": True, "why": why}
@@ -753,6 +753,7 @@ def step_photos(r: Run) -> dict:
     stage1 = read_json(r.path("stage1", CONFIG_FILE))   # its held-out products stay unseen by every step
     cfg = PhotoAlignConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, hidden=p.hidden,
                            image_size=p.image_size or None, regression_weight=p.regression_weight,
+                           tower_lr=p.tower_lr,
                            heldout_frac=stage1["heldout_frac"], seed=stage1["seed"])
     summary = align_photos(r.path("model"), Catalog.open(r.path("catalog")), r.path("embeddings"), out, cfg,
                            cfg.loop(resume=(out / "checkpoints" / "last.pt").exists()), cache_dir=r.path("cache"))
@@ -807,7 +808,7 @@ def ship_base(r: Run) -> None:
     base.add_query_encoder()
     shipped = dashclip.load(r.path("model"))
     if shipped.has_photo_encoder:       # photo search is not what the guard judges: keep the photo head
-        base.photo_proj, base.photo_hidden = shipped.photo_proj, shipped.photo_hidden
+        base.copy_photo_encoder(shipped)
     with atomic_dir(r.path("model")) as tmp:
         base.save(tmp)
 

@@ -220,6 +220,9 @@ def register(app: typer.Typer) -> None:
         image_size: Optional[int] = typer.Option(None, help="Read photos at this side in pixels (default: the "
                                                  "model's image size). Shoppers' photos are larger than catalog "
                                                  "thumbnails; the product side does not change."),
+        tower_lr: float = typer.Option(0.0, help="Above 0: the photo side also gets its own copy of the image "
+                                       "tower's last stage, trained at this lr (3e-4 is a good start), on cached "
+                                       "inputs of that stage. 0: the head alone on the shared tower's features."),
         heldout_frac: float = typer.Option(0.1, help="Share of products never trained on (use Stage 1's)."),
         train_split: list[str] = typer.Option(["train"], "--train-split", help="Extra photos of this split "
                                               "train (repeatable); images without a split always do."),
@@ -239,7 +242,7 @@ def register(app: typer.Typer) -> None:
 
         with user_errors():
             cfg = PhotoAlignConfig(epochs=epochs, batch_size=batch_size, lr=lr, hidden=hidden, image_size=image_size,
-                                   regression_weight=regression_weight,
+                                   regression_weight=regression_weight, tower_lr=tower_lr,
                                    heldout_frac=heldout_frac, seed=seed, train_splits=tuple(train_split),
                                    eval_split=eval_split or None)
             summary = run(model, Catalog.open(catalog), embeddings, out, cfg,

@@ -15,6 +15,14 @@ top-1 / top-5 from 0.711 / 0.938 to 0.722 / 0.953; the photo's own product in it
 Such a head's cosines spread wider than the query encoder's, which is why photo + words queries mix the two
 in units of each one's spread (`ranking.mix_photo_and_words`).
 
+`tower_lr` > 0 also gives the photo side its own copy of the image tower's last stage (`add_photo_encoder(
+tower_top=True)`, `towers.TowerTop`: EfficientNet-Lite's last MBConv block and head conv), trained with the head
+at that lr, BatchNorm statistics kept: the frozen tower's pooled features cap what any head on them can do
+(fashion P@10 stays at 0.84 +- 0.01 whatever the head, photo_tower_probe.md), while a trained top re-weighs
+what the tower saw before it is pooled. The shared tower and the product side still do not move (the top is a
+copy, outside the model id); its inputs, the trunk's output, are cached once like the pooled features (a "trunk"
+cache).
+
 `image_size` reads photos at another side than the catalog's images (a shopper's photo is larger than a
 thumbnail, and the tower tells product types apart better near its pretraining size); the head keeps it, so
 serving reads photos the same way. The image tower is frozen, so its pooled features are computed once
@@ -55,6 +63,9 @@ class PhotoAlignConfig:
     image_size: int | None = None   # read photos at this side (None: the model's config.image_size)
     temperature: float = 0.05       # start of the learnable contrastive temperature
     regression_weight: float = 10.0  # weight of the cosine term (1 - cos(photo, its product)); 0: contrastive only
+    # > 0: the photo side gets its own copy of the image tower's last stage, trained at this lr with the head
+    # (`add_photo_encoder(tower_top=True)`); 0: the head alone, on the shared tower's pooled features
+    tower_lr: float = 0.0
     heldout_frac: float = 0.1       # products never trained on (pass Stage 1's, with its seed)
     seed: int = 0
     train_splits: tuple = ("train",)   # extra photos of these splits train (images without a split always do)
@@ -69,6 +80,8 @@ class PhotoAlignConfig:
             raise ValueError(f"temperature must be > 0, not {self.temperature}")
         if self.regression_weight < 0:
             raise ValueError(f"regression_weight must be >= 0, not {self.regression_weight}")
+        if self.tower_lr < 0:
+            raise ValueError(f"tower_lr must be >= 0 (0: the tower stays shared and frozen), not {self.tower_lr}")
         check_photo_size(self.image_size)
         self.train_splits = tuple(self.train_splits)
 
@@ -77,12 +90,13 @@ class PhotoAlignConfig:
         run's own (resume, progress, device)."""
         from .loop import LoopConfig
 
+        scales = {"model.photo_tower.": self.tower_lr / self.lr} if self.tower_lr else None
         return LoopConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                          seed=self.seed, warmup_steps=0, log_every=5, **options)
+                          seed=self.seed, warmup_steps=0, log_every=5, lr_scales=scales, **options)
 
 
 class PhotoAligner(nn.Module):
-    """What the loop trains: the model (only its photo head trainable), a learnable temperature, and the
+    """What the loop trains: the model (only its photo side trainable), a learnable temperature, and the
     frozen product table (a non-persistent buffer: it stays out of checkpoints)."""
 
     def __init__(self, model: nn.Module, product_vectors: torch.Tensor, temperature: float):
@@ -94,8 +108,9 @@ class PhotoAligner(nn.Module):
 
 @dataclass
 class PhotoSet:
-    """Photos as rows of cached pooled image-tower features, each with the product-table row it shows."""
-    pooled: torch.Tensor        # [N, C] float16
+    """Photos as rows of cached image-tower features (the model's `photo_feature_part`: pooled [N, C], or the
+    trunk's [N, C, h, w]), each with the product-table row it shows."""
+    features: torch.Tensor      # float16
     product_rows: np.ndarray    # [N] int64
 
 
@@ -107,7 +122,7 @@ def photo_recall(model: nn.Module, photos: PhotoSet, product_vectors: torch.Tens
     device = product_vectors.device
     ranks = []
     for i in range(0, len(photos.product_rows), batch_size):
-        q = model.project_photo(photos.pooled[i:i + batch_size].float().to(device))
+        q = model.embed_photo_features(photos.features[i:i + batch_size].float().to(device))
         sims = q @ product_vectors.t()
         rows = torch.from_numpy(photos.product_rows[i:i + batch_size]).to(device)
         own = sims.gather(1, rows[:, None])
@@ -141,10 +156,11 @@ class PhotoAlignTask:
 
     def make_batch(self, indices: list[int]) -> dict:
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        return {"pooled": self.train.pooled[idx].float(), "rows": torch.from_numpy(self.train.product_rows[idx.numpy()])}
+        return {"features": self.train.features[idx].float(),
+                "rows": torch.from_numpy(self.train.product_rows[idx.numpy()])}
 
     def loss(self, aligner: PhotoAligner, batch: dict) -> tuple[torch.Tensor, dict]:
-        photos = aligner.model.project_photo(batch["pooled"])
+        photos = aligner.model.embed_photo_features(batch["features"])
         return photo_loss(photos, aligner.product_vectors[batch["rows"]], batch["rows"], aligner.logit_scale,
                           self.regression_weight)
 
@@ -155,14 +171,15 @@ class PhotoAlignTask:
         return out
 
     def train_mode(self, aligner: PhotoAligner) -> None:
-        aligner.eval()            # the frozen tower's features are cached; only the head's dropout trains
-        aligner.model.photo_proj.train()
+        aligner.eval()            # the frozen tower's features are cached; only the photo side trains
+        for m in aligner.model.photo_encoder_modules():
+            m.train()
 
 
 def _photo_sets(model, catalog, product_ids: np.ndarray, cfg: PhotoAlignConfig, cache_dir, device,
                 progress: bool) -> tuple[PhotoSet, dict[str, PhotoSet], dict]:
     """The training photos and the evaluation sets ("heldout": photos of held-out products; the
-    eval_split's photos), their pooled features from the feature cache."""
+    eval_split's photos), their features (the model's `photo_feature_part`) from the feature cache."""
     from ..models.feature_cache import build_or_open
 
     images = catalog.images
@@ -176,7 +193,7 @@ def _photo_sets(model, catalog, product_ids: np.ndarray, cfg: PhotoAlignConfig, 
     table_row = np.array([row_of.get(pid, -1) for pid in catalog.products["id"].tolist()], dtype=np.int64)
     rows = table_row[index.pair_product]          # catalog row -> product-table row (-1: not embedded)
     cache = build_or_open(model, index.paths, cache_dir, device=device, show_progress=progress,
-                          image_size=model.photo_size)     # photos at the head's size (encode_photo)
+                          image_size=model.photo_size, part=model.photo_feature_part)   # as encode_photo reads them
     valid = np.asarray(cache.valid, dtype=bool)[index.pair_image] & (rows >= 0)
     held = heldout_mask(catalog.products["id"].tolist(), cfg.heldout_frac, cfg.seed)[index.pair_product]
     eval_paths = {str(catalog.image_path(rel)) for rel in images.loc[np.asarray(eval_ok), "image"].tolist()}
@@ -184,8 +201,8 @@ def _photo_sets(model, catalog, product_ids: np.ndarray, cfg: PhotoAlignConfig, 
 
     def subset(mask) -> PhotoSet:
         sel = np.flatnonzero(mask)
-        pooled = cache.pooled_features(index.pair_image[sel]) if len(sel) else torch.zeros((0, 1))
-        return PhotoSet(pooled.to(torch.float16), rows[sel])
+        features = cache.photo_features(index.pair_image[sel]) if len(sel) else torch.zeros((0, 1))
+        return PhotoSet(features.to(torch.float16), rows[sel])
 
     train = subset(valid & ~held & ~is_eval)
     evals = {"heldout": subset(valid & held & ~is_eval)}
@@ -218,7 +235,8 @@ def align_photos(model_dir: str | Path, catalog, embeddings_dir: str | Path, out
     product_ids, product_vectors = load_product_vectors(model, embeddings_dir)
     loop = loop or config.loop()
     device = pick_device(loop.device)
-    model.add_photo_encoder(config.hidden, config.image_size)   # a new head, starting as the image projection
+    # a new head, starting as the image projection (and a tower top starting as the tower's)
+    model.add_photo_encoder(config.hidden, config.image_size, tower_top=config.tower_lr > 0)
     model.lock_for_photos()
     train_set, evals, stats = _photo_sets(model, catalog, np.asarray(product_ids), config,
                                           cache_dir or out_dir / "cache", device, loop.progress)
