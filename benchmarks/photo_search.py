@@ -101,9 +101,10 @@ def grocery_photo_head(args, catalog, model_dir, run, evaluate) -> dict:
     if not (emb / "meta.json").exists():
         embed_catalog(dashclip.load(model_dir), catalog, emb, progress=False)
     weight, tower_lr = args.photo_regression_weight, args.photo_tower_lr
-    photo_run = run / (f"photo-{args.photo_epochs}ep" + (f"-rw{weight:g}" if weight else "")
-                       + (f"-tl{tower_lr:g}" if tower_lr else ""))
     cfg = PhotoAlignConfig(epochs=args.photo_epochs, heldout_frac=0.0, regression_weight=weight, tower_lr=tower_lr)
+    # the run's name says how it was trained (runs of the first recipe, batch 512 and no tower top, keep theirs)
+    photo_run = run / (f"photo-{args.photo_epochs}ep" + (f"-rw{weight:g}" if weight else "")
+                       + (f"-tl{tower_lr:g}" if tower_lr else "") + (f"-b{cfg.batch_size}" if cfg.batch_size != 512 else ""))
     t = time.time()
     if (photo_run / "photo_align.json").exists():
         summary = json.loads((photo_run / "photo_align.json").read_text())
@@ -556,10 +557,10 @@ def main() -> None:
     p.add_argument("--image-product-weight", type=float, default=1.0)
     p.add_argument("--photo-regression-weight", type=float, default=10.0, help="grocery: the photo head's "
                    "cosine term (PhotoAlignConfig.regression_weight)")
-    p.add_argument("--photo-epochs", type=int, default=24, help="grocery: photo alignment epochs on the Stage 1 "
-                   "model (0: none)")
-    p.add_argument("--photo-tower-lr", type=float, default=0.0, help="grocery: train the photo side's own copy of "
-                   "the tower's last stage at this lr (PhotoAlignConfig.tower_lr; 0: the head alone)")
+    p.add_argument("--photo-epochs", type=int, default=None, help="grocery: photo alignment epochs on the Stage 1 "
+                   "model (default: align-photos'; 0: none)")
+    p.add_argument("--photo-tower-lr", type=float, default=None, help="grocery: train the photo side's own copy of "
+                   "the tower's last stage at this lr (default: align-photos'; 0: the head alone)")
     p.add_argument("--fashion-model", default="runs/demo/stage1/model")
     p.add_argument("--fashion-embeddings", default="runs/demo/embeddings")
     p.add_argument("--fashion-catalog", default="runs/demo/catalog")
@@ -585,6 +586,11 @@ def main() -> None:
     p.add_argument("--results", default="photo_search", help="results/NAME.json and .md (parts skipped keep "
                    "that file's earlier record)")
     args = p.parse_args()
+    from dashclip.training.photo_align import PhotoAlignConfig
+
+    defaults = PhotoAlignConfig()
+    args.photo_epochs = defaults.epochs if args.photo_epochs is None else args.photo_epochs
+    args.photo_tower_lr = defaults.tower_lr if args.photo_tower_lr is None else args.photo_tower_lr
     result = {"script": "benchmarks/photo_search.py", "commit": _machine.commit(), "machine": _machine.cpu_model()
               + f", {os.cpu_count()} cores",
               "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -38,7 +38,8 @@ def aligned(tmp_path_factory):
     catalog = photo_catalog(tmp, corrupt=True)     # the corrupt train photo: left out, counted
     # contrastive only: this fixture checks that held-out photos find their own product, which the cosine term
     # trades for landing among products like it (its own test below)
-    cfg = PhotoAlignConfig(epochs=30, batch_size=16, lr=3e-3, hidden=64, heldout_frac=0.2, regression_weight=0.0)
+    cfg = PhotoAlignConfig(epochs=30, batch_size=16, lr=3e-3, hidden=64, heldout_frac=0.2, regression_weight=0.0,
+                           tower_lr=0.0)     # the head alone (test_photo_tower.py has the tower top)
     loop = LoopConfig(epochs=30, batch_size=16, lr=3e-3, weight_decay=0.01, progress=False, log_every=5)
     summary = align_photos(tmp / "model", catalog, tmp / "emb", tmp / "run", cfg, loop)
     return tmp, catalog, summary
@@ -138,7 +139,7 @@ def test_a_photo_head_reads_photos_at_its_own_size_in_training_serving_and_onnx(
     from dashclip.io import read_json
 
     tmp, catalog, _ = aligned
-    cfg = PhotoAlignConfig(epochs=2, batch_size=16, hidden=16, heldout_frac=0.2, image_size=48)
+    cfg = PhotoAlignConfig(epochs=2, batch_size=16, hidden=16, heldout_frac=0.2, image_size=48, tower_lr=0.0)
     loop = LoopConfig(epochs=2, batch_size=16, lr=3e-3, weight_decay=0.01, progress=False, log_every=5)
     align_photos(tmp / "model", catalog, tmp / "emb", tmp_path / "run", cfg, loop)
     model, base = dashclip.load(tmp_path / "run" / "model"), dashclip.load(tmp / "model")

@@ -12,6 +12,7 @@ from torch import nn
 import dashclip
 from dashclip.data.catalog import Catalog
 from dashclip.models.towers import EfficientNetLiteTower, TinyConvTower, TowerTop
+from dashclip.training.loop import LoopConfig
 from dashclip.training.photo_align import PhotoAlignConfig, align_photos
 from toy_catalog import make_catalog
 
@@ -110,13 +111,16 @@ def test_the_tower_top_trains_at_its_own_lr():
     model.add_photo_encoder(hidden=8, tower_top=True)
     model.lock_for_photos()
     cfg = PhotoAlignConfig(lr=1e-3, tower_lr=2e-4)
-    loop = cfg.loop()
+    loop = cfg.tower_lr_on(cfg.loop())
     aligner = PhotoAligner(model, torch.zeros(4, model.embed_dim), cfg.temperature)
     lrs = {id(p): g.get("lr", loop.lr) for g in param_groups(aligner, loop.weight_decay, loop.lr, loop.lr_scales)
            for p in g["params"]}
     assert [lrs[id(p)] for p in model.photo_tower.parameters()] == pytest.approx([2e-4] * 2)   # conv weight, bias
     assert {lrs[id(p)] for p in model.photo_proj.parameters()} == {1e-3}
-    assert PhotoAlignConfig().loop().lr_scales is None          # no tower top: one lr, as before
+    no_top = PhotoAlignConfig(tower_lr=0.0)
+    assert no_top.tower_lr_on(no_top.loop()).lr_scales is None        # no tower top: one lr, as before
+    # a loop of the caller's own still trains the top at tower_lr
+    assert cfg.tower_lr_on(LoopConfig(lr=4e-3)).lr_scales == {"model.photo_tower.": pytest.approx(0.05)}
     with pytest.raises(ValueError, match="tower_lr"):
         PhotoAlignConfig(tower_lr=-1.0)
 
@@ -190,3 +194,21 @@ def test_pipeline_photos_tower_lr_is_checked():
     assert parse_config({**base, "photos": {"tower_lr": 3e-4}}).photos.tower_lr == 3e-4
     with pytest.raises(ConfigError, match=r"\[photos\] tower_lr must be >= 0"):
         parse_config({**base, "photos": {"tower_lr": -1.0}})
+
+
+def test_the_cli_and_the_pipeline_default_to_align_photos_own_recipe():
+    import inspect
+
+    from dashclip.pipeline.config import PhotosConfig
+    from dashclip.training import cli
+
+    want = PhotoAlignConfig()
+    shared = ("epochs", "batch_size", "lr", "hidden", "regression_weight", "tower_lr")
+    assert {k: getattr(PhotosConfig(), k) for k in shared} == {k: getattr(want, k) for k in shared}
+    import typer
+
+    app = typer.Typer()
+    cli.register(app)
+    command = next(c for c in app.registered_commands if c.name == "align-photos")
+    options = inspect.signature(command.callback).parameters
+    assert {k: options[k].default.default for k in shared} == {k: getattr(want, k) for k in shared}

@@ -143,13 +143,13 @@ class Stage2Config:
 class PhotosConfig:
     """Photo alignment (`training.photo_align`): a photo-query head so a shopper's photo finds its product."""
     enabled: str = "auto"            # "auto": when Stage 1 ran (the catalog has images); "on"; "off"
-    epochs: int = 24
-    batch_size: int = 512
+    epochs: int = 10                 # the defaults are PhotoAlignConfig's (a test holds them together)
+    batch_size: int = 256
     lr: float = 1e-3
     hidden: int = 1024
     image_size: int = 0              # read photo queries at this side in pixels; 0: the model's image size
     regression_weight: float = 10.0  # cosine term beside the contrastive loss (PhotoAlignConfig); 0: contrastive only
-    tower_lr: float = 0.0            # > 0: train the photo side's own copy of the tower's last stage (PhotoAlignConfig)
+    tower_lr: float = 3e-4           # > 0: train the photo side's own copy of the tower's last stage; 0: the head alone
 
 
 @dataclass

@@ -210,8 +210,8 @@ def register(app: typer.Typer) -> None:
                                         "(`dashclip embed-catalog`): what a photo is aligned to."),
         out: Path = typer.Option(Path("runs/align-photos"), "--out", help="Work dir: checkpoints, metrics.jsonl, "
                                  "photo_align.json and model/ (the model with its photo head)."),
-        epochs: int = typer.Option(24),
-        batch_size: int = typer.Option(512, help="Photos per step."),
+        epochs: int = typer.Option(10),
+        batch_size: int = typer.Option(256, help="Photos per step."),
         lr: float = typer.Option(1e-3),
         hidden: int = typer.Option(1024, help="Width of the photo head's MLP."),
         regression_weight: float = typer.Option(10.0, help="Weight of the cosine term pulling a photo onto its "
@@ -220,9 +220,10 @@ def register(app: typer.Typer) -> None:
         image_size: Optional[int] = typer.Option(None, help="Read photos at this side in pixels (default: the "
                                                  "model's image size). Shoppers' photos are larger than catalog "
                                                  "thumbnails; the product side does not change."),
-        tower_lr: float = typer.Option(0.0, help="Above 0: the photo side also gets its own copy of the image "
-                                       "tower's last stage, trained at this lr (3e-4 is a good start), on cached "
-                                       "inputs of that stage. 0: the head alone on the shared tower's features."),
+        tower_lr: float = typer.Option(3e-4, help="Above 0: the photo side also gets its own copy of the image "
+                                       "tower's last stage, trained at this lr with the head, on cached inputs of "
+                                       "that stage. 0: the head alone on the shared tower's features (about 5x "
+                                       "faster on a CPU; measured at --epochs 24 --batch-size 512)."),
         heldout_frac: float = typer.Option(0.1, help="Share of products never trained on (use Stage 1's)."),
         train_split: list[str] = typer.Option(["train"], "--train-split", help="Extra photos of this split "
                                               "train (repeatable); images without a split always do."),
