@@ -92,6 +92,7 @@ def test_align_photos_trains_the_tower_top_and_nothing_of_the_product_side(train
     base, model = dashclip.load(tmp / "model"), dashclip.load(tmp / "run" / "model")
     assert model.photo_encoder_spec == {"hidden": 32, "image_size": None, "tower_top": True}
     assert model.model_id == base.model_id and s["config"]["tower_lr"] == TOWER_LR
+    assert "its own tower top" in (tmp / "run" / "model" / "README.md").read_text()
     state, base_state = model.state_dict(), base.state_dict()
     assert all(torch.equal(t, base_state[k]) for k, t in state.items() if not k.startswith(("photo_proj.", "photo_tower.")))
     # the top started as the tower's last conv and moved

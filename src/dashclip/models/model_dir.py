@@ -38,7 +38,8 @@ def save_model(model, path: str | Path) -> Path:
 
 def _model_card(model, model_id: str) -> str:
     c = model.config
-    photo = (f"yes (photo alignment, photos at {model.photo_size} px)" if model.has_photo_encoder
+    top = ", its own tower top" if model.photo_tower is not None else ""
+    photo = (f"yes (photo alignment, photos at {model.photo_size} px{top})" if model.has_photo_encoder
              else "no (image tower serves photos)")
     return (f"# dashclip model `{c.name}` ({model_id})\n\n"
             f"kind {c.kind}, embedding dim {c.embed_dim}, image size {c.image_size}, "
