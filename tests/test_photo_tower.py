@@ -91,7 +91,8 @@ def test_align_photos_trains_the_tower_top_and_nothing_of_the_product_side(train
     tmp, catalog, s = trained
     base, model = dashclip.load(tmp / "model"), dashclip.load(tmp / "run" / "model")
     assert model.photo_encoder_spec == {"hidden": 32, "image_size": None, "tower_top": True}
-    assert model.model_id == base.model_id and s["config"]["tower_lr"] == TOWER_LR
+    assert model.model_id == base.model_id and s["config"]["tower_lr"] == TOWER_LR and s["tower_top"] is True
+    assert s["loop"]["lr_scales"] == {"model.photo_tower.": pytest.approx(TOWER_LR / 3e-3)}
     assert "its own tower top" in (tmp / "run" / "model" / "README.md").read_text()
     state, base_state = model.state_dict(), base.state_dict()
     assert all(torch.equal(t, base_state[k]) for k, t in state.items() if not k.startswith(("photo_proj.", "photo_tower.")))
@@ -102,6 +103,16 @@ def test_align_photos_trains_the_tower_top_and_nothing_of_the_product_side(train
     assert [m.get("part") for m in metas] == ["trunk"]
     assert np.load(next((tmp / "run" / "cache").glob("*/trunk.npy"))).shape[1:] == (32, 8, 8)
     assert s["steps"] == 3 * (s["train_photos"] // 16) and s["evals"]
+
+
+def test_a_tower_with_no_last_stage_to_copy_trains_the_head_alone_and_says_so(trained, tmp_path, monkeypatch):
+    tmp, catalog, _ = trained
+    monkeypatch.delattr(TinyConvTower, "top_copy")       # as a ViT tower (clip, blip): nothing to copy
+    cfg = PhotoAlignConfig(epochs=1, batch_size=16, hidden=8, heldout_frac=0.2)      # tower_lr: the default
+    s = align_photos(tmp / "model", catalog, tmp / "emb", tmp_path / "run", cfg, cfg.loop(progress=False))
+    assert s["tower_top"] is False and "no last stage to copy" in s["tower_top_skipped"]
+    assert dashclip.load(tmp_path / "run" / "model").photo_encoder_spec["tower_top"] is False
+    assert s["loop"]["lr_scales"] is None
 
 
 def test_the_tower_top_trains_at_its_own_lr():

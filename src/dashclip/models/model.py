@@ -80,13 +80,18 @@ class DashCLIP(nn.Module):
         `tower_top`: the photo side gets its own copy of the image tower's last stage (`photo_tower`, starting
         as the tower's), so photo alignment can train it while the product side keeps the tower as it is."""
         check_photo_size(image_size)
-        if tower_top and not hasattr(self.image_tower, "top_copy"):
+        if tower_top and not self.can_copy_tower_top:
             raise ValueError(f"tower_top: the {type(self.image_tower).__name__} image tower has no last stage to "
                              "copy (a CNN tower does: efficientnet or tiny); train the photo head alone")
         self.photo_proj = PhotoHead(self.image_proj, self.image_tower.width, hidden)
         self.photo_tower = self.image_tower.top_copy() if tower_top else None
         self.photo_hidden = hidden
         self.photo_image_size = None if image_size == self.config.image_size else image_size
+
+    @property
+    def can_copy_tower_top(self) -> bool:
+        """Whether the image tower has a last stage to copy for photos (a CNN tower; not a ViT)."""
+        return hasattr(self.image_tower, "top_copy")
 
     def remove_photo_encoder(self) -> None:
         """Back to photos answered by the image embedding (the product side is untouched)."""

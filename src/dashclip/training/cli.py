@@ -255,6 +255,8 @@ def register(app: typer.Typer) -> None:
         console.print("photo -> own product, before / after: " + "  ".join(
             f"{k} {summary['start'].get(k, float('nan')):.3f} / {last[k]:.3f}" for k in last
             if k.endswith(("recall@1", "recall@10"))))
+        if summary.get("tower_top_skipped"):
+            console.print(f"--tower-lr: {summary['tower_top_skipped']}")
         console.print(f"aligned photos: {summary['train_photos']} photos, {summary['steps']} steps in "
                       f"{summary['seconds']:.0f}s; model with photo head in {out / 'model'}")
 

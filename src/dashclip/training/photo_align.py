@@ -66,8 +66,9 @@ class PhotoAlignConfig:
     temperature: float = 0.05       # start of the learnable contrastive temperature
     regression_weight: float = 10.0  # weight of the cosine term (1 - cos(photo, its product)); 0: contrastive only
     # > 0: the photo side gets its own copy of the image tower's last stage, trained at this lr with the head
-    # (`add_photo_encoder(tower_top=True)`); 0: the head alone, on the shared tower's pooled features (about 5x
-    # less training compute, and on a catalog whose Stage 1 cached its features at the photo size, no tower pass)
+    # (`add_photo_encoder(tower_top=True)`), where the tower has one (a CNN; a ViT tower trains the head alone, and
+    # the run's summary says so); 0: the head alone, on the shared tower's pooled features (about 5x less training
+    # compute, and on a catalog whose Stage 1 cached its features at the photo size, no tower pass)
     tower_lr: float = 3e-4
     heldout_frac: float = 0.1       # products never trained on (pass Stage 1's, with its seed)
     seed: int = 0
@@ -241,10 +242,11 @@ def align_photos(model_dir: str | Path, catalog, embeddings_dir: str | Path, out
 
         model = dashclip.load(model_dir)
     product_ids, product_vectors = load_product_vectors(model, embeddings_dir)
-    loop = config.tower_lr_on(loop or config.loop())
+    loop = loop or config.loop()
     device = pick_device(loop.device)
     # a new head, starting as the image projection (and a tower top starting as the tower's)
-    model.add_photo_encoder(config.hidden, config.image_size, tower_top=config.tower_lr > 0)
+    tower_top = config.tower_lr > 0 and model.can_copy_tower_top
+    model.add_photo_encoder(config.hidden, config.image_size, tower_top=tower_top)
     model.lock_for_photos()
     train_set, evals, stats = _photo_sets(model, catalog, np.asarray(product_ids), config,
                                           cache_dir or out_dir / "cache", device, loop.progress)
@@ -253,6 +255,8 @@ def align_photos(model_dir: str | Path, catalog, embeddings_dir: str | Path, out
                          "catalog images of products that are embedded and not held out")
     # a small catalog (a few thousand photos) still gets several steps per epoch
     loop = dataclasses.replace(loop, batch_size=min(loop.batch_size, stats["train_photos"]))
+    if tower_top:
+        loop = config.tower_lr_on(loop)
     aligner = PhotoAligner(model, torch.from_numpy(np.array(product_vectors, dtype=np.float32)),
                            config.temperature).to(device)
     task = PhotoAlignTask(train_set, evals, config.regression_weight)
@@ -261,6 +265,9 @@ def align_photos(model_dir: str | Path, catalog, embeddings_dir: str | Path, out
     result = train(aligner, task, loop, out_dir)
     summary = {"model_dir": str(model_dir), "embeddings": str(embeddings_dir), "catalog": str(catalog.root),
                "config": asdict(config), "loop": dict(vars(loop)), **stats, "steps": result.step,
+               "tower_top": tower_top,
+               **({} if tower_top or not config.tower_lr else {"tower_top_skipped": (
+                   f"the {type(model.image_tower).__name__} image tower has no last stage to copy: the head alone")}),
                "epochs": result.epoch, "seconds": round(result.seconds, 1), "start": start,
                "evals": result.evals, "temperature": float(aligner.logit_scale.detach().exp().reciprocal())}
     if rank() == 0:
