@@ -228,7 +228,13 @@ def test_the_regression_term_pulls_photos_onto_their_products():
 
     g = torch.Generator().manual_seed(0)
     products = F.normalize(torch.randn(32, 8, generator=g), dim=-1)
-    photos = PhotoSet(torch.randn(64, 16, generator=g).half(), np.arange(64) % 32)
+    class Features:             # a feature cache's read side, in memory
+        table = torch.randn(64, 16, generator=g).half()
+
+        def photo_features(self, rows):
+            return self.table[torch.as_tensor(rows)].float()
+
+    photos = PhotoSet(Features(), np.arange(64), np.arange(64) % 32)
     batch = PhotoAlignTask(photos, {}, 0.0).make_batch(list(range(64)))
     own_cos = {}
     for weight in (0.0, 10.0):

@@ -117,21 +117,30 @@ class PhotoAligner(nn.Module):
 
 @dataclass
 class PhotoSet:
-    """Photos as rows of cached image-tower features (the model's `photo_feature_part`: pooled [N, C], or the
-    trunk's [N, C, h, w]), each with the product-table row it shows."""
-    features: torch.Tensor      # float16
+    """Photos as rows of an image-feature cache (the model's `photo_feature_part`: pooled [C], or the trunk's
+    [C, h, w]), each with the product-table row it shows. Features are read per batch from the cache's memory
+    map: a trunk cache of 1M photos at 224 px is 19 GB, more than a trainer should hold."""
+    source: object              # an ImageFeatureCache, or anything with `photo_features(indices) -> Tensor`
+    image_rows: np.ndarray      # [N] each photo's row in `source`
     product_rows: np.ndarray    # [N] int64
+
+    def __len__(self) -> int:
+        return len(self.product_rows)
+
+    def features(self, indices) -> torch.Tensor:
+        """float32 features of photos `indices` (positions in this set)."""
+        return self.source.photo_features(self.image_rows[np.asarray(indices, dtype=np.int64)]).float()
 
 
 @torch.no_grad()
 def photo_recall(model: nn.Module, photos: PhotoSet, product_vectors: torch.Tensor, batch_size: int = 1024) -> dict:
     """recall@1 / @10 of each photo's own product among all products (photo head -> product embeddings)."""
-    if len(photos.product_rows) == 0:
+    if len(photos) == 0:
         return {}
     device = product_vectors.device
     ranks = []
-    for i in range(0, len(photos.product_rows), batch_size):
-        q = model.embed_photo_features(photos.features[i:i + batch_size].float().to(device))
+    for i in range(0, len(photos), batch_size):
+        q = model.embed_photo_features(photos.features(np.arange(i, min(i + batch_size, len(photos)))).to(device))
         sims = q @ product_vectors.t()
         rows = torch.from_numpy(photos.product_rows[i:i + batch_size]).to(device)
         own = sims.gather(1, rows[:, None])
@@ -161,12 +170,11 @@ class PhotoAlignTask:
         self.train, self.evals, self.regression_weight = train, evals, regression_weight
 
     def train_size(self) -> int:
-        return len(self.train.product_rows)
+        return len(self.train)
 
     def make_batch(self, indices: list[int]) -> dict:
-        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        return {"features": self.train.features[idx].float(),
-                "rows": torch.from_numpy(self.train.product_rows[idx.numpy()])}
+        idx = np.asarray(indices, dtype=np.int64)
+        return {"features": self.train.features(idx), "rows": torch.from_numpy(self.train.product_rows[idx])}
 
     def loss(self, aligner: PhotoAligner, batch: dict) -> tuple[torch.Tensor, dict]:
         photos = aligner.model.embed_photo_features(batch["features"])
@@ -210,17 +218,16 @@ def _photo_sets(model, catalog, product_ids: np.ndarray, cfg: PhotoAlignConfig, 
 
     def subset(mask) -> PhotoSet:
         sel = np.flatnonzero(mask)
-        features = cache.photo_features(index.pair_image[sel]) if len(sel) else torch.zeros((0, 1))
-        return PhotoSet(features.to(torch.float16), rows[sel])
+        return PhotoSet(cache, index.pair_image[sel], rows[sel])
 
     train = subset(valid & ~held & ~is_eval)
     evals = {"heldout": subset(valid & held & ~is_eval)}
     if is_eval.any():
         evals[cfg.eval_split] = subset(valid & is_eval & ~held)
-    stats = {"train_photos": len(train.product_rows), "unreadable_or_not_embedded": int((~valid).sum()),
+    stats = {"train_photos": len(train), "unreadable_or_not_embedded": int((~valid).sum()),
              "first_unreadable": list(cache.meta.get("first_errors", []))[:5],   # file: why, for the user
-             **{f"{k}_photos": len(v.product_rows) for k, v in evals.items()}}
-    return train, {k: v for k, v in evals.items() if len(v.product_rows)}, stats
+             **{f"{k}_photos": len(v) for k, v in evals.items()}}
+    return train, {k: v for k, v in evals.items() if len(v)}, stats
 
 
 def align_photos(model_dir: str | Path, catalog, embeddings_dir: str | Path, out_dir: str | Path,
