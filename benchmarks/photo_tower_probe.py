@@ -22,7 +22,6 @@ served figure. Writes benchmarks/results/photo_tower_probe.json and .md.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import json
 import os
@@ -50,21 +49,19 @@ def photo_rows(ids, train_photos: int):
 
 
 def block_inputs(model, catalog, images: list[str], path: Path) -> np.ndarray:
-    """The last MBConv block's input for each image (float16), computed once and kept at `path`."""
+    """The last MBConv block's input (the tower's trunk, `image_tower.trunk`) for each image (float16), computed
+    once and kept at `path`."""
     import torch
 
     from dashclip.data.images import load_image
 
     if path.is_file():
         return np.load(path)
-    net = model.image_tower.net
     out, t = None, time.time()
     with torch.inference_mode():
         for i in range(0, len(images), 64):
             pixels = model.preprocess([load_image(catalog.image_path(p)) for p in images[i:i + 64]], IMAGE_SIZE)
-            x = net._swish(net._bn0(net._conv_stem(pixels.contiguous(memory_format=torch.channels_last))))
-            for block in net._blocks[:-1]:
-                x = block(x, drop_connect_rate=0)
+            x = model.image_tower.trunk(pixels)
             if out is None:
                 out = np.zeros((len(images), *x.shape[1:]), np.float16)
             out[i:i + len(x)] = x.numpy()
@@ -76,42 +73,6 @@ def block_inputs(model, catalog, images: list[str], path: Path) -> np.ndarray:
     return out
 
 
-def make_top(model, hidden: int):
-    """A photo-side copy of the tower's last block and head conv, then the photo head (as align-photos
-    makes it), on block inputs."""
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
-
-    net = model.image_tower.net
-    model.add_photo_encoder(hidden, IMAGE_SIZE)
-
-    class Top(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.block, self.conv, self.bn = (copy.deepcopy(m) for m in (net._blocks[-1], net._conv_head, net._bn1))
-            self.head = model.photo_proj
-            self.drop_connect = net._global_params.drop_connect_rate
-
-        def train(self, mode: bool = True):
-            super().train(mode)
-            for m in self.modules():        # BatchNorm keeps the ImageNet statistics
-                if isinstance(m, nn.BatchNorm2d):
-                    m.eval()
-            return self
-
-        def tower(self):
-            return [self.block, self.conv, self.bn]
-
-        def forward(self, x):
-            x = x.float().contiguous(memory_format=torch.channels_last)
-            x = self.block(x, drop_connect_rate=self.drop_connect if self.training else 0)
-            pooled = F.relu6(self.bn(self.conv(x))).flatten(2).mean(2)   # the tower's pooled feature
-            return F.normalize(self.head(pooled), dim=-1)
-
-    return Top()
-
-
 def run_arm(model, hidden, X, rows, products, article, tower_lr, epochs, batch_size) -> dict:
     import torch
     from torch import nn
@@ -121,20 +82,24 @@ def run_arm(model, hidden, X, rows, products, article, tower_lr, epochs, batch_s
     cfg = PhotoAlignConfig()      # align-photos' defaults: head lr, temperature, cosine term, weight decay
     torch.manual_seed(0)
     train, val, test = rows
-    top = make_top(model, hidden)
-    for m in top.tower():
-        m.requires_grad_(tower_lr > 0)
+    # the photo side as align-photos makes it: a head, and a copy of the tower's last stage (`TowerTop`)
+    model.add_photo_encoder(hidden, IMAGE_SIZE, tower_top=True)
+    model.photo_tower.requires_grad_(tower_lr > 0)
+
+    def top(x):
+        return model.embed_photo_features(x.float())
     scale = nn.Parameter(torch.tensor(float(np.log(1 / cfg.temperature))))
-    groups = [{"params": list(top.head.parameters()) + [scale], "lr": cfg.lr}]
+    groups = [{"params": list(model.photo_proj.parameters()) + [scale], "lr": cfg.lr}]
     if tower_lr > 0:
-        groups.append({"params": [p for m in top.tower() for p in m.parameters()], "lr": tower_lr})
+        groups.append({"params": list(model.photo_tower.parameters()), "lr": tower_lr})
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     base = [g["lr"] for g in opt.param_groups]
     X = torch.from_numpy(X)
     n, steps, step, t = len(train), epochs * -(-len(train) // batch_size), 0, time.time()
     evals = []
     for epoch in range(epochs):
-        top.train()
+        for m in model.photo_encoder_modules():
+            m.train()
         for sel in torch.randperm(n).split(batch_size):
             for g, lr in zip(opt.param_groups, base):
                 g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
@@ -144,7 +109,8 @@ def run_arm(model, hidden, X, rows, products, article, tower_lr, epochs, batch_s
             loss.backward()
             opt.step()
             step += 1
-        top.eval()
+        for m in model.photo_encoder_modules():
+            m.eval()
         with torch.inference_mode():
             q = torch.cat([top(X[n + i:n + i + 512]) for i in range(0, len(val) + len(test), 512)]).numpy()
         vec = products.numpy()
