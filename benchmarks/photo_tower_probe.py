@@ -48,29 +48,15 @@ def photo_rows(ids, train_photos: int):
     return train, val, test
 
 
-def block_inputs(model, catalog, images: list[str], path: Path) -> np.ndarray:
-    """The last MBConv block's input (the tower's trunk, `image_tower.trunk`) for each image (float16), computed
-    once and kept at `path`."""
-    import torch
+def block_inputs(model, catalog, images: list[str], work: Path) -> tuple[np.ndarray, dict]:
+    """The last MBConv block's input (the tower's trunk) for each image, float16, through the feature cache's
+    resumable "trunk" part kept in `work`; and when and in how many seconds that cache was built."""
+    from dashclip.models.feature_cache import build_or_open
 
-    from dashclip.data.images import load_image
-
-    if path.is_file():
-        return np.load(path)
-    out, t = None, time.time()
-    with torch.inference_mode():
-        for i in range(0, len(images), 64):
-            pixels = model.preprocess([load_image(catalog.image_path(p)) for p in images[i:i + 64]], IMAGE_SIZE)
-            x = model.image_tower.trunk(pixels)
-            if out is None:
-                out = np.zeros((len(images), *x.shape[1:]), np.float16)
-            out[i:i + len(x)] = x.numpy()
-            if i % 1280 == 0:
-                print(f"block inputs {i + len(x)}/{len(images)} {time.time() - t:.0f} s", flush=True)
-    tmp = path.with_suffix(".partial.npy")
-    np.save(tmp, out)
-    os.replace(tmp, path)
-    return out
+    cache = build_or_open(model, [catalog.image_path(p) for p in images], work, image_size=IMAGE_SIZE, part="trunk")
+    if not cache.valid.all():
+        raise SystemExit(f"{int((~cache.valid).sum())} photos unreadable: {cache.meta['first_errors'][:3]}")
+    return np.array(cache.arrays["trunk"]), {k: cache.meta[k] for k in ("build_seconds", "built_at")}
 
 
 def run_arm(model, hidden, X, rows, products, article, tower_lr, epochs, batch_size) -> dict:
@@ -128,7 +114,8 @@ def markdown(r: dict) -> str:
              f"{r['train_photos']} training photos, {r['epochs']} epochs, batch {r['batch_size']}; P@10 of the "
              f"same articleType on 1,000 validation / 1,000 test photos (photo_search.py's), against all "
              f"{r['n_products']} products. Block inputs: "
-             + ("read from --work." if r["block_seconds"] is None else f"{r['block_seconds']} s."), "",
+             f"{r['block_inputs_built']['build_seconds']} s (the trunk cache in --work, built "
+             f"{r['block_inputs_built']['built_at']}).", "",
              "| tower | val P@10 | test P@10 | best val (epoch) | train s |", "|---|---:|---:|---:|---:|"]
     for a in r["arms"]:
         name = "frozen (the served kind of head)" if a["tower_lr"] == 0 else f"last block + head conv, lr {a['tower_lr']:g}"
@@ -175,11 +162,10 @@ def main() -> None:
     rows = photo_rows(ids, args.train_photos)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    blocks, t = work / f"blocks-{model.model_id[:12]}-{args.train_photos}.npy", time.time()
-    cached = blocks.is_file()
-    X = block_inputs(model, Catalog.open(args.catalog), products["image"].iloc[np.concatenate(rows)].tolist(), blocks)
+    X, built = block_inputs(model, Catalog.open(args.catalog), products["image"].iloc[np.concatenate(rows)].tolist(),
+                            work)
     result.update(train_photos=len(rows[0]), epochs=args.epochs, batch_size=args.batch_size,
-                  n_products=len(ids), block_seconds=None if cached else round(time.time() - t, 1))
+                  n_products=len(ids), block_inputs_built=built)
     tensor = torch.from_numpy(np.array(vectors, np.float32))
     hidden = args.hidden or PhotoAlignConfig().hidden
     result["arms"] = [run_arm(model, hidden, X, rows, tensor, article, 0.0 if a == "frozen" else float(a),

@@ -195,11 +195,9 @@ class DashCLIP(nn.Module):
         return tower(input_ids, attention_mask)[1]
 
     def photo_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The pooled image features a photo query's head reads: the image tower's, or with a photo tower top,
-        the tower's trunk finished by the photo side's own last stage."""
-        if self.photo_tower is None:
-            return self.image_features(pixels)[1]
-        return self.photo_tower(self.image_tower.trunk(pixels))[1]
+        """What a photo query is computed from (`photo_feature_part`, as a feature cache holds it): the image
+        tower's pooled output, or with a photo tower top the tower's trunk output; `embed_photo_features` goes on."""
+        return self.image_features(pixels)[1] if self.photo_tower is None else self.image_tower.trunk(pixels)
 
     @property
     def photo_feature_part(self) -> str:
@@ -295,7 +293,7 @@ class DashCLIP(nn.Module):
         """A shopper's photo as a query: the photo head (`add_photo_encoder`, trained by `dashclip
         align-photos`) over the image tower, read at `photo_size`; the image embedding when the model has none.
         Pixels given as a tensor must be at `photo_size`."""
-        return self._batched(lambda s: self.project_photo(self.photo_features(self._pixels(images[s], self.photo_size))),
+        return self._batched(lambda s: self.embed_photo_features(self.photo_features(self._pixels(images[s], self.photo_size))),
                              len(images), batch_size)
 
     def encode_product(self, texts: Sequence[str], images, batch_size: int = 64) -> torch.Tensor:

@@ -105,7 +105,7 @@ def _graph_modules(model):
     class Photo(Query):
         # from pixels: the photo head may read photos at another size than the catalog's (photo_size)
         def forward(self, pixels):
-            return self.m.project_photo(self.m.photo_features(pixels))
+            return self.m.embed_photo_features(self.m.photo_features(pixels))
 
     return {"query": Query(), "text": Text(), "image": Image(), "product": Product(), "photo": Photo()}
 
